@@ -1,0 +1,266 @@
+//! Configuration shared by every role: flags (clap derive) that can also be set
+//! through `LAMBDA_*` environment variables.
+//!
+//! Every environment variable name lives in [`env`], so the CLI, the
+//! docker-compose file and the docs can be checked against one list.
+
+use crate::cut::BucketSize;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// The environment variables the `lambda` binary reads, one constant each.
+pub mod env {
+    pub const BROKERS: &str = "LAMBDA_BROKERS";
+    pub const TOPIC: &str = "LAMBDA_TOPIC";
+    pub const DEAD_LETTER_TOPIC: &str = "LAMBDA_DEAD_LETTER_TOPIC";
+    pub const REALTIME_TOPIC: &str = "LAMBDA_REALTIME_TOPIC";
+    pub const PARTITIONS: &str = "LAMBDA_PARTITIONS";
+    pub const DATA_DIR: &str = "LAMBDA_DATA_DIR";
+    pub const HTTP_ADDR: &str = "LAMBDA_HTTP_ADDR";
+    pub const ADMIN_TOKEN: &str = "LAMBDA_ADMIN_TOKEN";
+    pub const BUCKET_SIZE: &str = "LAMBDA_BUCKET_SIZE";
+    pub const MAX_EVENT_BYTES: &str = "LAMBDA_MAX_EVENT_BYTES";
+    pub const SHUTDOWN_GRACE: &str = "LAMBDA_SHUTDOWN_GRACE";
+
+    /// Every variable above.
+    pub const ALL: &[&str] = &[
+        BROKERS,
+        TOPIC,
+        DEAD_LETTER_TOPIC,
+        REALTIME_TOPIC,
+        PARTITIONS,
+        DATA_DIR,
+        HTTP_ADDR,
+        ADMIN_TOKEN,
+        BUCKET_SIZE,
+        MAX_EVENT_BYTES,
+        SHUTDOWN_GRACE,
+    ];
+}
+
+/// A configuration value that is out of range, naming the flag.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid --{flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(flag: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the events come from and where the layers write to Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = env::BROKERS, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// The topic carrying events, one text event per record.
+    #[arg(long, env = env::TOPIC, default_value = "events")]
+    pub topic: String,
+
+    /// Where records that are not valid events go, with the reason in a header.
+    #[arg(long, env = env::DEAD_LETTER_TOPIC, default_value = "lambda.dead-letter")]
+    pub dead_letter_topic: String,
+
+    /// Where the speed layer publishes realtime counts for serving layers.
+    #[arg(long, env = env::REALTIME_TOPIC, default_value = "lambda.realtime")]
+    pub realtime_topic: String,
+
+    /// Partitions of the events topic when this process creates it.
+    #[arg(long, env = env::PARTITIONS, default_value_t = 4)]
+    pub partitions: i32,
+}
+
+impl KafkaArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.split(',').any(|b| b.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "brokers",
+                "expected comma-separated host:port pairs",
+            ));
+        }
+        for (flag, topic) in [
+            ("topic", &self.topic),
+            ("dead-letter-topic", &self.dead_letter_topic),
+            ("realtime-topic", &self.realtime_topic),
+        ] {
+            validate_topic_name(topic).map_err(|m| ConfigError::new(flag, m))?;
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(ConfigError::new("partitions", "must be between 1 and 1024"));
+        }
+        Ok(())
+    }
+}
+
+/// Kafka's own topic-name rule: 1–249 characters of `[a-zA-Z0-9._-]`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+        ))
+    }
+}
+
+/// How events become counts; every layer must agree on these.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Realtime bucket size B in offsets; batch cuts are aligned to it.
+    /// All layers must use the same value.
+    #[arg(long, env = env::BUCKET_SIZE, default_value_t = BucketSize::DEFAULT)]
+    pub bucket_size: BucketSize,
+
+    /// The largest event payload in bytes; larger records are dead-lettered.
+    #[arg(long, env = env::MAX_EVENT_BYTES, default_value_t = crate::event::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+}
+
+impl StreamArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_event_bytes == 0 {
+            return Err(ConfigError::new("max-event-bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Where a role keeps its state, and how long it may take to stop.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Directory for this role's durable state (created if missing).
+    #[arg(long, env = env::DATA_DIR, default_value = "./lambda-data")]
+    pub data_dir: PathBuf,
+
+    /// How long in-flight work may take to finish after SIGTERM or ctrl-c
+    /// (e.g. 500ms, 10s).
+    #[arg(long, env = env::SHUTDOWN_GRACE, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl NodeArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data-dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses durations such as `250ms`, `10s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 10s, 5m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("`{s}` is not a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let cli = Cli::try_parse_from(["lambda"]).expect("defaults parse");
+        cli.kafka.validate().expect("valid");
+        cli.stream.validate().expect("valid");
+        cli.node.validate().expect("valid");
+        assert_eq!(cli.kafka.topic, "events");
+        assert_eq!(cli.stream.bucket_size, BucketSize::DEFAULT);
+        assert_eq!(cli.node.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_flag_names_its_environment_variable() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let mut seen = Vec::new();
+        for arg in cmd.get_arguments() {
+            if arg.get_id() == "help" {
+                continue;
+            }
+            let var = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{} has no env variable", arg.get_id()));
+            let var = var.to_str().expect("ascii").to_owned();
+            assert!(
+                env::ALL.contains(&var.as_str()),
+                "{var} missing from env::ALL"
+            );
+            seen.push(var);
+        }
+        assert!(seen.len() >= 8);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = Cli::try_parse_from(["lambda", "--bucket-size", "0"]).expect_err("zero bucket");
+        assert!(err.to_string().contains("--bucket-size"), "{err}");
+
+        let cli = Cli::try_parse_from(["lambda", "--topic", "bad topic"]).expect("parses");
+        let err = cli.kafka.validate().expect_err("invalid topic");
+        assert_eq!(err.flag, "topic");
+        assert!(err.to_string().starts_with("invalid --topic"), "{err}");
+
+        let cli = Cli::try_parse_from(["lambda", "--partitions", "0"]).expect("parses");
+        assert_eq!(cli.kafka.validate().map_err(|e| e.flag), Err("partitions"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! The shared core of Lambda: everything the batch, speed and serving layers
+//! must agree on, defined once.
+//!
+//! The three layers count the same words over the same offsets and hand work
+//! over at the same cuts. If any of them tokenized differently, placed a bucket
+//! boundary elsewhere or merged by another rule, the serving layer's answers
+//! would silently drift from the truth. So those rules live here, as small pure
+//! functions with property tests, and the layers only call them.
+//!
+//! # Layout
+//!
+//! - [`tokenizer`]: what a word is (alphanumeric runs, lowercased), with an
+//!   allocation-free ASCII fast path.
+//! - [`event`]: a Kafka record decoded into an [`event::Event`], or a typed
+//!   [`event::DecodeError`] that says why it goes to the dead-letter topic.
+//! - [`cut`]: partitions, offsets, [`cut::Cut`]s and realtime bucket arithmetic.
+//! - [`merge`]: the merge rule `batch(w) + Σ realtime(w, p, b ≥ cut[p])`.
+//! - [`config`]: flags shared by every role, each also a `LAMBDA_*` variable.
+//! - [`telemetry`]: `tracing` set-up from `RUST_LOG`.
+//! - [`shutdown`]: ctrl-c/SIGTERM → cancellation token → grace period.
+//! - [`kafka`]: client configurations and idempotent topic creation.
+//! - `broker` (feature `embedded-broker`): an in-process Kafka-compatible
+//!   broker for tests and the demo.
+
+pub mod config;
+pub mod cut;
+pub mod event;
+pub mod kafka;
+pub mod merge;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tokenizer;
+
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+
+pub use cut::{BucketSize, Cut, Offset, Partition};
+pub use event::{DecodeError, Event};
+pub use merge::{merged_count, BucketKey};
+pub use tokenizer::Tokenizer;

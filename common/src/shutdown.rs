@@ -1,0 +1,141 @@
+//! Graceful shutdown: ctrl-c and SIGTERM cancel a [`CancellationToken`]; tasks
+//! watch the token, finish their current unit of work, and are given a grace
+//! period before they are aborted.
+
+use std::future::Future;
+use std::time::Duration;
+use tokio::task::JoinSet;
+pub use tokio_util::sync::CancellationToken;
+
+/// Returns a token that is cancelled on the first ctrl-c (SIGINT) or SIGTERM.
+/// Must be called inside a tokio runtime.
+pub fn on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let signal = wait_for_signal().await;
+        tracing::info!(signal, "Shutting down.");
+        cancel.cancel();
+    });
+    token
+}
+
+/// Resolves when the process receives ctrl-c or SIGTERM, naming which.
+pub async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(error) => {
+                tracing::warn!(%error, "Cannot listen for SIGTERM; only ctrl-c will stop the process.");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Waits for every task in `tasks` once `token` is cancelled, for at most
+/// `grace`; aborts the rest. Returns whether all tasks finished on their own.
+/// A task that ends (or panics) before cancellation cancels the token, so one
+/// failed component stops the process instead of leaving it half alive.
+pub async fn supervise<T: 'static>(
+    mut tasks: JoinSet<T>,
+    token: CancellationToken,
+    grace: Duration,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::new();
+    tokio::select! {
+        _ = token.cancelled() => {}
+        Some(first) = tasks.join_next() => {
+            if !token.is_cancelled() {
+                tracing::warn!("A component stopped; shutting down the others.");
+            }
+            token.cancel();
+            results.push(first);
+        }
+    }
+    let drain = async {
+        while let Some(r) = tasks.join_next().await {
+            results.push(r);
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(
+            remaining = tasks.len(),
+            grace_ms = grace.as_millis() as u64,
+            "Grace period over; aborting the remaining tasks."
+        );
+        tasks.abort_all();
+        while let Some(r) = tasks.join_next().await {
+            results.push(r);
+        }
+    }
+    results
+}
+
+/// Runs `fut` until it completes or `token` is cancelled.
+pub async fn until_cancelled<F: Future>(token: &CancellationToken, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        _ = token.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cooperative_tasks_finish_within_grace() {
+        let token = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for i in 0..3 {
+            let t = token.clone();
+            tasks.spawn(async move {
+                t.cancelled().await;
+                i
+            });
+        }
+        token.cancel();
+        let results = supervise(tasks, token, Duration::from_secs(5)).await;
+        let mut values: Vec<i32> = results.into_iter().map(|r| r.expect("finished")).collect();
+        values.sort();
+        assert_eq!(values, [0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn stuck_tasks_are_aborted_after_grace() {
+        let token = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(std::future::pending::<()>());
+        token.cancel();
+        let results = supervise(tasks, token, Duration::from_millis(50)).await;
+        assert_eq!(results.len(), 1);
+        assert!(results[0].as_ref().is_err_and(|e| e.is_cancelled()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_component_cancels_the_rest() {
+        let token = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async { "failed" });
+        let t = token.clone();
+        tasks.spawn(async move {
+            t.cancelled().await;
+            "stopped"
+        });
+        let results = supervise(tasks, token.clone(), Duration::from_secs(5)).await;
+        assert!(token.is_cancelled());
+        assert_eq!(results.len(), 2);
+    }
+}

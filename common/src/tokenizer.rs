@@ -1,0 +1,208 @@
+//! The one tokenizer every layer uses.
+//!
+//! A word is a maximal run of characters for which [`char::is_alphanumeric`]
+//! holds, lowercased with [`char::to_lowercase`]. Everything else separates
+//! words. Batch views, realtime counts and query normalisation all go through
+//! [`Tokenizer::for_each_word`], so a word means the same thing everywhere.
+//!
+//! Pure-ASCII text takes a fast path with identical results: it scans bytes,
+//! hands out words that are already lower case as slices of the input, and
+//! lowercases the others into one reused buffer, so it allocates nothing per
+//! word.
+
+/// Splits text into words. Holds a scratch buffer that is reused across calls,
+/// so keep one per thread (or per task) rather than one per event.
+#[derive(Debug, Default, Clone)]
+pub struct Tokenizer {
+    scratch: String,
+}
+
+impl Tokenizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Calls `f` with every word of `text`, in order.
+    pub fn for_each_word(&mut self, text: &str, f: impl FnMut(&str)) {
+        if text.is_ascii() {
+            self.for_each_word_ascii(text.as_bytes(), f);
+        } else {
+            self.for_each_word_general(text, f);
+        }
+    }
+
+    /// The words of `text` as owned strings (convenient in tests and for
+    /// query normalisation; hot paths use [`Tokenizer::for_each_word`]).
+    pub fn words(&mut self, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        self.for_each_word(text, |w| out.push(w.to_owned()));
+        out
+    }
+
+    fn for_each_word_ascii(&mut self, bytes: &[u8], mut f: impl FnMut(&str)) {
+        let mut i = 0;
+        while i < bytes.len() {
+            // Skip separators.
+            while i < bytes.len() && !bytes[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            let start = i;
+            let mut has_upper = false;
+            while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+                has_upper |= bytes[i].is_ascii_uppercase();
+                i += 1;
+            }
+            if start == i {
+                break;
+            }
+            let word = &bytes[start..i];
+            if has_upper {
+                self.scratch.clear();
+                self.scratch
+                    .extend(word.iter().map(|b| char::from(b.to_ascii_lowercase())));
+                f(&self.scratch);
+            } else {
+                f(std::str::from_utf8(word).expect("a run of ASCII alphanumerics is UTF-8"));
+            }
+        }
+    }
+
+    fn for_each_word_general(&mut self, text: &str, mut f: impl FnMut(&str)) {
+        self.scratch.clear();
+        for c in text.chars() {
+            if c.is_alphanumeric() {
+                self.scratch.extend(c.to_lowercase());
+            } else if !self.scratch.is_empty() {
+                f(&self.scratch);
+                self.scratch.clear();
+            }
+        }
+        if !self.scratch.is_empty() {
+            f(&self.scratch);
+            self.scratch.clear();
+        }
+    }
+}
+
+/// Normalises a query term: `Some(word)` when `text` is exactly one word
+/// (after the tokenizer's rule), `None` when it is zero or several words.
+pub fn single_word(text: &str) -> Option<String> {
+    let mut tokenizer = Tokenizer::new();
+    let mut first: Option<String> = None;
+    let mut count = 0usize;
+    tokenizer.for_each_word(text, |w| {
+        count += 1;
+        if first.is_none() {
+            first = Some(w.to_owned());
+        }
+    });
+    if count == 1 {
+        first
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn words(text: &str) -> Vec<String> {
+        Tokenizer::new().words(text)
+    }
+
+    fn general(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        Tokenizer::new().for_each_word_general(text, |w| out.push(w.to_owned()));
+        out
+    }
+
+    fn ascii(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        Tokenizer::new().for_each_word_ascii(text.as_bytes(), |w| out.push(w.to_owned()));
+        out
+    }
+
+    #[test]
+    fn splits_on_whitespace_and_punctuation_and_lowercases() {
+        assert_eq!(words("Hello, World! hello"), ["hello", "world", "hello"]);
+    }
+
+    #[test]
+    fn digits_are_word_characters() {
+        assert_eq!(words("route 66 and R2D2"), ["route", "66", "and", "r2d2"]);
+    }
+
+    #[test]
+    fn apostrophes_and_hyphens_separate() {
+        assert_eq!(
+            words("don't well-known rock’n’roll"),
+            ["don", "t", "well", "known", "rock", "n", "roll"]
+        );
+    }
+
+    #[test]
+    fn accented_and_non_latin_letters_are_word_characters() {
+        assert_eq!(words("café naïve"), ["café", "naïve"]);
+        assert_eq!(words("Привет, мир"), ["привет", "мир"]);
+        assert_eq!(words("東京 タワー"), ["東京", "タワー"]);
+        // Non-ASCII digits are numeric, hence alphanumeric.
+        assert_eq!(words("٣٤ ½"), ["٣٤", "½"]);
+    }
+
+    #[test]
+    fn upper_case_non_ascii_is_lowercased() {
+        assert_eq!(words("ÉCOLE ΣΟΦΊΑ Ärger"), ["école", "σοφία", "ärger"]);
+        // `char::to_lowercase` may yield several chars: 'İ' becomes "i\u{307}".
+        assert_eq!(words("İstanbul"), ["i\u{307}stanbul"]);
+    }
+
+    #[test]
+    fn empty_input_and_separators_only_give_no_words() {
+        assert!(words("").is_empty());
+        assert!(words("  \t\n--,;'!? ").is_empty());
+        assert!(words("— … «»").is_empty());
+    }
+
+    #[test]
+    fn ascii_fast_path_reuses_input_and_buffer() {
+        // Lower-case words are slices of the input; capitalised ones go through
+        // the scratch buffer, whose capacity is reused rather than reallocated.
+        let mut t = Tokenizer::new();
+        let text = "already lower UPPER Mixed";
+        let mut borrowed = 0;
+        t.for_each_word(text, |w| {
+            let p = w.as_ptr() as usize;
+            let base = text.as_ptr() as usize;
+            if (base..base + text.len()).contains(&p) {
+                borrowed += 1;
+            }
+        });
+        assert_eq!(borrowed, 2);
+        let cap = t.scratch.capacity();
+        t.for_each_word("ABC DEF", |_| {});
+        assert_eq!(t.scratch.capacity(), cap);
+    }
+
+    #[test]
+    fn single_word_accepts_exactly_one_word() {
+        assert_eq!(single_word("Hello").as_deref(), Some("hello"));
+        assert_eq!(single_word("  ÉCOLE! ").as_deref(), Some("école"));
+        assert_eq!(single_word("two words"), None);
+        assert_eq!(single_word("---"), None);
+        assert_eq!(single_word(""), None);
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_equals_general_path_on_ascii(text in "[ -~\t\n]{0,200}") {
+            prop_assert_eq!(ascii(&text), general(&text));
+        }
+
+        #[test]
+        fn dispatch_equals_general_path_on_any_string(text in any::<String>()) {
+            prop_assert_eq!(words(&text), general(&text));
+        }
+    }
+}
