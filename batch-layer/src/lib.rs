@@ -1,1 +1,252 @@
+//! The batch layer: the source of truth.
+//!
+//! It keeps every event that ever arrived in an immutable master log and
+//! recomputes word-count views from scratch, so a bug in a view is fixed by
+//! recomputing. It must never lose or duplicate an event and must survive a
+//! crash at any point.
+//!
+//! # Layout
+//!
+//! - [`master_log`]: per-partition segment files of CRC-checked records;
+//!   recovery truncates a torn tail and refuses mid-log corruption.
+//! - [`ingest`]: the `lambda-batch` consumer; exactly-once appends, resuming
+//!   from the log's own end.
+//! - [`mapreduce`]: map → shuffle → reduce → sort on rayon, over any splits.
+//! - [`recompute`]: chooses the bucket-aligned cut and runs the job over the
+//!   master log.
+//! - [`view`]: immutable versioned view files and their manifest.
+//! - [`server`]: publishes views over HTTP for serving layers to pull.
+//! - [`config`], [`metrics`]: flags and Prometheus counters.
+//!
+//! [`start`] wires them into the running role (`lambda batch`).
 
+pub mod config;
+pub mod ingest;
+pub mod mapreduce;
+pub mod master_log;
+pub mod metrics;
+pub mod recompute;
+pub mod server;
+pub mod view;
+
+use crate::config::BatchArgs;
+use crate::mapreduce::Engine;
+use crate::master_log::{LogError, MasterLog};
+use crate::metrics::BatchMetrics;
+use crate::recompute::{recompute, Outcome};
+use crate::server::{BatchState, RecomputeRequest};
+use crate::view::{ViewError, ViewStore};
+use common::config::ConfigError;
+use common::dead_letter::DeadLetterSink;
+use common::kafka::{ensure_topic, KafkaSetupError};
+use common::shutdown::{supervise, CancellationToken};
+use common::BucketSize;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+
+#[derive(Debug, Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    View(#[from] ViewError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error("cannot create the dead-letter producer: {0}")]
+    DeadLetter(#[source] rdkafka::error::KafkaError),
+    #[error("cannot start {threads} MapReduce threads: {source}")]
+    Threads {
+        threads: usize,
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a startup task panicked: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running batch layer.
+#[derive(Debug)]
+pub struct RunningBatch {
+    /// Where its HTTP server listens (useful with port 0).
+    pub http_addr: SocketAddr,
+    handle: JoinHandle<()>,
+}
+
+impl RunningBatch {
+    /// Waits until the layer has stopped (after its token is cancelled, or a
+    /// component failed).
+    pub async fn wait(self) {
+        let _ = self.handle.await;
+    }
+}
+
+/// Starts the batch layer: recovers the master log, creates the topics if
+/// needed, and runs ingestion, periodic recompute and the HTTP server until
+/// `token` is cancelled.
+pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningBatch, BatchError> {
+    args.validate()?;
+    let data_dir = args.node.data_dir.clone();
+    let options = args.log_options();
+    let log = tokio::task::spawn_blocking(move || MasterLog::open(&data_dir, options)).await??;
+    tracing::info!(ends = %log.end_offsets(), "Master log recovered.");
+    let log = Arc::new(Mutex::new(log));
+    let store = Arc::new(ViewStore::open(&args.node.data_dir, args.keep_views)?);
+    let engine = Arc::new(
+        Engine::new(args.threads).map_err(|source| BatchError::Threads {
+            threads: args.threads,
+            source,
+        })?,
+    );
+
+    let kafka = &args.kafka;
+    let timeout = Duration::from_secs(30);
+    ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions, timeout).await?;
+    ensure_topic(&kafka.brokers, &kafka.dead_letter_topic, 1, timeout).await?;
+    let dead_letters = DeadLetterSink::new(&kafka.brokers, &kafka.dead_letter_topic, "batch")
+        .map_err(BatchError::DeadLetter)?;
+
+    let metrics = Arc::new(BatchMetrics::default());
+    if let Some(m) = store.latest()? {
+        metrics.view_version.set(m.version as i64);
+        metrics.view_computed_at_ms.set(m.header.computed_at_ms);
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|source| BatchError::Listen {
+            addr: args.http_addr,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| BatchError::Listen {
+        addr: args.http_addr,
+        source,
+    })?;
+
+    let (recompute_tx, recompute_rx) = mpsc::channel::<RecomputeRequest>(16);
+    let state = BatchState {
+        store: Arc::clone(&store),
+        log: Arc::clone(&log),
+        metrics: Arc::clone(&metrics),
+        recompute: recompute_tx,
+        admin_token: args.admin_token.as_deref().map(Arc::from),
+    };
+
+    let mut tasks = JoinSet::new();
+    let ingest_config = ingest::IngestConfig {
+        brokers: kafka.brokers.clone(),
+        topic: kafka.topic.clone(),
+        max_event_bytes: args.stream.max_event_bytes,
+        batch_records: 10_000,
+        batch_wait: Duration::from_millis(20),
+    };
+    {
+        let (log, metrics, token) = (Arc::clone(&log), Arc::clone(&metrics), token.clone());
+        tasks.spawn(async move {
+            if let Err(error) = ingest::run(ingest_config, log, dead_letters, metrics, token).await
+            {
+                tracing::error!(%error, "Ingestion failed.");
+            }
+        });
+    }
+    {
+        let token = token.clone();
+        let bucket_size = args.stream.bucket_size;
+        let interval = args.interval;
+        tasks.spawn(recompute_loop(
+            log,
+            store,
+            engine,
+            metrics,
+            bucket_size,
+            interval,
+            recompute_rx,
+            token,
+        ));
+    }
+    {
+        let token = token.clone();
+        let app = server::router(state);
+        tasks.spawn(async move {
+            let shutdown = token.clone();
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+            {
+                tracing::error!(%error, "Batch HTTP server failed.");
+            }
+        });
+    }
+    tracing::info!(%http_addr, topic = %kafka.topic, "Batch layer running.");
+
+    let grace = args.node.shutdown_grace;
+    let handle = tokio::spawn(async move {
+        supervise(tasks, token, grace).await;
+        tracing::info!("Batch layer stopped.");
+    });
+    Ok(RunningBatch { http_addr, handle })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn recompute_loop(
+    log: Arc<Mutex<MasterLog>>,
+    store: Arc<ViewStore>,
+    engine: Arc<Engine>,
+    metrics: Arc<BatchMetrics>,
+    bucket_size: BucketSize,
+    interval: Duration,
+    mut requests: mpsc::Receiver<RecomputeRequest>,
+    token: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let reply = tokio::select! {
+            _ = token.cancelled() => break,
+            _ = ticker.tick() => None,
+            Some(reply) = requests.recv() => Some(reply),
+        };
+        let (log, store, engine) = (Arc::clone(&log), Arc::clone(&store), Arc::clone(&engine));
+        let result = tokio::task::spawn_blocking(move || {
+            recompute(&log, &store, &engine, bucket_size, false)
+        })
+        .await;
+        let answer = match result {
+            Ok(Ok(outcome)) => {
+                if let Outcome::Published { manifest, seconds } = &outcome {
+                    metrics.recomputes.inc();
+                    metrics.view_version.set(manifest.version as i64);
+                    metrics
+                        .view_computed_at_ms
+                        .set(manifest.header.computed_at_ms);
+                    metrics.last_recompute_ms.set((seconds * 1000.0) as i64);
+                }
+                Ok(outcome.manifest().clone())
+            }
+            Ok(Err(error)) => {
+                metrics.recompute_failures.inc();
+                tracing::error!(%error, "Recompute failed; the previous view keeps serving.");
+                Err(error.to_string())
+            }
+            Err(error) => {
+                metrics.recompute_failures.inc();
+                tracing::error!(%error, "Recompute panicked; the previous view keeps serving.");
+                Err(error.to_string())
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
+        }
+    }
+}

@@ -23,6 +23,12 @@ pub mod env {
     pub const BUCKET_SIZE: &str = "LAMBDA_BUCKET_SIZE";
     pub const MAX_EVENT_BYTES: &str = "LAMBDA_MAX_EVENT_BYTES";
     pub const SHUTDOWN_GRACE: &str = "LAMBDA_SHUTDOWN_GRACE";
+    pub const RECOMPUTE_INTERVAL: &str = "LAMBDA_RECOMPUTE_INTERVAL";
+    pub const KEEP_VIEWS: &str = "LAMBDA_KEEP_VIEWS";
+    pub const SEGMENT_BYTES: &str = "LAMBDA_SEGMENT_BYTES";
+    pub const FSYNC: &str = "LAMBDA_FSYNC";
+    pub const REPAIR: &str = "LAMBDA_REPAIR";
+    pub const THREADS: &str = "LAMBDA_THREADS";
 
     /// Every variable above.
     pub const ALL: &[&str] = &[
@@ -37,6 +43,12 @@ pub mod env {
         BUCKET_SIZE,
         MAX_EVENT_BYTES,
         SHUTDOWN_GRACE,
+        RECOMPUTE_INTERVAL,
+        KEEP_VIEWS,
+        SEGMENT_BYTES,
+        FSYNC,
+        REPAIR,
+        THREADS,
     ];
 }
 

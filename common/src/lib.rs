@@ -15,18 +15,24 @@
 //!   [`event::DecodeError`] that says why it goes to the dead-letter topic.
 //! - [`cut`]: partitions, offsets, [`cut::Cut`]s and realtime bucket arithmetic.
 //! - [`merge`]: the merge rule `batch(w) + Σ realtime(w, p, b ≥ cut[p])`.
+//! - [`auth`]: constant-time bearer-token checks.
 //! - [`config`]: flags shared by every role, each also a `LAMBDA_*` variable.
 //! - [`telemetry`]: `tracing` set-up from `RUST_LOG`.
 //! - [`shutdown`]: ctrl-c/SIGTERM → cancellation token → grace period.
 //! - [`kafka`]: client configurations and idempotent topic creation.
+//! - [`dead_letter`]: records that are not events, sent on with origin and reason.
+//! - [`metrics`]: atomic counters and the Prometheus text format.
 //! - `broker` (feature `embedded-broker`): an in-process Kafka-compatible
 //!   broker for tests and the demo.
 
+pub mod auth;
 pub mod config;
 pub mod cut;
+pub mod dead_letter;
 pub mod event;
 pub mod kafka;
 pub mod merge;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tokenizer;

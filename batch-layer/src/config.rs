@@ -1,0 +1,92 @@
+//! `lambda batch` configuration.
+
+use crate::master_log::{FsyncPolicy, LogOptions};
+use clap::Args;
+use common::config::{env, parse_duration, ConfigError, KafkaArgs, NodeArgs, StreamArgs};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Address of the batch layer's HTTP server (views, recompute, metrics).
+    #[arg(long, env = env::HTTP_ADDR, default_value = "127.0.0.1:7071")]
+    pub http_addr: SocketAddr,
+
+    /// Bearer token required by `POST /recompute`; unset leaves it open (bind
+    /// the batch layer to a private address then).
+    #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Time between recomputes (e.g. 30s, 5m).
+    #[arg(long, env = env::RECOMPUTE_INTERVAL, default_value = "30s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// How many batch view versions to keep on disk.
+    #[arg(long, env = env::KEEP_VIEWS, default_value_t = 3)]
+    pub keep_views: usize,
+
+    /// Master-log segment size in bytes before a new segment starts.
+    #[arg(long, env = env::SEGMENT_BYTES, default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
+
+    /// fsync policy: every-batch (a batch counts as ingested once durable) or never.
+    #[arg(long, env = env::FSYNC, default_value = "every-batch")]
+    pub fsync: FsyncPolicy,
+
+    /// Quarantine damaged master-log segments (and later ones) instead of
+    /// refusing to start; their offsets are ingested again from Kafka.
+    #[arg(long, env = env::REPAIR)]
+    pub repair: bool,
+
+    /// MapReduce threads (0: one per CPU).
+    #[arg(long, env = env::THREADS, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl BatchArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.stream.validate()?;
+        self.node.validate()?;
+        if self.interval < Duration::from_millis(100) {
+            return Err(ConfigError {
+                flag: "interval",
+                message: "must be at least 100ms".into(),
+            });
+        }
+        if self.keep_views == 0 {
+            return Err(ConfigError {
+                flag: "keep-views",
+                message: "must keep at least 1 view".into(),
+            });
+        }
+        if self.segment_bytes < 4096 {
+            return Err(ConfigError {
+                flag: "segment-bytes",
+                message: "must be at least 4096".into(),
+            });
+        }
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError {
+                flag: "admin-token",
+                message: "must not be empty when set".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn log_options(&self) -> LogOptions {
+        LogOptions {
+            segment_bytes: self.segment_bytes,
+            fsync: self.fsync,
+            repair: self.repair,
+        }
+    }
+}

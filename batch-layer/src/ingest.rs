@@ -1,0 +1,322 @@
+//! Ingestion: every record of the events topic into the master log, exactly
+//! once.
+//!
+//! Delivery guarantee: exactly-once into the master log. The consumer is
+//! assigned every partition at the log's own end (last offset + 1), never at a
+//! Kafka-committed position; a batch counts as ingested once appended and
+//! fsynced; redelivered offsets are skipped by the log. Kafka commits happen
+//! afterwards and only for monitoring (`kafka-consumer-groups --describe`).
+//!
+//! Records that are not events are still appended (marked), and sent to the
+//! dead-letter topic *before* the append, so a crash in between re-sends rather
+//! than loses them (at-least-once there; the headers name the origin offset).
+
+use crate::master_log::{LogError, MasterLog, Record, RecordKind};
+use crate::metrics::BatchMetrics;
+use common::dead_letter::DeadLetterSink;
+use common::event::decode_message;
+use common::kafka::{consumer_config, topic_partitions};
+use common::shutdown::CancellationToken;
+use common::{Offset, Partition};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The consumer group the batch layer reports its position under.
+pub const GROUP: &str = "lambda-batch";
+
+#[derive(Debug, Error)]
+pub enum IngestError {
+    #[error("cannot create the batch consumer for {brokers}: {source}")]
+    Consumer {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic `{topic}` has no partitions visible on {brokers}")]
+    NoTopic { topic: String, brokers: String },
+    #[error("cannot assign partitions of `{topic}`: {source}")]
+    Assign {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub max_event_bytes: usize,
+    /// A batch closes at this many records …
+    pub batch_records: usize,
+    /// … or this long after its first record.
+    pub batch_wait: Duration,
+}
+
+/// One received record, owned, on its way into the log.
+struct Pending {
+    partition: Partition,
+    offset: Offset,
+    timestamp_ms: Option<i64>,
+    kind: RecordKind,
+    payload: Vec<u8>,
+}
+
+/// Consumes until `token` is cancelled. Errors writing the log (a full disk)
+/// are reported and the same batch is retried, so consumption pauses rather
+/// than losing records.
+pub async fn run(
+    config: IngestConfig,
+    log: Arc<Mutex<MasterLog>>,
+    dead_letters: DeadLetterSink,
+    metrics: Arc<BatchMetrics>,
+    token: CancellationToken,
+) -> Result<(), IngestError> {
+    let consumer: StreamConsumer =
+        consumer_config(&config.brokers, GROUP)
+            .create()
+            .map_err(|source| IngestError::Consumer {
+                brokers: config.brokers.clone(),
+                source,
+            })?;
+    let mut partitions = assign(&consumer, &config, &log).await?;
+    let mut last_metadata_check = Instant::now();
+
+    while !token.is_cancelled() {
+        let Some(batch) = next_batch(&consumer, &config, &dead_letters, &metrics, &token).await
+        else {
+            break;
+        };
+        if !batch.is_empty() {
+            append_with_retry(&log, batch, &metrics, &token, &consumer, &config.topic).await;
+        }
+        if last_metadata_check.elapsed() > Duration::from_secs(30) {
+            last_metadata_check = Instant::now();
+            let brokers = config.brokers.clone();
+            let topic = config.topic.clone();
+            let now = tokio::task::spawn_blocking(move || {
+                topic_partitions(&brokers, &topic, Duration::from_secs(5))
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(partitions);
+            if now > partitions {
+                tracing::info!(before = partitions, now, "New partitions; reassigning.");
+                partitions = assign(&consumer, &config, &log).await?;
+            }
+        }
+    }
+    tracing::info!("Ingestion stopped.");
+    Ok(())
+}
+
+/// Assigns every partition of the topic at the master log's end.
+async fn assign(
+    consumer: &StreamConsumer,
+    config: &IngestConfig,
+    log: &Mutex<MasterLog>,
+) -> Result<usize, IngestError> {
+    let brokers = config.brokers.clone();
+    let topic = config.topic.clone();
+    let count = tokio::task::spawn_blocking(move || {
+        topic_partitions(&brokers, &topic, Duration::from_secs(30))
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| IngestError::NoTopic {
+        topic: config.topic.clone(),
+        brokers: config.brokers.clone(),
+    })?;
+    let ends = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..count as Partition {
+        let position = match ends.get(p) {
+            0 => KafkaOffset::Beginning,
+            o => KafkaOffset::Offset(o),
+        };
+        tpl.add_partition_offset(&config.topic, p, position)
+            .map_err(|source| IngestError::Assign {
+                topic: config.topic.clone(),
+                source,
+            })?;
+        tracing::info!(
+            partition = p,
+            offset = ends.get(p),
+            "Resuming ingestion from the master log's end."
+        );
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|source| IngestError::Assign {
+            topic: config.topic.clone(),
+            source,
+        })?;
+    Ok(count)
+}
+
+/// Receives up to `batch_records` records, waiting at most `batch_wait` after
+/// the first. `None` once cancelled.
+async fn next_batch(
+    consumer: &StreamConsumer,
+    config: &IngestConfig,
+    dead_letters: &DeadLetterSink,
+    metrics: &BatchMetrics,
+    token: &CancellationToken,
+) -> Option<Vec<Pending>> {
+    let mut batch = Vec::new();
+    let first = tokio::select! {
+        _ = token.cancelled() => return None,
+        m = consumer.recv() => m,
+    };
+    let deadline = tokio::time::Instant::now() + config.batch_wait;
+    let mut next = Some(first);
+    loop {
+        match next.take() {
+            Some(Ok(message)) => {
+                let message = message.detach();
+                batch.push(pending(&message, config, dead_letters, metrics, token).await);
+            }
+            Some(Err(error)) => {
+                metrics.consumer_errors.inc();
+                tracing::warn!(%error, "Kafka consumer error.");
+            }
+            None => {}
+        }
+        if batch.len() >= config.batch_records {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(m) => next = Some(m),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn pending(
+    message: &OwnedMessage,
+    config: &IngestConfig,
+    dead_letters: &DeadLetterSink,
+    metrics: &BatchMetrics,
+    token: &CancellationToken,
+) -> Pending {
+    let decoded = decode_message(message, config.max_event_bytes);
+    let kind = RecordKind::of(&decoded);
+    if let Err(error) = &decoded {
+        metrics.dead_letter(error.reason());
+        tracing::warn!(
+            partition = message.partition(),
+            offset = message.offset(),
+            reason = error.reason(),
+            "Record is not an event; keeping it marked and dead-lettering it."
+        );
+        // Retry until the dead letter is delivered: it must exist before the
+        // record counts as ingested.
+        let mut delay = Duration::from_millis(100);
+        while let Err(send_error) = dead_letters.send(message, error).await {
+            metrics.dead_letter_failures.inc();
+            tracing::error!(error = %send_error, "Cannot send a dead letter; retrying.");
+            if token.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    Pending {
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        kind,
+        payload: message.payload().unwrap_or_default().to_vec(),
+    }
+}
+
+async fn append_with_retry(
+    log: &Arc<Mutex<MasterLog>>,
+    batch: Vec<Pending>,
+    metrics: &BatchMetrics,
+    token: &CancellationToken,
+    consumer: &StreamConsumer,
+    topic: &str,
+) {
+    let batch = Arc::new(batch);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let log = Arc::clone(log);
+        let records = Arc::clone(&batch);
+        let result = tokio::task::spawn_blocking(move || append_batch(&log, &records)).await;
+        match result {
+            Ok(Ok((appended, ends))) => {
+                metrics.records_ingested.add(appended as u64);
+                metrics
+                    .duplicates_skipped
+                    .add((batch.len() - appended) as u64);
+                commit_for_monitoring(consumer, topic, &ends);
+                return;
+            }
+            Ok(Err(error)) => {
+                metrics.log_write_errors.inc();
+                tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "Cannot append to the master log; retrying the batch.");
+            }
+            Err(join_error) => {
+                metrics.log_write_errors.inc();
+                tracing::error!(error = %join_error, "Master log append panicked; retrying the batch.");
+            }
+        }
+        if token.is_cancelled() {
+            tracing::warn!(
+                records = batch.len(),
+                "Stopping with an unwritten batch; it will be consumed again on restart."
+            );
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Appends a batch (grouped by partition, in offset order) and applies the
+/// fsync policy, under one hold of the lock, so that a cut taken by a
+/// recompute never includes records that are not durable.
+fn append_batch(
+    log: &Mutex<MasterLog>,
+    batch: &[Pending],
+) -> Result<(usize, common::Cut), LogError> {
+    let mut by_partition: BTreeMap<Partition, Vec<&Pending>> = BTreeMap::new();
+    for p in batch {
+        by_partition.entry(p.partition).or_default().push(p);
+    }
+    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    let mut appended = 0;
+    for (partition, records) in by_partition {
+        appended += log.append(
+            partition,
+            records.into_iter().map(|r| Record {
+                offset: r.offset,
+                timestamp_ms: r.timestamp_ms,
+                kind: r.kind,
+                payload: &r.payload,
+            }),
+        )?;
+    }
+    log.commit()?;
+    Ok((appended, log.end_offsets()))
+}
+
+fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, ends: &common::Cut) {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in ends.iter() {
+        let _ = tpl.add_partition_offset(topic, p, KafkaOffset::Offset(o));
+    }
+    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(%error, "Monitoring commit failed (harmless: positions come from the master log).");
+    }
+}

@@ -1,0 +1,382 @@
+//! The MapReduce engine: word counts over independent splits, on rayon.
+//!
+//! The textbook phases, each its own function:
+//!
+//! 1. [`map_phase`]: every task tokenizes its splits and combines counts
+//!    locally (the "combiner"), so only one entry per distinct word and task
+//!    leaves it.
+//! 2. [`shuffle_phase`]: every task's entries are hash-partitioned into `R`
+//!    shards, then grouped by shard across all tasks.
+//! 3. [`reduce_phase`]: each shard sums its entries, shards in parallel.
+//! 4. [`sort_phase`]: the reduced shards are concatenated and sorted.
+//!
+//! Inputs are anything that can be cut into splits: the master log's segments
+//! up to a cut ([`crate::recompute`]), or byte ranges of a text file
+//! ([`TextInput`]).
+
+use common::Tokenizer;
+use rayon::prelude::*;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One word and its count.
+pub type WordCount = (Box<str>, u64);
+
+/// A map task's local table and tallies.
+#[derive(Debug, Default)]
+pub struct Combiner {
+    counts: FxHashMap<Box<str>, u64>,
+    tokenizer: Tokenizer,
+    /// Events (records or lines) mapped.
+    pub events: u64,
+    /// Records or lines skipped because they are not events.
+    pub skipped: u64,
+    /// Input bytes consumed.
+    pub bytes: u64,
+}
+
+impl Combiner {
+    /// Tokenizes one event (or a run of whole events) and counts its words.
+    pub fn add_text(&mut self, text: &str) {
+        let counts = &mut self.counts;
+        self.tokenizer.for_each_word(text, |w| {
+            // Look up by &str first: a hit, the common case, allocates nothing.
+            if let Some(c) = counts.get_mut(w) {
+                *c += 1;
+            } else {
+                counts.insert(w.into(), 1);
+            }
+        });
+    }
+}
+
+/// Totals of a whole job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobStats {
+    pub events: u64,
+    pub skipped: u64,
+    pub bytes: u64,
+    /// Word occurrences counted.
+    pub words: u64,
+}
+
+/// The result of a job: every word with its count, in the requested order.
+#[derive(Debug, Default)]
+pub struct JobOutput {
+    pub counts: Vec<WordCount>,
+    pub stats: JobStats,
+}
+
+/// How [`sort_phase`] orders the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Word ascending: batch views, for lookups by binary search.
+    ByWord,
+    /// Count descending, then word ascending: `lambda mapreduce` output.
+    ByCountDesc,
+}
+
+/// Map: runs `map_split` over every split, combining locally per rayon task.
+pub fn map_phase<S, E>(
+    splits: &[S],
+    map_split: impl Fn(&S, &mut Combiner) -> Result<(), E> + Sync,
+) -> Result<Vec<Combiner>, E>
+where
+    S: Sync,
+    E: Send,
+{
+    splits
+        .par_iter()
+        .try_fold(Combiner::default, |mut combiner, split| {
+            map_split(split, &mut combiner)?;
+            Ok(combiner)
+        })
+        .collect()
+}
+
+/// Shuffle: partitions every map output into `shards` by word hash and groups
+/// the pieces by shard. Returns, per shard, the runs from each map task.
+pub fn shuffle_phase(
+    map_outputs: Vec<Combiner>,
+    shards: usize,
+) -> (Vec<Vec<Vec<WordCount>>>, JobStats) {
+    let shards = shards.max(1);
+    let mut stats = JobStats::default();
+    for m in &map_outputs {
+        stats.events += m.events;
+        stats.skipped += m.skipped;
+        stats.bytes += m.bytes;
+    }
+    let hasher = FxBuildHasher;
+    let partitioned: Vec<Vec<Vec<WordCount>>> = map_outputs
+        .into_par_iter()
+        .map(|m| {
+            let per_shard = m.counts.len() / shards + 1;
+            let mut out: Vec<Vec<WordCount>> =
+                (0..shards).map(|_| Vec::with_capacity(per_shard)).collect();
+            for (w, c) in m.counts {
+                let shard = (hasher.hash_one(&w) % shards as u64) as usize;
+                out[shard].push((w, c));
+            }
+            out
+        })
+        .collect();
+    // Transpose: task-major to shard-major.
+    let mut grouped: Vec<Vec<Vec<WordCount>>> = (0..shards)
+        .map(|_| Vec::with_capacity(partitioned.len()))
+        .collect();
+    for task in partitioned {
+        for (shard, run) in task.into_iter().enumerate() {
+            grouped[shard].push(run);
+        }
+    }
+    (grouped, stats)
+}
+
+/// Reduce: sums each shard's runs, shards in parallel.
+pub fn reduce_phase(shards: Vec<Vec<Vec<WordCount>>>) -> Vec<Vec<WordCount>> {
+    shards
+        .into_par_iter()
+        .map(|runs| {
+            let mut runs = runs.into_iter();
+            let Some(first) = runs.next() else {
+                return Vec::new();
+            };
+            let mut sums: FxHashMap<Box<str>, u64> = first.into_iter().collect();
+            for run in runs {
+                for (w, c) in run {
+                    *sums.entry(w).or_insert(0) += c;
+                }
+            }
+            sums.into_iter().collect()
+        })
+        .collect()
+}
+
+/// Sort: concatenates the reduced shards in the requested order.
+pub fn sort_phase(reduced: Vec<Vec<WordCount>>, order: Order) -> Vec<WordCount> {
+    let mut all: Vec<WordCount> = reduced.into_iter().flatten().collect();
+    match order {
+        Order::ByWord => all.par_sort_unstable_by(|a, b| a.0.cmp(&b.0)),
+        Order::ByCountDesc => {
+            all.par_sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)))
+        }
+    }
+    all
+}
+
+/// Runs the four phases on the current rayon pool.
+pub fn run_job<S, E>(
+    splits: &[S],
+    shards: usize,
+    order: Order,
+    map_split: impl Fn(&S, &mut Combiner) -> Result<(), E> + Sync,
+) -> Result<JobOutput, E>
+where
+    S: Sync,
+    E: Send,
+{
+    let mapped = map_phase(splits, map_split)?;
+    let (shuffled, mut stats) = shuffle_phase(mapped, shards);
+    let reduced = reduce_phase(shuffled);
+    let counts = sort_phase(reduced, order);
+    stats.words = counts.iter().map(|(_, c)| c).sum();
+    Ok(JobOutput { counts, stats })
+}
+
+/// A dedicated rayon pool, so a job's thread count is the caller's choice and
+/// recomputes never compete with the async runtime's threads.
+#[derive(Debug)]
+pub struct Engine {
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl Engine {
+    /// `threads == 0` means one per CPU.
+    pub fn new(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("mapreduce-{i}"))
+            .build()?;
+        let threads = pool.current_num_threads();
+        Ok(Self { pool, threads })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Reduce shards: a few per thread, so shards balance across threads.
+    pub fn shards(&self) -> usize {
+        self.threads * 4
+    }
+
+    /// Runs a job on this engine's pool.
+    pub fn run<S, E>(
+        &self,
+        splits: &[S],
+        order: Order,
+        map_split: impl Fn(&S, &mut Combiner) -> Result<(), E> + Sync + Send,
+    ) -> Result<JobOutput, E>
+    where
+        S: Sync,
+        E: Send,
+    {
+        let shards = self.shards();
+        self.pool
+            .install(|| run_job(splits, shards, order, map_split))
+    }
+}
+
+/// A plain text file in memory, one event per line, cut into splits at line
+/// boundaries.
+#[derive(Debug)]
+pub struct TextInput {
+    data: Vec<u8>,
+    splits: Vec<(usize, usize)>,
+}
+
+impl TextInput {
+    /// Splits `data` into pieces of about `split_bytes`, each ending after a
+    /// newline (or at the end of the data).
+    pub fn new(data: Vec<u8>, split_bytes: usize) -> Self {
+        let split_bytes = split_bytes.max(1);
+        let mut splits = Vec::new();
+        let mut start = 0;
+        while start < data.len() {
+            let mut end = (start + split_bytes).min(data.len());
+            if end < data.len() {
+                end = match data[end..].iter().position(|&b| b == b'\n') {
+                    Some(i) => end + i + 1,
+                    None => data.len(),
+                };
+            }
+            splits.push((start, end));
+            start = end;
+        }
+        Self { data, splits }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Counts the words of every line. `progress` receives bytes as splits finish.
+    pub fn word_count(&self, engine: &Engine, order: Order, progress: &AtomicU64) -> JobOutput {
+        let result: Result<JobOutput, std::convert::Infallible> =
+            engine.run(&self.splits, order, |&(s, e), combiner| {
+                map_text(&self.data[s..e], combiner);
+                progress.fetch_add((e - s) as u64, Ordering::Relaxed);
+                Ok(())
+            });
+        match result {
+            Ok(out) => out,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Maps a run of whole lines. Valid UTF-8 (the usual case) is tokenized in one
+/// pass, since a newline separates words anyway; otherwise line by line, and
+/// lines that are not UTF-8 are skipped.
+fn map_text(chunk: &[u8], combiner: &mut Combiner) {
+    combiner.bytes += chunk.len() as u64;
+    let newlines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+    let lines = newlines + u64::from(chunk.last().is_some_and(|&b| b != b'\n'));
+    match std::str::from_utf8(chunk) {
+        Ok(text) => {
+            combiner.events += lines;
+            combiner.add_text(text);
+        }
+        Err(_) => {
+            for line in chunk.split(|&b| b == b'\n') {
+                match std::str::from_utf8(line) {
+                    Ok(text) => {
+                        combiner.events += 1;
+                        combiner.add_text(text);
+                    }
+                    Err(_) => combiner.skipped += 1,
+                }
+            }
+            // `split` yields an empty piece after a trailing newline.
+            if chunk.last() == Some(&b'\n') {
+                combiner.events -= 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn naive(text: &str) -> HashMap<String, u64> {
+        let mut t = Tokenizer::new();
+        let mut counts = HashMap::new();
+        t.for_each_word(text, |w| *counts.entry(w.to_owned()).or_insert(0) += 1);
+        counts
+    }
+
+    fn run_text(data: &[u8], threads: usize, split: usize, order: Order) -> JobOutput {
+        let engine = Engine::new(threads).expect("pool");
+        TextInput::new(data.to_vec(), split).word_count(&engine, order, &AtomicU64::new(0))
+    }
+
+    #[test]
+    fn counts_sorted_by_count_then_word() {
+        let out = run_text(b"b a b\nc a b\n", 2, 3, Order::ByCountDesc);
+        let got: Vec<(&str, u64)> = out.counts.iter().map(|(w, c)| (&**w, *c)).collect();
+        assert_eq!(got, [("b", 3), ("a", 2), ("c", 1)]);
+        assert_eq!(out.stats.events, 2);
+        assert_eq!(out.stats.words, 6);
+        assert_eq!(out.stats.bytes, 12);
+    }
+
+    #[test]
+    fn invalid_lines_are_skipped_and_counted() {
+        let out = run_text(
+            b"good line\n\xff\xfe bad\nalso good",
+            1,
+            1000,
+            Order::ByWord,
+        );
+        let got: Vec<&str> = out.counts.iter().map(|(w, _)| &**w).collect();
+        assert_eq!(got, ["also", "good", "line"]);
+        assert_eq!((out.stats.events, out.stats.skipped), (2, 1));
+    }
+
+    #[test]
+    fn splits_end_at_line_boundaries() {
+        let input = TextInput::new(b"aa bb\ncc\ndd ee ff\n".to_vec(), 4);
+        for &(s, e) in &input.splits {
+            assert!(e == input.data.len() || input.data[e - 1] == b'\n');
+            assert!(s < e);
+        }
+        assert_eq!(input.splits.last().map(|s| s.1), Some(input.data.len()));
+    }
+
+    proptest! {
+        #[test]
+        fn mapreduce_equals_a_single_threaded_count(
+            lines in prop::collection::vec("[a-cA-C0-9 ,.'é\u{0130}-]{0,30}", 0..60),
+            threads in 1usize..5,
+            split in 1usize..64,
+        ) {
+            let text = lines.join("\n");
+            let out = run_text(text.as_bytes(), threads, split, Order::ByWord);
+            let got: HashMap<String, u64> = out.counts.iter().map(|(w, c)| (w.to_string(), *c)).collect();
+            prop_assert_eq!(&got, &naive(&text));
+            prop_assert_eq!(out.counts.len(), got.len(), "no word appears twice");
+            prop_assert!(out.counts.windows(2).all(|w| w[0].0 < w[1].0), "sorted by word");
+            prop_assert_eq!(out.stats.events, text.lines().count() as u64);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Reading segments: each is an independent unit of work (one rayon task).
+
+use super::record::{parse, Parsed, Record};
+use super::LogError;
+use common::{Offset, Partition};
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+
+/// A segment to read, up to (not including) `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRef {
+    pub partition: Partition,
+    pub base_offset: Offset,
+    pub path: PathBuf,
+    /// Bytes known to be valid when the reference was taken.
+    pub len: u64,
+    /// Records at or above this offset are not read.
+    pub limit: Offset,
+}
+
+impl SegmentRef {
+    /// Reads the segment's valid bytes (a segment is at most a few tens of MiB).
+    pub fn load(&self) -> Result<Vec<u8>, LogError> {
+        let io = |e| LogError::io(&self.path, e);
+        let mut buf = Vec::with_capacity(self.len as usize);
+        File::open(&self.path)
+            .map_err(io)?
+            .take(self.len)
+            .read_to_end(&mut buf)
+            .map_err(io)?;
+        Ok(buf)
+    }
+
+    /// Iterates over the records of `bytes` (from [`SegmentRef::load`]) below
+    /// the limit.
+    pub fn records<'a>(&'a self, bytes: &'a [u8]) -> RecordIter<'a> {
+        RecordIter {
+            segment: self,
+            bytes,
+            pos: 0,
+        }
+    }
+}
+
+/// Records of a loaded segment, in offset order, below its limit.
+#[derive(Debug)]
+pub struct RecordIter<'a> {
+    segment: &'a SegmentRef,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<Record<'a>, LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.bytes.len() {
+            return None;
+        }
+        match parse(&self.bytes[self.pos..]) {
+            Parsed::Record(record, len) => {
+                if record.offset >= self.segment.limit {
+                    self.pos = self.bytes.len();
+                    return None;
+                }
+                self.pos += len;
+                Some(Ok(record))
+            }
+            Parsed::Short | Parsed::Corrupt(_) => {
+                let position = self.pos as u64;
+                self.pos = self.bytes.len();
+                Some(Err(LogError::Corrupt {
+                    path: self.segment.path.clone(),
+                    position,
+                    reason: "unreadable record below the cut",
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The batch layer's metrics, rendered at `GET /metrics`.
+
+use common::event::DecodeError;
+use common::metrics::{Counter, Gauge, TextWriter};
+use common::Cut;
+
+#[derive(Debug, Default)]
+pub struct BatchMetrics {
+    pub records_ingested: Counter,
+    pub duplicates_skipped: Counter,
+    pub consumer_errors: Counter,
+    pub log_write_errors: Counter,
+    pub dead_letter_failures: Counter,
+    dead_letters: [Counter; 3],
+    pub recomputes: Counter,
+    pub recompute_failures: Counter,
+    pub view_version: Gauge,
+    pub view_computed_at_ms: Gauge,
+    pub last_recompute_ms: Gauge,
+}
+
+impl BatchMetrics {
+    pub fn dead_letter(&self, reason: &str) {
+        if let Some(i) = DecodeError::REASONS.iter().position(|r| *r == reason) {
+            self.dead_letters[i].inc();
+        }
+    }
+
+    pub fn dead_letters(&self, reason: &str) -> u64 {
+        DecodeError::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.dead_letters[i].get())
+    }
+
+    /// Prometheus text, with the master log's end offsets.
+    pub fn render(&self, log_end: &Cut, now_ms: i64) -> String {
+        let mut w = TextWriter::new();
+        w.single(
+            "lambda_batch_records_ingested_total",
+            "counter",
+            "Records appended to the master log.",
+            self.records_ingested.get(),
+        )
+        .single(
+            "lambda_batch_duplicates_skipped_total",
+            "counter",
+            "Redelivered records skipped because the log already had them.",
+            self.duplicates_skipped.get(),
+        )
+        .single(
+            "lambda_batch_consumer_errors_total",
+            "counter",
+            "Kafka consumer errors.",
+            self.consumer_errors.get(),
+        )
+        .single(
+            "lambda_batch_log_write_errors_total",
+            "counter",
+            "Failed master-log appends (retried).",
+            self.log_write_errors.get(),
+        )
+        .single(
+            "lambda_batch_dead_letter_send_failures_total",
+            "counter",
+            "Failed dead-letter sends (retried).",
+            self.dead_letter_failures.get(),
+        );
+        w.family(
+            "lambda_dead_letters_total",
+            "counter",
+            "Records that are not events, by reason.",
+        );
+        for (i, reason) in DecodeError::REASONS.iter().enumerate() {
+            w.sample(
+                "lambda_dead_letters_total",
+                &[("layer", "batch"), ("reason", reason)],
+                self.dead_letters[i].get(),
+            );
+        }
+        w.single(
+            "lambda_batch_recomputes_total",
+            "counter",
+            "Batch views published.",
+            self.recomputes.get(),
+        )
+        .single(
+            "lambda_batch_recompute_failures_total",
+            "counter",
+            "Failed recomputes.",
+            self.recompute_failures.get(),
+        )
+        .single(
+            "lambda_batch_view_version",
+            "gauge",
+            "Version of the newest batch view.",
+            self.view_version.get(),
+        )
+        .single(
+            "lambda_batch_last_recompute_seconds",
+            "gauge",
+            "Duration of the last recompute.",
+            self.last_recompute_ms.get() as f64 / 1000.0,
+        );
+        let computed = self.view_computed_at_ms.get();
+        let age = if computed > 0 {
+            (now_ms - computed).max(0) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        w.single(
+            "lambda_batch_view_age_seconds",
+            "gauge",
+            "Age of the newest batch view.",
+            age,
+        );
+        w.family(
+            "lambda_batch_log_end_offset",
+            "gauge",
+            "Offset after the last record in the master log, per partition.",
+        );
+        for (p, o) in log_end.iter() {
+            w.sample(
+                "lambda_batch_log_end_offset",
+                &[("partition", &p.to_string())],
+                o,
+            );
+        }
+        w.finish()
+    }
+}

@@ -1,0 +1,126 @@
+//! The batch layer's HTTP server: publishes views for serving layers to pull.
+//!
+//! - `GET /views/latest`: the manifest of the newest view (404 before the first).
+//! - `GET /views/{version}`: that view's file, verified by the manifest's CRC32C.
+//! - `POST /recompute`: recompute now; answers with the resulting manifest.
+//! - `GET /metrics`, `GET /healthz`.
+
+use crate::master_log::MasterLog;
+use crate::metrics::BatchMetrics;
+use crate::recompute::now_ms;
+use crate::view::{Manifest, ViewStore};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// A request for an on-demand recompute, answered with the manifest.
+pub type RecomputeRequest = oneshot::Sender<Result<Manifest, String>>;
+
+#[derive(Clone)]
+pub struct BatchState {
+    pub store: Arc<ViewStore>,
+    pub log: Arc<Mutex<MasterLog>>,
+    pub metrics: Arc<BatchMetrics>,
+    pub recompute: mpsc::Sender<RecomputeRequest>,
+    pub admin_token: Option<Arc<str>>,
+}
+
+pub fn router(state: BatchState) -> Router {
+    Router::new()
+        .route("/views/latest", get(latest))
+        .route("/views/{version}", get(view_file))
+        .route("/recompute", post(recompute))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "Batch HTTP request failed.");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+async fn latest(State(state): State<BatchState>) -> Response {
+    let store = Arc::clone(&state.store);
+    match tokio::task::spawn_blocking(move || store.latest()).await {
+        Ok(Ok(Some(manifest))) => Json(manifest).into_response(),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no batch view yet"),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn view_file(State(state): State<BatchState>, Path(version): Path<String>) -> Response {
+    let Ok(version) = version.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the version must be a whole number",
+        );
+    };
+    let store = Arc::clone(&state.store);
+    match tokio::task::spawn_blocking(move || store.read(version)).await {
+        Ok(Ok(Some(bytes))) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/tab-separated-values; charset=utf-8",
+            )],
+            bytes,
+        )
+            .into_response(),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!("batch view {version} is not kept"),
+        ),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+async fn recompute(State(state): State<BatchState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.admin_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !common::auth::bearer_matches(expected, presented) {
+            return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    if state.recompute.send(tx).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the batch layer is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(manifest)) => Json(manifest).into_response(),
+        Ok(Err(message)) => internal(message),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the batch layer is shutting down",
+        ),
+    }
+}
+
+async fn metrics(State(state): State<BatchState>) -> Response {
+    let ends = state
+        .log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .end_offsets();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&ends, now_ms()),
+    )
+        .into_response()
+}

@@ -1,0 +1,109 @@
+//! The dead-letter topic: records that are not events, with their origin and
+//! the reason in headers, so nothing that arrived is silently dropped.
+
+use crate::event::DecodeError;
+use crate::kafka::producer_config;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::Duration;
+
+/// Header names on dead-letter records.
+pub mod headers {
+    pub const REASON: &str = "lambda.reason";
+    pub const ERROR: &str = "lambda.error";
+    pub const ORIGIN_TOPIC: &str = "lambda.origin.topic";
+    pub const ORIGIN_PARTITION: &str = "lambda.origin.partition";
+    pub const ORIGIN_OFFSET: &str = "lambda.origin.offset";
+    pub const LAYER: &str = "lambda.layer";
+    pub const TRUNCATED: &str = "lambda.truncated";
+}
+
+/// Payloads larger than this are truncated in the dead-letter record (the
+/// header says so); the master log keeps the whole record.
+pub const MAX_DEAD_LETTER_PAYLOAD: usize = 64 << 10;
+
+/// Sends records that failed to decode to the dead-letter topic.
+#[derive(Clone)]
+pub struct DeadLetterSink {
+    producer: FutureProducer,
+    topic: String,
+    layer: &'static str,
+}
+
+impl std::fmt::Debug for DeadLetterSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterSink")
+            .field("topic", &self.topic)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl DeadLetterSink {
+    /// `layer` names the layer that found the record (`batch`, `speed`): both
+    /// see every record, so each dead letter says who sent it.
+    pub fn new(brokers: &str, topic: &str, layer: &'static str) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: producer_config(brokers).create()?,
+            topic: topic.to_owned(),
+            layer,
+        })
+    }
+
+    /// Sends one dead letter and waits until the broker has it.
+    pub async fn send<M: Message>(
+        &self,
+        message: &M,
+        error: &DecodeError,
+    ) -> Result<(), KafkaError> {
+        let payload = message.payload().unwrap_or_default();
+        let truncated = payload.len() > MAX_DEAD_LETTER_PAYLOAD;
+        let body = &payload[..payload.len().min(MAX_DEAD_LETTER_PAYLOAD)];
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let error_text = error.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: headers::REASON,
+                value: Some(error.reason()),
+            })
+            .insert(Header {
+                key: headers::ERROR,
+                value: Some(&error_text),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_TOPIC,
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: headers::ORIGIN_OFFSET,
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: headers::LAYER,
+                value: Some(self.layer),
+            })
+            .insert(Header {
+                key: headers::TRUNCATED,
+                value: Some(if truncated { "true" } else { "false" }),
+            });
+        let key = format!("{}/{partition}/{offset}", message.topic());
+        let mut record = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(body)
+            .headers(headers);
+        if let Some(ts) = message.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
