@@ -4,7 +4,9 @@
 //! `LAMBDA_*` environment variable), sets up logging and shutdown, and wires
 //! them together.
 
-use clap::Parser;
+mod cmd;
+
+use clap::{Parser, Subcommand};
 
 /// Lambda: a reference implementation of the Lambda Architecture on Kafka.
 ///
@@ -13,10 +15,24 @@ use clap::Parser;
 /// not absorbed yet, and a serving layer merges both, exactly, per query.
 #[derive(Debug, Parser)]
 #[command(name = "lambda", version, about, long_about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the batch layer: master log, ingestion, periodic recompute, view publication.
+    Batch(batch_layer::config::BatchArgs),
+    /// Count words in a text file (one event per line) with the batch engine.
+    Mapreduce(cmd::mapreduce::MapreduceArgs),
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+    let cli = Cli::parse();
     common::telemetry::init();
-    Ok(())
+    match cli.command {
+        Command::Batch(args) => cmd::batch::run(args),
+        Command::Mapreduce(args) => cmd::mapreduce::run(args),
+    }
 }

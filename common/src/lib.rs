@@ -23,7 +23,8 @@
 //! - [`dead_letter`]: records that are not events, sent on with origin and reason.
 //! - [`metrics`]: atomic counters and the Prometheus text format.
 //! - `broker` (feature `embedded-broker`): an in-process Kafka-compatible
-//!   broker for tests and the demo.
+//!   broker for tests and the demo, and `testkit`: helpers for tests that
+//!   drive real components.
 
 pub mod auth;
 pub mod config;
@@ -39,6 +40,8 @@ pub mod tokenizer;
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+#[cfg(feature = "embedded-broker")]
+pub mod testkit;
 
 pub use cut::{BucketSize, Cut, Offset, Partition};
 pub use event::{DecodeError, Event};

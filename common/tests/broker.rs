@@ -3,36 +3,12 @@
 mod common;
 
 use ::common::broker::{BrokerStorage, EmbeddedBroker};
-use ::common::kafka::{ensure_topic, producer_config};
-use common::{consume_n, offsets_by_partition, unique};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use ::common::kafka::ensure_topic;
+use common::{consume_n, offsets_by_partition, produce, unique};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn produce(brokers: &str, topic: &str, records: impl IntoIterator<Item = (String, String)>) {
-    let producer: FutureProducer = producer_config(brokers).create().expect("producer");
-    let sends: Vec<_> = records
-        .into_iter()
-        .map(|(key, payload)| {
-            let producer = producer.clone();
-            let topic = topic.to_owned();
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&payload),
-                        TIMEOUT,
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-            }
-        })
-        .collect();
-    for result in futures::future::join_all(sends).await {
-        result.expect("delivered");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_keyed_records_come_back_dense_and_in_order() {
@@ -53,7 +29,7 @@ async fn ten_thousand_keyed_records_come_back_dense_and_in_order() {
     produce(
         &brokers,
         &topic,
-        (0..N).map(|i| (format!("key-{}", i % 97), format!("event {i}"))),
+        (0..N).map(|i| (format!("key-{}", i % 97), format!("event {i}").into_bytes())),
     )
     .await;
 
@@ -69,16 +45,17 @@ async fn ten_thousand_keyed_records_come_back_dense_and_in_order() {
             "partition {p} offsets are dense and increasing"
         );
     }
-    let payloads: BTreeSet<Vec<u8>> = records.iter().map(|r| r.3.clone()).collect();
+    let payloads: BTreeSet<Vec<u8>> = records.iter().map(|r| r.payload.clone()).collect();
     assert_eq!(payloads.len(), N, "every record arrived exactly once");
 
     // The same key always lands on the same partition.
     let mut key_partition = std::collections::HashMap::new();
-    for (p, _, key, _) in &records {
-        let previous = key_partition.insert(key.clone(), *p);
+    for r in &records {
+        let previous = key_partition.insert(r.key.clone(), r.partition);
         assert!(
-            previous.is_none() || previous == Some(*p),
-            "key {key:?} moved partitions"
+            previous.is_none() || previous == Some(r.partition),
+            "key {:?} moved partitions",
+            r.key
         );
     }
     broker.stop().await;
@@ -101,7 +78,7 @@ async fn sqlite_storage_survives_a_broker_restart() {
     produce(
         &brokers,
         &topic,
-        (0..N).map(|i| (i.to_string(), format!("before restart {i}"))),
+        (0..N).map(|i| (i.to_string(), format!("before restart {i}").into_bytes())),
     )
     .await;
     broker.stop().await;
@@ -118,7 +95,7 @@ async fn sqlite_storage_survives_a_broker_restart() {
     let records = consume_n(&brokers, &topic, N, TIMEOUT).await;
     let payloads: BTreeSet<String> = records
         .iter()
-        .map(|r| String::from_utf8(r.3.clone()).expect("utf-8"))
+        .map(|r| String::from_utf8(r.payload.clone()).expect("utf-8"))
         .collect();
     let expected: BTreeSet<String> = (0..N).map(|i| format!("before restart {i}")).collect();
     assert_eq!(payloads, expected);

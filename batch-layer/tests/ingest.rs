@@ -1,0 +1,255 @@
+//! The batch layer end to end against the embedded broker: ingestion into the
+//! master log, a recompute that matches a naive recount, dead letters.
+
+use batch_layer::config::BatchArgs;
+use batch_layer::view::{verify_and_decode, Manifest};
+use clap::Parser;
+use common::broker::{BrokerStorage, EmbeddedBroker};
+use common::dead_letter::headers;
+use common::testkit::{consume_n, get, http, metric_sum, produce, unique, wait_for};
+use common::Tokenizer;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    batch: BatchArgs,
+}
+
+fn batch_args(brokers: &str, topic: &str, data_dir: &std::path::Path, extra: &[&str]) -> BatchArgs {
+    let dlq = format!("{topic}.dlq");
+    let dir = data_dir.to_str().expect("utf-8 path");
+    let mut argv = vec![
+        "batch",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--dead-letter-topic",
+        &dlq,
+        "--data-dir",
+        dir,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--partitions",
+        "3",
+        "--interval",
+        "1h",
+        "--max-event-bytes",
+        "1000",
+    ];
+    argv.extend_from_slice(extra);
+    Cli::try_parse_from(argv).expect("valid flags").batch
+}
+
+fn recompute(addr: SocketAddr) -> Manifest {
+    let r = http(addr, "POST", "/recompute", &[], b"").expect("recompute");
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).expect("manifest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingests_everything_once_and_recomputes_an_exact_view() {
+    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
+        .await
+        .expect("broker");
+    let brokers = broker.bootstrap();
+    let topic = unique("batch-ingest");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // Bucket size 1: the cut is the whole log, so the view must equal a
+    // recount of every good event.
+    let token = common::shutdown::CancellationToken::new();
+    let running = batch_layer::start(
+        batch_args(&brokers, &topic, dir.path(), &["--bucket-size", "1"]),
+        token.clone(),
+    )
+    .await
+    .expect("batch layer starts");
+    let addr = running.http_addr;
+
+    let vocabulary = ["alpha", "Beta", "gamma", "délta", "ε", "zeta9"];
+    let mut good = Vec::new();
+    for i in 0..3000usize {
+        let words: Vec<&str> = (0..(i % 7) + 1)
+            .map(|j| vocabulary[(i * 31 + j * 7) % vocabulary.len()])
+            .collect();
+        good.push(words.join(" "));
+    }
+    let mut records: Vec<(String, Vec<u8>)> = good
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i.to_string(), t.clone().into_bytes()))
+        .collect();
+    let bad: Vec<Vec<u8>> = vec![b"\xff\xfe not utf-8".to_vec(), vec![b'x'; 1001], Vec::new()];
+    for (i, b) in bad.iter().enumerate() {
+        records.insert(i * 1000 + 5, (format!("bad{i}"), b.clone()));
+    }
+    let total = records.len();
+    produce(&brokers, &topic, records).await;
+
+    let metrics = tokio::task::spawn_blocking(move || {
+        wait_for(
+            "every record in the master log",
+            Duration::from_secs(60),
+            || {
+                let m = get(addr, "/metrics").ok()?.text();
+                (metric_sum(&m, "lambda_batch_log_end_offset") as usize == total).then_some(m)
+            },
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        metric_sum(&metrics, "lambda_batch_records_ingested_total") as usize,
+        total
+    );
+
+    let manifest = tokio::task::spawn_blocking(move || recompute(addr))
+        .await
+        .expect("join");
+    assert_eq!(manifest.header.cut.total_offsets() as usize, total);
+    assert_eq!(manifest.header.events as usize, good.len());
+    assert_eq!(manifest.header.skipped_records as usize, bad.len());
+
+    let version = manifest.version;
+    let bytes = tokio::task::spawn_blocking(move || {
+        get(addr, &format!("/views/{version}")).expect("view").body
+    })
+    .await
+    .expect("join");
+    let view = verify_and_decode(&manifest, &bytes).expect("verified");
+
+    let mut truth: HashMap<String, u64> = HashMap::new();
+    let mut t = Tokenizer::new();
+    for text in &good {
+        t.for_each_word(text, |w| *truth.entry(w.to_owned()).or_insert(0) += 1);
+    }
+    assert_eq!(view.words().len(), truth.len());
+    for (w, c) in view.words() {
+        assert_eq!(Some(c), truth.get(&**w), "word {w}");
+    }
+
+    // Every bad record is in the dead-letter topic with its origin and reason.
+    let dead = consume_n(
+        &brokers,
+        &format!("{topic}.dlq"),
+        bad.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d.header(headers::REASON))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["empty", "invalid-utf8", "too-large"]);
+    for d in &dead {
+        assert_eq!(d.header(headers::ORIGIN_TOPIC), Some(topic.as_str()));
+        assert!(d
+            .header(headers::ORIGIN_OFFSET)
+            .is_some_and(|o| o.parse::<i64>().is_ok()));
+        assert_eq!(d.header(headers::LAYER), Some("batch"));
+    }
+    let metrics =
+        tokio::task::spawn_blocking(move || get(addr, "/metrics").expect("metrics").text())
+            .await
+            .expect("join");
+    assert_eq!(metric_sum(&metrics, "lambda_dead_letters_total"), 3.0);
+
+    // Nothing new: a second recompute keeps the version.
+    let again = tokio::task::spawn_blocking(move || recompute(addr))
+        .await
+        .expect("join");
+    assert_eq!(again.version, manifest.version);
+
+    token.cancel();
+    running.wait().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
+    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
+        .await
+        .expect("broker");
+    let brokers = broker.bootstrap();
+    let topic = unique("batch-cut");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = common::shutdown::CancellationToken::new();
+    let args = batch_args(
+        &brokers,
+        &topic,
+        dir.path(),
+        &["--bucket-size", "16", "--admin-token", "s3cret"],
+    );
+    let running = batch_layer::start(args, token.clone())
+        .await
+        .expect("starts");
+    let addr = running.http_addr;
+
+    produce(
+        &brokers,
+        &topic,
+        (0..200).map(|i| (i.to_string(), format!("w{} common", i % 5).into_bytes())),
+    )
+    .await;
+    tokio::task::spawn_blocking(move || {
+        wait_for("200 records", Duration::from_secs(60), || {
+            let m = get(addr, "/metrics").ok()?.text();
+            (metric_sum(&m, "lambda_batch_log_end_offset") as usize == 200).then_some(())
+        });
+        assert_eq!(
+            http(addr, "POST", "/recompute", &[], b"")
+                .expect("post")
+                .status,
+            401
+        );
+        let wrong = http(
+            addr,
+            "POST",
+            "/recompute",
+            &[("Authorization", "Bearer nope")],
+            b"",
+        )
+        .expect("post");
+        assert_eq!(wrong.status, 401);
+        let ok = http(
+            addr,
+            "POST",
+            "/recompute",
+            &[("Authorization", "Bearer s3cret")],
+            b"",
+        )
+        .expect("post");
+        assert_eq!(ok.status, 200, "{}", ok.text());
+        let manifest: Manifest = serde_json::from_slice(&ok.body).expect("manifest");
+        assert!(manifest
+            .header
+            .cut
+            .is_aligned(common::BucketSize::new(16).expect("16")));
+        for (_, o) in manifest.header.cut.iter() {
+            assert_eq!(o % 16, 0);
+        }
+        assert_eq!(
+            manifest.header.events,
+            manifest.header.cut.total_offsets(),
+            "one event per offset below the cut"
+        );
+        let latest: Manifest =
+            serde_json::from_slice(&get(addr, "/views/latest").expect("latest").body)
+                .expect("manifest");
+        assert_eq!(latest, manifest);
+        assert_eq!(get(addr, "/views/banana").expect("get").status, 400);
+        assert_eq!(get(addr, "/views/999").expect("get").status, 404);
+        assert_eq!(get(addr, "/nowhere").expect("get").status, 404);
+    })
+    .await
+    .expect("join");
+
+    token.cancel();
+    running.wait().await;
+    broker.stop().await;
+}
