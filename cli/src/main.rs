@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the batch layer: master log, ingestion, periodic recompute, view publication.
-    Batch(batch_layer::config::BatchArgs),
+    Batch(Box<batch_layer::config::BatchArgs>),
     /// Count words in a text file (one event per line) with the batch engine.
     Mapreduce(cmd::mapreduce::MapreduceArgs),
 }
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     common::telemetry::init();
     match cli.command {
-        Command::Batch(args) => cmd::batch::run(args),
+        Command::Batch(args) => cmd::batch::run(*args),
         Command::Mapreduce(args) => cmd::mapreduce::run(args),
     }
 }
