@@ -177,11 +177,28 @@ where
     S: Sync,
     E: Send,
 {
+    let t0 = std::time::Instant::now();
     let mapped = map_phase(splits, map_split)?;
+    let tasks = mapped.len();
+    let t1 = std::time::Instant::now();
     let (shuffled, mut stats) = shuffle_phase(mapped, shards);
+    let t2 = std::time::Instant::now();
     let reduced = reduce_phase(shuffled);
+    let t3 = std::time::Instant::now();
     let counts = sort_phase(reduced, order);
+    let t4 = std::time::Instant::now();
     stats.words = counts.iter().map(|(_, c)| c).sum();
+    let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
+    tracing::debug!(
+        splits = splits.len(),
+        map_tasks = tasks,
+        shards,
+        map_ms = ms(t0, t1),
+        shuffle_ms = ms(t1, t2),
+        reduce_ms = ms(t2, t3),
+        sort_ms = ms(t3, t4),
+        "MapReduce phases."
+    );
     Ok(JobOutput { counts, stats })
 }
 
