@@ -29,36 +29,33 @@ impl Tokenizer {
         let bytes = text.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
-            let b = bytes[i];
-            if b.is_ascii_alphanumeric() {
+            let class = CLASS[bytes[i] as usize];
+            if class & WORD != 0 {
                 // An ASCII run; it may continue with non-ASCII letters.
                 let start = i;
-                let mut has_upper = false;
-                while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
-                    has_upper |= bytes[i].is_ascii_uppercase();
+                let mut upper = 0u8;
+                while i < bytes.len() {
+                    let c = CLASS[bytes[i] as usize];
+                    if c & WORD == 0 {
+                        break;
+                    }
+                    upper |= c;
                     i += 1;
                 }
-                if i < bytes.len() && !bytes[i].is_ascii() && starts_alphanumeric(&text[i..]) {
-                    self.scratch.clear();
-                    self.scratch.extend(
-                        bytes[start..i]
-                            .iter()
-                            .map(|b| char::from(b.to_ascii_lowercase())),
-                    );
+                if i < bytes.len()
+                    && CLASS[bytes[i] as usize] & NON_ASCII != 0
+                    && starts_alphanumeric(&text[i..])
+                {
+                    self.lower_ascii_into_scratch(&bytes[start..i]);
                     i = self.continue_general(text, i);
                     f(&self.scratch);
-                } else if has_upper {
-                    self.scratch.clear();
-                    self.scratch.extend(
-                        bytes[start..i]
-                            .iter()
-                            .map(|b| char::from(b.to_ascii_lowercase())),
-                    );
+                } else if upper & UPPER != 0 {
+                    self.lower_ascii_into_scratch(&bytes[start..i]);
                     f(&self.scratch);
                 } else {
                     f(&text[start..i]);
                 }
-            } else if b.is_ascii() {
+            } else if class & NON_ASCII == 0 {
                 i += 1;
             } else if starts_alphanumeric(&text[i..]) {
                 self.scratch.clear();
@@ -68,6 +65,12 @@ impl Tokenizer {
                 i += text[i..].chars().next().map_or(1, char::len_utf8);
             }
         }
+    }
+
+    fn lower_ascii_into_scratch(&mut self, word: &[u8]) {
+        self.scratch.clear();
+        self.scratch
+            .extend(word.iter().map(|b| char::from(b.to_ascii_lowercase())));
     }
 
     /// Appends the lowercased word characters starting at byte `i` to the
@@ -113,6 +116,30 @@ impl Tokenizer {
         }
     }
 }
+
+/// Byte classes for the ASCII scanner: one table lookup per byte instead of
+/// range comparisons.
+const WORD: u8 = 1;
+const UPPER: u8 = 2;
+const NON_ASCII: u8 = 4;
+const CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = if byte.is_ascii_uppercase() {
+            WORD | UPPER
+        } else if byte.is_ascii_alphanumeric() {
+            WORD
+        } else if byte.is_ascii() {
+            0
+        } else {
+            NON_ASCII
+        };
+        b += 1;
+    }
+    table
+};
 
 fn starts_alphanumeric(text: &str) -> bool {
     text.chars().next().is_some_and(char::is_alphanumeric)
