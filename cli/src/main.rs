@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the batch layer: master log, ingestion, periodic recompute, view publication.
     Batch(Box<batch_layer::config::BatchArgs>),
+    /// Run the speed layer: incremental realtime counts, checkpoints, expiry at the batch cut.
+    Speed(Box<speed_layer::config::SpeedArgs>),
     /// Count words in a text file (one event per line) with the batch engine.
     Mapreduce(cmd::mapreduce::MapreduceArgs),
 }
@@ -33,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     common::telemetry::init();
     match cli.command {
         Command::Batch(args) => cmd::batch::run(*args),
+        Command::Speed(args) => cmd::speed::run(*args),
         Command::Mapreduce(args) => cmd::mapreduce::run(args),
     }
 }

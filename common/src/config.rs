@@ -29,6 +29,10 @@ pub mod env {
     pub const FSYNC: &str = "LAMBDA_FSYNC";
     pub const REPAIR: &str = "LAMBDA_REPAIR";
     pub const THREADS: &str = "LAMBDA_THREADS";
+    pub const BATCH_URL: &str = "LAMBDA_BATCH_URL";
+    pub const CUT_POLL_INTERVAL: &str = "LAMBDA_CUT_POLL_INTERVAL";
+    pub const MICRO_BATCH_RECORDS: &str = "LAMBDA_MICRO_BATCH_RECORDS";
+    pub const MICRO_BATCH_WAIT: &str = "LAMBDA_MICRO_BATCH_WAIT";
 
     /// Every variable above.
     pub const ALL: &[&str] = &[
@@ -49,6 +53,10 @@ pub mod env {
         FSYNC,
         REPAIR,
         THREADS,
+        BATCH_URL,
+        CUT_POLL_INTERVAL,
+        MICRO_BATCH_RECORDS,
+        MICRO_BATCH_WAIT,
     ];
 }
 

@@ -159,3 +159,44 @@ pub fn topic_partitions(brokers: &str, topic: &str, timeout: Duration) -> Option
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Enqueues every `(key, payload)` record for `topic` at once (librdkafka
+/// batches them), then waits for each acknowledgement. Returns one result per
+/// record, in order. A full local queue is waited out, not reported.
+pub async fn send_all(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Vec<Result<(), KafkaError>> {
+    use rdkafka::producer::FutureRecord;
+    let mut in_flight = Vec::with_capacity(records.len());
+    for (key, payload) in records {
+        loop {
+            match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+                Ok(delivery) => {
+                    in_flight.push(Ok(delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    in_flight.push(Err(e));
+                    break;
+                }
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(in_flight.len());
+    for entry in in_flight {
+        results.push(match entry {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            Err(e) => Err(e),
+        });
+    }
+    results
+}

@@ -21,6 +21,8 @@
 //! - [`shutdown`]: ctrl-c/SIGTERM → cancellation token → grace period.
 //! - [`kafka`]: client configurations and idempotent topic creation.
 //! - [`dead_letter`]: records that are not events, sent on with origin and reason.
+//! - [`http`]: a minimal HTTP/1.1 client for internal calls between layers.
+//! - [`realtime`]: the absolute-count upserts the speed layer publishes.
 //! - [`metrics`]: atomic counters and the Prometheus text format.
 //! - `broker` (feature `embedded-broker`): an in-process Kafka-compatible
 //!   broker for tests and the demo, and `testkit`: helpers for tests that
@@ -31,9 +33,11 @@ pub mod config;
 pub mod cut;
 pub mod dead_letter;
 pub mod event;
+pub mod http;
 pub mod kafka;
 pub mod merge;
 pub mod metrics;
+pub mod realtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tokenizer;

@@ -2,8 +2,6 @@
 //! blocking HTTP/1.1 client, polling. Compiled with the `embedded-broker`
 //! feature, next to the broker the same tests start.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A name unique within this machine's test run (process id + counter), so
@@ -18,83 +16,7 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A response: status code and body.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Sends one request (`Connection: close`) and reads the whole response.
-/// Blocking: from async tests, call inside `spawn_blocking`.
-pub fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response")
-    })
-}
-
-fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let rest = &raw[split + 4..];
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        rest.to_vec()
-    };
-    Some(HttpResponse { status, body })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
-}
-
-/// `GET path`, blocking.
-pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
-    http(addr, "GET", path, &[], b"")
-}
+pub use crate::http::{get, http, HttpResponse};
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -145,39 +67,66 @@ pub async fn produce(
     topic: &str,
     records: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = crate::kafka::producer_config(brokers)
+    let producer: rdkafka::producer::FutureProducer = crate::kafka::producer_config(brokers)
         .create()
         .expect("producer");
-    let sends: Vec<_> = records
-        .into_iter()
-        .map(|(key, payload)| {
-            let producer = producer.clone();
-            let topic = topic.to_owned();
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&payload),
-                        Duration::from_secs(60),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-            }
-        })
-        .collect();
-    for result in futures_join_all(sends).await {
+    let records: Vec<(String, Vec<u8>)> = records.into_iter().collect();
+    for result in crate::kafka::send_all(&producer, topic, &records).await {
         result.expect("delivered");
     }
 }
 
-async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut out = Vec::with_capacity(futures.len());
-    // Sends are already in flight inside librdkafka once created; awaiting in
-    // order only collects the acknowledgements.
-    for f in futures {
-        out.push(f.await);
+/// Consumes `topic` from the beginning with a fresh group until nothing new
+/// has arrived for `idle` after the first record (for topics whose record
+/// count a test cannot know); waits up to `first` for that first record.
+pub async fn consume_until_idle(
+    brokers: &str,
+    topic: &str,
+    first: Duration,
+    idle: Duration,
+) -> Vec<Consumed> {
+    let consumer = subscribe(brokers, topic);
+    let mut out = Vec::new();
+    let mut wait = first;
+    while let Ok(m) = tokio::time::timeout(wait, consumer.recv()).await {
+        out.push(consumed(&m.expect("consume")));
+        wait = idle;
     }
     out
+}
+
+fn subscribe(brokers: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::StreamConsumer =
+        crate::kafka::consumer_config(brokers, &unique("testkit"))
+            .create()
+            .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+fn consumed<M: rdkafka::message::Message>(m: &M) -> Consumed {
+    use rdkafka::message::Headers;
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Consumed {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers,
+    }
 }
 
 /// Consumes `topic` from the beginning with a fresh group until `expected`
@@ -188,12 +137,7 @@ pub async fn consume_n(
     expected: usize,
     timeout: Duration,
 ) -> Vec<Consumed> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::{Headers, Message};
-    let consumer: StreamConsumer = crate::kafka::consumer_config(brokers, &unique("testkit"))
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    let consumer = subscribe(brokers, topic);
     let mut out = Vec::with_capacity(expected);
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < expected {
@@ -207,26 +151,7 @@ pub async fn consume_n(
                 )
             })
             .expect("consume");
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(Consumed {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().unwrap_or_default().to_vec(),
-            headers,
-        });
+        out.push(consumed(&m));
     }
     out
 }
@@ -234,14 +159,6 @@ pub async fn consume_n(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_plain_and_chunked_responses() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi").expect("parse");
-        assert_eq!((r.status, r.text().as_str()), (200, "hi"));
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").expect("parse");
-        assert_eq!((r.status, r.text().as_str()), (404, "abcde"));
-    }
 
     #[test]
     fn sums_metric_samples() {

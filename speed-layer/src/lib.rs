@@ -1,1 +1,205 @@
+//! The speed layer: exact, incremental counts of what the newest batch view
+//! has not absorbed yet.
+//!
+//! It streams the same events as the batch layer, counts words per
+//! (partition, bucket), checkpoints each micro-batch in sled together with the
+//! offsets it came from, and publishes absolute-count upserts for serving
+//! layers. When the batch layer publishes a view with a new cut, every bucket
+//! wholly below it is deleted: the batch view has those events now.
+//!
+//! # Layout
+//!
+//! - [`stream`]: the consume → count → checkpoint → publish loop and expiry.
+//! - [`store`]: the sled realtime view; counts and offsets in one atomic batch.
+//! - [`cuts`]: following the batch layer's manifest.
+//! - [`config`], [`metrics`]: flags and Prometheus counters.
+//!
+//! [`start`] wires them into the running role (`lambda speed`).
 
+pub mod config;
+pub mod cuts;
+pub mod metrics;
+pub mod store;
+pub mod stream;
+
+use crate::config::SpeedArgs;
+use crate::metrics::SpeedMetrics;
+use crate::store::{RealtimeStore, StoreError};
+use crate::stream::{SpeedStatus, StreamConfig};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use common::config::ConfigError;
+use common::dead_letter::DeadLetterSink;
+use common::kafka::{ensure_topic, KafkaSetupError};
+use common::shutdown::{supervise, CancellationToken};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::task::{JoinHandle, JoinSet};
+
+#[derive(Debug, Error)]
+pub enum SpeedError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error("cannot create the dead-letter producer: {0}")]
+    DeadLetter(#[source] rdkafka::error::KafkaError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running speed layer.
+#[derive(Debug)]
+pub struct RunningSpeed {
+    pub http_addr: SocketAddr,
+    handle: JoinHandle<()>,
+}
+
+impl RunningSpeed {
+    pub async fn wait(self) {
+        let _ = self.handle.await;
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<SpeedMetrics>,
+    status: Arc<Mutex<SpeedStatus>>,
+}
+
+/// Starts the speed layer and runs it until `token` is cancelled. On
+/// cancellation the current micro-batch is finished and checkpointed first.
+pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningSpeed, SpeedError> {
+    args.validate()?;
+    let store = RealtimeStore::open(&args.node.data_dir.join("realtime"))?;
+    let kafka = &args.kafka;
+    let timeout = Duration::from_secs(30);
+    ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions, timeout).await?;
+    ensure_topic(&kafka.brokers, &kafka.dead_letter_topic, 1, timeout).await?;
+    ensure_topic(
+        &kafka.brokers,
+        &kafka.realtime_topic,
+        kafka.partitions,
+        timeout,
+    )
+    .await?;
+    let dead_letters = DeadLetterSink::new(&kafka.brokers, &kafka.dead_letter_topic, "speed")
+        .map_err(SpeedError::DeadLetter)?;
+
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|source| SpeedError::Listen {
+            addr: args.http_addr,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| SpeedError::Listen {
+        addr: args.http_addr,
+        source,
+    })?;
+
+    let metrics = Arc::new(SpeedMetrics::default());
+    let status = Arc::new(Mutex::new(SpeedStatus::default()));
+    let config = StreamConfig {
+        brokers: kafka.brokers.clone(),
+        topic: kafka.topic.clone(),
+        realtime_topic: kafka.realtime_topic.clone(),
+        bucket_size: args.stream.bucket_size,
+        max_event_bytes: args.stream.max_event_bytes,
+        batch_url: args.batch_url.clone(),
+        cut_poll_interval: args.cut_poll_interval,
+        micro_batch_records: args.micro_batch_records,
+        micro_batch_wait: args.micro_batch_wait,
+    };
+
+    let mut tasks = JoinSet::new();
+    {
+        let (metrics, status, token) = (Arc::clone(&metrics), Arc::clone(&status), token.clone());
+        tasks.spawn(async move {
+            if let Err(error) =
+                stream::run(config, store, dead_letters, metrics, status, token).await
+            {
+                tracing::error!(%error, "Speed layer stream failed.");
+            }
+        });
+    }
+    {
+        let app = router(HttpState { metrics, status });
+        let shutdown = token.clone();
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+            {
+                tracing::error!(%error, "Speed HTTP server failed.");
+            }
+        });
+    }
+    tracing::info!(%http_addr, topic = %kafka.topic, "Speed layer running.");
+    let grace = args.node.shutdown_grace;
+    let handle = tokio::spawn(async move {
+        supervise(tasks, token, grace).await;
+        tracing::info!("Speed layer stopped.");
+    });
+    Ok(RunningSpeed { http_addr, handle })
+}
+
+fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "no such route"})),
+            )
+        })
+        .with_state(state)
+}
+
+async fn status(State(state): State<HttpState>) -> Response {
+    let s = state
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Json(json!({"positions": s.positions, "batch_cut": s.cut, "ready": s.ready})).into_response()
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.status.lock().unwrap_or_else(|p| p.into_inner()).ready {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "not ready"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let s = state
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&s.positions, &s.cut),
+    )
+        .into_response()
+}

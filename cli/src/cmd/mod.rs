@@ -1,5 +1,6 @@
 pub mod batch;
 pub mod mapreduce;
+pub mod speed;
 
 /// A multi-threaded tokio runtime for a role.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,59 @@
+//! `lambda speed` configuration.
+
+use clap::Args;
+use common::config::{env, parse_duration, ConfigError, KafkaArgs, NodeArgs, StreamArgs};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct SpeedArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Address of the speed layer's HTTP server (status, metrics).
+    #[arg(long, env = env::HTTP_ADDR, default_value = "127.0.0.1:7072")]
+    pub http_addr: SocketAddr,
+
+    /// The batch layer's HTTP address (host:port), whose view manifest gives
+    /// the cut below which buckets expire. Without it the speed layer counts
+    /// everything from offset 0 and never expires.
+    #[arg(long, env = env::BATCH_URL)]
+    pub batch_url: Option<String>,
+
+    /// How often to check the batch layer for a new cut.
+    #[arg(long, env = env::CUT_POLL_INTERVAL, default_value = "1s", value_parser = parse_duration)]
+    pub cut_poll_interval: Duration,
+
+    /// A micro-batch closes at this many records …
+    #[arg(long, env = env::MICRO_BATCH_RECORDS, default_value_t = 5000)]
+    pub micro_batch_records: usize,
+
+    /// … or this long after its first record.
+    #[arg(long, env = env::MICRO_BATCH_WAIT, default_value = "50ms", value_parser = parse_duration)]
+    pub micro_batch_wait: Duration,
+}
+
+impl SpeedArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.stream.validate()?;
+        self.node.validate()?;
+        if self.micro_batch_records == 0 || self.micro_batch_records > 1_000_000 {
+            return Err(ConfigError {
+                flag: "micro-batch-records",
+                message: "must be between 1 and 1000000".into(),
+            });
+        }
+        if let Some(url) = &self.batch_url {
+            common::http::resolve(url).map_err(|e| ConfigError {
+                flag: "batch-url",
+                message: format!("`{url}`: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+}

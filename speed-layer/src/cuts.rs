@@ -1,0 +1,34 @@
+//! Following the batch layer's cut: the manifest at `GET /views/latest`.
+
+use common::http::{get, resolve};
+use common::Cut;
+
+/// The newest batch view's cut. `Ok(None)` when the batch layer has no view
+/// yet (404); an error when it cannot be reached or answers nonsense.
+pub async fn fetch_batch_cut(batch_url: &str) -> Result<Option<Cut>, String> {
+    let url = batch_url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let addr = resolve(&url).map_err(|e| format!("cannot resolve {url}: {e}"))?;
+        let response = get(addr, "/views/latest")
+            .map_err(|e| format!("cannot reach the batch layer at {url}: {e}"))?;
+        match response.status {
+            200 => {
+                #[derive(serde::Deserialize)]
+                struct Header {
+                    cut: Cut,
+                }
+                #[derive(serde::Deserialize)]
+                struct Manifest {
+                    header: Header,
+                }
+                let m: Manifest = serde_json::from_slice(&response.body)
+                    .map_err(|e| format!("malformed manifest from {url}: {e}"))?;
+                Ok(Some(m.header.cut))
+            }
+            404 => Ok(None),
+            status => Err(format!("the batch layer at {url} answered {status}")),
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -1,0 +1,139 @@
+//! The speed layer's metrics, rendered at `GET /metrics`.
+
+use common::event::DecodeError;
+use common::metrics::{Counter, Gauge, TextWriter};
+use common::Cut;
+
+#[derive(Debug, Default)]
+pub struct SpeedMetrics {
+    pub records_consumed: Counter,
+    pub events_counted: Counter,
+    pub below_cut_skipped: Counter,
+    pub micro_batches: Counter,
+    pub upserts_published: Counter,
+    pub publish_failures: Counter,
+    pub checkpoint_failures: Counter,
+    pub consumer_errors: Counter,
+    pub dead_letter_failures: Counter,
+    pub buckets_expired: Counter,
+    dead_letters: [Counter; 3],
+    pub live_counts: Gauge,
+    pub last_checkpoint_us: Gauge,
+}
+
+impl SpeedMetrics {
+    pub fn dead_letter(&self, reason: &str) {
+        if let Some(i) = DecodeError::REASONS.iter().position(|r| *r == reason) {
+            self.dead_letters[i].inc();
+        }
+    }
+
+    pub fn render(&self, positions: &Cut, cut: &Cut) -> String {
+        let mut w = TextWriter::new();
+        w.single(
+            "lambda_speed_records_consumed_total",
+            "counter",
+            "Records consumed from the events topic.",
+            self.records_consumed.get(),
+        )
+        .single(
+            "lambda_speed_events_counted_total",
+            "counter",
+            "Events tokenized into realtime counts.",
+            self.events_counted.get(),
+        )
+        .single(
+            "lambda_speed_below_cut_skipped_total",
+            "counter",
+            "Events skipped because a batch view already has them.",
+            self.below_cut_skipped.get(),
+        )
+        .single(
+            "lambda_speed_micro_batches_total",
+            "counter",
+            "Micro-batches checkpointed.",
+            self.micro_batches.get(),
+        )
+        .single(
+            "lambda_speed_upserts_published_total",
+            "counter",
+            "Realtime upserts published.",
+            self.upserts_published.get(),
+        )
+        .single(
+            "lambda_speed_publish_failures_total",
+            "counter",
+            "Failed upsert publications (retried).",
+            self.publish_failures.get(),
+        )
+        .single(
+            "lambda_speed_checkpoint_failures_total",
+            "counter",
+            "Failed checkpoints (retried).",
+            self.checkpoint_failures.get(),
+        )
+        .single(
+            "lambda_speed_consumer_errors_total",
+            "counter",
+            "Kafka consumer errors.",
+            self.consumer_errors.get(),
+        )
+        .single(
+            "lambda_speed_dead_letter_send_failures_total",
+            "counter",
+            "Failed dead-letter sends (retried).",
+            self.dead_letter_failures.get(),
+        )
+        .single(
+            "lambda_speed_buckets_expired_total",
+            "counter",
+            "Realtime counts deleted at a batch hand-off.",
+            self.buckets_expired.get(),
+        )
+        .single(
+            "lambda_speed_live_counts",
+            "gauge",
+            "Realtime (word, partition, bucket) counts held.",
+            self.live_counts.get(),
+        )
+        .single(
+            "lambda_speed_last_checkpoint_seconds",
+            "gauge",
+            "Duration of the last checkpoint.",
+            self.last_checkpoint_us.get() as f64 / 1e6,
+        );
+        w.family(
+            "lambda_dead_letters_total",
+            "counter",
+            "Records that are not events, by reason.",
+        );
+        for (i, reason) in DecodeError::REASONS.iter().enumerate() {
+            w.sample(
+                "lambda_dead_letters_total",
+                &[("layer", "speed"), ("reason", reason)],
+                self.dead_letters[i].get(),
+            );
+        }
+        w.family(
+            "lambda_speed_position",
+            "gauge",
+            "Next offset to consume (checkpointed), per partition.",
+        );
+        for (p, o) in positions.iter() {
+            w.sample("lambda_speed_position", &[("partition", &p.to_string())], o);
+        }
+        w.family(
+            "lambda_speed_batch_cut",
+            "gauge",
+            "The batch cut below which buckets have expired, per partition.",
+        );
+        for (p, o) in cut.iter() {
+            w.sample(
+                "lambda_speed_batch_cut",
+                &[("partition", &p.to_string())],
+                o,
+            );
+        }
+        w.finish()
+    }
+}

@@ -1,0 +1,478 @@
+//! The streaming loop: consume, count, checkpoint, publish.
+//!
+//! Delivery guarantee: exactly-once counts. Every micro-batch's counts and the
+//! next offset of each partition it read are written in one atomic, fsynced
+//! sled batch; on start the consumer is assigned every partition at its
+//! checkpointed offset (or, with no checkpoint, at the batch cut), never at a
+//! Kafka-committed position (auto-commit and auto offset store are off).
+//! Upserts are published only after the checkpoint that contains them, and
+//! all live counts are re-published on start, so a publication lost in a crash
+//! is repaired and a published count never goes down.
+
+use crate::cuts::fetch_batch_cut;
+use crate::metrics::SpeedMetrics;
+use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError};
+use common::dead_letter::DeadLetterSink;
+use common::event::decode_message;
+use common::kafka::{consumer_config, producer_config, send_all, topic_partitions};
+use common::realtime::RealtimeUpsert;
+use common::shutdown::CancellationToken;
+use common::{BucketKey, BucketSize, Cut, Offset, Partition, Tokenizer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use rustc_hash::FxHashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The consumer group the speed layer reports its position under.
+pub const GROUP: &str = "lambda-speed";
+
+#[derive(Debug, Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("kafka client for {brokers}: {source}")]
+    Kafka {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic `{topic}` has no partitions visible on {brokers}")]
+    NoTopic { topic: String, brokers: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub realtime_topic: String,
+    pub bucket_size: BucketSize,
+    pub max_event_bytes: usize,
+    pub batch_url: Option<String>,
+    pub cut_poll_interval: Duration,
+    pub micro_batch_records: usize,
+    pub micro_batch_wait: Duration,
+}
+
+/// What the HTTP server reports.
+#[derive(Debug, Default, Clone)]
+pub struct SpeedStatus {
+    /// Checkpointed next offset per partition.
+    pub positions: Cut,
+    /// The batch cut below which buckets have been expired.
+    pub cut: Cut,
+    pub ready: bool,
+}
+
+/// The speed layer's state: the durable store and its in-memory mirror.
+struct RealtimeView {
+    store: RealtimeStore,
+    mirror: FxHashMap<CountKey, u64>,
+    positions: Cut,
+    cut: Cut,
+}
+
+pub async fn run(
+    config: StreamConfig,
+    store: RealtimeStore,
+    dead_letters: DeadLetterSink,
+    metrics: Arc<SpeedMetrics>,
+    status: Arc<Mutex<SpeedStatus>>,
+    token: CancellationToken,
+) -> Result<(), StreamError> {
+    let kafka_err = |source| StreamError::Kafka {
+        brokers: config.brokers.clone(),
+        source,
+    };
+    let mut view = RealtimeView {
+        mirror: store.load_counts()?,
+        positions: store.offsets()?,
+        cut: store.applied_cut()?,
+        store,
+    };
+    let partitions = partition_count(&config).await?;
+
+    // Learn the batch cut before choosing where to start: a partition without
+    // a checkpoint starts at the cut, never at the beginning or the end.
+    let needs_cut =
+        (0..partitions as Partition).any(|p| view.positions.iter().all(|(q, _)| q != p));
+    if let Some(url) = &config.batch_url {
+        loop {
+            match fetch_batch_cut(url).await {
+                Ok(cut) => {
+                    expire(
+                        &mut view,
+                        &cut.unwrap_or_default(),
+                        config.bucket_size,
+                        &metrics,
+                    )
+                    .await?;
+                    break;
+                }
+                Err(error) if needs_cut => {
+                    tracing::warn!(%error, "Waiting for the batch layer's cut before starting.");
+                    if common::shutdown::until_cancelled(
+                        &token,
+                        tokio::time::sleep(Duration::from_secs(1)),
+                    )
+                    .await
+                    .is_none()
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Batch layer unreachable; resuming from the checkpoint.");
+                    break;
+                }
+            }
+        }
+    }
+
+    let consumer: StreamConsumer = consumer_config(&config.brokers, GROUP)
+        .set("queued.max.messages.kbytes", "65536")
+        .create()
+        .map_err(kafka_err)?;
+    let producer: FutureProducer = producer_config(&config.brokers)
+        .create()
+        .map_err(kafka_err)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as Partition {
+        let start = view.positions.get(p).max(view.cut.get(p));
+        view.positions.set(p, start);
+        tpl.add_partition_offset(&config.topic, p, KafkaOffset::Offset(start))
+            .map_err(kafka_err)?;
+        tracing::info!(
+            partition = p,
+            offset = start,
+            "Resuming from the checkpoint."
+        );
+    }
+    consumer.assign(&tpl).map_err(kafka_err)?;
+
+    // Re-publish every live count: repairs publications a crash interrupted.
+    let all: Vec<(CountKey, u64)> = view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect();
+    publish(&producer, &config.realtime_topic, &all, &metrics, &token).await;
+    update_status(&status, &view, &metrics);
+
+    let mut tokenizer = Tokenizer::new();
+    let mut last_cut_poll = Instant::now();
+    while !token.is_cancelled() {
+        let Some(messages) = next_batch(&consumer, &config, &metrics, &token).await else {
+            break;
+        };
+        if !messages.is_empty() {
+            let changed = process(
+                &messages,
+                &mut view,
+                &config,
+                &mut tokenizer,
+                &dead_letters,
+                &metrics,
+                &token,
+            )
+            .await;
+            checkpoint(&mut view, changed.1, &changed.0, &metrics, &token).await;
+            let upserts: Vec<(CountKey, u64)> = changed
+                .0
+                .into_iter()
+                .map(|k| {
+                    let c = view.mirror.get(&k).copied().unwrap_or(0);
+                    (k, c)
+                })
+                .collect();
+            publish(
+                &producer,
+                &config.realtime_topic,
+                &upserts,
+                &metrics,
+                &token,
+            )
+            .await;
+            commit_for_monitoring(&consumer, &config.topic, &view.positions);
+            update_status(&status, &view, &metrics);
+        }
+        if let Some(url) = &config.batch_url {
+            if last_cut_poll.elapsed() >= config.cut_poll_interval {
+                last_cut_poll = Instant::now();
+                match fetch_batch_cut(url).await {
+                    Ok(Some(cut)) => {
+                        expire(&mut view, &cut, config.bucket_size, &metrics).await?;
+                        update_status(&status, &view, &metrics);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "Cannot fetch the batch cut; will retry.")
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(positions = %view.positions, "Speed layer stopped after its last checkpoint.");
+    Ok(())
+}
+
+async fn partition_count(config: &StreamConfig) -> Result<usize, StreamError> {
+    let (brokers, topic) = (config.brokers.clone(), config.topic.clone());
+    tokio::task::spawn_blocking(move || topic_partitions(&brokers, &topic, Duration::from_secs(30)))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| StreamError::NoTopic {
+            topic: config.topic.clone(),
+            brokers: config.brokers.clone(),
+        })
+}
+
+fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &SpeedMetrics) {
+    metrics.live_counts.set(view.mirror.len() as i64);
+    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+    s.positions = view.positions.clone();
+    s.cut = view.cut.clone();
+    s.ready = true;
+}
+
+/// Up to `micro_batch_records` records, waiting at most `micro_batch_wait`
+/// after the first; `None` once cancelled.
+async fn next_batch(
+    consumer: &StreamConsumer,
+    config: &StreamConfig,
+    metrics: &SpeedMetrics,
+    token: &CancellationToken,
+) -> Option<Vec<OwnedMessage>> {
+    let mut batch = Vec::new();
+    let first = tokio::select! {
+        _ = token.cancelled() => return None,
+        _ = tokio::time::sleep(config.cut_poll_interval) => return Some(batch),
+        m = consumer.recv() => m,
+    };
+    let deadline = tokio::time::Instant::now() + config.micro_batch_wait;
+    let mut next = Some(first);
+    loop {
+        match next.take() {
+            Some(Ok(m)) => batch.push(m.detach()),
+            Some(Err(error)) => {
+                metrics.consumer_errors.inc();
+                tracing::warn!(%error, "Kafka consumer error.");
+            }
+            None => {}
+        }
+        if batch.len() >= config.micro_batch_records {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(m) => next = Some(m),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Counts a micro-batch into the mirror. Returns the changed keys and the
+/// partitions' new next offsets.
+async fn process(
+    messages: &[OwnedMessage],
+    view: &mut RealtimeView,
+    config: &StreamConfig,
+    tokenizer: &mut Tokenizer,
+    dead_letters: &DeadLetterSink,
+    metrics: &SpeedMetrics,
+    token: &CancellationToken,
+) -> (Vec<CountKey>, Vec<(Partition, Offset)>) {
+    let mut deltas: FxHashMap<CountKey, u64> = FxHashMap::default();
+    let mut next: FxHashMap<Partition, Offset> = FxHashMap::default();
+    for m in messages {
+        metrics.records_consumed.inc();
+        let (p, o) = (m.partition(), m.offset());
+        // Redelivered (already checkpointed) offsets are not counted again.
+        if o < view.positions.get(p) {
+            continue;
+        }
+        next.insert(p, o + 1);
+        if view.cut.includes(p, o) {
+            metrics.below_cut_skipped.inc();
+            continue;
+        }
+        match decode_message(m, config.max_event_bytes) {
+            Ok(event) => {
+                metrics.events_counted.inc();
+                let bucket = BucketKey {
+                    partition: p,
+                    bucket: config.bucket_size.bucket_of(o),
+                };
+                tokenizer.for_each_word(event.text, |w| {
+                    // Allocates the key per occurrence; the map phase of the
+                    // batch layer avoids this, but a micro-batch is small.
+                    *deltas
+                        .entry(CountKey {
+                            bucket,
+                            word: w.into(),
+                        })
+                        .or_insert(0) += 1;
+                });
+            }
+            Err(error) => {
+                metrics.dead_letter(error.reason());
+                tracing::warn!(
+                    partition = p,
+                    offset = o,
+                    reason = error.reason(),
+                    "Record is not an event; dead-lettering it."
+                );
+                let mut delay = Duration::from_millis(100);
+                while let Err(e) = dead_letters.send(m, &error).await {
+                    metrics.dead_letter_failures.inc();
+                    tracing::error!(error = %e, "Cannot send a dead letter; retrying.");
+                    if token.is_cancelled() {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    let mut changed = Vec::with_capacity(deltas.len());
+    for (key, delta) in deltas {
+        *view.mirror.entry(key.clone()).or_insert(0) += delta;
+        changed.push(key);
+    }
+    (changed, next.into_iter().collect())
+}
+
+/// Writes the changed counts and new offsets atomically, retrying until it
+/// succeeds (consumption waits meanwhile: backpressure, not loss).
+async fn checkpoint(
+    view: &mut RealtimeView,
+    next_offsets: Vec<(Partition, Offset)>,
+    changed: &[CountKey],
+    metrics: &SpeedMetrics,
+    token: &CancellationToken,
+) {
+    let cp = Checkpoint {
+        counts: changed
+            .iter()
+            .map(|k| (k.clone(), view.mirror.get(k).copied().unwrap_or(0)))
+            .collect(),
+        next_offsets,
+    };
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match view.store.commit(&cp).await {
+            Ok(()) => break,
+            Err(error) => {
+                metrics.checkpoint_failures.inc();
+                tracing::error!(%error, "Checkpoint failed; retrying.");
+                if token.is_cancelled() {
+                    // The counts are not durable; the offsets were not advanced
+                    // either, so a restart recounts this micro-batch.
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    for (p, o) in &cp.next_offsets {
+        view.positions.set(*p, *o);
+    }
+    metrics.micro_batches.inc();
+    metrics
+        .last_checkpoint_us
+        .set(started.elapsed().as_micros() as i64);
+}
+
+/// Deletes the buckets below a new batch cut (only ever moving forward).
+async fn expire(
+    view: &mut RealtimeView,
+    cut: &Cut,
+    size: BucketSize,
+    metrics: &SpeedMetrics,
+) -> Result<(), StoreError> {
+    let merged: Cut = cut
+        .iter()
+        .map(|(p, o)| (p, o.max(view.cut.get(p))))
+        .chain(
+            view.cut
+                .iter()
+                .filter(|(p, _)| cut.iter().all(|(q, _)| q != *p)),
+        )
+        .collect();
+    if merged == view.cut {
+        return Ok(());
+    }
+    let removed = view.store.expire_below(&merged, size).await?;
+    view.mirror
+        .retain(|k, _| merged.is_realtime_bucket(size, k.bucket.partition, k.bucket.bucket));
+    metrics.buckets_expired.add(removed as u64);
+    tracing::info!(cut = %merged, removed, "Expired realtime buckets below the batch cut.");
+    view.cut = merged;
+    Ok(())
+}
+
+async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    counts: &[(CountKey, u64)],
+    metrics: &SpeedMetrics,
+    token: &CancellationToken,
+) {
+    for chunk in counts.chunks(10_000) {
+        let mut pending: Vec<RealtimeUpsert> = chunk
+            .iter()
+            .map(|(k, c)| RealtimeUpsert {
+                word: k.word.to_string(),
+                partition: k.bucket.partition,
+                bucket: k.bucket.bucket,
+                count: *c,
+            })
+            .collect();
+        let mut delay = Duration::from_millis(100);
+        while !pending.is_empty() {
+            let records: Vec<(String, Vec<u8>)> = pending
+                .iter()
+                .map(|u| {
+                    (
+                        u.key(),
+                        serde_json::to_vec(u).expect("an upsert always serialises"),
+                    )
+                })
+                .collect();
+            let results = send_all(producer, topic, &records).await;
+            let mut failed = Vec::new();
+            for (u, r) in pending.into_iter().zip(results) {
+                match r {
+                    Ok(()) => metrics.upserts_published.inc(),
+                    Err(error) => {
+                        metrics.publish_failures.inc();
+                        tracing::warn!(%error, "Cannot publish an upsert; retrying.");
+                        failed.push(u);
+                    }
+                }
+            }
+            pending = failed;
+            if !pending.is_empty() {
+                if token.is_cancelled() {
+                    // Re-published from the checkpoint on the next start.
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, positions: &Cut) {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in positions.iter() {
+        let _ = tpl.add_partition_offset(topic, p, KafkaOffset::Offset(o));
+    }
+    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(%error, "Monitoring commit failed (harmless: positions come from the checkpoint).");
+    }
+}
