@@ -2,75 +2,55 @@
 //! events are produced, restart it each time, and check that the master log
 //! holds every produced record exactly once.
 
+use ::common::broker::{BrokerStorage, EmbeddedBroker};
+use ::common::kafka::ensure_topic;
+use ::common::testkit::{produce, unique};
 use batch_layer::master_log::{LogOptions, MasterLog};
 use batch_layer::view::{verify_and_decode, ViewStore};
-use common::broker::{BrokerStorage, EmbeddedBroker};
-use common::kafka::ensure_topic;
-use common::testkit::{get, metric_sum, produce, unique, wait_for};
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::Child;
+use std::time::Duration;
+
+mod common;
+
+use common::{free_addr, resumed_mid_stream, spawn_role, terminate, wait_metric, Lcg};
 
 const TOTAL: usize = 6000;
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
 fn spawn_batch(brokers: &str, topic: &str, data_dir: &Path, addr: SocketAddr, log: &Path) -> Child {
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_lambda"))
-        .arg("batch")
-        .args(["--brokers", brokers, "--topic", topic])
-        .args(["--dead-letter-topic", &format!("{topic}.dlq")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--http-addr", &addr.to_string()])
-        .args([
-            "--partitions",
-            "3",
-            "--interval",
-            "300ms",
-            "--bucket-size",
-            "8",
-            "--segment-bytes",
-            "8192",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn lambda batch")
-}
-
-/// A small deterministic generator; the seed is printed so a failure can be replayed.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
+    let dlq = format!("{topic}.dlq");
+    let addr = addr.to_string();
+    let args: Vec<String> = [
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--dead-letter-topic",
+        &dlq,
+        "--data-dir",
+        data_dir.to_str().expect("utf-8"),
+        "--http-addr",
+        &addr,
+        "--partitions",
+        "3",
+        "--interval",
+        "300ms",
+        "--bucket-size",
+        "8",
+        "--segment-bytes",
+        "8192",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    spawn_role("batch", &args, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    eprintln!("seed {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg::from_clock();
 
     let broker = EmbeddedBroker::start(BrokerStorage::Memory)
         .await
@@ -96,7 +76,7 @@ async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
                     )
                 });
                 produce(&brokers, &topic, records).await;
-                tokio::time::sleep(Duration::from_millis(60)).await;
+                tokio::time::sleep(Duration::from_millis(120)).await;
             }
         })
     };
@@ -115,25 +95,17 @@ async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
     // A last run ingests the rest, then stops cleanly on SIGTERM.
     let child = spawn_batch(&brokers, &topic, &data_dir, addr, &log_file);
     let caught_up = tokio::task::spawn_blocking(move || {
-        wait_for(
-            "the master log to hold every record",
+        wait_metric(
+            addr,
+            "lambda_batch_log_end_offset",
+            TOTAL as f64,
             Duration::from_secs(120),
-            || {
-                let m = get(addr, "/metrics").ok()?.text();
-                (metric_sum(&m, "lambda_batch_log_end_offset") as usize == TOTAL).then_some(())
-            },
         )
     })
-    .await;
-    let pid = child.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let mut child = child;
-    let exit = child.wait().expect("exit");
-    if caught_up.is_err() || !exit.success() {
+    .await
+    .expect("join");
+    let clean_exit = terminate(child);
+    if !caught_up || !clean_exit {
         panic!(
             "batch layer log:\n{}",
             std::fs::read_to_string(&log_file).unwrap_or_default()
@@ -141,14 +113,9 @@ async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
     }
 
     // The kills landed mid-stream: some restart resumed from a non-zero offset.
-    let log_text = std::fs::read_to_string(&log_file).unwrap_or_default();
-    let resumed_mid_stream = log_text
-        .lines()
-        .filter(|l| l.contains("Resuming ingestion"))
-        .any(|l| !l.contains("offset=0"));
     assert!(
-        resumed_mid_stream,
-        "no restart resumed mid-stream; the kills proved nothing:\n{log_text}"
+        resumed_mid_stream(&log_file, "Resuming ingestion"),
+        "no restart resumed mid-stream; the kills proved nothing"
     );
 
     // Every produced record exactly once, offsets dense per partition.
