@@ -15,7 +15,7 @@ use crate::master_log::{LogError, MasterLog, Record, RecordKind};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
-use common::kafka::{consumer_config, topic_partitions};
+use common::kafka::{consumer_config, topic_partitions, Resume, ResumeCheck};
 use common::shutdown::CancellationToken;
 use common::{Offset, Partition};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -84,11 +84,19 @@ pub async fn run(
                 brokers: config.brokers.clone(),
                 source,
             })?;
-    let mut partitions = assign(&consumer, &config, &log).await?;
+    let (mut partitions, mut resume) = assign(&consumer, &config, &log).await?;
     let mut last_metadata_check = Instant::now();
 
     while !token.is_cancelled() {
-        let Some(batch) = next_batch(&consumer, &config, &dead_letters, &metrics, &token).await
+        let Some(batch) = next_batch(
+            &consumer,
+            &mut resume,
+            &config,
+            &dead_letters,
+            &metrics,
+            &token,
+        )
+        .await
         else {
             break;
         };
@@ -108,7 +116,7 @@ pub async fn run(
             .unwrap_or(partitions);
             if now > partitions {
                 tracing::info!(before = partitions, now, "New partitions; reassigning.");
-                partitions = assign(&consumer, &config, &log).await?;
+                (partitions, resume) = assign(&consumer, &config, &log).await?;
             }
         }
     }
@@ -121,7 +129,7 @@ async fn assign(
     consumer: &StreamConsumer,
     config: &IngestConfig,
     log: &Mutex<MasterLog>,
-) -> Result<usize, IngestError> {
+) -> Result<(usize, Resume), IngestError> {
     let brokers = config.brokers.clone();
     let topic = config.topic.clone();
     let count = tokio::task::spawn_blocking(move || {
@@ -135,9 +143,10 @@ async fn assign(
         brokers: config.brokers.clone(),
     })?;
     let ends = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
+    let resume = Resume::new((0..count as Partition).map(|p| (p, ends.get(p))));
     let mut tpl = TopicPartitionList::new();
     for p in 0..count as Partition {
-        let position = match ends.get(p) {
+        let position = match resume.seek_offset(p) {
             0 => KafkaOffset::Beginning,
             o => KafkaOffset::Offset(o),
         };
@@ -158,13 +167,14 @@ async fn assign(
             topic: config.topic.clone(),
             source,
         })?;
-    Ok(count)
+    Ok((count, resume))
 }
 
 /// Receives up to `batch_records` records, waiting at most `batch_wait` after
 /// the first. `None` once cancelled.
 async fn next_batch(
     consumer: &StreamConsumer,
+    resume: &mut Resume,
     config: &IngestConfig,
     dead_letters: &DeadLetterSink,
     metrics: &BatchMetrics,
@@ -179,10 +189,27 @@ async fn next_batch(
     let mut next = Some(first);
     loop {
         match next.take() {
-            Some(Ok(message)) => {
-                let message = message.detach();
-                batch.push(pending(&message, config, dead_letters, metrics, token).await);
-            }
+            Some(Ok(message)) => match resume.check(message.partition(), message.offset()) {
+                ResumeCheck::Accept => {
+                    let message = message.detach();
+                    batch.push(pending(&message, config, dead_letters, metrics, token).await);
+                }
+                ResumeCheck::Skip => {}
+                ResumeCheck::SeekBack(offset) => {
+                    let (p, topic) = (message.partition(), message.topic().to_owned());
+                    drop(message);
+                    if let Err(error) = consumer.seek(
+                        &topic,
+                        p,
+                        KafkaOffset::Offset(offset),
+                        Duration::from_secs(10),
+                    ) {
+                        tracing::error!(%error, partition = p, "Cannot seek back; stopping rather than skip records.");
+                        token.cancel();
+                        return None;
+                    }
+                }
+            },
             Some(Err(error)) => {
                 metrics.consumer_errors.inc();
                 tracing::warn!(%error, "Kafka consumer error.");

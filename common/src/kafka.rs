@@ -200,3 +200,108 @@ pub async fn send_all(
     }
     results
 }
+
+/// Where to resume each partition, robust to brokers that answer a fetch at
+/// an offset inside a record batch with the *next* batch (tansu does; Kafka
+/// returns the containing batch and the client drops the records before the
+/// offset).
+///
+/// A layer wants to resume at its checkpoint `p → want`. It seeks a margin
+/// earlier instead, skips records below `want`, and checks the first record
+/// it gets at or above `want`: if that is beyond `want` while records before
+/// it were never seen, the batch holding `want` was skipped, so it seeks
+/// further back (doubling the margin) rather than lose those records. Records
+/// legitimately missing from the log (transaction markers, compaction) end the
+/// search once the seek reaches offset 0.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    want: std::collections::BTreeMap<i32, i64>,
+    margin: std::collections::BTreeMap<i32, i64>,
+    verified: std::collections::BTreeSet<i32>,
+}
+
+/// What to do with a received record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeCheck {
+    /// Below the checkpoint: already processed.
+    Skip,
+    /// Process it.
+    Accept,
+    /// Records were skipped by the broker: seek this partition to the offset
+    /// and drop the record.
+    SeekBack(i64),
+}
+
+impl Resume {
+    /// The first margin: librdkafka's producers put at most 10,000 records
+    /// in a batch (`batch.num.messages`).
+    pub const INITIAL_MARGIN: i64 = 10_000;
+
+    pub fn new(want: impl IntoIterator<Item = (i32, i64)>) -> Self {
+        Self::with_margin(want, Self::INITIAL_MARGIN)
+    }
+
+    /// With a chosen first margin (tests use a small one).
+    pub fn with_margin(want: impl IntoIterator<Item = (i32, i64)>, margin: i64) -> Self {
+        let want: std::collections::BTreeMap<i32, i64> = want.into_iter().collect();
+        let margin = want.keys().map(|&p| (p, margin.max(1))).collect();
+        Self {
+            want,
+            margin,
+            verified: Default::default(),
+        }
+    }
+
+    /// The offset to seek `partition` to.
+    pub fn seek_offset(&self, partition: i32) -> i64 {
+        let want = self.want.get(&partition).copied().unwrap_or(0);
+        (want - self.margin.get(&partition).copied().unwrap_or(0)).max(0)
+    }
+
+    pub fn check(&mut self, partition: i32, offset: i64) -> ResumeCheck {
+        if self.verified.contains(&partition) {
+            return ResumeCheck::Accept;
+        }
+        let want = self.want.get(&partition).copied().unwrap_or(0);
+        if offset < want {
+            return ResumeCheck::Skip;
+        }
+        let seeked = self.seek_offset(partition);
+        if offset == want || seeked == 0 {
+            // Exactly where we wanted to be, or the broker's log really has
+            // nothing between `want` and `offset`.
+            self.verified.insert(partition);
+            return ResumeCheck::Accept;
+        }
+        let margin = self.margin.entry(partition).or_insert(Self::INITIAL_MARGIN);
+        *margin = margin.saturating_mul(2);
+        tracing::warn!(
+            partition,
+            want,
+            got = offset,
+            seek = self.seek_offset(partition),
+            "The broker skipped records at the resume position; seeking further back."
+        );
+        ResumeCheck::SeekBack(self.seek_offset(partition))
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    #[test]
+    fn skips_below_the_checkpoint_and_seeks_back_over_a_skipped_batch() {
+        let mut r = Resume::new([(0, 25_000), (1, 0)]);
+        assert_eq!(r.seek_offset(0), 15_000);
+        assert_eq!(r.seek_offset(1), 0);
+        assert_eq!(r.check(0, 15_000), ResumeCheck::Skip);
+        // The broker jumped from before 25,000 to 25,100: records were skipped.
+        assert_eq!(r.check(0, 25_100), ResumeCheck::SeekBack(5_000));
+        assert_eq!(r.check(0, 24_999), ResumeCheck::Skip);
+        assert_eq!(r.check(0, 25_000), ResumeCheck::Accept);
+        assert_eq!(r.check(0, 25_001), ResumeCheck::Accept);
+        // Seeking from 0, a gap is genuine.
+        assert_eq!(r.check(1, 3), ResumeCheck::Accept);
+    }
+}

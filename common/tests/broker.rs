@@ -111,3 +111,64 @@ async fn a_taken_port_is_a_clear_error() {
         .expect_err("port in use");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+/// tansu answers a fetch at an offset inside a record batch with the *next*
+/// batch, skipping the rest of the one asked for. `kafka::Resume` (seek a
+/// margin earlier, detect the jump, seek further back) must still deliver the
+/// checkpointed offset first, or a resuming layer would lose records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_inside_a_record_batch_delivers_the_checkpointed_offset() {
+    use ::common::kafka::{consumer_config, Resume, ResumeCheck};
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
+        .await
+        .expect("broker");
+    let brokers = broker.bootstrap();
+    let topic = unique("mid-batch");
+    ensure_topic(&brokers, &topic, 1, TIMEOUT)
+        .await
+        .expect("topic");
+    // Two produce calls: two record batches, offsets 0..100 and 100..200.
+    produce(
+        &brokers,
+        &topic,
+        (0..100).map(|i| (i.to_string(), format!("r{i}").into_bytes())),
+    )
+    .await;
+    produce(
+        &brokers,
+        &topic,
+        (100..200).map(|i| (i.to_string(), format!("r{i}").into_bytes())),
+    )
+    .await;
+
+    let consumer: StreamConsumer = consumer_config(&brokers, &unique("g"))
+        .create()
+        .expect("consumer");
+    let mut resume = Resume::with_margin([(0, 57)], 10);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(resume.seek_offset(0)))
+        .expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let mut seeks = 0;
+    let accepted = loop {
+        let m = tokio::time::timeout(TIMEOUT, consumer.recv())
+            .await
+            .expect("a record")
+            .expect("ok");
+        match resume.check(0, m.offset()) {
+            ResumeCheck::Skip => {}
+            ResumeCheck::Accept => break (m.offset(), m.payload().map(<[u8]>::to_vec)),
+            ResumeCheck::SeekBack(offset) => {
+                seeks += 1;
+                consumer
+                    .seek(&topic, 0, Offset::Offset(offset), TIMEOUT)
+                    .expect("seek");
+            }
+        }
+    };
+    assert_eq!(accepted, (57, Some(b"r57".to_vec())));
+    eprintln!("seeks needed: {seeks}");
+    broker.stop().await;
+}

@@ -29,7 +29,7 @@ pub struct SpeedArgs {
     pub cut_poll_interval: Duration,
 
     /// A micro-batch closes at this many records …
-    #[arg(long, env = env::MICRO_BATCH_RECORDS, default_value_t = 5000)]
+    #[arg(long, env = env::MICRO_BATCH_RECORDS, default_value_t = 20_000)]
     pub micro_batch_records: usize,
 
     /// … or this long after its first record.

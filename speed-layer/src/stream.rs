@@ -14,12 +14,14 @@ use crate::metrics::SpeedMetrics;
 use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError};
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
-use common::kafka::{consumer_config, producer_config, send_all, topic_partitions};
+use common::kafka::{
+    consumer_config, producer_config, send_all, topic_partitions, Resume, ResumeCheck,
+};
 use common::realtime::RealtimeUpsert;
 use common::shutdown::CancellationToken;
 use common::{BucketKey, BucketSize, Cut, Offset, Partition, Tokenizer};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use rustc_hash::FxHashMap;
@@ -139,42 +141,60 @@ pub async fn run(
     let producer: FutureProducer = producer_config(&config.brokers)
         .create()
         .map_err(kafka_err)?;
-    let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as Partition {
         let start = view.positions.get(p).max(view.cut.get(p));
         view.positions.set(p, start);
-        tpl.add_partition_offset(&config.topic, p, KafkaOffset::Offset(start))
-            .map_err(kafka_err)?;
         tracing::info!(
             partition = p,
             offset = start,
             "Resuming from the checkpoint."
         );
     }
+    let mut resume = Resume::new(view.positions.iter());
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as Partition {
+        tpl.add_partition_offset(&config.topic, p, KafkaOffset::Offset(resume.seek_offset(p)))
+            .map_err(kafka_err)?;
+    }
     consumer.assign(&tpl).map_err(kafka_err)?;
+
+    // Publication runs beside consumption: a checkpointed micro-batch's
+    // upserts go out while the next one is counted. The channel is short, so
+    // a slow broker still slows consumption (backpressure, bounded memory).
+    let (publish_tx, mut publish_rx) = tokio::sync::mpsc::channel::<Vec<(CountKey, u64)>>(2);
+    let publisher = {
+        let (topic, metrics, token) = (
+            config.realtime_topic.clone(),
+            Arc::clone(&metrics),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(upserts) = publish_rx.recv().await {
+                publish(&producer, &topic, &upserts, &metrics, &token).await;
+            }
+        })
+    };
 
     // Re-publish every live count: repairs publications a crash interrupted.
     let all: Vec<(CountKey, u64)> = view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect();
-    publish(&producer, &config.realtime_topic, &all, &metrics, &token).await;
+    let _ = publish_tx.send(all).await;
     update_status(&status, &view, &metrics);
 
     let mut tokenizer = Tokenizer::new();
     let mut last_cut_poll = Instant::now();
     while !token.is_cancelled() {
-        let Some(messages) = next_batch(&consumer, &config, &metrics, &token).await else {
+        let ctx = Ctx {
+            config: &config,
+            dead_letters: &dead_letters,
+            metrics: &metrics,
+            token: &token,
+        };
+        let Some(mut batch) = next_batch(&consumer, &view, &mut resume, &mut tokenizer, &ctx).await
+        else {
             break;
         };
-        if !messages.is_empty() {
-            let changed = process(
-                &messages,
-                &mut view,
-                &config,
-                &mut tokenizer,
-                &dead_letters,
-                &metrics,
-                &token,
-            )
-            .await;
+        if batch.records > 0 {
+            let changed = (batch.apply(&mut view), batch.next_offsets());
             checkpoint(&mut view, changed.1, &changed.0, &metrics, &token).await;
             let upserts: Vec<(CountKey, u64)> = changed
                 .0
@@ -184,14 +204,9 @@ pub async fn run(
                     (k, c)
                 })
                 .collect();
-            publish(
-                &producer,
-                &config.realtime_topic,
-                &upserts,
-                &metrics,
-                &token,
-            )
-            .await;
+            if publish_tx.send(upserts).await.is_err() {
+                tracing::error!("The publisher stopped; upserts will be re-published on restart.");
+            }
             commit_for_monitoring(&consumer, &config.topic, &view.positions);
             update_status(&status, &view, &metrics);
         }
@@ -211,6 +226,8 @@ pub async fn run(
             }
         }
     }
+    drop(publish_tx);
+    let _ = publisher.await;
     tracing::info!(positions = %view.positions, "Speed layer stopped after its last checkpoint.");
     Ok(())
 }
@@ -235,83 +252,73 @@ fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &Spe
     s.ready = true;
 }
 
-/// Up to `micro_batch_records` records, waiting at most `micro_batch_wait`
-/// after the first; `None` once cancelled.
-async fn next_batch(
-    consumer: &StreamConsumer,
-    config: &StreamConfig,
-    metrics: &SpeedMetrics,
-    token: &CancellationToken,
-) -> Option<Vec<OwnedMessage>> {
-    let mut batch = Vec::new();
-    let first = tokio::select! {
-        _ = token.cancelled() => return None,
-        _ = tokio::time::sleep(config.cut_poll_interval) => return Some(batch),
-        m = consumer.recv() => m,
-    };
-    let deadline = tokio::time::Instant::now() + config.micro_batch_wait;
-    let mut next = Some(first);
-    loop {
-        match next.take() {
-            Some(Ok(m)) => batch.push(m.detach()),
-            Some(Err(error)) => {
-                metrics.consumer_errors.inc();
-                tracing::warn!(%error, "Kafka consumer error.");
-            }
-            None => {}
-        }
-        if batch.len() >= config.micro_batch_records {
-            break;
-        }
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => next = Some(m),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
+/// What counting a micro-batch needs besides the batch and the view.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    config: &'a StreamConfig,
+    dead_letters: &'a DeadLetterSink,
+    metrics: &'a SpeedMetrics,
+    token: &'a CancellationToken,
 }
 
-/// Counts a micro-batch into the mirror. Returns the changed keys and the
-/// partitions' new next offsets.
-async fn process(
-    messages: &[OwnedMessage],
-    view: &mut RealtimeView,
-    config: &StreamConfig,
-    tokenizer: &mut Tokenizer,
-    dead_letters: &DeadLetterSink,
-    metrics: &SpeedMetrics,
-    token: &CancellationToken,
-) -> (Vec<CountKey>, Vec<(Partition, Offset)>) {
-    let mut deltas: FxHashMap<CountKey, u64> = FxHashMap::default();
-    let mut next: FxHashMap<Partition, Offset> = FxHashMap::default();
-    for m in messages {
+/// A micro-batch being counted: deltas per bucket and word, and the next
+/// offset of every partition it read.
+#[derive(Default)]
+struct MicroBatch {
+    deltas: FxHashMap<BucketKey, FxHashMap<Box<str>, u64>>,
+    next: FxHashMap<Partition, Offset>,
+    records: usize,
+    bytes: usize,
+}
+
+/// A micro-batch closes at this many payload bytes whatever its record
+/// count, which bounds the memory it holds.
+const MICRO_BATCH_MAX_BYTES: usize = 16 << 20;
+
+impl MicroBatch {
+    /// Counts one record. Records are counted straight from the consumer's
+    /// buffer; only dead letters are copied.
+    async fn add<M: Message>(
+        &mut self,
+        m: &M,
+        view: &RealtimeView,
+        tokenizer: &mut Tokenizer,
+        ctx: &Ctx<'_>,
+    ) {
+        let Ctx {
+            config,
+            dead_letters,
+            metrics,
+            token,
+        } = *ctx;
         metrics.records_consumed.inc();
+        self.records += 1;
         let (p, o) = (m.partition(), m.offset());
         // Redelivered (already checkpointed) offsets are not counted again.
-        if o < view.positions.get(p) {
-            continue;
+        if o < view.positions.get(p) || self.next.get(&p).is_some_and(|&n| o < n) {
+            return;
         }
-        next.insert(p, o + 1);
+        self.next.insert(p, o + 1);
         if view.cut.includes(p, o) {
             metrics.below_cut_skipped.inc();
-            continue;
+            return;
         }
         match decode_message(m, config.max_event_bytes) {
             Ok(event) => {
                 metrics.events_counted.inc();
+                self.bytes += event.text.len();
                 let bucket = BucketKey {
                     partition: p,
                     bucket: config.bucket_size.bucket_of(o),
                 };
+                let words = self.deltas.entry(bucket).or_default();
+                // A hit looks up by &str and allocates nothing.
                 tokenizer.for_each_word(event.text, |w| {
-                    // Allocates the key per occurrence; the map phase of the
-                    // batch layer avoids this, but a micro-batch is small.
-                    *deltas
-                        .entry(CountKey {
-                            bucket,
-                            word: w.into(),
-                        })
-                        .or_insert(0) += 1;
+                    if let Some(c) = words.get_mut(w) {
+                        *c += 1;
+                    } else {
+                        words.insert(w.into(), 1);
+                    }
                 });
             }
             Err(error) => {
@@ -335,12 +342,83 @@ async fn process(
             }
         }
     }
-    let mut changed = Vec::with_capacity(deltas.len());
-    for (key, delta) in deltas {
-        *view.mirror.entry(key.clone()).or_insert(0) += delta;
-        changed.push(key);
+
+    /// Adds the deltas to the mirror; returns the changed keys.
+    fn apply(&mut self, view: &mut RealtimeView) -> Vec<CountKey> {
+        let mut changed = Vec::new();
+        for (bucket, words) in self.deltas.drain() {
+            for (word, delta) in words {
+                let key = CountKey { bucket, word };
+                *view.mirror.entry(key.clone()).or_insert(0) += delta;
+                changed.push(key);
+            }
+        }
+        changed
     }
-    (changed, next.into_iter().collect())
+
+    fn next_offsets(&self) -> Vec<(Partition, Offset)> {
+        self.next.iter().map(|(&p, &o)| (p, o)).collect()
+    }
+}
+
+/// Consumes and counts up to `micro_batch_records` records (or 16 MiB),
+/// waiting at most `micro_batch_wait` after the first; `None` once cancelled.
+async fn next_batch(
+    consumer: &StreamConsumer,
+    view: &RealtimeView,
+    resume: &mut Resume,
+    tokenizer: &mut Tokenizer,
+    ctx: &Ctx<'_>,
+) -> Option<MicroBatch> {
+    let Ctx {
+        config,
+        metrics,
+        token,
+        ..
+    } = *ctx;
+    let mut batch = MicroBatch::default();
+    let first = tokio::select! {
+        _ = token.cancelled() => return None,
+        _ = tokio::time::sleep(config.cut_poll_interval) => return Some(batch),
+        m = consumer.recv() => m,
+    };
+    let deadline = tokio::time::Instant::now() + config.micro_batch_wait;
+    let mut next = Some(first);
+    loop {
+        match next.take() {
+            Some(Ok(m)) => match resume.check(m.partition(), m.offset()) {
+                ResumeCheck::Accept => batch.add(&m, view, tokenizer, ctx).await,
+                ResumeCheck::Skip => batch.records += 1,
+                ResumeCheck::SeekBack(offset) => {
+                    let (p, topic) = (m.partition(), m.topic().to_owned());
+                    drop(m);
+                    if let Err(error) = consumer.seek(
+                        &topic,
+                        p,
+                        KafkaOffset::Offset(offset),
+                        Duration::from_secs(10),
+                    ) {
+                        tracing::error!(%error, partition = p, "Cannot seek back; stopping rather than skip records.");
+                        ctx.token.cancel();
+                        return None;
+                    }
+                }
+            },
+            Some(Err(error)) => {
+                metrics.consumer_errors.inc();
+                tracing::warn!(%error, "Kafka consumer error.");
+            }
+            None => {}
+        }
+        if batch.records >= config.micro_batch_records || batch.bytes >= MICRO_BATCH_MAX_BYTES {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(m) => next = Some(m),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Writes the changed counts and new offsets atomically, retrying until it

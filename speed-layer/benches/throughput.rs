@@ -1,0 +1,121 @@
+//! Speed-layer throughput against a plain consumer, side by side in one run.
+//!
+//! Pre-fills a topic on the embedded broker with events of ~10 words, then
+//! measures (1) a plain rdkafka consumer that only reads every record and
+//! (2) the speed layer consuming, counting, checkpointing and publishing the
+//! same records, and prints records/s for both and their ratio. The machine
+//! is shared and noisy, so only the ratio of the two is meaningful.
+//!
+//! Run: `cargo bench -p lambda-speed --bench throughput` (EVENTS=N to resize).
+
+use clap::Parser;
+use common::broker::{BrokerStorage, EmbeddedBroker};
+use common::kafka::{consumer_config, ensure_topic, producer_config, send_all};
+use common::shutdown::CancellationToken;
+use common::testkit::{get, metric_sum, unique};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct SpeedCli {
+    #[command(flatten)]
+    args: speed_layer::config::SpeedArgs,
+}
+
+const VOCAB: [&str; 16] = [
+    "lambda", "kappa", "stream", "batch", "speed", "serving", "view", "merge", "kafka", "offset",
+    "bucket", "cut", "word", "count", "event", "Exactly",
+];
+
+fn main() {
+    let events: usize = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let broker = EmbeddedBroker::start(BrokerStorage::Memory).await.expect("broker");
+        let brokers = broker.bootstrap();
+        let topic = unique("bench");
+        ensure_topic(&brokers, &topic, 4, Duration::from_secs(30)).await.expect("topic");
+
+        let producer: rdkafka::producer::FutureProducer = producer_config(&brokers).create().expect("producer");
+        let mut state = 7u64;
+        let records: Vec<(String, Vec<u8>)> = (0..events)
+            .map(|i| {
+                let words: Vec<&str> = (0..10)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        VOCAB[(state >> 60) as usize]
+                    })
+                    .collect();
+                (i.to_string(), format!("{} #{i}", words.join(" ")).into_bytes())
+            })
+            .collect();
+        let started = Instant::now();
+        for chunk in records.chunks(20_000) {
+            for r in send_all(&producer, &topic, chunk).await {
+                r.expect("delivered");
+            }
+        }
+        eprintln!("pre-filled {events} events in {:.1} s", started.elapsed().as_secs_f64());
+
+        // 1. Plain consumer: read every record, nothing else.
+        let consumer: StreamConsumer = consumer_config(&brokers, &unique("plain")).create().expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let first = consumer.recv().await.expect("first record");
+        drop(first);
+        let started = Instant::now();
+        for _ in 1..events {
+            consumer.recv().await.expect("record");
+        }
+        let plain = (events - 1) as f64 / started.elapsed().as_secs_f64();
+        drop(consumer);
+
+        // 2. The speed layer over the same records.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dlq = format!("{topic}.dlq");
+        let rtopic = format!("{topic}.rt");
+        let argv = [
+            "x", "--brokers", &brokers, "--topic", &topic, "--dead-letter-topic", &dlq, "--realtime-topic", &rtopic,
+            "--data-dir", dir.path().to_str().expect("utf-8"), "--http-addr", "127.0.0.1:0", "--partitions", "4",
+        ];
+        let args = SpeedCli::try_parse_from(argv).expect("flags").args;
+        let token = CancellationToken::new();
+        let running = speed_layer::start(args, token.clone()).await.expect("speed starts");
+        let addr = running.http_addr;
+        // Like the plain consumer, time from the first record on: start-up
+        // (topic checks, assignment) is not throughput.
+        let position = move || {
+            get(addr, "/metrics")
+                .map(|r| metric_sum(&r.text(), "lambda_speed_position") as usize)
+                .unwrap_or(0)
+        };
+        let speed = tokio::task::spawn_blocking(move || {
+            let mut first = position();
+            while first == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+                first = position();
+            }
+            let started = Instant::now();
+            while position() < events {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (events - first) as f64 / started.elapsed().as_secs_f64()
+        })
+        .await
+        .expect("join");
+        token.cancel();
+        running.wait().await;
+        broker.stop().await;
+
+        println!("\nspeed layer vs plain consumer, {events} events of ~10 words, 4 partitions, embedded broker");
+        println!("{:<28} {:>12}", "consumer", "records/s");
+        println!("{:<28} {:>12.0}", "plain rdkafka (read only)", plain);
+        println!("{:<28} {:>12.0}", "speed layer (count+commit)", speed);
+        println!("ratio speed/plain: {:.2}", speed / plain);
+    });
+}
