@@ -22,6 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run everything in one process: embedded Kafka-compatible broker, batch and speed layers, sample producer.
+    Demo(Box<cmd::demo::DemoArgs>),
     /// Run the batch layer: master log, ingestion, periodic recompute, view publication.
     Batch(Box<batch_layer::config::BatchArgs>),
     /// Run the speed layer: incremental realtime counts, checkpoints, expiry at the batch cut.
@@ -34,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     common::telemetry::init();
     match cli.command {
+        Command::Demo(args) => cmd::demo::run(*args),
         Command::Batch(args) => cmd::batch::run(*args),
         Command::Speed(args) => cmd::speed::run(*args),
         Command::Mapreduce(args) => cmd::mapreduce::run(args),

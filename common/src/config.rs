@@ -33,6 +33,11 @@ pub mod env {
     pub const CUT_POLL_INTERVAL: &str = "LAMBDA_CUT_POLL_INTERVAL";
     pub const MICRO_BATCH_RECORDS: &str = "LAMBDA_MICRO_BATCH_RECORDS";
     pub const MICRO_BATCH_WAIT: &str = "LAMBDA_MICRO_BATCH_WAIT";
+    pub const BROKER_ADDR: &str = "LAMBDA_BROKER_ADDR";
+    pub const BATCH_ADDR: &str = "LAMBDA_BATCH_ADDR";
+    pub const SPEED_ADDR: &str = "LAMBDA_SPEED_ADDR";
+    pub const RATE: &str = "LAMBDA_RATE";
+    pub const NO_SAMPLE: &str = "LAMBDA_NO_SAMPLE";
 
     /// Every variable above.
     pub const ALL: &[&str] = &[
@@ -57,6 +62,11 @@ pub mod env {
         CUT_POLL_INTERVAL,
         MICRO_BATCH_RECORDS,
         MICRO_BATCH_WAIT,
+        BROKER_ADDR,
+        BATCH_ADDR,
+        SPEED_ADDR,
+        RATE,
+        NO_SAMPLE,
     ];
 }
 

@@ -1,0 +1,186 @@
+//! `lambda demo`: the embedded broker and the layers in one process, with a
+//! sample producer, so the system runs with one command and no Kafka install.
+
+use anyhow::Context;
+use batch_layer::config::BatchArgs;
+use clap::Args;
+use common::broker::{BrokerStorage, EmbeddedBroker};
+use common::config::{env, KafkaArgs, NodeArgs, StreamArgs};
+use common::kafka::{ensure_topic, producer_config, send_all};
+use common::shutdown::CancellationToken;
+use speed_layer::config::SpeedArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The built-in sample corpus, streamed line by line.
+const CORPUS: &str = include_str!("../corpus.txt");
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the broker's log (SQLite) and every layer's state live; running
+    /// again on the same directory resumes.
+    #[arg(long, env = env::DATA_DIR, default_value = "./lambda-demo")]
+    pub data_dir: PathBuf,
+    /// The embedded broker's listen (and advertised) address.
+    #[arg(long, env = env::BROKER_ADDR, default_value = "127.0.0.1:9092")]
+    pub broker_addr: SocketAddr,
+    /// The batch layer's HTTP address.
+    #[arg(long, env = env::BATCH_ADDR, default_value = "127.0.0.1:7071")]
+    pub batch_addr: SocketAddr,
+    /// The speed layer's HTTP address.
+    #[arg(long, env = env::SPEED_ADDR, default_value = "127.0.0.1:7072")]
+    pub speed_addr: SocketAddr,
+    /// Partitions of the events topic.
+    #[arg(long, env = env::PARTITIONS, default_value_t = 4)]
+    pub partitions: i32,
+    /// Sample events per second.
+    #[arg(long, env = env::RATE, default_value_t = 20)]
+    pub rate: u32,
+    /// Do not run the sample producer.
+    #[arg(long, env = env::NO_SAMPLE)]
+    pub no_sample: bool,
+    /// Bearer token for admin endpoints (recompute).
+    #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Time between batch recomputes.
+    #[arg(long, env = env::RECOMPUTE_INTERVAL, default_value = "10s", value_parser = common::config::parse_duration)]
+    pub interval: Duration,
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rate > 0,
+        "invalid --rate: must be at least 1 event per second"
+    );
+    super::runtime()?.block_on(async move {
+        let token = common::shutdown::on_signals();
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+        let db = args.data_dir.join("kafka").join("tansu.db");
+        let broker = EmbeddedBroker::start_on(args.broker_addr, BrokerStorage::Sqlite(db))
+            .await
+            .with_context(|| format!("cannot start the embedded broker on {}", args.broker_addr))?;
+        let brokers = broker.bootstrap();
+        let kafka = KafkaArgs {
+            brokers: brokers.clone(),
+            topic: "events".into(),
+            dead_letter_topic: "lambda.dead-letter".into(),
+            realtime_topic: "lambda.realtime".into(),
+            partitions: args.partitions,
+        };
+        for (topic, partitions) in [
+            (&kafka.topic, kafka.partitions),
+            (&kafka.dead_letter_topic, 1),
+            (&kafka.realtime_topic, kafka.partitions),
+        ] {
+            ensure_topic(&brokers, topic, partitions, Duration::from_secs(30))
+                .await
+                .with_context(|| format!("cannot create topic {topic}"))?;
+        }
+        let stream = StreamArgs {
+            bucket_size: common::BucketSize::DEFAULT,
+            max_event_bytes: common::event::DEFAULT_MAX_EVENT_BYTES,
+        };
+        let node = |role: &str| NodeArgs {
+            data_dir: args.data_dir.join(role),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let batch = batch_layer::start(
+            BatchArgs {
+                kafka: kafka.clone(),
+                stream: stream.clone(),
+                node: node("batch"),
+                http_addr: args.batch_addr,
+                admin_token: args.admin_token.clone(),
+                interval: args.interval,
+                keep_views: 3,
+                segment_bytes: 64 << 20,
+                fsync: Default::default(),
+                repair: false,
+                threads: 0,
+            },
+            token.clone(),
+        )
+        .await
+        .context("cannot start the batch layer")?;
+        let speed = speed_layer::start(
+            SpeedArgs {
+                kafka: kafka.clone(),
+                stream,
+                node: node("speed"),
+                http_addr: args.speed_addr,
+                batch_url: Some(batch.http_addr.to_string()),
+                cut_poll_interval: Duration::from_secs(1),
+                micro_batch_records: 20_000,
+                micro_batch_wait: Duration::from_millis(50),
+            },
+            token.clone(),
+        )
+        .await
+        .context("cannot start the speed layer")?;
+
+        println!("Lambda demo running (ctrl-c to stop).");
+        println!(
+            "  Kafka bootstrap: {brokers}   (produce to topic `events` with any Kafka client)"
+        );
+        println!(
+            "  batch layer:     http://{}/views/latest   /metrics",
+            batch.http_addr
+        );
+        println!(
+            "  speed layer:     http://{}/status         /metrics",
+            speed.http_addr
+        );
+        println!("  data directory:  {}", args.data_dir.display());
+
+        let producer = (!args.no_sample).then(|| {
+            let (brokers, token, rate) = (brokers.clone(), token.clone(), args.rate);
+            tokio::spawn(sample_producer(brokers, rate, token))
+        });
+        token.cancelled().await;
+        if let Some(p) = producer {
+            let _ = p.await;
+        }
+        speed.wait().await;
+        batch.wait().await;
+        broker.stop().await;
+        println!("Lambda demo stopped.");
+        Ok(())
+    })
+}
+
+/// Streams the corpus, one line per event, at about `rate` events per second,
+/// looping until cancelled.
+async fn sample_producer(brokers: String, rate: u32, token: CancellationToken) {
+    let producer: rdkafka::producer::FutureProducer = match producer_config(&brokers).create() {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::error!(%error, "Cannot create the sample producer.");
+            return;
+        }
+    };
+    let lines: Vec<&str> = CORPUS.lines().filter(|l| !l.trim().is_empty()).collect();
+    // At most 100 sends a second; above that, several events per send.
+    let per_tick = (rate as usize).div_ceil(100);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) * per_tick as u32 / rate);
+    let mut i = 0usize;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let records: Vec<(String, Vec<u8>)> = (0..per_tick)
+            .map(|k| {
+                let n = i + k;
+                (n.to_string(), lines[n % lines.len()].as_bytes().to_vec())
+            })
+            .collect();
+        i += per_tick;
+        for result in send_all(&producer, "events", &records).await {
+            if let Err(error) = result {
+                tracing::warn!(%error, "Sample event not delivered.");
+            }
+        }
+    }
+}
