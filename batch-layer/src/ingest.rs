@@ -237,25 +237,16 @@ async fn pending(
     let decoded = decode_message(message, config.max_event_bytes);
     let kind = RecordKind::of(&decoded);
     if let Err(error) = &decoded {
-        metrics.dead_letter(error.reason());
+        metrics.dead_letters.inc(error.reason());
         tracing::warn!(
             partition = message.partition(),
             offset = message.offset(),
             reason = error.reason(),
             "Record is not an event; keeping it marked and dead-lettering it."
         );
-        // Retry until the dead letter is delivered: it must exist before the
-        // record counts as ingested.
-        let mut delay = Duration::from_millis(100);
-        while let Err(send_error) = dead_letters.send(message, error).await {
-            metrics.dead_letter_failures.inc();
-            tracing::error!(error = %send_error, "Cannot send a dead letter; retrying.");
-            if token.is_cancelled() {
-                break;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        dead_letters
+            .send_until_delivered(message, error, token, || metrics.dead_letter_failures.inc())
+            .await;
     }
     Pending {
         partition: message.partition(),

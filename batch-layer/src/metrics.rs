@@ -1,6 +1,6 @@
 //! The batch layer's metrics, rendered at `GET /metrics`.
 
-use common::event::DecodeError;
+use common::dead_letter::DeadLetterCounts;
 use common::metrics::{Counter, Gauge, TextWriter};
 use common::Cut;
 
@@ -11,7 +11,7 @@ pub struct BatchMetrics {
     pub consumer_errors: Counter,
     pub log_write_errors: Counter,
     pub dead_letter_failures: Counter,
-    dead_letters: [Counter; 3],
+    pub dead_letters: DeadLetterCounts,
     pub recomputes: Counter,
     pub recompute_failures: Counter,
     pub view_version: Gauge,
@@ -20,19 +20,6 @@ pub struct BatchMetrics {
 }
 
 impl BatchMetrics {
-    pub fn dead_letter(&self, reason: &str) {
-        if let Some(i) = DecodeError::REASONS.iter().position(|r| *r == reason) {
-            self.dead_letters[i].inc();
-        }
-    }
-
-    pub fn dead_letters(&self, reason: &str) -> u64 {
-        DecodeError::REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.dead_letters[i].get())
-    }
-
     /// Prometheus text, with the master log's end offsets.
     pub fn render(&self, log_end: &Cut, now_ms: i64) -> String {
         let mut w = TextWriter::new();
@@ -66,18 +53,7 @@ impl BatchMetrics {
             "Failed dead-letter sends (retried).",
             self.dead_letter_failures.get(),
         );
-        w.family(
-            "lambda_dead_letters_total",
-            "counter",
-            "Records that are not events, by reason.",
-        );
-        for (i, reason) in DecodeError::REASONS.iter().enumerate() {
-            w.sample(
-                "lambda_dead_letters_total",
-                &[("layer", "batch"), ("reason", reason)],
-                self.dead_letters[i].get(),
-            );
-        }
+        self.dead_letters.render(&mut w, "batch");
         w.single(
             "lambda_batch_recomputes_total",
             "counter",

@@ -4,7 +4,7 @@
 
 use ::common::broker::{BrokerStorage, EmbeddedBroker};
 use ::common::kafka::ensure_topic;
-use ::common::testkit::{produce, unique};
+use ::common::testkit::unique;
 use batch_layer::master_log::{LogOptions, MasterLog};
 use batch_layer::view::{verify_and_decode, ViewStore};
 use std::collections::{BTreeMap, HashSet};
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{free_addr, resumed_mid_stream, spawn_role, terminate, wait_metric, Lcg};
+use common::{finish_cleanly, free_addr, kill_repeatedly, produce_in_bursts, spawn_role, Lcg};
 
 const TOTAL: usize = 6000;
 
@@ -48,6 +48,10 @@ fn spawn_batch(brokers: &str, topic: &str, data_dir: &Path, addr: SocketAddr, lo
     spawn_role("batch", &args, log)
 }
 
+fn payload(i: usize) -> String {
+    format!("event-{i} word{}", i % 50)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
     let mut rng = Lcg::from_clock();
@@ -65,58 +69,26 @@ async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
     let log_file = dir.path().join("batch.log");
 
     // Produce in the background, in small bursts, while the layer is killed.
-    let producer = {
-        let (brokers, topic) = (brokers.clone(), topic.clone());
-        tokio::spawn(async move {
-            for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(150) {
-                let records = chunk.iter().map(|i| {
-                    (
-                        i.to_string(),
-                        format!("event-{i} word{}", i % 50).into_bytes(),
-                    )
-                });
-                produce(&brokers, &topic, records).await;
-                tokio::time::sleep(Duration::from_millis(120)).await;
-            }
-        })
-    };
+    let producer = produce_in_bursts(&brokers, &topic, TOTAL, payload);
 
     let addr = free_addr();
-    for round in 0..5 {
-        let mut child = spawn_batch(&brokers, &topic, &data_dir, addr, &log_file);
-        let wait_ms = 300 + rng.next(900);
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
-        let status = child.wait().expect("reaped");
-        eprintln!("round {round}: killed after {wait_ms} ms ({status})");
-    }
+    kill_repeatedly(5, &mut rng, || {
+        spawn_batch(&brokers, &topic, &data_dir, addr, &log_file)
+    })
+    .await;
     producer.await.expect("producer");
 
     // A last run ingests the rest, then stops cleanly on SIGTERM.
     let child = spawn_batch(&brokers, &topic, &data_dir, addr, &log_file);
-    let caught_up = tokio::task::spawn_blocking(move || {
-        wait_metric(
-            addr,
-            "lambda_batch_log_end_offset",
-            TOTAL as f64,
-            Duration::from_secs(120),
-        )
-    })
-    .await
-    .expect("join");
-    let clean_exit = terminate(child);
-    if !caught_up || !clean_exit {
-        panic!(
-            "batch layer log:\n{}",
-            std::fs::read_to_string(&log_file).unwrap_or_default()
-        );
-    }
-
-    // The kills landed mid-stream: some restart resumed from a non-zero offset.
-    assert!(
-        resumed_mid_stream(&log_file, "Resuming ingestion"),
-        "no restart resumed mid-stream; the kills proved nothing"
-    );
+    finish_cleanly(
+        child,
+        addr,
+        "lambda_batch_log_end_offset",
+        TOTAL,
+        &log_file,
+        "Resuming ingestion",
+    )
+    .await;
 
     // Every produced record exactly once, offsets dense per partition.
     let log = MasterLog::open(&data_dir, LogOptions::default()).expect("master log opens cleanly");

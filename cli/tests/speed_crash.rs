@@ -8,9 +8,9 @@ mod common;
 use ::common::broker::{BrokerStorage, EmbeddedBroker};
 use ::common::kafka::ensure_topic;
 use ::common::realtime::RealtimeUpsert;
-use ::common::testkit::{consume_until_idle, produce, unique};
+use ::common::testkit::{consume_until_idle, unique};
 use ::common::Tokenizer;
-use common::{free_addr, resumed_mid_stream, spawn_role, terminate, wait_metric, Lcg};
+use common::{finish_cleanly, free_addr, kill_repeatedly, produce_in_bursts, spawn_role, Lcg};
 use speed_layer::store::RealtimeStore;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -71,56 +71,25 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     let data_dir = dir.path().join("data");
     let log_file = dir.path().join("speed.log");
 
-    let producer = {
-        let (brokers, topic) = (brokers.clone(), topic.clone());
-        tokio::spawn(async move {
-            for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(150) {
-                produce(
-                    &brokers,
-                    &topic,
-                    chunk
-                        .iter()
-                        .map(|&i| (i.to_string(), event(i).into_bytes())),
-                )
-                .await;
-                tokio::time::sleep(Duration::from_millis(120)).await;
-            }
-        })
-    };
+    let producer = produce_in_bursts(&brokers, &topic, TOTAL, event);
 
     let addr = free_addr();
-    for round in 0..5 {
-        let mut child = spawn_speed(&brokers, &topic, &data_dir, addr, &log_file);
-        let wait_ms = 400 + rng.next(900);
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        child.kill().expect("SIGKILL");
-        let status = child.wait().expect("reaped");
-        eprintln!("round {round}: killed after {wait_ms} ms ({status})");
-    }
+    kill_repeatedly(5, &mut rng, || {
+        spawn_speed(&brokers, &topic, &data_dir, addr, &log_file)
+    })
+    .await;
     producer.await.expect("producer");
 
     let child = spawn_speed(&brokers, &topic, &data_dir, addr, &log_file);
-    let caught_up = tokio::task::spawn_blocking(move || {
-        wait_metric(
-            addr,
-            "lambda_speed_position",
-            TOTAL as f64,
-            Duration::from_secs(120),
-        )
-    })
-    .await
-    .expect("join");
-    let clean_exit = terminate(child);
-    if !caught_up || !clean_exit {
-        panic!(
-            "speed layer log:\n{}",
-            std::fs::read_to_string(&log_file).unwrap_or_default()
-        );
-    }
-    assert!(
-        resumed_mid_stream(&log_file, "Resuming from the checkpoint"),
-        "no restart resumed mid-stream; the kills proved nothing"
-    );
+    finish_cleanly(
+        child,
+        addr,
+        "lambda_speed_position",
+        TOTAL,
+        &log_file,
+        "Resuming from the checkpoint",
+    )
+    .await;
 
     let mut truth: HashMap<String, u64> = HashMap::new();
     let mut t = Tokenizer::new();

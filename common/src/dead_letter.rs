@@ -3,6 +3,8 @@
 
 use crate::event::DecodeError;
 use crate::kafka::producer_config;
+use crate::metrics::{Counter, TextWriter};
+use crate::shutdown::CancellationToken;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -105,5 +107,64 @@ impl DeadLetterSink {
             .await
             .map(|_| ())
             .map_err(|(e, _)| e)
+    }
+}
+
+impl DeadLetterSink {
+    /// Sends a dead letter, retrying with backoff until the broker has it (it
+    /// must exist before the record counts as processed) or `token` is
+    /// cancelled. `on_failure` is called for every failed attempt (a metric).
+    pub async fn send_until_delivered<M: Message>(
+        &self,
+        message: &M,
+        error: &DecodeError,
+        token: &CancellationToken,
+        on_failure: impl Fn(),
+    ) {
+        let mut delay = Duration::from_millis(100);
+        while let Err(send_error) = self.send(message, error).await {
+            on_failure();
+            tracing::error!(error = %send_error, topic = %self.topic, "Cannot send a dead letter; retrying.");
+            if token.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Dead letters per reason, for a layer's metrics.
+#[derive(Debug, Default)]
+pub struct DeadLetterCounts([Counter; 3]);
+
+impl DeadLetterCounts {
+    pub fn inc(&self, reason: &str) {
+        if let Some(i) = DecodeError::REASONS.iter().position(|r| *r == reason) {
+            self.0[i].inc();
+        }
+    }
+
+    pub fn get(&self, reason: &str) -> u64 {
+        DecodeError::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.0[i].get())
+    }
+
+    /// Writes the `lambda_dead_letters_total{layer,reason}` family.
+    pub fn render(&self, w: &mut TextWriter, layer: &str) {
+        w.family(
+            "lambda_dead_letters_total",
+            "counter",
+            "Records that are not events, by reason.",
+        );
+        for (i, reason) in DecodeError::REASONS.iter().enumerate() {
+            w.sample(
+                "lambda_dead_letters_total",
+                &[("layer", layer), ("reason", reason)],
+                self.0[i].get(),
+            );
+        }
     }
 }

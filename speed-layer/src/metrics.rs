@@ -1,6 +1,6 @@
 //! The speed layer's metrics, rendered at `GET /metrics`.
 
-use common::event::DecodeError;
+use common::dead_letter::DeadLetterCounts;
 use common::metrics::{Counter, Gauge, TextWriter};
 use common::Cut;
 
@@ -16,18 +16,12 @@ pub struct SpeedMetrics {
     pub consumer_errors: Counter,
     pub dead_letter_failures: Counter,
     pub buckets_expired: Counter,
-    dead_letters: [Counter; 3],
+    pub dead_letters: DeadLetterCounts,
     pub live_counts: Gauge,
     pub last_checkpoint_us: Gauge,
 }
 
 impl SpeedMetrics {
-    pub fn dead_letter(&self, reason: &str) {
-        if let Some(i) = DecodeError::REASONS.iter().position(|r| *r == reason) {
-            self.dead_letters[i].inc();
-        }
-    }
-
     pub fn render(&self, positions: &Cut, cut: &Cut) -> String {
         let mut w = TextWriter::new();
         w.single(
@@ -102,18 +96,7 @@ impl SpeedMetrics {
             "Duration of the last checkpoint.",
             self.last_checkpoint_us.get() as f64 / 1e6,
         );
-        w.family(
-            "lambda_dead_letters_total",
-            "counter",
-            "Records that are not events, by reason.",
-        );
-        for (i, reason) in DecodeError::REASONS.iter().enumerate() {
-            w.sample(
-                "lambda_dead_letters_total",
-                &[("layer", "speed"), ("reason", reason)],
-                self.dead_letters[i].get(),
-            );
-        }
+        self.dead_letters.render(&mut w, "speed");
         w.family(
             "lambda_speed_position",
             "gauge",

@@ -322,23 +322,16 @@ impl MicroBatch {
                 });
             }
             Err(error) => {
-                metrics.dead_letter(error.reason());
+                metrics.dead_letters.inc(error.reason());
                 tracing::warn!(
                     partition = p,
                     offset = o,
                     reason = error.reason(),
                     "Record is not an event; dead-lettering it."
                 );
-                let mut delay = Duration::from_millis(100);
-                while let Err(e) = dead_letters.send(m, &error).await {
-                    metrics.dead_letter_failures.inc();
-                    tracing::error!(error = %e, "Cannot send a dead letter; retrying.");
-                    if token.is_cancelled() {
-                        break;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+                dead_letters
+                    .send_until_delivered(m, &error, token, || metrics.dead_letter_failures.inc())
+                    .await;
             }
         }
     }

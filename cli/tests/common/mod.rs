@@ -83,3 +83,66 @@ pub fn resumed_mid_stream(log: &Path, marker: &str) -> bool {
         .filter(|l| l.contains(marker))
         .any(|l| !l.contains("offset=0"))
 }
+
+/// Produces `total` events in bursts of 150, pausing between bursts, in the
+/// background, so a test can kill processes while events keep arriving.
+pub fn produce_in_bursts(
+    brokers: &str,
+    topic: &str,
+    total: usize,
+    event: fn(usize) -> String,
+) -> tokio::task::JoinHandle<()> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::spawn(async move {
+        for chunk in (0..total).collect::<Vec<_>>().chunks(150) {
+            let records = chunk
+                .iter()
+                .map(|&i| (i.to_string(), event(i).into_bytes()));
+            ::common::testkit::produce(&brokers, &topic, records).await;
+            tokio::time::sleep(Duration::from_millis(120)).await;
+        }
+    })
+}
+
+/// Starts a process `rounds` times and SIGKILLs it after a random delay each time.
+pub async fn kill_repeatedly(rounds: usize, rng: &mut Lcg, spawn: impl Fn() -> Child) {
+    for round in 0..rounds {
+        let mut child = spawn();
+        let wait_ms = 300 + rng.next(900);
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
+        let status = child.wait().expect("reaped");
+        eprintln!("round {round}: killed after {wait_ms} ms ({status})");
+    }
+}
+
+/// Runs a last instance until the metric `family` at `addr` reaches `total`,
+/// stops it with SIGTERM (it must exit 0), and checks that some earlier
+/// restart resumed mid-stream (otherwise the kills proved nothing). Panics
+/// with the process log on failure.
+pub async fn finish_cleanly(
+    child: Child,
+    addr: SocketAddr,
+    family: &'static str,
+    total: usize,
+    log: &Path,
+    resume_marker: &str,
+) {
+    let caught_up = tokio::task::spawn_blocking(move || {
+        wait_metric(addr, family, total as f64, Duration::from_secs(120))
+    })
+    .await
+    .expect("join");
+    let clean_exit = terminate(child);
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        caught_up && clean_exit,
+        "caught up: {caught_up}, clean exit: {clean_exit}; log:\n{}",
+        text()
+    );
+    assert!(
+        resumed_mid_stream(log, resume_marker),
+        "no restart resumed mid-stream; the kills proved nothing:\n{}",
+        text()
+    );
+}
