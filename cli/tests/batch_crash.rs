@@ -2,20 +2,16 @@
 //! events are produced, restart it each time, and check that the master log
 //! holds every produced record exactly once.
 
-use ::common::broker::{BrokerStorage, EmbeddedBroker};
-use ::common::kafka::ensure_topic;
-use ::common::testkit::unique;
 use batch_layer::master_log::{LogOptions, MasterLog};
 use batch_layer::view::{verify_and_decode, ViewStore};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Child;
-use std::time::Duration;
 
 mod common;
 
-use common::{finish_cleanly, free_addr, kill_repeatedly, produce_in_bursts, spawn_role, Lcg};
+use common::{finish_cleanly, kill_repeatedly, produce_in_bursts, spawn_role, CrashRig};
 
 const TOTAL: usize = 6000;
 
@@ -54,25 +50,18 @@ fn payload(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
-    let mut rng = Lcg::from_clock();
+    let mut rig = CrashRig::new("crash").await;
+    let (brokers, topic, data_dir, log_file, addr) = (
+        rig.brokers.clone(),
+        rig.topic.clone(),
+        rig.data_dir.clone(),
+        rig.log_file.clone(),
+        rig.addr,
+    );
 
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("crash");
-    ensure_topic(&brokers, &topic, 3, Duration::from_secs(30))
-        .await
-        .expect("topic");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = dir.path().join("data");
-    let log_file = dir.path().join("batch.log");
-
-    // Produce in the background, in small bursts, while the layer is killed.
     let producer = produce_in_bursts(&brokers, &topic, TOTAL, payload);
 
-    let addr = free_addr();
-    kill_repeatedly(5, &mut rng, || {
+    kill_repeatedly(5, &mut rig.rng, || {
         spawn_batch(&brokers, &topic, &data_dir, addr, &log_file)
     })
     .await;
@@ -127,5 +116,5 @@ async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
             .expect("newest view kept");
         verify_and_decode(&manifest, &bytes).expect("newest view verifies");
     }
-    broker.stop().await;
+    rig.broker.stop().await;
 }

@@ -5,12 +5,10 @@
 
 mod common;
 
-use ::common::broker::{BrokerStorage, EmbeddedBroker};
-use ::common::kafka::ensure_topic;
 use ::common::realtime::RealtimeUpsert;
-use ::common::testkit::{consume_until_idle, unique};
+use ::common::testkit::consume_until_idle;
 use ::common::Tokenizer;
-use common::{finish_cleanly, free_addr, kill_repeatedly, produce_in_bursts, spawn_role, Lcg};
+use common::{finish_cleanly, kill_repeatedly, produce_in_bursts, spawn_role, CrashRig};
 use speed_layer::store::RealtimeStore;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,23 +56,18 @@ fn event(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
-    let mut rng = Lcg::from_clock();
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("speed-crash");
-    ensure_topic(&brokers, &topic, 3, Duration::from_secs(30))
-        .await
-        .expect("topic");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = dir.path().join("data");
-    let log_file = dir.path().join("speed.log");
+    let mut rig = CrashRig::new("speed-crash").await;
+    let (brokers, topic, data_dir, log_file, addr) = (
+        rig.brokers.clone(),
+        rig.topic.clone(),
+        rig.data_dir.clone(),
+        rig.log_file.clone(),
+        rig.addr,
+    );
 
     let producer = produce_in_bursts(&brokers, &topic, TOTAL, event);
 
-    let addr = free_addr();
-    kill_repeatedly(5, &mut rng, || {
+    kill_repeatedly(5, &mut rig.rng, || {
         spawn_speed(&brokers, &topic, &data_dir, addr, &log_file)
     })
     .await;
@@ -129,5 +122,5 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
         let key = format!("{}/{}/{}", k.bucket.partition, k.bucket.bucket, k.word);
         assert_eq!(published.get(&key), Some(c), "published {key}");
     }
-    broker.stop().await;
+    rig.broker.stop().await;
 }

@@ -146,3 +146,42 @@ pub async fn finish_cleanly(
         text()
     );
 }
+
+/// Everything a crash test needs: a broker with a 3-partition topic, a data
+/// directory, a log file and an HTTP address for the process under test.
+pub struct CrashRig {
+    pub broker: ::common::broker::EmbeddedBroker,
+    pub brokers: String,
+    pub topic: String,
+    pub data_dir: std::path::PathBuf,
+    pub log_file: std::path::PathBuf,
+    pub addr: SocketAddr,
+    pub rng: Lcg,
+    _dir: tempfile::TempDir,
+}
+
+impl CrashRig {
+    pub async fn new(name: &str) -> Self {
+        use ::common::broker::{BrokerStorage, EmbeddedBroker};
+        let rng = Lcg::from_clock();
+        let broker = EmbeddedBroker::start(BrokerStorage::Memory)
+            .await
+            .expect("broker");
+        let brokers = broker.bootstrap();
+        let topic = ::common::testkit::unique(name);
+        ::common::kafka::ensure_topic(&brokers, &topic, 3, Duration::from_secs(30))
+            .await
+            .expect("topic");
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self {
+            broker,
+            brokers,
+            topic,
+            data_dir: dir.path().join("data"),
+            log_file: dir.path().join(format!("{name}.log")),
+            addr: free_addr(),
+            rng,
+            _dir: dir,
+        }
+    }
+}
