@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// One word and its count.
 pub type WordCount = (Box<str>, u64);
@@ -77,7 +78,12 @@ pub enum Order {
     ByCountDesc,
 }
 
-/// Map: runs `map_split` over every split, combining locally per rayon task.
+/// Map: runs `map_split` over every split, combining locally.
+///
+/// The "task" that combines is a worker thread: each worker keeps one table
+/// for all the splits it runs, so a word is allocated, shuffled and reduced
+/// once per worker rather than once per split, while splits stay small enough
+/// for rayon to balance uneven input.
 pub fn map_phase<S, E>(
     splits: &[S],
     map_split: impl Fn(&S, &mut Combiner) -> Result<(), E> + Sync,
@@ -86,13 +92,22 @@ where
     S: Sync,
     E: Send,
 {
-    splits
-        .par_iter()
-        .try_fold(Combiner::default, |mut combiner, split| {
-            map_split(split, &mut combiner)?;
-            Ok(combiner)
-        })
-        .collect()
+    let workers = rayon::current_num_threads().max(1);
+    let tables: Vec<Mutex<Combiner>> = (0..workers)
+        .map(|_| Mutex::new(Combiner::default()))
+        .collect();
+    splits.par_iter().try_for_each(|split| {
+        let worker = rayon::current_thread_index().unwrap_or(0) % workers;
+        // Uncontended: a worker runs one split at a time, and map_split does
+        // not re-enter rayon.
+        let mut combiner = tables[worker].lock().unwrap_or_else(|p| p.into_inner());
+        map_split(split, &mut combiner)
+    })?;
+    Ok(tables
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .filter(|c| c.bytes > 0 || c.events > 0 || c.skipped > 0 || !c.counts.is_empty())
+        .collect())
 }
 
 /// Shuffle: partitions every map output into `shards` by word hash and groups
