@@ -102,7 +102,7 @@ fn main() {
             }
             let started = Instant::now();
             while position() < events {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(25));
             }
             (events - first) as f64 / started.elapsed().as_secs_f64()
         })
