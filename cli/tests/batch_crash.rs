@@ -5,44 +5,12 @@
 use batch_layer::master_log::{LogOptions, MasterLog};
 use batch_layer::view::{verify_and_decode, ViewStore};
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Child;
 
 mod common;
 
-use common::{finish_cleanly, kill_repeatedly, produce_in_bursts, spawn_role, CrashRig};
+use common::{CrashRig, Scenario};
 
 const TOTAL: usize = 6000;
-
-fn spawn_batch(brokers: &str, topic: &str, data_dir: &Path, addr: SocketAddr, log: &Path) -> Child {
-    let dlq = format!("{topic}.dlq");
-    let addr = addr.to_string();
-    let args: Vec<String> = [
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--dead-letter-topic",
-        &dlq,
-        "--data-dir",
-        data_dir.to_str().expect("utf-8"),
-        "--http-addr",
-        &addr,
-        "--partitions",
-        "3",
-        "--interval",
-        "300ms",
-        "--bucket-size",
-        "8",
-        "--segment-bytes",
-        "8192",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    spawn_role("batch", &args, log)
-}
 
 fn payload(i: usize) -> String {
     format!("event-{i} word{}", i % 50)
@@ -51,33 +19,23 @@ fn payload(i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
     let mut rig = CrashRig::new("crash").await;
-    let (brokers, topic, data_dir, log_file, addr) = (
-        rig.brokers.clone(),
-        rig.topic.clone(),
-        rig.data_dir.clone(),
-        rig.log_file.clone(),
-        rig.addr,
-    );
-
-    let producer = produce_in_bursts(&brokers, &topic, TOTAL, payload);
-
-    kill_repeatedly(5, &mut rig.rng, || {
-        spawn_batch(&brokers, &topic, &data_dir, addr, &log_file)
+    rig.run(&Scenario {
+        role: "batch",
+        flags: &[
+            "--interval",
+            "300ms",
+            "--bucket-size",
+            "8",
+            "--segment-bytes",
+            "8192",
+        ],
+        done_metric: "lambda_batch_log_end_offset",
+        resume_marker: "Resuming ingestion",
+        total: TOTAL,
+        event: payload,
     })
     .await;
-    producer.await.expect("producer");
-
-    // A last run ingests the rest, then stops cleanly on SIGTERM.
-    let child = spawn_batch(&brokers, &topic, &data_dir, addr, &log_file);
-    finish_cleanly(
-        child,
-        addr,
-        "lambda_batch_log_end_offset",
-        TOTAL,
-        &log_file,
-        "Resuming ingestion",
-    )
-    .await;
+    let data_dir = rig.data_dir.clone();
 
     // Every produced record exactly once, offsets dense per partition.
     let log = MasterLog::open(&data_dir, LogOptions::default()).expect("master log opens cleanly");

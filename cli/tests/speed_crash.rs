@@ -8,47 +8,12 @@ mod common;
 use ::common::realtime::RealtimeUpsert;
 use ::common::testkit::consume_until_idle;
 use ::common::Tokenizer;
-use common::{finish_cleanly, kill_repeatedly, produce_in_bursts, spawn_role, CrashRig};
+use common::{CrashRig, Scenario};
 use speed_layer::store::RealtimeStore;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Child;
 use std::time::Duration;
 
 const TOTAL: usize = 6000;
-
-fn spawn_speed(brokers: &str, topic: &str, data_dir: &Path, addr: SocketAddr, log: &Path) -> Child {
-    let (dlq, rt, addr) = (
-        format!("{topic}.dlq"),
-        format!("{topic}.rt"),
-        addr.to_string(),
-    );
-    let args: Vec<String> = [
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--dead-letter-topic",
-        &dlq,
-        "--realtime-topic",
-        &rt,
-        "--data-dir",
-        data_dir.to_str().expect("utf-8"),
-        "--http-addr",
-        &addr,
-        "--partitions",
-        "3",
-        "--bucket-size",
-        "16",
-        "--micro-batch-records",
-        "200",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    spawn_role("speed", &args, log)
-}
 
 fn event(i: usize) -> String {
     format!("event{} word{} Shared", i % 97, i % 13)
@@ -57,32 +22,16 @@ fn event(i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     let mut rig = CrashRig::new("speed-crash").await;
-    let (brokers, topic, data_dir, log_file, addr) = (
-        rig.brokers.clone(),
-        rig.topic.clone(),
-        rig.data_dir.clone(),
-        rig.log_file.clone(),
-        rig.addr,
-    );
-
-    let producer = produce_in_bursts(&brokers, &topic, TOTAL, event);
-
-    kill_repeatedly(5, &mut rig.rng, || {
-        spawn_speed(&brokers, &topic, &data_dir, addr, &log_file)
+    rig.run(&Scenario {
+        role: "speed",
+        flags: &["--bucket-size", "16", "--micro-batch-records", "200"],
+        done_metric: "lambda_speed_position",
+        resume_marker: "Resuming from the checkpoint",
+        total: TOTAL,
+        event,
     })
     .await;
-    producer.await.expect("producer");
-
-    let child = spawn_speed(&brokers, &topic, &data_dir, addr, &log_file);
-    finish_cleanly(
-        child,
-        addr,
-        "lambda_speed_position",
-        TOTAL,
-        &log_file,
-        "Resuming from the checkpoint",
-    )
-    .await;
+    let (brokers, topic, data_dir) = (rig.brokers.clone(), rig.topic.clone(), rig.data_dir.clone());
 
     let mut truth: HashMap<String, u64> = HashMap::new();
     let mut t = Tokenizer::new();

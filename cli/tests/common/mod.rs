@@ -160,7 +160,66 @@ pub struct CrashRig {
     _dir: tempfile::TempDir,
 }
 
+/// One crash scenario, the same for every role.
+pub struct Scenario {
+    /// `batch` or `speed`.
+    pub role: &'static str,
+    /// Flags beyond the broker, topics, data directory and address.
+    pub flags: &'static [&'static str],
+    /// The metric family that reaches `total` once every record is processed.
+    pub done_metric: &'static str,
+    /// The log line a restart prints with its resume offset.
+    pub resume_marker: &'static str,
+    pub total: usize,
+    pub event: fn(usize) -> String,
+}
+
 impl CrashRig {
+    /// The role's flags for this rig: its broker, topics (`<topic>.dlq`,
+    /// `<topic>.rt`), data directory and HTTP address, then `extra`.
+    pub fn role_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--brokers".into(),
+            self.brokers.clone(),
+            "--topic".into(),
+            self.topic.clone(),
+            "--dead-letter-topic".into(),
+            format!("{}.dlq", self.topic),
+            "--realtime-topic".into(),
+            format!("{}.rt", self.topic),
+            "--data-dir".into(),
+            self.data_dir.to_str().expect("utf-8 path").into(),
+            "--http-addr".into(),
+            self.addr.to_string(),
+            "--partitions".into(),
+            "3".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Produces `total` events in bursts while starting the role and
+    /// SIGKILLing it five times at random moments, then lets a last run
+    /// catch up and stops it with SIGTERM (see [`finish_cleanly`]).
+    pub async fn run(&mut self, scenario: &Scenario) {
+        let producer =
+            produce_in_bursts(&self.brokers, &self.topic, scenario.total, scenario.event);
+        let args = self.role_args(scenario.flags);
+        let log = self.log_file.clone();
+        kill_repeatedly(5, &mut self.rng, || spawn_role(scenario.role, &args, &log)).await;
+        producer.await.expect("producer");
+        let child = spawn_role(scenario.role, &args, &log);
+        finish_cleanly(
+            child,
+            self.addr,
+            scenario.done_metric,
+            scenario.total,
+            &log,
+            scenario.resume_marker,
+        )
+        .await;
+    }
+
     pub async fn new(name: &str) -> Self {
         use ::common::broker::{BrokerStorage, EmbeddedBroker};
         let rng = Lcg::from_clock();
