@@ -4,9 +4,8 @@
 use batch_layer::config::BatchArgs;
 use batch_layer::view::{verify_and_decode, Manifest};
 use clap::Parser;
-use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::dead_letter::headers;
-use common::testkit::{consume_n, get, http, metric_sum, produce, unique, wait_for};
+use common::testkit::{consume_n, get, http, memory_broker, metric_sum, produce, wait_for};
 use common::Tokenizer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,11 +51,7 @@ fn recompute(addr: SocketAddr) -> Manifest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingests_everything_once_and_recomputes_an_exact_view() {
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("batch-ingest");
+    let (broker, brokers, topic) = memory_broker("batch-ingest").await;
     let dir = tempfile::tempdir().expect("tempdir");
 
     // Bucket size 1: the cut is the whole log, so the view must equal a
@@ -172,11 +167,7 @@ async fn ingests_everything_once_and_recomputes_an_exact_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("batch-cut");
+    let (broker, brokers, topic) = memory_broker("batch-cut").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let token = common::shutdown::CancellationToken::new();
     let args = batch_args(

@@ -18,6 +18,16 @@ pub fn unique(prefix: &str) -> String {
 
 pub use crate::http::{get, http, HttpResponse};
 
+/// A throw-away in-memory broker and a topic name unique to this test (not
+/// created: the layer under test creates its topics).
+pub async fn memory_broker(topic_prefix: &str) -> (crate::broker::EmbeddedBroker, String, String) {
+    let broker = crate::broker::EmbeddedBroker::start(crate::broker::BrokerStorage::Memory)
+        .await
+        .expect("embedded broker starts");
+    let brokers = broker.bootstrap();
+    (broker, brokers, unique(topic_prefix))
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

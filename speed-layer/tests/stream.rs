@@ -3,12 +3,11 @@
 
 use batch_layer::view::{verify_and_decode, Manifest};
 use clap::Parser;
-use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::dead_letter::headers;
 use common::realtime::RealtimeUpsert;
 use common::shutdown::CancellationToken;
 use common::testkit::{
-    consume_n, consume_until_idle, get, http, metric_sum, produce, unique, wait_for,
+    consume_n, consume_until_idle, get, http, memory_broker, metric_sum, produce, wait_for,
 };
 use common::{BucketSize, Cut, Tokenizer};
 use speed_layer::store::RealtimeStore;
@@ -122,11 +121,7 @@ fn realtime_per_word(dir: &Path, cut: &Cut, size: BucketSize) -> (HashMap<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_are_exact_and_poison_pills_are_dead_lettered() {
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("speed");
+    let (broker, brokers, topic) = memory_broker("speed").await;
     let (dlq, rt) = (format!("{topic}.dlq"), format!("{topic}.rt"));
     let dir = tempfile::tempdir().expect("tempdir");
     let dir_s = dir.path().to_str().expect("utf-8").to_owned();
@@ -217,11 +212,7 @@ async fn counts_are_exact_and_poison_pills_are_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("handoff");
+    let (broker, brokers, topic) = memory_broker("handoff").await;
     let (dlq, rt) = (format!("{topic}.dlq"), format!("{topic}.rt"));
     let batch_dir = tempfile::tempdir().expect("tempdir");
     let speed_dir = tempfile::tempdir().expect("tempdir");
