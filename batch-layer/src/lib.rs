@@ -123,16 +123,12 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         metrics.view_computed_at_ms.set(m.header.computed_at_ms);
     }
 
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
+    let (listener, http_addr) = common::server::bind(args.http_addr)
         .await
         .map_err(|source| BatchError::Listen {
             addr: args.http_addr,
             source,
         })?;
-    let http_addr = listener.local_addr().map_err(|source| BatchError::Listen {
-        addr: args.http_addr,
-        source,
-    })?;
 
     let (recompute_tx, recompute_rx) = mpsc::channel::<RecomputeRequest>(16);
     let state = BatchState {
@@ -175,19 +171,12 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
             token,
         ));
     }
-    {
-        let token = token.clone();
-        let app = server::router(state);
-        tasks.spawn(async move {
-            let shutdown = token.clone();
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-            {
-                tracing::error!(%error, "Batch HTTP server failed.");
-            }
-        });
-    }
+    tasks.spawn(common::server::serve(
+        listener,
+        server::router(state),
+        token.clone(),
+        "batch",
+    ));
     tracing::info!(%http_addr, topic = %kafka.topic, "Batch layer running.");
 
     let grace = args.node.shutdown_grace;

@@ -42,7 +42,7 @@ pub fn router(state: BatchState) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+    common::server::json_error(status, message)
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -118,9 +118,5 @@ async fn metrics(State(state): State<BatchState>) -> Response {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .end_offsets();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&ends, now_ms()),
-    )
-        .into_response()
+    common::server::prometheus(state.metrics.render(&ends, now_ms()))
 }

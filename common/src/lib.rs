@@ -18,6 +18,7 @@
 //! - [`auth`]: constant-time bearer-token checks.
 //! - [`config`]: flags shared by every role, each also a `LAMBDA_*` variable.
 //! - [`telemetry`]: `tracing` set-up from `RUST_LOG`.
+//! - [`server`]: binding, serving until shutdown, JSON errors, Prometheus responses.
 //! - [`shutdown`]: ctrl-c/SIGTERM → cancellation token → grace period.
 //! - [`kafka`]: client configurations and idempotent topic creation.
 //! - [`dead_letter`]: records that are not events, sent on with origin and reason.
@@ -38,6 +39,7 @@ pub mod kafka;
 pub mod merge;
 pub mod metrics;
 pub mod realtime;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tokenizer;

@@ -27,13 +27,14 @@ use crate::metrics::SpeedMetrics;
 use crate::store::{RealtimeStore, StoreError};
 use crate::stream::{SpeedStatus, StreamConfig};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_topic, KafkaSetupError};
+use common::server::{json_error, prometheus};
 use common::shutdown::{supervise, CancellationToken};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -98,16 +99,12 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
     let dead_letters = DeadLetterSink::new(&kafka.brokers, &kafka.dead_letter_topic, "speed")
         .map_err(SpeedError::DeadLetter)?;
 
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
+    let (listener, http_addr) = common::server::bind(args.http_addr)
         .await
         .map_err(|source| SpeedError::Listen {
             addr: args.http_addr,
             source,
         })?;
-    let http_addr = listener.local_addr().map_err(|source| SpeedError::Listen {
-        addr: args.http_addr,
-        source,
-    })?;
 
     let metrics = Arc::new(SpeedMetrics::default());
     let status = Arc::new(Mutex::new(SpeedStatus::default()));
@@ -134,18 +131,12 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
             }
         });
     }
-    {
-        let app = router(HttpState { metrics, status });
-        let shutdown = token.clone();
-        tasks.spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-            {
-                tracing::error!(%error, "Speed HTTP server failed.");
-            }
-        });
-    }
+    tasks.spawn(common::server::serve(
+        listener,
+        router(HttpState { metrics, status }),
+        token.clone(),
+        "speed",
+    ));
     tracing::info!(%http_addr, topic = %kafka.topic, "Speed layer running.");
     let grace = args.node.shutdown_grace;
     let handle = tokio::spawn(async move {
@@ -161,12 +152,7 @@ fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": "no such route"})),
-            )
-        })
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
 
@@ -183,11 +169,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     if state.status.lock().unwrap_or_else(|p| p.into_inner()).ready {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "not ready"})),
-        )
-            .into_response()
+        json_error(StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 
@@ -197,9 +179,5 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&s.positions, &s.cut),
-    )
-        .into_response()
+    prometheus(state.metrics.render(&s.positions, &s.cut))
 }
