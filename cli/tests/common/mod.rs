@@ -104,11 +104,25 @@ pub fn produce_in_bursts(
     })
 }
 
-/// Starts a process `rounds` times and SIGKILLs it after a random delay each time.
-pub async fn kill_repeatedly(rounds: usize, rng: &mut Lcg, spawn: impl Fn() -> Child) {
+/// Starts a process `rounds` times and SIGKILLs it at a random moment after
+/// its HTTP server (at `addr`) answers, so on a slow, loaded machine the kill
+/// still lands while it works rather than during start-up.
+pub async fn kill_repeatedly(
+    rounds: usize,
+    rng: &mut Lcg,
+    addr: SocketAddr,
+    spawn: impl Fn() -> Child,
+) {
     for round in 0..rounds {
         let mut child = spawn();
-        let wait_ms = 300 + rng.next(900);
+        let up = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while get(addr, "/metrics").is_err() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        up.await.expect("join");
+        let wait_ms = 100 + rng.next(900);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
         let status = child.wait().expect("reaped");
@@ -206,7 +220,10 @@ impl CrashRig {
             produce_in_bursts(&self.brokers, &self.topic, scenario.total, scenario.event);
         let args = self.role_args(scenario.flags);
         let log = self.log_file.clone();
-        kill_repeatedly(5, &mut self.rng, || spawn_role(scenario.role, &args, &log)).await;
+        kill_repeatedly(5, &mut self.rng, self.addr, || {
+            spawn_role(scenario.role, &args, &log)
+        })
+        .await;
         producer.await.expect("producer");
         let child = spawn_role(scenario.role, &args, &log);
         finish_cleanly(
