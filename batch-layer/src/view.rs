@@ -219,21 +219,46 @@ impl ViewStore {
     /// versions beyond `keep`.
     pub fn publish(&self, view: &BatchView) -> Result<Manifest, ViewError> {
         let version = view.header.version;
-        let file = Self::file_name(version);
         let bytes = view.encode();
         let manifest = Manifest {
             version,
-            file: file.clone(),
+            file: Self::file_name(version),
             checksum: crc32c::crc32c(&bytes),
             bytes: bytes.len() as u64,
             header: view.header.clone(),
         };
-        self.write_atomically(&file, &bytes)?;
+        self.store_verified(&manifest, &bytes)?;
+        Ok(manifest)
+    }
+
+    /// Stores a view's file bytes as they are (already verified against
+    /// `manifest`, e.g. pulled by a serving layer), then the manifest.
+    pub fn store_verified(&self, manifest: &Manifest, bytes: &[u8]) -> Result<(), ViewError> {
+        let manifest = Manifest {
+            file: Self::file_name(manifest.version),
+            ..manifest.clone()
+        };
+        self.write_atomically(&manifest.file, bytes)?;
         let manifest_bytes =
             serde_json::to_vec_pretty(&manifest).expect("a manifest always serialises");
         self.write_atomically(MANIFEST, &manifest_bytes)?;
-        self.prune(version);
-        Ok(manifest)
+        self.prune(manifest.version);
+        Ok(())
+    }
+
+    /// The newest stored view, verified against its manifest.
+    pub fn load_latest(&self) -> Result<Option<(Manifest, BatchView)>, ViewError> {
+        let Some(manifest) = self.latest()? else {
+            return Ok(None);
+        };
+        let bytes = self
+            .read(manifest.version)?
+            .ok_or_else(|| ViewError::Malformed {
+                what: self.dir.join(&manifest.file).display().to_string(),
+                reason: "the manifest points at a missing file".into(),
+            })?;
+        let view = verify_and_decode(&manifest, &bytes)?;
+        Ok(Some((manifest, view)))
     }
 
     fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), ViewError> {

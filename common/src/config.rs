@@ -38,6 +38,11 @@ pub mod env {
     pub const SPEED_ADDR: &str = "LAMBDA_SPEED_ADDR";
     pub const RATE: &str = "LAMBDA_RATE";
     pub const NO_SAMPLE: &str = "LAMBDA_NO_SAMPLE";
+    pub const VIEW_POLL_INTERVAL: &str = "LAMBDA_VIEW_POLL_INTERVAL";
+    pub const STALE_AFTER: &str = "LAMBDA_STALE_AFTER";
+    pub const MAX_CONCURRENCY: &str = "LAMBDA_MAX_CONCURRENCY";
+    pub const REQUEST_TIMEOUT: &str = "LAMBDA_REQUEST_TIMEOUT";
+    pub const MAX_BODY_BYTES: &str = "LAMBDA_MAX_BODY_BYTES";
 
     /// Every variable above.
     pub const ALL: &[&str] = &[
@@ -67,6 +72,11 @@ pub mod env {
         SPEED_ADDR,
         RATE,
         NO_SAMPLE,
+        VIEW_POLL_INTERVAL,
+        STALE_AFTER,
+        MAX_CONCURRENCY,
+        REQUEST_TIMEOUT,
+        MAX_BODY_BYTES,
     ];
 }
 

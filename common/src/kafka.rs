@@ -160,19 +160,56 @@ pub fn topic_partitions(brokers: &str, topic: &str, timeout: Duration) -> Option
     }
 }
 
-/// Enqueues every `(key, payload)` record for `topic` at once (librdkafka
-/// batches them), then waits for each acknowledgement. Returns one result per
-/// record, in order. A full local queue is waited out, not reported.
-pub async fn send_all(
+/// A record to send: key, payload, and optionally a fixed partition (else
+/// the key's hash picks one).
+pub trait OutgoingRecord {
+    fn key(&self) -> &str;
+    fn payload(&self) -> &[u8];
+    fn partition(&self) -> Option<i32> {
+        None
+    }
+}
+
+impl OutgoingRecord for (String, Vec<u8>) {
+    fn key(&self) -> &str {
+        &self.0
+    }
+    fn payload(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+impl OutgoingRecord for (String, Vec<u8>, Option<i32>) {
+    fn key(&self) -> &str {
+        &self.0
+    }
+    fn payload(&self) -> &[u8] {
+        &self.1
+    }
+    fn partition(&self) -> Option<i32> {
+        self.2
+    }
+}
+
+/// Enqueues every record for `topic` at once (librdkafka batches them), then
+/// waits for each acknowledgement. Returns one result per record, in order. A
+/// full local queue is waited out, not reported.
+pub async fn send_all<R: OutgoingRecord>(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
-    records: &[(String, Vec<u8>)],
+    records: &[R],
 ) -> Vec<Result<(), KafkaError>> {
     use rdkafka::producer::FutureRecord;
     let mut in_flight = Vec::with_capacity(records.len());
-    for (key, payload) in records {
+    for record in records {
         loop {
-            match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+            let mut out = FutureRecord::to(topic)
+                .key(record.key())
+                .payload(record.payload());
+            if let Some(p) = record.partition() {
+                out = out.partition(p);
+            }
+            match producer.send_result(out) {
                 Ok(delivery) => {
                     in_flight.push(Ok(delivery));
                     break;

@@ -36,6 +36,68 @@ impl Gauge {
     }
 }
 
+/// A latency histogram with fixed bucket bounds in seconds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative; summed on render).
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+/// Bounds suited to request latencies: 100 µs to 10 s.
+pub const LATENCY_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|&b| seconds <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` samples of `name` (whose
+    /// family line the caller wrote).
+    pub fn render(&self, w: &mut TextWriter, name: &str, labels: &[(&str, &str)]) {
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let le = bound.to_string();
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            w.sample(&bucket, &l, cumulative);
+        }
+        let count = self.count();
+        let mut l = labels.to_vec();
+        l.push(("le", "+Inf"));
+        w.sample(&bucket, &l, count);
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        w.sample(&format!("{name}_sum"), labels, sum);
+        w.sample(&format!("{name}_count"), labels, count);
+    }
+}
+
 /// Renders Prometheus text exposition format.
 #[derive(Debug, Default)]
 pub struct TextWriter {
@@ -119,5 +181,31 @@ mod tests {
         assert!(text.contains("# TYPE lambda_events_total counter\nlambda_events_total 3\n"));
         assert!(text.contains("lambda_dead_letters_total{reason=\"invalid-utf8\"} 2\n"));
         assert!(text.contains("{reason=\"a\\\"b\"} 0"));
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        use std::time::Duration;
+        let h = Histogram::new(&[0.001, 0.01]);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(1));
+        let mut w = TextWriter::new();
+        h.render(&mut w, "lat", &[("route", "/x")]);
+        let text = w.finish();
+        assert!(
+            text.contains("lat_bucket{route=\"/x\",le=\"0.001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_bucket{route=\"/x\",le=\"0.01\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lat_bucket{route=\"/x\",le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("lat_count{route=\"/x\"} 3\n"), "{text}");
+        assert!(text.contains("lat_sum{route=\"/x\"} 1.0055"), "{text}");
     }
 }

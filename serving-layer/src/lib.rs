@@ -1,8 +1,221 @@
-//! The serving layer: answers queries by merging the newest batch view with
-//! the realtime counts, exactly, per query.
+//! The serving layer: exact answers merged per query from a batch view and
+//! realtime counts, over HTTP.
 //!
-//! Not built yet (its own issue). What it will build on is already here:
-//! the merge rule ([`common::merge::merged_count`]), the batch view format and
-//! its checksum verification (`batch_layer::view`), the realtime upserts it
-//! will follow ([`common::realtime::RealtimeUpsert`], applied as
-//! `max(stored, count)`), and the layers' HTTP contract in the README.
+//! It answers from local state only: a verified copy of the newest batch view
+//! (pulled from the batch layer) and a replica of the speed layer's realtime
+//! counts (followed from the realtime topic into sled). So it keeps answering
+//! when either layer is down, and every answer says how fresh it is.
+//!
+//! # Layout
+//!
+//! - [`replica`]: the merged state, per-word merge and exact top-K.
+//! - [`gate`]: releases realtime upserts a whole checkpoint at a time.
+//! - [`follow`]: the realtime-topic follower (sled, with its topic position).
+//! - [`views`]: pulling, verifying, keeping and swapping batch views.
+//! - [`ends`], [`health`]: topic ends, freshness, which layer is stale.
+//! - [`api`]: the axum router, limits and handlers; [`dashboard`]: `GET /`.
+//! - [`config`], [`metrics`]: flags and Prometheus metrics.
+//!
+//! [`start`] wires them into the running role (`lambda serve`).
+
+pub mod api;
+pub mod config;
+pub mod dashboard;
+pub mod ends;
+pub mod follow;
+pub mod gate;
+pub mod health;
+pub mod metrics;
+pub mod replica;
+pub mod views;
+
+use crate::api::{AppState, Limits};
+use crate::config::ServeArgs;
+use crate::health::Health;
+use crate::metrics::ServingMetrics;
+use crate::replica::Replica;
+use batch_layer::view::{ViewError, ViewStore};
+use common::config::ConfigError;
+use common::kafka::{ensure_topic, KafkaSetupError};
+use common::shutdown::{supervise, CancellationToken};
+use speed_layer::store::{RealtimeStore, StoreError};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("local batch view copy: {0}")]
+    View(#[from] ViewError),
+    #[error(transparent)]
+    Follow(#[from] follow::FollowError),
+    #[error(transparent)]
+    Kafka(Box<KafkaSetupError>),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the topic-ends thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("a startup task panicked: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl From<KafkaSetupError> for ServeError {
+    fn from(e: KafkaSetupError) -> Self {
+        Self::Kafka(Box::new(e))
+    }
+}
+
+/// A running serving layer.
+#[derive(Debug)]
+pub struct RunningServing {
+    pub http_addr: SocketAddr,
+    handle: JoinHandle<()>,
+}
+
+impl RunningServing {
+    pub async fn wait(self) {
+        let _ = self.handle.await;
+    }
+}
+
+/// Starts the serving layer: loads the local view copy and realtime store,
+/// then runs the view puller, the realtime follower, the topic-ends watcher
+/// and the HTTP server until `token` is cancelled.
+pub async fn start(
+    args: ServeArgs,
+    token: CancellationToken,
+) -> Result<RunningServing, ServeError> {
+    args.validate()?;
+    let dir = args.node.data_dir.clone();
+    let size = args.stream.bucket_size;
+    let (cache, store, replica) = tokio::task::spawn_blocking(move || {
+        let cache = ViewStore::open(&dir, 2)?;
+        let store = RealtimeStore::open(&dir.join("realtime"))?;
+        let replica = RwLock::new(Replica::new(size));
+        if let Some(view) = views::load_local(&cache)? {
+            tracing::info!(
+                version = view.version(),
+                "Loaded the local batch view copy."
+            );
+            replica
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .swap_view(Arc::new(view));
+        }
+        let as_of = follow::restore(&store, &replica)?;
+        tracing::info!(%as_of, "Restored realtime counts.");
+        Ok::<_, ServeError>((Arc::new(cache), Arc::new(store), Arc::new(replica)))
+    })
+    .await??;
+
+    let kafka = &args.kafka;
+    let timeout = Duration::from_secs(30);
+    ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions, timeout).await?;
+    ensure_topic(&kafka.brokers, &kafka.dead_letter_topic, 1, timeout).await?;
+    ensure_topic(
+        &kafka.brokers,
+        &kafka.realtime_topic,
+        kafka.partitions,
+        timeout,
+    )
+    .await?;
+
+    let (listener, http_addr) = common::server::bind(args.http_addr)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: args.http_addr,
+            source,
+        })?;
+    let health = Arc::new(Health::new(args.stale_after));
+    let metrics = Arc::new(ServingMetrics::default());
+    let pull_now = Arc::new(Notify::new());
+
+    let mut tasks = JoinSet::new();
+    if let Some(url) = &args.batch_url {
+        let puller = views::Puller {
+            batch_url: url.clone(),
+            cache,
+            replica: Arc::clone(&replica),
+            store: Arc::clone(&store),
+            health: Arc::clone(&health),
+        };
+        tasks.spawn(views::run(
+            puller,
+            args.view_poll_interval,
+            Arc::clone(&pull_now),
+            token.clone(),
+        ));
+    }
+    let follower = follow::Follower {
+        brokers: kafka.brokers.clone(),
+        topic: kafka.realtime_topic.clone(),
+        replica: Arc::clone(&replica),
+        store,
+        health: Arc::clone(&health),
+        metrics: Arc::clone(&metrics),
+    };
+    {
+        let token = token.clone();
+        tasks.spawn(async move {
+            if let Err(error) = follower.run(token).await {
+                tracing::error!(%error, "Realtime follower failed; answers keep their last realtime position.");
+            }
+        });
+    }
+    let watcher = ends::EndsWatcher {
+        brokers: kafka.brokers.clone(),
+        events_topic: kafka.topic.clone(),
+        realtime_topic: kafka.realtime_topic.clone(),
+        dead_letter_topic: kafka.dead_letter_topic.clone(),
+        replica: Arc::clone(&replica),
+        health: Arc::clone(&health),
+        interval: Duration::from_millis(250),
+    };
+    {
+        // A plain thread: librdkafka's metadata calls block, and a thread
+        // stuck on an unreachable broker must not hold up shutdown.
+        let token = token.clone();
+        std::thread::Builder::new()
+            .name("topic-ends".into())
+            .spawn(move || watcher.run_blocking(token))
+            .map_err(ServeError::Thread)?;
+    }
+
+    let state = AppState::new(
+        replica,
+        health,
+        metrics,
+        args.admin_token.as_deref().map(Arc::from),
+        args.batch_url.clone(),
+        pull_now,
+        Limits {
+            concurrency: Arc::new(Semaphore::new(args.max_concurrency)),
+            timeout: args.request_timeout,
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
+    tasks.spawn(common::server::serve(
+        listener,
+        api::router(state),
+        token.clone(),
+        "serving",
+    ));
+    tracing::info!(%http_addr, "Serving layer running.");
+    let grace = args.node.shutdown_grace;
+    let handle = tokio::spawn(async move {
+        supervise(tasks, token, grace).await;
+        tracing::info!("Serving layer stopped.");
+    });
+    Ok(RunningServing { http_addr, handle })
+}

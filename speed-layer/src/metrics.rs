@@ -51,7 +51,7 @@ impl SpeedMetrics {
         .single(
             "lambda_speed_upserts_published_total",
             "counter",
-            "Realtime upserts published.",
+            "Records published to the realtime topic (upserts and watermarks).",
             self.upserts_published.get(),
         )
         .single(

@@ -7,7 +7,12 @@
 //! c | partition: i32 BE | bucket: u64 BE | word   →  count: u64 LE
 //! o | partition: i32 BE                           →  next offset: i64 LE
 //! m | "cut"                                       →  JSON of the last batch cut applied
+//! m | "asof"                                      →  JSON of the events position the counts are exact at
 //! ```
+//!
+//! The speed layer writes its events offsets under `o`. A serving layer's
+//! replica reuses the store for the counts it follows: its `o` entries are
+//! realtime-topic positions, and `asof` is the last complete watermark.
 //!
 //! Counts are keyed partition-then-bucket, so expiring everything below a cut
 //! is one range per partition.
@@ -39,6 +44,7 @@ pub struct CountKey {
 const COUNT: u8 = b'c';
 const OFFSET: u8 = b'o';
 const META_CUT: &[u8] = b"mcut";
+const META_AS_OF: &[u8] = b"masof";
 
 fn count_key(key: &CountKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(13 + key.word.len());
@@ -68,6 +74,9 @@ pub struct RealtimeStore {
 pub struct Checkpoint {
     pub counts: Vec<(CountKey, u64)>,
     pub next_offsets: Vec<(Partition, Offset)>,
+    /// The events position the counts are now exact at, if it is not the
+    /// offsets themselves (serving replicas).
+    pub as_of: Option<Cut>,
 }
 
 impl RealtimeStore {
@@ -145,6 +154,16 @@ impl RealtimeStore {
         }
     }
 
+    /// The `as_of` of the last checkpoint that had one.
+    pub fn as_of(&self) -> Result<Cut, StoreError> {
+        match self.tree.get(META_AS_OF).map_err(self.err())? {
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|e| self.malformed(format!("as-of: {e}")))
+            }
+            None => Ok(Cut::new()),
+        }
+    }
+
     /// Writes a micro-batch's counts and offsets atomically and durably.
     pub async fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
@@ -153,6 +172,12 @@ impl RealtimeStore {
         }
         for (p, o) in &checkpoint.next_offsets {
             batch.insert(&offset_key(*p), &o.to_le_bytes());
+        }
+        if let Some(as_of) = &checkpoint.as_of {
+            batch.insert(
+                META_AS_OF,
+                serde_json::to_vec(as_of).expect("a cut always serialises"),
+            );
         }
         self.tree.apply_batch(batch).map_err(self.err())?;
         self.db.flush_async().await.map_err(self.err())?;
@@ -218,6 +243,7 @@ mod tests {
                         (key(1, 0, "b"), 4),
                     ],
                     next_offsets: vec![(0, 25), (1, 3)],
+                    as_of: Some([(0, 30)].into_iter().collect()),
                 })
                 .await
                 .expect("commit");
@@ -228,6 +254,10 @@ mod tests {
             [(0, 25), (1, 3)].into_iter().collect()
         );
         assert_eq!(store.load_counts().expect("counts").len(), 4);
+        assert_eq!(
+            store.as_of().expect("as-of"),
+            [(0, 30)].into_iter().collect()
+        );
 
         let size = BucketSize::new(10).expect("10");
         let cut: Cut = [(0, 20), (1, 0)].into_iter().collect();

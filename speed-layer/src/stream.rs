@@ -7,7 +7,10 @@
 //! Kafka-committed position (auto-commit and auto offset store are off).
 //! Upserts are published only after the checkpoint that contains them, and
 //! all live counts are re-published on start, so a publication lost in a crash
-//! is repaired and a published count never goes down.
+//! is repaired and a published count never goes down. Once a micro-batch's
+//! upserts are all acknowledged, a watermark with the checkpointed positions
+//! goes to every realtime partition (see [`common::realtime`]), so serving
+//! layers know when they hold a whole checkpoint.
 
 use crate::cuts::fetch_batch_cut;
 use crate::metrics::SpeedMetrics;
@@ -17,7 +20,7 @@ use common::event::decode_message;
 use common::kafka::{
     consumer_config, producer_config, send_all, topic_partitions, Resume, ResumeCheck,
 };
-use common::realtime::RealtimeUpsert;
+use common::realtime::{RealtimeUpsert, Watermark, WATERMARK_KEY};
 use common::shutdown::CancellationToken;
 use common::{BucketKey, BucketSize, Cut, Offset, Partition, Tokenizer};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -95,7 +98,16 @@ pub async fn run(
         cut: store.applied_cut()?,
         store,
     };
-    let partitions = partition_count(&config).await?;
+    // Every checkpointed count is re-published on start, repairing
+    // publications a crash interrupted. The snapshot is taken before expiry:
+    // a serving layer still on an older view needs the final values of
+    // buckets the new cut is about to drop here.
+    let republish = Publication {
+        upserts: view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect(),
+        positions: view.positions.clone(),
+    };
+    let partitions = partition_count(&config.brokers, &config.topic).await?;
+    let realtime_partitions = partition_count(&config.brokers, &config.realtime_topic).await?;
 
     // Learn the batch cut before choosing where to start: a partition without
     // a checkpoint starts at the cut, never at the beginning or the end.
@@ -161,7 +173,7 @@ pub async fn run(
     // Publication runs beside consumption: a checkpointed micro-batch's
     // upserts go out while the next one is counted. The channel is short, so
     // a slow broker still slows consumption (backpressure, bounded memory).
-    let (publish_tx, mut publish_rx) = tokio::sync::mpsc::channel::<Vec<(CountKey, u64)>>(2);
+    let (publish_tx, mut publish_rx) = tokio::sync::mpsc::channel::<Publication>(2);
     let publisher = {
         let (topic, metrics, token) = (
             config.realtime_topic.clone(),
@@ -169,15 +181,22 @@ pub async fn run(
             token.clone(),
         );
         tokio::spawn(async move {
-            while let Some(upserts) = publish_rx.recv().await {
-                publish(&producer, &topic, &upserts, &metrics, &token).await;
+            while let Some(publication) = publish_rx.recv().await {
+                let out = Outbox {
+                    producer: &producer,
+                    topic: &topic,
+                    metrics: &metrics,
+                    token: &token,
+                };
+                if out.upserts(&publication.upserts).await {
+                    out.watermark(&publication.positions, realtime_partitions)
+                        .await;
+                }
             }
         })
     };
 
-    // Re-publish every live count: repairs publications a crash interrupted.
-    let all: Vec<(CountKey, u64)> = view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect();
-    let _ = publish_tx.send(all).await;
+    let _ = publish_tx.send(republish).await;
     update_status(&status, &view, &metrics);
 
     let mut tokenizer = Tokenizer::new();
@@ -204,7 +223,11 @@ pub async fn run(
                     (k, c)
                 })
                 .collect();
-            if publish_tx.send(upserts).await.is_err() {
+            let publication = Publication {
+                upserts,
+                positions: view.positions.clone(),
+            };
+            if publish_tx.send(publication).await.is_err() {
                 tracing::error!("The publisher stopped; upserts will be re-published on restart.");
             }
             commit_for_monitoring(&consumer, &config.topic, &view.positions);
@@ -232,16 +255,22 @@ pub async fn run(
     Ok(())
 }
 
-async fn partition_count(config: &StreamConfig) -> Result<usize, StreamError> {
-    let (brokers, topic) = (config.brokers.clone(), config.topic.clone());
-    tokio::task::spawn_blocking(move || topic_partitions(&brokers, &topic, Duration::from_secs(30)))
+async fn partition_count(brokers: &str, topic: &str) -> Result<usize, StreamError> {
+    let (b, t) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || topic_partitions(&b, &t, Duration::from_secs(30)))
         .await
         .ok()
         .flatten()
         .ok_or_else(|| StreamError::NoTopic {
-            topic: config.topic.clone(),
-            brokers: config.brokers.clone(),
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
         })
+}
+
+/// A checkpointed micro-batch's changed counts and the positions it reached.
+struct Publication {
+    upserts: Vec<(CountKey, u64)>,
+    positions: Cut,
 }
 
 fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &SpeedMetrics) {
@@ -429,6 +458,7 @@ async fn checkpoint(
             .map(|k| (k.clone(), view.mirror.get(k).copied().unwrap_or(0)))
             .collect(),
         next_offsets,
+        as_of: None,
     };
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
@@ -485,56 +515,78 @@ async fn expire(
     Ok(())
 }
 
-async fn publish(
-    producer: &FutureProducer,
-    topic: &str,
-    counts: &[(CountKey, u64)],
-    metrics: &SpeedMetrics,
-    token: &CancellationToken,
-) {
-    for chunk in counts.chunks(10_000) {
-        let mut pending: Vec<RealtimeUpsert> = chunk
-            .iter()
-            .map(|(k, c)| RealtimeUpsert {
-                word: k.word.to_string(),
-                partition: k.bucket.partition,
-                bucket: k.bucket.bucket,
-                count: *c,
-            })
-            .collect();
+/// Where publications go.
+struct Outbox<'a> {
+    producer: &'a FutureProducer,
+    topic: &'a str,
+    metrics: &'a SpeedMetrics,
+    token: &'a CancellationToken,
+}
+
+impl Outbox<'_> {
+    /// Sends `(key, payload, partition)` records until each is acknowledged.
+    /// Returns false if cancelled first (the checkpoint re-publishes them on
+    /// the next start).
+    async fn deliver(&self, mut pending: Vec<(String, Vec<u8>, Option<i32>)>) -> bool {
         let mut delay = Duration::from_millis(100);
         while !pending.is_empty() {
-            let records: Vec<(String, Vec<u8>)> = pending
-                .iter()
-                .map(|u| {
-                    (
-                        u.key(),
-                        serde_json::to_vec(u).expect("an upsert always serialises"),
-                    )
-                })
-                .collect();
-            let results = send_all(producer, topic, &records).await;
+            let results = send_all(self.producer, self.topic, &pending).await;
             let mut failed = Vec::new();
-            for (u, r) in pending.into_iter().zip(results) {
+            for (record, r) in pending.into_iter().zip(results) {
                 match r {
-                    Ok(()) => metrics.upserts_published.inc(),
+                    Ok(()) => self.metrics.upserts_published.inc(),
                     Err(error) => {
-                        metrics.publish_failures.inc();
-                        tracing::warn!(%error, "Cannot publish an upsert; retrying.");
-                        failed.push(u);
+                        self.metrics.publish_failures.inc();
+                        tracing::warn!(%error, "Cannot publish to the realtime topic; retrying.");
+                        failed.push(record);
                     }
                 }
             }
             pending = failed;
             if !pending.is_empty() {
-                if token.is_cancelled() {
-                    // Re-published from the checkpoint on the next start.
-                    return;
+                if self.token.is_cancelled() {
+                    return false;
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+        true
+    }
+
+    async fn upserts(&self, counts: &[(CountKey, u64)]) -> bool {
+        for chunk in counts.chunks(10_000) {
+            let records = chunk
+                .iter()
+                .map(|(k, c)| {
+                    let u = RealtimeUpsert {
+                        word: k.word.to_string(),
+                        partition: k.bucket.partition,
+                        bucket: k.bucket.bucket,
+                        count: *c,
+                    };
+                    let payload = serde_json::to_vec(&u).expect("an upsert always serialises");
+                    (u.key(), payload, None)
+                })
+                .collect();
+            if !self.deliver(records).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Closes a micro-batch on every realtime partition. Sent only after its
+    /// upserts were acknowledged, so it follows them in each partition.
+    async fn watermark(&self, positions: &Cut, partitions: usize) -> bool {
+        let payload = serde_json::to_vec(&Watermark {
+            positions: positions.clone(),
+        })
+        .expect("a watermark always serialises");
+        let records = (0..partitions as i32)
+            .map(|r| (WATERMARK_KEY.to_owned(), payload.clone(), Some(r)))
+            .collect();
+        self.deliver(records).await
     }
 }
 

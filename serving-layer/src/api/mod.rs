@@ -1,0 +1,221 @@
+//! The HTTP API (axum + tower).
+//!
+//! [`router`] builds the whole app from an [`AppState`], so tests call it with
+//! `oneshot` and no socket. Around every route, outermost first:
+//!
+//! 1. `track`: counts the request and its latency under its route template;
+//! 2. `limit_body`: a declared body over `--max-body-bytes` is refused (413)
+//!    before anything reads it;
+//! 3. load shedding over **one semaphore shared by every route**: a tower
+//!    concurrency limit added per route would be one limit per route (and
+//!    axum clones services), not a global one; saturated means 503 at once
+//!    rather than a queue that grows;
+//! 4. a request timeout (503).
+//!
+//! Every error, including extractor rejections, unknown routes and wrong
+//! methods, answers with the same JSON body ([`error::ErrorBody`]).
+
+pub mod error;
+pub mod handlers;
+
+use crate::health::Health;
+use crate::metrics::ServingMetrics;
+use crate::replica::Replica;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{BoxError, Router};
+use batch_layer::view::Manifest;
+use error::ApiError;
+use handlers::RankedWord;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests in flight at once, over all routes.
+    pub concurrency: Arc<Semaphore>,
+    pub timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub replica: Arc<RwLock<Replica>>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<ServingMetrics>,
+    pub admin_token: Option<Arc<str>>,
+    pub batch_url: Option<String>,
+    /// Wakes the view puller (after a forwarded recompute).
+    pub pull_now: Arc<Notify>,
+    pub limits: Limits,
+    top_cache: TopCache,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        replica: Arc<RwLock<Replica>>,
+        health: Arc<Health>,
+        metrics: Arc<ServingMetrics>,
+        admin_token: Option<Arc<str>>,
+        batch_url: Option<String>,
+        pull_now: Arc<Notify>,
+        limits: Limits,
+    ) -> Self {
+        Self(Arc::new(Shared {
+            replica,
+            health,
+            metrics,
+            admin_token,
+            batch_url,
+            pull_now,
+            limits,
+            top_cache: TopCache::default(),
+        }))
+    }
+}
+
+/// The merged top 1000 of one replica generation: `/v1/top` recomputes it
+/// only when the replica changed, and answers any k from it.
+#[derive(Default)]
+struct TopCache(Mutex<Option<(u64, Arc<Vec<RankedWord>>)>>);
+
+impl TopCache {
+    fn get(&self, replica: &Replica, k: usize) -> Arc<Vec<RankedWord>> {
+        let generation = replica.generation();
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, top)) = slot.as_ref() {
+            if *g == generation {
+                return Arc::clone(top);
+            }
+        }
+        let top: Arc<Vec<RankedWord>> = Arc::new(
+            replica
+                .top(k)
+                .into_iter()
+                .map(|(word, count)| RankedWord { word, count })
+                .collect(),
+        );
+        *slot = Some((generation, Arc::clone(&top)));
+        top
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let shed_metrics = Arc::clone(&state.metrics);
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(move |error: BoxError| {
+            let metrics = Arc::clone(&shed_metrics);
+            async move { overloaded(&metrics, error) }
+        }))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
+            &state.limits.concurrency,
+        )))
+        .timeout(state.limits.timeout);
+    Router::new()
+        .route("/", get(crate::dashboard::page))
+        .route("/v1/words/{word}", get(handlers::word))
+        .route("/v1/top", get(handlers::top))
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/admin/recompute", post(handlers::recompute))
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/openapi.json", get(handlers::openapi))
+        .fallback(|| async { ApiError::NotFound("no such route (see /openapi.json)".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(limits)
+        .layer(middleware::from_fn_with_state(state.clone(), limit_body))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+fn overloaded(metrics: &ServingMetrics, error: BoxError) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        metrics.shed.inc();
+        ApiError::Unavailable("overloaded: too many requests in flight, retry shortly".into())
+            .into_response()
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        metrics.timeouts.inc();
+        ApiError::Unavailable("the request timed out".into()).into_response()
+    } else {
+        ApiError::Internal(error.to_string()).into_response()
+    }
+}
+
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| {
+            crate::metrics::ROUTES
+                .iter()
+                .find(|r| **r == m.as_str())
+                .copied()
+                .unwrap_or("unmatched")
+        });
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .observe(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn limit_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let max = state.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return ApiError::PayloadTooLarge(max).into_response();
+    }
+    next.run(request).await
+}
+
+/// Forwards a recompute to the batch layer with the admin token.
+async fn forward_recompute(url: String, token: Arc<str>) -> Result<Manifest, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let unreachable = |e: std::io::Error| {
+            ApiError::Unavailable(format!("batch layer at {url} unreachable: {e}"))
+        };
+        let addr = common::http::resolve(&url).map_err(unreachable)?;
+        let auth = format!("Bearer {token}");
+        let response =
+            common::http::http(addr, "POST", "/recompute", &[("Authorization", &auth)], b"")
+                .map_err(unreachable)?;
+        if response.status != 200 {
+            return Err(ApiError::BadGateway(format!(
+                "the batch layer answered {}: {}",
+                response.status,
+                response.text().chars().take(300).collect::<String>()
+            )));
+        }
+        serde_json::from_slice::<Manifest>(&response.body).map_err(|e| {
+            ApiError::BadGateway(format!("malformed manifest from the batch layer: {e}"))
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}

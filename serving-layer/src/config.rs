@@ -1,0 +1,91 @@
+//! `lambda serve` configuration.
+
+use clap::Args;
+use common::config::{env, parse_duration, ConfigError, KafkaArgs, NodeArgs, StreamArgs};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Address of the public HTTP API and dashboard.
+    #[arg(long, env = env::HTTP_ADDR, default_value = "127.0.0.1:7070")]
+    pub http_addr: SocketAddr,
+
+    /// The batch layer's HTTP address (host:port) to pull views from and to
+    /// forward recomputes to. Without it, answers come from realtime counts
+    /// alone.
+    #[arg(long, env = env::BATCH_URL)]
+    pub batch_url: Option<String>,
+
+    /// Bearer token for `POST /v1/admin/recompute`; unset disables the
+    /// endpoint. Also sent to the batch layer when forwarding.
+    #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// How often to ask the batch layer for a newer view.
+    #[arg(long, env = env::VIEW_POLL_INTERVAL, default_value = "1s", value_parser = parse_duration)]
+    pub view_poll_interval: Duration,
+
+    /// A layer whose data is older than this is reported stale.
+    #[arg(long, env = env::STALE_AFTER, default_value = "5s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+
+    /// Requests handled at once; beyond it requests are shed with 503.
+    #[arg(long, env = env::MAX_CONCURRENCY, default_value_t = 1024)]
+    pub max_concurrency: usize,
+
+    /// The longest a request may take before it is answered with 503.
+    #[arg(long, env = env::REQUEST_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// The largest request body accepted (413 beyond).
+    #[arg(long, env = env::MAX_BODY_BYTES, default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.stream.validate()?;
+        self.node.validate()?;
+        let bad = |flag, message: &str| {
+            Err(ConfigError {
+                flag,
+                message: message.into(),
+            })
+        };
+        if self.max_concurrency == 0 {
+            return bad("max-concurrency", "must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request-timeout", "must be positive");
+        }
+        if self.view_poll_interval < Duration::from_millis(10) {
+            return bad("view-poll-interval", "must be at least 10ms");
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return bad(
+                "admin-token",
+                "must not be empty (unset it to disable admin endpoints)",
+            );
+        }
+        if let Some(url) = &self.batch_url {
+            common::http::resolve(url).map_err(|e| ConfigError {
+                flag: "batch-url",
+                message: format!("`{url}`: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+}

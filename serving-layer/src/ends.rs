@@ -1,0 +1,89 @@
+//! Watching where the topics end: the events topic (how far behind the
+//! replica is), the realtime topic (how far behind the follower is) and the
+//! dead-letter topic (how many records were rejected).
+
+use crate::health::{Ends, Health};
+use crate::replica::Replica;
+use common::kafka::client_config;
+use common::shutdown::CancellationToken;
+use common::Cut;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+pub struct EndsWatcher {
+    pub brokers: String,
+    pub events_topic: String,
+    pub realtime_topic: String,
+    pub dead_letter_topic: String,
+    pub replica: Arc<RwLock<Replica>>,
+    pub health: Arc<Health>,
+    pub interval: Duration,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn topic_ends(consumer: &BaseConsumer, topic: &str) -> Result<Cut, String> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    let mut ends = Cut::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, TIMEOUT)
+            .map_err(|e| format!("end offset of `{topic}` partition {p}: {e}"))?;
+        ends.set(p, high);
+    }
+    Ok(ends)
+}
+
+impl EndsWatcher {
+    fn fetch(&self, consumer: &BaseConsumer) -> Result<Ends, String> {
+        Ok(Ends {
+            events: topic_ends(consumer, &self.events_topic)?,
+            realtime: topic_ends(consumer, &self.realtime_topic)?,
+            dead_letters: topic_ends(consumer, &self.dead_letter_topic)?.total_offsets(),
+        })
+    }
+
+    /// Runs on a blocking thread (librdkafka's metadata calls block) until
+    /// cancelled.
+    pub fn run_blocking(self, token: CancellationToken) {
+        let consumer: BaseConsumer = match client_config(&self.brokers)
+            .set("group.id", "lambda-serving-ends")
+            .create()
+        {
+            Ok(c) => c,
+            Err(error) => {
+                self.health.kafka_failed(error.to_string());
+                tracing::error!(%error, "Cannot create a Kafka client to watch topic ends.");
+                return;
+            }
+        };
+        while !token.is_cancelled() {
+            let asked_at = Instant::now();
+            match self.fetch(&consumer) {
+                Ok(ends) => {
+                    let as_of = self
+                        .replica
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_of();
+                    let covered = as_of.dominates(&ends.events);
+                    self.health.kafka_ends(asked_at, ends, covered);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "Cannot fetch topic ends.");
+                    self.health.kafka_failed(error);
+                }
+            }
+            std::thread::sleep(self.interval);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Following the realtime topic into the replica.
+//!
+//! Delivery guarantee: the replica's counts are exact at its `as_of`. Upserts
+//! pass the [`WatermarkGate`] (only whole checkpoints are applied), and each
+//! release is written to sled in one atomic batch together with the topic
+//! position after it and the new `as_of`, before the in-memory replica sees
+//! it. On start the follower resumes from those stored positions (with the
+//! [`Resume`] guard against brokers that skip part of a record batch), so a
+//! crash re-reads at most the messages after the last release, and applying
+//! them again is harmless: upserts are absolute counts, applied as `max`.
+
+use crate::gate::WatermarkGate;
+use crate::health::Health;
+use crate::metrics::ServingMetrics;
+use crate::replica::Replica;
+use common::kafka::{consumer_config, topic_partitions, Resume, ResumeCheck};
+use common::realtime::RealtimeMessage;
+use common::shutdown::CancellationToken;
+use common::Cut;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use speed_layer::store::{Checkpoint, RealtimeStore};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The group the follower's consumer reports under. Partitions are assigned
+/// manually, so any number of serving layers each read the whole topic.
+pub const GROUP: &str = "lambda-serving";
+
+#[derive(Debug, Error)]
+pub enum FollowError {
+    #[error("kafka client for {brokers}: {source}")]
+    Kafka {
+        brokers: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic `{topic}` has no partitions visible on {brokers}")]
+    NoTopic { topic: String, brokers: String },
+    #[error(transparent)]
+    Store(#[from] speed_layer::store::StoreError),
+}
+
+pub struct Follower {
+    pub brokers: String,
+    pub topic: String,
+    pub replica: Arc<RwLock<Replica>>,
+    pub store: Arc<RealtimeStore>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<ServingMetrics>,
+}
+
+/// Messages read before the gate is asked for a release.
+const READ_BATCH: usize = 20_000;
+/// … or this long after the first.
+const READ_WAIT: Duration = Duration::from_millis(10);
+
+impl Follower {
+    pub async fn run(self, token: CancellationToken) -> Result<(), FollowError> {
+        let kafka_err = |source| FollowError::Kafka {
+            brokers: self.brokers.clone(),
+            source,
+        };
+        let (b, t) = (self.brokers.clone(), self.topic.clone());
+        let partitions =
+            tokio::task::spawn_blocking(move || topic_partitions(&b, &t, Duration::from_secs(30)))
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| FollowError::NoTopic {
+                    topic: self.topic.clone(),
+                    brokers: self.brokers.clone(),
+                })?;
+        let mut positions = self.store.offsets()?;
+        let resumed = (!positions.is_empty())
+            .then(|| self.store.as_of())
+            .transpose()?;
+        let mut gate = WatermarkGate::new(partitions, resumed);
+        for r in 0..partitions as i32 {
+            positions.set(r, positions.get(r));
+        }
+        tracing::info!(topic = %self.topic, %positions, "Following the realtime topic.");
+        let consumer: StreamConsumer = consumer_config(&self.brokers, GROUP)
+            .create()
+            .map_err(kafka_err)?;
+        let mut resume = Resume::new(positions.iter());
+        let mut tpl = TopicPartitionList::new();
+        for r in 0..partitions as i32 {
+            tpl.add_partition_offset(&self.topic, r, KafkaOffset::Offset(resume.seek_offset(r)))
+                .map_err(kafka_err)?;
+        }
+        consumer.assign(&tpl).map_err(kafka_err)?;
+        self.health.follower(positions.clone(), 0);
+
+        while !token.is_cancelled() {
+            let first = tokio::select! {
+                _ = token.cancelled() => break,
+                m = consumer.recv() => m,
+            };
+            let deadline = tokio::time::Instant::now() + READ_WAIT;
+            let mut next = Some(first);
+            let mut read = 0;
+            while let Some(m) = next.take() {
+                read += 1;
+                match m {
+                    Ok(m) => {
+                        let (r, offset) = (m.partition(), m.offset());
+                        match resume.check(r, offset) {
+                            ResumeCheck::Accept => self.accept(&mut gate, &m),
+                            ResumeCheck::Skip => {}
+                            ResumeCheck::SeekBack(to) => {
+                                drop(m);
+                                consumer
+                                    .seek(
+                                        &self.topic,
+                                        r,
+                                        KafkaOffset::Offset(to),
+                                        Duration::from_secs(10),
+                                    )
+                                    .map_err(kafka_err)?;
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        self.metrics.follower_errors.inc();
+                        tracing::warn!(%error, "Kafka consumer error on the realtime topic.");
+                    }
+                }
+                if read >= READ_BATCH {
+                    break;
+                }
+                if let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    next = Some(m);
+                }
+            }
+            if let Some(release) = gate.release() {
+                let counts = {
+                    let r = self.replica.read().unwrap_or_else(|p| p.into_inner());
+                    r.resolve(&release.upserts)
+                };
+                let checkpoint = Checkpoint {
+                    counts,
+                    next_offsets: release.next_offsets.clone(),
+                    as_of: Some(release.as_of.clone()),
+                };
+                self.commit(&checkpoint, &token).await;
+                for (r, next) in &release.next_offsets {
+                    positions.set(*r, *next);
+                }
+                self.metrics
+                    .upserts_applied
+                    .add(release.upserts.len() as u64);
+                let mut r = self.replica.write().unwrap_or_else(|p| p.into_inner());
+                r.apply(checkpoint.counts, release.as_of);
+            }
+            self.health.follower(positions.clone(), gate.held());
+        }
+        tracing::info!(%positions, "Realtime follower stopped.");
+        Ok(())
+    }
+
+    fn accept<M: Message>(&self, gate: &mut WatermarkGate, m: &M) {
+        match RealtimeMessage::decode(m.key(), m.payload()) {
+            Ok(RealtimeMessage::Upsert(u)) => gate.upsert(m.partition(), u),
+            Ok(RealtimeMessage::Watermark(w)) => {
+                gate.watermark(m.partition(), m.offset(), w.positions)
+            }
+            Err(reason) => {
+                self.metrics.malformed_realtime.inc();
+                tracing::warn!(
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    %reason,
+                    "Skipping a malformed realtime message."
+                );
+            }
+        }
+    }
+
+    /// Retries until durable: the replica must not run ahead of its store,
+    /// or a restart would resume past counts it never kept.
+    async fn commit(&self, checkpoint: &Checkpoint, token: &CancellationToken) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.store.commit(checkpoint).await {
+                Ok(()) => return,
+                Err(error) => {
+                    self.metrics.store_failures.inc();
+                    tracing::error!(%error, "Cannot store realtime counts; retrying.");
+                    if token.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Restores the replica's realtime half from the store at start.
+pub fn restore(store: &RealtimeStore, replica: &RwLock<Replica>) -> Result<Cut, FollowError> {
+    let counts = store.load_counts()?;
+    let as_of = store.as_of()?;
+    let mut r = replica.write().unwrap_or_else(|p| p.into_inner());
+    r.restore(counts, as_of.clone());
+    r.expire();
+    Ok(as_of)
+}

@@ -1,0 +1,145 @@
+//! What the serving layer knows about the other layers and Kafka: whether the
+//! batch layer answered lately, where each topic ends, and since when the
+//! replica has covered every event in Kafka (freshness).
+//!
+//! Every answer carries these facts, so a client can tell an exact answer
+//! about old data from an exact answer about current data.
+
+use common::Cut;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Shared, updated by the background tasks, read by the API.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    stale_after: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Inner {
+    batch_ok_at: Option<Instant>,
+    batch_error: Option<String>,
+    kafka_ok_at: Option<Instant>,
+    kafka_error: Option<String>,
+    caught_up_at: Option<Instant>,
+    ends: Ends,
+    follower_positions: Cut,
+    follower_held: usize,
+}
+
+/// End offsets of the topics the serving layer watches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ends {
+    pub events: Cut,
+    pub realtime: Cut,
+    /// Records in the dead-letter topic.
+    pub dead_letters: u64,
+}
+
+/// A point-in-time copy for one answer.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub uptime: Duration,
+    /// Since the replica last covered every event in Kafka.
+    pub freshness: Duration,
+    pub batch_stale: bool,
+    pub batch_error: Option<String>,
+    pub realtime_stale: bool,
+    pub kafka_error: Option<String>,
+    pub ends: Ends,
+    pub follower_positions: Cut,
+    pub follower_held: usize,
+}
+
+impl Health {
+    pub fn new(stale_after: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            stale_after,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn batch_ok(&self) {
+        let mut i = self.lock();
+        i.batch_ok_at = Some(Instant::now());
+        i.batch_error = None;
+    }
+
+    pub fn batch_failed(&self, error: String) {
+        self.lock().batch_error = Some(error);
+    }
+
+    /// Records topic ends fetched starting at `asked_at`; `covered` says
+    /// whether the replica's position had reached them, in which case every
+    /// event that existed at `asked_at` was visible.
+    pub fn kafka_ends(&self, asked_at: Instant, ends: Ends, covered: bool) {
+        let mut i = self.lock();
+        i.kafka_ok_at = Some(Instant::now());
+        i.kafka_error = None;
+        i.ends = ends;
+        if covered {
+            i.caught_up_at = Some(i.caught_up_at.map_or(asked_at, |t| t.max(asked_at)));
+        }
+    }
+
+    pub fn kafka_failed(&self, error: String) {
+        self.lock().kafka_error = Some(error);
+    }
+
+    pub fn follower(&self, positions: Cut, held: usize) {
+        let mut i = self.lock();
+        i.follower_positions = positions;
+        i.follower_held = held;
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let i = self.lock().clone();
+        let now = Instant::now();
+        let freshness = now.saturating_duration_since(i.caught_up_at.unwrap_or(self.started));
+        let batch_stale = i.batch_error.is_some()
+            || i.batch_ok_at
+                .is_none_or(|t| now.saturating_duration_since(t) > self.stale_after);
+        Snapshot {
+            uptime: now.saturating_duration_since(self.started),
+            freshness,
+            batch_stale,
+            batch_error: i.batch_error,
+            realtime_stale: freshness > self.stale_after,
+            kafka_error: i.kafka_error,
+            ends: i.ends,
+            follower_positions: i.follower_positions,
+            follower_held: i.follower_held,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_turn_stale_when_they_stop_answering() {
+        let h = Health::new(Duration::from_millis(50));
+        let s = h.snapshot();
+        assert!(s.batch_stale, "no contact yet");
+        h.batch_ok();
+        h.kafka_ends(Instant::now(), Ends::default(), true);
+        let s = h.snapshot();
+        assert!(!s.batch_stale && !s.realtime_stale);
+        h.batch_failed("connection refused".into());
+        assert!(h.snapshot().batch_stale);
+        std::thread::sleep(Duration::from_millis(60));
+        let s = h.snapshot();
+        assert!(s.realtime_stale, "not covered since 60ms > 50ms");
+        assert!(s.freshness >= Duration::from_millis(60));
+        h.kafka_ends(Instant::now(), Ends::default(), false);
+        assert!(h.snapshot().realtime_stale, "ends known but not covered");
+    }
+}

@@ -1,0 +1,480 @@
+//! The replica a serving layer answers from: one batch view and the realtime
+//! counts it follows, merged per query.
+//!
+//! Both halves live behind one lock so a query always sees a view together
+//! with realtime counts that fit it: a view swap and the expiry of buckets
+//! below its cut can never be observed half done. The merge itself is
+//! [`common::merge`]'s rule; this module adds lookup structures and the exact
+//! top-K.
+
+use batch_layer::view::{BatchView, Manifest};
+use common::merge::realtime_count;
+use common::realtime::RealtimeUpsert;
+use common::{BucketKey, BucketSize, Cut};
+use rustc_hash::{FxHashMap, FxHashSet};
+use speed_layer::store::CountKey;
+use std::sync::Arc;
+
+/// A verified batch view, loaded for queries.
+///
+/// Kept in memory as the sorted array the file already is (binary search per
+/// lookup) plus an index by count for top-K. `benches/lookup.rs` measures this
+/// against sled point reads; the array wins by a wide margin and a swap is a
+/// pointer exchange, not a bulk load.
+#[derive(Debug)]
+pub struct LoadedView {
+    pub manifest: Manifest,
+    view: BatchView,
+    /// Indices into `view.words()`, by count descending then word ascending.
+    by_count: Vec<u32>,
+}
+
+impl LoadedView {
+    pub fn new(manifest: Manifest, view: BatchView) -> Self {
+        let words = view.words();
+        let mut by_count: Vec<u32> = (0..words.len() as u32).collect();
+        by_count.sort_unstable_by(|&a, &b| {
+            let (wa, ca) = &words[a as usize];
+            let (wb, cb) = &words[b as usize];
+            cb.cmp(ca).then_with(|| wa.cmp(wb))
+        });
+        Self {
+            manifest,
+            view,
+            by_count,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.manifest.version
+    }
+
+    pub fn cut(&self) -> &Cut {
+        &self.manifest.header.cut
+    }
+
+    pub fn get(&self, word: &str) -> u64 {
+        self.view.get(word)
+    }
+
+    /// Words by batch count descending, then word ascending.
+    fn ranked(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        let words = self.view.words();
+        self.by_count.iter().map(move |&i| {
+            let (w, c) = &words[i as usize];
+            (&**w, *c)
+        })
+    }
+}
+
+/// One word's merged count and its two halves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    pub batch: u64,
+    pub realtime: u64,
+}
+
+impl Merged {
+    pub fn total(&self) -> u64 {
+        self.batch + self.realtime
+    }
+}
+
+/// The merged state.
+#[derive(Debug)]
+pub struct Replica {
+    size: BucketSize,
+    view: Option<Arc<LoadedView>>,
+    /// Realtime counts by word, then bucket.
+    realtime: FxHashMap<Box<str>, Vec<(BucketKey, u64)>>,
+    /// The events position the realtime counts are exact at.
+    realtime_as_of: Cut,
+    realtime_loaded: bool,
+    /// Bumped on every change, so derived answers (top-K) can be cached.
+    generation: u64,
+}
+
+impl Replica {
+    pub fn new(size: BucketSize) -> Self {
+        Self {
+            size,
+            view: None,
+            realtime: FxHashMap::default(),
+            realtime_as_of: Cut::new(),
+            realtime_loaded: false,
+            generation: 0,
+        }
+    }
+
+    pub fn bucket_size(&self) -> BucketSize {
+        self.size
+    }
+
+    pub fn view(&self) -> Option<&Arc<LoadedView>> {
+        self.view.as_ref()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Ready once a batch view or realtime counts are loaded.
+    pub fn is_ready(&self) -> bool {
+        self.view.is_some() || self.realtime_loaded
+    }
+
+    pub fn realtime_as_of(&self) -> &Cut {
+        &self.realtime_as_of
+    }
+
+    /// How many (word, bucket) counts are held.
+    pub fn realtime_entries(&self) -> usize {
+        self.realtime.values().map(Vec::len).sum()
+    }
+
+    fn cut(&self) -> Cut {
+        self.view
+            .as_ref()
+            .map(|v| v.cut().clone())
+            .unwrap_or_default()
+    }
+
+    /// The position every answer is exact at: per partition, whichever of
+    /// the batch cut and the realtime position is further. (When the batch
+    /// cut is ahead, the realtime buckets at or above it are still empty.)
+    pub fn as_of(&self) -> Cut {
+        let cut = self.cut();
+        let mut as_of = cut.clone();
+        for (p, o) in self.realtime_as_of.iter() {
+            as_of.set(p, o.max(cut.get(p)));
+        }
+        as_of
+    }
+
+    pub fn word(&self, word: &str) -> Merged {
+        let batch = self.view.as_ref().map_or(0, |v| v.get(word));
+        Merged {
+            batch,
+            realtime: self.realtime_of(word, &self.cut()),
+        }
+    }
+
+    fn realtime_of(&self, word: &str, cut: &Cut) -> u64 {
+        self.realtime.get(word).map_or(0, |buckets| {
+            realtime_count(cut, self.size, buckets.iter().copied())
+        })
+    }
+
+    /// The exact `k` largest merged counts, count descending then word
+    /// ascending.
+    ///
+    /// Realtime counts only add, so only words with a realtime count can move
+    /// up the batch ranking: their merged counts are computed, and the batch
+    /// ranking supplies the first `k` of all other words (whose merged count
+    /// is their batch count). The true top `k` is among those candidates.
+    pub fn top(&self, k: usize) -> Vec<(String, u64)> {
+        let cut = self.cut();
+        let mut candidates: Vec<(&str, u64)> = Vec::new();
+        let mut moved: FxHashSet<&str> = FxHashSet::default();
+        for word in self.realtime.keys() {
+            let realtime = self.realtime_of(word, &cut);
+            if realtime > 0 {
+                let batch = self.view.as_ref().map_or(0, |v| v.get(word));
+                candidates.push((word, batch + realtime));
+                moved.insert(word);
+            }
+        }
+        if let Some(view) = &self.view {
+            candidates.extend(view.ranked().filter(|(w, _)| !moved.contains(w)).take(k));
+        }
+        candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        candidates.truncate(k);
+        candidates
+            .into_iter()
+            .map(|(w, c)| (w.to_owned(), c))
+            .collect()
+    }
+
+    /// The absolute values `upserts` lead to (`max` with what is held), one
+    /// per key; what the follower makes durable before [`Self::apply`].
+    /// Upserts for buckets the current view already covers are dropped.
+    pub fn resolve(&self, upserts: &[RealtimeUpsert]) -> Vec<(CountKey, u64)> {
+        let cut = self.cut();
+        let mut out: FxHashMap<CountKey, u64> = FxHashMap::default();
+        for u in upserts {
+            if !cut.is_realtime_bucket(self.size, u.partition, u.bucket) {
+                continue;
+            }
+            let bucket = BucketKey {
+                partition: u.partition,
+                bucket: u.bucket,
+            };
+            let held = self
+                .realtime
+                .get(u.word.as_str())
+                .and_then(|b| b.iter().find(|(k, _)| *k == bucket))
+                .map_or(0, |(_, c)| *c);
+            let key = CountKey {
+                bucket,
+                word: u.word.as_str().into(),
+            };
+            let value = out.entry(key).or_insert(held);
+            *value = (*value).max(u.count);
+        }
+        out.into_iter().collect()
+    }
+
+    /// Applies resolved counts and moves the realtime position to `as_of`.
+    pub fn apply(&mut self, counts: Vec<(CountKey, u64)>, as_of: Cut) {
+        for (key, count) in counts {
+            let buckets = self.realtime.entry(key.word).or_default();
+            match buckets.iter_mut().find(|(k, _)| *k == key.bucket) {
+                Some((_, c)) => *c = (*c).max(count),
+                None => buckets.push((key.bucket, count)),
+            }
+        }
+        self.realtime_as_of = as_of;
+        self.realtime_loaded = true;
+        self.generation += 1;
+    }
+
+    /// Installs `view` if it is newer than the current one; returns whether
+    /// it did. Realtime buckets below its cut stay until [`Self::expire`],
+    /// and the merge rule ignores them meanwhile.
+    pub fn swap_view(&mut self, view: Arc<LoadedView>) -> bool {
+        if self
+            .view
+            .as_ref()
+            .is_some_and(|v| v.version() >= view.version())
+        {
+            return false;
+        }
+        self.view = Some(view);
+        self.generation += 1;
+        true
+    }
+
+    /// Drops realtime buckets the current view covers; returns how many.
+    pub fn expire(&mut self) -> usize {
+        let cut = self.cut();
+        let size = self.size;
+        let mut removed = 0;
+        self.realtime.retain(|_, buckets| {
+            let before = buckets.len();
+            buckets.retain(|(k, _)| cut.is_realtime_bucket(size, k.partition, k.bucket));
+            removed += before - buckets.len();
+            !buckets.is_empty()
+        });
+        if removed > 0 {
+            self.generation += 1;
+        }
+        removed
+    }
+
+    /// Restores realtime counts from the durable store at start.
+    pub fn restore(&mut self, counts: FxHashMap<CountKey, u64>, as_of: Cut) {
+        let loaded = !counts.is_empty() || !as_of.is_empty();
+        self.apply(counts.into_iter().collect(), as_of);
+        self.realtime_loaded = loaded;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use batch_layer::view::{ViewHeader, FORMAT};
+    use common::Tokenizer;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    pub(crate) fn view(
+        version: u64,
+        cut: Cut,
+        size: BucketSize,
+        words: &[(&str, u64)],
+    ) -> LoadedView {
+        let mut sorted: Vec<(Box<str>, u64)> =
+            words.iter().map(|(w, c)| ((*w).into(), *c)).collect();
+        sorted.sort();
+        let header = ViewHeader {
+            format: FORMAT.into(),
+            version,
+            cut,
+            bucket_size: size,
+            computed_at_ms: 0,
+            events: 0,
+            skipped_records: 0,
+            total_words: sorted.iter().map(|(_, c)| c).sum(),
+            distinct_words: sorted.len() as u64,
+        };
+        let view = BatchView::new(header.clone(), sorted);
+        let manifest = Manifest {
+            version,
+            file: String::new(),
+            checksum: 0,
+            bytes: 0,
+            header,
+        };
+        LoadedView::new(manifest, view)
+    }
+
+    fn upsert(word: &str, partition: i32, bucket: u64, count: u64) -> RealtimeUpsert {
+        RealtimeUpsert {
+            word: word.into(),
+            partition,
+            bucket,
+            count,
+        }
+    }
+
+    #[test]
+    fn merges_batch_and_realtime_at_or_above_the_cut() {
+        let size = BucketSize::new(10).expect("10");
+        let mut r = Replica::new(size);
+        assert!(!r.is_ready());
+        let cut: Cut = [(0, 20)].into_iter().collect();
+        r.swap_view(Arc::new(view(1, cut, size, &[("a", 5), ("b", 2)])));
+        let counts = r.resolve(&[
+            upsert("a", 0, 1, 9),
+            upsert("a", 0, 2, 3),
+            upsert("c", 0, 3, 1),
+        ]);
+        // Bucket 1 (offsets 10..20) is below the cut: the batch view has it.
+        assert_eq!(counts.len(), 2);
+        r.apply(counts, [(0, 35)].into_iter().collect());
+        assert_eq!(
+            r.word("a"),
+            Merged {
+                batch: 5,
+                realtime: 3
+            }
+        );
+        assert_eq!(r.word("c").total(), 1);
+        assert_eq!(r.word("zzz").total(), 0);
+        assert_eq!(r.as_of(), [(0, 35)].into_iter().collect());
+        assert_eq!(r.top(2), vec![("a".to_owned(), 8), ("b".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn upserts_apply_as_max_and_older_views_are_refused() {
+        let size = BucketSize::new(10).expect("10");
+        let mut r = Replica::new(size);
+        let first = r.resolve(&[upsert("a", 0, 0, 4), upsert("a", 0, 0, 2)]);
+        r.apply(first, Cut::new());
+        let again = r.resolve(&[upsert("a", 0, 0, 3)]);
+        r.apply(again, Cut::new());
+        assert_eq!(r.word("a").total(), 4);
+        assert!(r.swap_view(Arc::new(view(2, Cut::new(), size, &[]))));
+        assert!(!r.swap_view(Arc::new(view(1, Cut::new(), size, &[("a", 100)]))));
+        assert_eq!(r.view().map(|v| v.version()), Some(2));
+    }
+
+    /// A stream of events split at a random aligned cut into a batch view
+    /// (below) and realtime upserts (all of it, as the speed layer may still
+    /// hold expired buckets); a swap to a later cut must keep every merged
+    /// count, and top-K must equal sorting the recount.
+    fn check_against_recount(
+        events: &[(i32, String)],
+        size: u64,
+        cut_at: &[u64],
+        swap_to: &[u64],
+        k: usize,
+    ) -> Result<(), TestCaseError> {
+        let size = BucketSize::new(size).expect("positive");
+        let mut per_partition: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+        for (p, text) in events {
+            per_partition.entry(*p).or_default().push(text);
+        }
+        let mut tokenizer = Tokenizer::new();
+        let mut truth: BTreeMap<String, u64> = BTreeMap::new();
+        let mut realtime: BTreeMap<(i32, u64, String), u64> = BTreeMap::new();
+        let cut_of = |fractions: &[u64]| -> Cut {
+            per_partition
+                .iter()
+                .enumerate()
+                .map(|(i, (&p, evs))| {
+                    let f = fractions.get(i).copied().unwrap_or(0) % 101;
+                    (p, size.align_down((evs.len() as u64 * f / 100) as i64))
+                })
+                .collect()
+        };
+        let batch_counts = |cut: &Cut, tokenizer: &mut Tokenizer| {
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            for (&p, evs) in &per_partition {
+                for (o, text) in evs.iter().enumerate() {
+                    if cut.includes(p, o as i64) {
+                        tokenizer
+                            .for_each_word(text, |w| *counts.entry(w.into()).or_default() += 1);
+                    }
+                }
+            }
+            counts
+        };
+        for (&p, evs) in &per_partition {
+            for (o, text) in evs.iter().enumerate() {
+                tokenizer.for_each_word(text, |w| {
+                    *truth.entry(w.into()).or_default() += 1;
+                    *realtime
+                        .entry((p, size.bucket_of(o as i64), w.into()))
+                        .or_default() += 1;
+                });
+            }
+        }
+        let first_cut = cut_of(cut_at);
+        let first: Vec<(String, u64)> = batch_counts(&first_cut, &mut tokenizer)
+            .into_iter()
+            .collect();
+        let first: Vec<(&str, u64)> = first.iter().map(|(w, c)| (w.as_str(), *c)).collect();
+        let mut replica = Replica::new(size);
+        replica.swap_view(Arc::new(view(1, first_cut, size, &first)));
+        let upserts: Vec<RealtimeUpsert> = realtime
+            .iter()
+            .map(|((p, b, w), c)| upsert(w, *p, *b, *c))
+            .collect();
+        let resolved = replica.resolve(&upserts);
+        let ends: Cut = per_partition
+            .iter()
+            .map(|(&p, e)| (p, e.len() as i64))
+            .collect();
+        replica.apply(resolved, ends);
+
+        let check = |replica: &Replica| -> Result<(), TestCaseError> {
+            for (w, c) in &truth {
+                prop_assert_eq!(replica.word(w).total(), *c, "word {}", w);
+            }
+            let mut expected: Vec<(String, u64)> = truth.clone().into_iter().collect();
+            expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            expected.truncate(k);
+            prop_assert_eq!(replica.top(k), expected);
+            Ok(())
+        };
+        check(&replica)?;
+
+        // A later view: the union of both cuts, so it only moves forward.
+        let second_cut: Cut = cut_of(swap_to)
+            .iter()
+            .map(|(p, o)| (p, o.max(replica.cut().get(p))))
+            .collect();
+        let second: Vec<(String, u64)> = batch_counts(&second_cut, &mut tokenizer)
+            .into_iter()
+            .collect();
+        let second: Vec<(&str, u64)> = second.iter().map(|(w, c)| (w.as_str(), *c)).collect();
+        replica.swap_view(Arc::new(view(2, second_cut, size, &second)));
+        check(&replica)?;
+        replica.expire();
+        check(&replica)
+    }
+
+    proptest! {
+        #[test]
+        fn merged_counts_and_top_k_equal_a_recount(
+            events in prop::collection::vec((0..3i32, "[a-e ]{0,12}"), 0..120),
+            size in 1..8u64,
+            cut_at in prop::collection::vec(0..=100u64, 3),
+            swap_to in prop::collection::vec(0..=100u64, 3),
+            k in 1..8usize,
+        ) {
+            check_against_recount(&events, size, &cut_at, &swap_to, k)?;
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Batch view replicas: pull each new view from the batch layer, verify it,
+//! keep a local copy, and swap it in atomically.
+//!
+//! Order matters for the merge invariant across a crash: the pulled file is
+//! made durable locally *before* the swap, and realtime buckets below its cut
+//! are expired only *after* it, so a restart never pairs an old view with
+//! realtime counts that were already dropped for a newer one.
+
+use crate::health::Health;
+use crate::replica::{LoadedView, Replica};
+use batch_layer::view::{verify_and_decode, Manifest, ViewError, ViewStore};
+use common::http::{get, resolve};
+use common::shutdown::CancellationToken;
+use common::BucketSize;
+use speed_layer::store::RealtimeStore;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::Notify;
+
+#[derive(Debug, Error)]
+pub enum PullError {
+    #[error("cannot reach the batch layer at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the batch layer at {url} answered {status} for {path}")]
+    Status {
+        url: String,
+        path: String,
+        status: u16,
+    },
+    #[error("malformed manifest from {url}: {reason}")]
+    Manifest { url: String, reason: String },
+    #[error(transparent)]
+    View(#[from] ViewError),
+    #[error(
+        "batch view {version} uses bucket size {theirs}, this serving layer {ours}; \
+         every layer must use the same --bucket-size"
+    )]
+    BucketSize {
+        version: u64,
+        theirs: BucketSize,
+        ours: BucketSize,
+    },
+    #[error("realtime store: {0}")]
+    Store(#[from] speed_layer::store::StoreError),
+}
+
+/// What the puller works with.
+#[derive(Clone)]
+pub struct Puller {
+    pub batch_url: String,
+    pub cache: Arc<ViewStore>,
+    pub replica: Arc<RwLock<Replica>>,
+    pub store: Arc<RealtimeStore>,
+    pub health: Arc<Health>,
+}
+
+fn fetch(url: &str, path: &str) -> Result<Option<Vec<u8>>, PullError> {
+    let unreachable = |reason: String| PullError::Unreachable {
+        url: url.to_owned(),
+        reason,
+    };
+    let addr = resolve(url).map_err(|e| unreachable(e.to_string()))?;
+    let response = get(addr, path).map_err(|e| unreachable(e.to_string()))?;
+    match response.status {
+        200 => Ok(Some(response.body)),
+        404 => Ok(None),
+        status => Err(PullError::Status {
+            url: url.to_owned(),
+            path: path.to_owned(),
+            status,
+        }),
+    }
+}
+
+impl Puller {
+    /// Pulls the newest view if it is newer than the loaded one; returns the
+    /// version now loaded.
+    pub async fn pull_once(&self) -> Result<Option<u64>, PullError> {
+        let this = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || this.pull_blocking())
+            .await
+            .map_err(|e| PullError::Unreachable {
+                url: self.batch_url.clone(),
+                reason: e.to_string(),
+            })??;
+        if let Some(view) = loaded {
+            self.install(Arc::new(view)).await?;
+        }
+        Ok(self.current())
+    }
+
+    fn current(&self) -> Option<u64> {
+        let r = self.replica.read().unwrap_or_else(|p| p.into_inner());
+        r.view().map(|v| v.version())
+    }
+
+    /// Fetches, verifies and stores a newer view; `None` if there is none.
+    fn pull_blocking(&self) -> Result<Option<LoadedView>, PullError> {
+        let url = &self.batch_url;
+        let Some(body) = fetch(url, "/views/latest")? else {
+            self.health.batch_ok();
+            return Ok(None);
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&body).map_err(|e| PullError::Manifest {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        self.health.batch_ok();
+        if self.current().is_some_and(|v| v >= manifest.version) {
+            return Ok(None);
+        }
+        let path = format!("/views/{}", manifest.version);
+        let Some(bytes) = fetch(url, &path)? else {
+            // Pruned between the two requests: the next poll sees a newer one.
+            return Ok(None);
+        };
+        let view = verify_and_decode(&manifest, &bytes)?;
+        let ours = self
+            .replica
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .bucket_size();
+        if view.header.bucket_size != ours {
+            return Err(PullError::BucketSize {
+                version: manifest.version,
+                theirs: view.header.bucket_size,
+                ours,
+            });
+        }
+        self.cache.store_verified(&manifest, &bytes)?;
+        Ok(Some(LoadedView::new(manifest, view)))
+    }
+
+    /// Swaps `view` in, then expires the realtime buckets it covers.
+    pub async fn install(&self, view: Arc<LoadedView>) -> Result<(), PullError> {
+        let (version, cut) = (view.version(), view.cut().clone());
+        let (swapped, size) = {
+            let mut r = self.replica.write().unwrap_or_else(|p| p.into_inner());
+            (r.swap_view(view), r.bucket_size())
+        };
+        if !swapped {
+            return Ok(());
+        }
+        let removed = {
+            let mut r = self.replica.write().unwrap_or_else(|p| p.into_inner());
+            r.expire()
+        };
+        self.store.expire_below(&cut, size).await?;
+        tracing::info!(version, %cut, expired = removed, "Batch view swapped in.");
+        Ok(())
+    }
+}
+
+/// Loads the locally kept view at start, so answers survive a restart while
+/// the batch layer is down.
+pub fn load_local(cache: &ViewStore) -> Result<Option<LoadedView>, ViewError> {
+    Ok(cache
+        .load_latest()?
+        .map(|(manifest, view)| LoadedView::new(manifest, view)))
+}
+
+/// Polls the batch layer every `interval`, or at once when `wake` is
+/// notified, until cancelled.
+pub async fn run(puller: Puller, interval: Duration, wake: Arc<Notify>, token: CancellationToken) {
+    loop {
+        match puller.pull_once().await {
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "Cannot pull the batch view; answers continue from the current one.");
+                puller.health.batch_failed(error.to_string());
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
