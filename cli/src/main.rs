@@ -22,12 +22,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything in one process: embedded Kafka-compatible broker, batch and speed layers, sample producer.
+    /// Run everything in one process: embedded Kafka-compatible broker, the three layers, sample producer.
     Demo(Box<cmd::demo::DemoArgs>),
     /// Run the batch layer: master log, ingestion, periodic recompute, view publication.
     Batch(Box<batch_layer::config::BatchArgs>),
     /// Run the speed layer: incremental realtime counts, checkpoints, expiry at the batch cut.
     Speed(Box<speed_layer::config::SpeedArgs>),
+    /// Run the serving layer: view replicas, realtime follower, the HTTP API and dashboard.
+    Serve(Box<serving_layer::config::ServeArgs>),
     /// Count words in a text file (one event per line) with the batch engine.
     Mapreduce(cmd::mapreduce::MapreduceArgs),
 }
@@ -39,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => cmd::demo::run(*args),
         Command::Batch(args) => cmd::batch::run(*args),
         Command::Speed(args) => cmd::speed::run(*args),
+        Command::Serve(args) => cmd::serve::run(*args),
         Command::Mapreduce(args) => cmd::mapreduce::run(args),
     }
 }

@@ -4,14 +4,14 @@
 use batch_layer::view::{verify_and_decode, Manifest};
 use clap::Parser;
 use common::dead_letter::headers;
-use common::realtime::RealtimeUpsert;
+use common::realtime::RealtimeMessage;
 use common::shutdown::CancellationToken;
 use common::testkit::{
     consume_n, consume_until_idle, get, http, memory_broker, metric_sum, produce, wait_for,
 };
 use common::{BucketSize, Cut, Tokenizer};
 use speed_layer::store::RealtimeStore;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -192,15 +192,45 @@ async fn counts_are_exact_and_poison_pills_are_dead_lettered() {
     )
     .await;
     let mut published: HashMap<String, u64> = HashMap::new();
+    let mut last_watermark: BTreeMap<i32, Cut> = BTreeMap::new();
+    let mut open_upserts: BTreeMap<i32, usize> = BTreeMap::new();
     for m in &upserts {
-        let u: RealtimeUpsert = serde_json::from_slice(&m.payload).expect("upsert json");
+        match RealtimeMessage::decode(m.key.as_deref(), Some(&m.payload)).expect("realtime message")
+        {
+            RealtimeMessage::Upsert(u) => {
+                assert_eq!(
+                    m.key.as_deref(),
+                    Some(u.key().as_bytes()),
+                    "keyed by partition/bucket/word"
+                );
+                let c = published.entry(u.key()).or_insert(0);
+                *c = (*c).max(u.count);
+                *open_upserts.entry(m.partition).or_default() += 1;
+            }
+            RealtimeMessage::Watermark(w) => {
+                last_watermark.insert(m.partition, w.positions);
+                open_upserts.insert(m.partition, 0);
+            }
+        }
+    }
+    // Every realtime partition ends with a watermark at the final checkpoint,
+    // after the last upsert.
+    let checkpointed = RealtimeStore::open(&dir.path().join("realtime"))
+        .expect("store")
+        .offsets()
+        .expect("offsets");
+    assert_eq!(
+        last_watermark.len(),
+        3,
+        "a watermark on every realtime partition"
+    );
+    for (r, w) in &last_watermark {
+        assert_eq!(w, &checkpointed, "last watermark of realtime partition {r}");
         assert_eq!(
-            m.key.as_deref(),
-            Some(u.key().as_bytes()),
-            "keyed by partition/bucket/word"
+            open_upserts.get(r),
+            Some(&0),
+            "upserts after the last watermark on {r}"
         );
-        let c = published.entry(u.key()).or_insert(0);
-        *c = (*c).max(u.count);
     }
     for (k, c) in &expected {
         let key = format!("{}/{}/{}", k.bucket.partition, k.bucket.bucket, k.word);

@@ -8,6 +8,7 @@ use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::config::{env, KafkaArgs, NodeArgs, StreamArgs};
 use common::kafka::{ensure_topic, producer_config, send_all};
 use common::shutdown::CancellationToken;
+use serving_layer::config::ServeArgs;
 use speed_layer::config::SpeedArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ pub struct DemoArgs {
     /// again on the same directory resumes.
     #[arg(long, env = env::DATA_DIR, default_value = "./lambda-demo")]
     pub data_dir: PathBuf,
+    /// The serving layer's address: the HTTP API and the dashboard.
+    #[arg(long, env = env::HTTP_ADDR, default_value = "127.0.0.1:7070")]
+    pub http_addr: SocketAddr,
     /// The embedded broker's listen (and advertised) address.
     #[arg(long, env = env::BROKER_ADDR, default_value = "127.0.0.1:9092")]
     pub broker_addr: SocketAddr,
@@ -107,7 +111,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let speed = speed_layer::start(
             SpeedArgs {
                 kafka: kafka.clone(),
-                stream,
+                stream: stream.clone(),
                 node: node("speed"),
                 http_addr: args.speed_addr,
                 batch_url: Some(batch.http_addr.to_string()),
@@ -119,8 +123,30 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
         .await
         .context("cannot start the speed layer")?;
+        let serving = serving_layer::start(
+            ServeArgs {
+                kafka: kafka.clone(),
+                stream,
+                node: node("serving"),
+                http_addr: args.http_addr,
+                batch_url: Some(batch.http_addr.to_string()),
+                admin_token: args.admin_token.clone(),
+                view_poll_interval: Duration::from_millis(500),
+                stale_after: Duration::from_secs(5),
+                max_concurrency: 1024,
+                request_timeout: Duration::from_secs(10),
+                max_body_bytes: 64 * 1024,
+            },
+            token.clone(),
+        )
+        .await
+        .context("cannot start the serving layer")?;
 
         println!("Lambda demo running (ctrl-c to stop).");
+        println!(
+            "  dashboard:       http://{}/   (API: /v1/words/{{word}}, /v1/top?k=10, /v1/status)",
+            serving.http_addr
+        );
         println!(
             "  Kafka bootstrap: {brokers}   (produce to topic `events` with any Kafka client)"
         );
@@ -142,6 +168,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         if let Some(p) = producer {
             let _ = p.await;
         }
+        serving.wait().await;
         speed.wait().await;
         batch.wait().await;
         broker.stop().await;

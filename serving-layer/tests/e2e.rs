@@ -1,0 +1,398 @@
+//! The three layers on the embedded broker, in-process: answers equal a
+//! recount before and after a forced recompute, no sampled count ever goes
+//! down during the swap, every sample is exact at its own `as_of`, and with
+//! the batch layer stopped the answers keep coming, marked stale.
+
+use clap::Parser;
+use common::broker::EmbeddedBroker;
+use common::shutdown::CancellationToken;
+use common::testkit::{consume_n, get, http, memory_broker, produce, wait_for};
+use common::{Cut, Tokenizer};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+struct BatchCli {
+    #[command(flatten)]
+    args: batch_layer::config::BatchArgs,
+}
+
+#[derive(Parser)]
+struct SpeedCli {
+    #[command(flatten)]
+    args: speed_layer::config::SpeedArgs,
+}
+
+#[derive(Parser)]
+struct ServeCli {
+    #[command(flatten)]
+    args: serving_layer::config::ServeArgs,
+}
+
+const TOKEN: &str = "e2e-token";
+const WORDS: &[&str] = &[
+    "lambda", "kappa", "batch", "speed", "serving", "view", "kafka", "event", "count", "merge",
+    "exact", "offset", "bucket", "cut", "swap", "crash", "replay", "sled", "rayon", "axum",
+];
+
+struct Stack {
+    broker: EmbeddedBroker,
+    brokers: String,
+    topic: String,
+    batch: SocketAddr,
+    serving: SocketAddr,
+    batch_token: CancellationToken,
+    token: CancellationToken,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn start_stack(name: &str) -> Stack {
+    let (broker, brokers, topic) = memory_broker(name).await;
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let dir = |i: usize| dirs[i].path().to_str().expect("utf-8").to_owned();
+    let (dlq, rt) = (format!("{topic}.dlq"), format!("{topic}.rt"));
+    let flags = |dir: String, extra: &[&str]| -> Vec<String> {
+        let mut f: Vec<String> = [
+            "x",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &topic,
+            "--dead-letter-topic",
+            &dlq,
+            "--realtime-topic",
+            &rt,
+            "--data-dir",
+            &dir,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--partitions",
+            "3",
+            "--bucket-size",
+            "16",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        f.extend(extra.iter().map(|s| s.to_string()));
+        f
+    };
+    let batch_token = CancellationToken::new();
+    let token = CancellationToken::new();
+    let batch = batch_layer::start(
+        BatchCli::try_parse_from(flags(dir(0), &["--interval", "1h", "--admin-token", TOKEN]))
+            .expect("flags")
+            .args,
+        batch_token.clone(),
+    )
+    .await
+    .expect("batch starts");
+    let batch_url = batch.http_addr.to_string();
+    let speed = speed_layer::start(
+        SpeedCli::try_parse_from(flags(
+            dir(1),
+            &["--batch-url", &batch_url, "--cut-poll-interval", "100ms"],
+        ))
+        .expect("flags")
+        .args,
+        token.clone(),
+    )
+    .await
+    .expect("speed starts");
+    let serving = serving_layer::start(
+        ServeCli::try_parse_from(flags(
+            dir(2),
+            &[
+                "--batch-url",
+                &batch_url,
+                "--admin-token",
+                TOKEN,
+                "--view-poll-interval",
+                "100ms",
+                "--stale-after",
+                "2s",
+            ],
+        ))
+        .expect("flags")
+        .args,
+        token.clone(),
+    )
+    .await
+    .expect("serving starts");
+    drop(speed);
+    Stack {
+        broker,
+        brokers,
+        topic,
+        batch: batch.http_addr,
+        serving: serving.http_addr,
+        batch_token,
+        token,
+        _dirs: dirs,
+    }
+}
+
+/// Events of 1–6 words with a skewed vocabulary, so the ranking is not flat.
+fn events(seed: u64, n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|i| {
+            let words = 1 + next() % 6;
+            let text: Vec<&str> = (0..words)
+                .map(|_| {
+                    let r = next() % 1000;
+                    WORDS[((r * r) / 50_000) as usize % WORDS.len()]
+                })
+                .collect();
+            (
+                format!("{seed}-{i}"),
+                text.join(" ").to_uppercase().into_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn json(addr: SocketAddr, path: &str) -> Value {
+    let r = get(addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+    serde_json::from_slice(&r.body).expect("JSON")
+}
+
+fn cut_of(v: &Value) -> Cut {
+    serde_json::from_value(v.clone()).expect("a cut")
+}
+
+/// Every event read back with its position: the ground truth.
+struct Truth(BTreeMap<(i32, i64), String>);
+
+impl Truth {
+    async fn read(brokers: &str, topic: &str, n: usize) -> Self {
+        let records = consume_n(brokers, topic, n, Duration::from_secs(60)).await;
+        Self(
+            records
+                .into_iter()
+                .map(|r| {
+                    (
+                        (r.partition, r.offset),
+                        String::from_utf8(r.payload).expect("utf-8"),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn ends(&self) -> Cut {
+        let mut ends = Cut::new();
+        for &(p, o) in self.0.keys() {
+            ends.set(p, ends.get(p).max(o + 1));
+        }
+        ends
+    }
+
+    /// Counts of the events below `as_of`.
+    fn counts_at(&self, as_of: &Cut) -> HashMap<String, u64> {
+        let mut t = Tokenizer::new();
+        let mut counts = HashMap::new();
+        for ((p, o), text) in &self.0 {
+            if as_of.includes(*p, *o) {
+                t.for_each_word(text, |w| *counts.entry(w.to_owned()).or_insert(0) += 1);
+            }
+        }
+        counts
+    }
+}
+
+/// Waits until answers cover every event, then checks every word and the
+/// top 10 against the recount.
+fn assert_exact(serving: SocketAddr, truth: &Truth) {
+    let ends = truth.ends();
+    wait_for(
+        "answers to cover every event",
+        Duration::from_secs(60),
+        || {
+            let s = json(serving, "/v1/status");
+            (cut_of(&s["as_of"]) == ends).then_some(())
+        },
+    );
+    let counts = truth.counts_at(&ends);
+    for w in WORDS {
+        let a = json(serving, &format!("/v1/words/{w}"));
+        assert_eq!(
+            a["count"].as_u64(),
+            Some(counts.get(*w).copied().unwrap_or(0)),
+            "{w}: {a}"
+        );
+        assert_eq!(
+            a["batch"]["count"].as_u64().unwrap_or(0)
+                + a["realtime"]["count"].as_u64().unwrap_or(0),
+            a["count"].as_u64().unwrap_or(0),
+        );
+    }
+    let mut expected: Vec<(String, u64)> = counts.into_iter().collect();
+    expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    expected.truncate(10);
+    let top = json(serving, "/v1/top?k=10");
+    let got: Vec<(String, u64)> = top["words"]
+        .as_array()
+        .expect("words")
+        .iter()
+        .map(|w| {
+            (
+                w["word"].as_str().expect("word").to_owned(),
+                w["count"].as_u64().expect("count"),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+}
+
+fn recompute(serving: SocketAddr) -> Value {
+    let r = http(
+        serving,
+        "POST",
+        "/v1/admin/recompute",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .expect("POST");
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
+    let stack = start_stack("e2e").await;
+    let first = events(1, 3000);
+    produce(&stack.brokers, &stack.topic, first.clone()).await;
+    let truth = Truth::read(&stack.brokers, &stack.topic, first.len()).await;
+    let serving = stack.serving;
+    tokio::task::spawn_blocking(move || assert_exact(serving, &truth))
+        .await
+        .expect("exact");
+
+    // Sample continuously while views swap and events keep coming.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut samples: Vec<(String, u64, Cut)> = Vec::new();
+            let mut last: HashMap<String, u64> = HashMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                for w in ["lambda", "kappa", "batch", "axum"] {
+                    let a = json(serving, &format!("/v1/words/{w}"));
+                    let c = a["count"].as_u64().expect("count");
+                    let before = last.insert(w.to_owned(), c).unwrap_or(0);
+                    assert!(c >= before, "{w} went down from {before} to {c}: {a}");
+                    samples.push((w.to_owned(), c, cut_of(&a["as_of"])));
+                }
+            }
+            samples
+        })
+    };
+
+    let before = json(serving, "/v1/status")["batch"]["version"].as_u64();
+    let r = tokio::task::spawn_blocking(move || recompute(serving))
+        .await
+        .expect("recompute");
+    assert_eq!(r["loaded"], true, "{r}");
+    assert!(r["version"].as_u64() > before, "{r} after {before:?}");
+    let second = events(2, 2000);
+    produce(&stack.brokers, &stack.topic, second.clone()).await;
+    let r = tokio::task::spawn_blocking(move || recompute(serving))
+        .await
+        .expect("recompute");
+    assert_eq!(r["loaded"], true, "{r}");
+
+    let truth = Truth::read(&stack.brokers, &stack.topic, first.len() + second.len()).await;
+    let truth = tokio::task::spawn_blocking(move || {
+        assert_exact(serving, &truth);
+        truth
+    })
+    .await
+    .expect("exact after the swaps");
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("no count went down");
+    assert!(samples.len() > 20, "only {} samples", samples.len());
+    // Every sample is exact at the position it reported.
+    let mut checked = 0;
+    let mut memo: HashMap<Cut, HashMap<String, u64>> = HashMap::new();
+    for (word, count, as_of) in samples.iter().step_by(samples.len() / 200 + 1) {
+        let counts = memo
+            .entry(as_of.clone())
+            .or_insert_with(|| truth.counts_at(as_of));
+        assert_eq!(
+            counts.get(word).copied().unwrap_or(0),
+            *count,
+            "{word} at {as_of}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 10);
+    let status = json(serving, "/v1/status");
+    assert_eq!(status["batch"]["stale"], false, "{status}");
+    stack.token.cancel();
+    stack.batch_token.cancel();
+    stack.broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_batch_layer_down_answers_continue_marked_stale() {
+    let stack = start_stack("degraded").await;
+    let first = events(3, 500);
+    produce(&stack.brokers, &stack.topic, first.clone()).await;
+    let serving = stack.serving;
+    let r = tokio::task::spawn_blocking(move || recompute(serving))
+        .await
+        .expect("recompute");
+    assert_eq!(r["loaded"], true, "{r}");
+
+    stack.batch_token.cancel();
+    let batch = stack.batch;
+    wait_for(
+        "the batch layer to stop answering",
+        Duration::from_secs(30),
+        || get(batch, "/healthz").is_err().then_some(()),
+    );
+    let second = events(4, 500);
+    produce(&stack.brokers, &stack.topic, second.clone()).await;
+    let truth = Truth::read(&stack.brokers, &stack.topic, first.len() + second.len()).await;
+    tokio::task::spawn_blocking(move || {
+        // Realtime counts keep the answers exact and current.
+        assert_exact(serving, &truth);
+        let a = wait_for(
+            "answers marked stale for the batch layer",
+            Duration::from_secs(30),
+            || {
+                let a = json(serving, "/v1/words/lambda");
+                (a["stale"] == serde_json::json!(["batch"])).then_some(a)
+            },
+        );
+        assert_eq!(a["batch"]["stale"], true, "{a}");
+        assert_eq!(a["realtime"]["stale"], false, "{a}");
+        let status = json(serving, "/v1/status");
+        assert!(
+            status["batch"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot reach")),
+            "{status}"
+        );
+    })
+    .await
+    .expect("degraded answers");
+    stack.token.cancel();
+    stack.broker.stop().await;
+}
