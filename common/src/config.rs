@@ -43,6 +43,8 @@ pub mod env {
     pub const MAX_CONCURRENCY: &str = "LAMBDA_MAX_CONCURRENCY";
     pub const REQUEST_TIMEOUT: &str = "LAMBDA_REQUEST_TIMEOUT";
     pub const MAX_BODY_BYTES: &str = "LAMBDA_MAX_BODY_BYTES";
+    pub const DELIVERY_TIMEOUT: &str = "LAMBDA_DELIVERY_TIMEOUT";
+    pub const KEY_BY_LINE: &str = "LAMBDA_KEY_BY_LINE";
 
     /// Every variable above.
     pub const ALL: &[&str] = &[
@@ -77,6 +79,8 @@ pub mod env {
         MAX_CONCURRENCY,
         REQUEST_TIMEOUT,
         MAX_BODY_BYTES,
+        DELIVERY_TIMEOUT,
+        KEY_BY_LINE,
     ];
 }
 

@@ -160,10 +160,11 @@ pub fn topic_partitions(brokers: &str, topic: &str, timeout: Duration) -> Option
     }
 }
 
-/// A record to send: key, payload, and optionally a fixed partition (else
-/// the key's hash picks one).
+/// A record to send: an optional key (without one the client spreads
+/// records over partitions), the payload, and optionally a fixed partition
+/// (else the key's hash picks one).
 pub trait OutgoingRecord {
-    fn key(&self) -> &str;
+    fn key(&self) -> Option<&str>;
     fn payload(&self) -> &[u8];
     fn partition(&self) -> Option<i32> {
         None
@@ -171,8 +172,17 @@ pub trait OutgoingRecord {
 }
 
 impl OutgoingRecord for (String, Vec<u8>) {
-    fn key(&self) -> &str {
-        &self.0
+    fn key(&self) -> Option<&str> {
+        Some(&self.0)
+    }
+    fn payload(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+impl OutgoingRecord for (Option<String>, Vec<u8>) {
+    fn key(&self) -> Option<&str> {
+        self.0.as_deref()
     }
     fn payload(&self) -> &[u8] {
         &self.1
@@ -180,8 +190,8 @@ impl OutgoingRecord for (String, Vec<u8>) {
 }
 
 impl OutgoingRecord for (String, Vec<u8>, Option<i32>) {
-    fn key(&self) -> &str {
-        &self.0
+    fn key(&self) -> Option<&str> {
+        Some(&self.0)
     }
     fn payload(&self) -> &[u8] {
         &self.1
@@ -203,9 +213,10 @@ pub async fn send_all<R: OutgoingRecord>(
     let mut in_flight = Vec::with_capacity(records.len());
     for record in records {
         loop {
-            let mut out = FutureRecord::to(topic)
-                .key(record.key())
-                .payload(record.payload());
+            let mut out = FutureRecord::<str, [u8]>::to(topic).payload(record.payload());
+            if let Some(key) = record.key() {
+                out = out.key(key);
+            }
             if let Some(p) = record.partition() {
                 out = out.partition(p);
             }

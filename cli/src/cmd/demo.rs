@@ -1,6 +1,7 @@
 //! `lambda demo`: the embedded broker and the layers in one process, with a
 //! sample producer, so the system runs with one command and no Kafka install.
 
+use super::produce::Pacer;
 use anyhow::Context;
 use batch_layer::config::BatchArgs;
 use clap::Args;
@@ -187,23 +188,19 @@ async fn sample_producer(brokers: String, rate: u32, token: CancellationToken) {
             return;
         }
     };
-    let lines: Vec<&str> = CORPUS.lines().filter(|l| !l.trim().is_empty()).collect();
-    // At most 100 sends a second; above that, several events per send.
-    let per_tick = (rate as usize).div_ceil(100);
-    let mut ticker = tokio::time::interval(Duration::from_secs(1) * per_tick as u32 / rate);
-    let mut i = 0usize;
+    let mut lines = CORPUS.lines().filter(|l| !l.trim().is_empty()).cycle();
+    let mut pacer = Pacer::new(Some(rate));
     loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let records: Vec<(String, Vec<u8>)> = (0..per_tick)
-            .map(|k| {
-                let n = i + k;
-                (n.to_string(), lines[n % lines.len()].as_bytes().to_vec())
-            })
+        let records: Vec<(Option<String>, Vec<u8>)> = (0..pacer.chunk())
+            .filter_map(|_| lines.next())
+            .map(|l| (None, l.as_bytes().to_vec()))
             .collect();
-        i += per_tick;
+        if common::shutdown::until_cancelled(&token, pacer.wait(records.len()))
+            .await
+            .is_none()
+        {
+            return;
+        }
         for result in send_all(&producer, "events", &records).await {
             if let Err(error) = result {
                 tracing::warn!(%error, "Sample event not delivered.");

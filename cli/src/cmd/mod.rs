@@ -1,6 +1,7 @@
 pub mod batch;
 pub mod demo;
 pub mod mapreduce;
+pub mod produce;
 pub mod serve;
 pub mod speed;
 

@@ -1,0 +1,241 @@
+//! `lambda produce`: one event per line of a file (or standard input) to
+//! Kafka, at an optional rate, with progress and a delivery report.
+//!
+//! Delivery guarantee: at least once per line, and the exit code says whether
+//! every record was acknowledged by the broker (`acks=all`); a failed record
+//! is reported, never silently dropped.
+
+use anyhow::Context;
+use clap::Args;
+use common::config::{env, parse_duration};
+use common::kafka::{producer_config, send_all};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Args)]
+pub struct ProduceArgs {
+    /// The input, one event per line; `-` or nothing reads standard input.
+    /// Blank lines are skipped.
+    pub input: Option<PathBuf>,
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = env::BROKERS, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// The topic to produce to.
+    #[arg(long, env = env::TOPIC, default_value = "events")]
+    pub topic: String,
+    /// Events per second (default: as fast as the broker acknowledges them).
+    #[arg(long, env = env::RATE)]
+    pub rate: Option<u32>,
+    /// Key each record by its line number (deterministic partitioning);
+    /// by default records carry no key and the client spreads them.
+    #[arg(long, env = env::KEY_BY_LINE)]
+    pub key_by_line: bool,
+    /// How long the client may try to deliver a record before it counts as
+    /// failed.
+    #[arg(long, env = env::DELIVERY_TIMEOUT, default_value = "30s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+}
+
+/// Paces sends to `rate` events per second from the first send.
+pub struct Pacer {
+    rate: Option<u32>,
+    started: tokio::time::Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    pub fn new(rate: Option<u32>) -> Self {
+        Self {
+            rate,
+            started: tokio::time::Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// How many events to send at once: about 100 sends a second when paced.
+    pub fn chunk(&self) -> usize {
+        self.rate
+            .map_or(5_000, |r| (r as usize).div_ceil(100))
+            .clamp(1, 5_000)
+    }
+
+    /// Waits until `n` more events are due.
+    pub async fn wait(&mut self, n: usize) {
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(self.sent as f64 / f64::from(rate));
+            tokio::time::sleep_until(self.started + due).await;
+        }
+        self.sent += n as u64;
+    }
+}
+
+/// Delivery outcomes, with each distinct error counted.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub delivered: u64,
+    pub failed: u64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Report {
+    pub fn record(&mut self, result: Result<(), rdkafka::error::KafkaError>) {
+        match result {
+            Ok(()) => self.delivered += 1,
+            Err(error) => {
+                self.failed += 1;
+                let message = error.to_string();
+                if !self.errors.contains_key(&message) {
+                    tracing::warn!(%error, "A record was not delivered.");
+                }
+                *self.errors.entry(message).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+fn open_input(input: &Option<PathBuf>) -> anyhow::Result<Box<dyn Read + Send>> {
+    Ok(match input {
+        None => Box::new(std::io::stdin()),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin()),
+        Some(p) => Box::new(
+            std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
+        ),
+    })
+}
+
+pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
+    if args.rate == Some(0) {
+        anyhow::bail!("invalid --rate: must be at least 1 event per second");
+    }
+    common::config::validate_topic_name(&args.topic)
+        .map_err(|m| anyhow::anyhow!("invalid --topic: {m}"))?;
+    let mut reader = BufReader::with_capacity(1 << 20, open_input(&args.input)?);
+    let producer: rdkafka::producer::FutureProducer = producer_config(&args.brokers)
+        .set(
+            "message.timeout.ms",
+            args.delivery_timeout.as_millis().max(1).to_string(),
+        )
+        .create()
+        .with_context(|| format!("cannot create a Kafka producer for {}", args.brokers))?;
+
+    let progress = Progress::new();
+    let started = Instant::now();
+    let mut report = Report::default();
+    let mut skipped = 0u64;
+    super::runtime()?.block_on(async {
+        let mut pacer = Pacer::new(args.rate);
+        let mut line_no = 0u64;
+        let mut line = Vec::new();
+        let mut eof = false;
+        while !eof {
+            let mut chunk: Vec<(Option<String>, Vec<u8>)> = Vec::with_capacity(pacer.chunk());
+            while chunk.len() < pacer.chunk() {
+                line.clear();
+                let n = reader
+                    .read_until(b'\n', &mut line)
+                    .context("cannot read the input")?;
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+                line_no += 1;
+                while matches!(line.last(), Some(b'\n' | b'\r')) {
+                    line.pop();
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    skipped += 1;
+                    continue;
+                }
+                let key = args.key_by_line.then(|| line_no.to_string());
+                chunk.push((key, line.clone()));
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            pacer.wait(chunk.len()).await;
+            for result in send_all(&producer, &args.topic, &chunk).await {
+                report.record(result);
+            }
+            progress.update(&report, started);
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "produced {} events to `{}` in {seconds:.1} s ({:.0}/s); {} failed; {skipped} blank lines skipped",
+        report.delivered,
+        args.topic,
+        report.delivered as f64 / seconds.max(1e-9),
+        report.failed,
+    );
+    if report.failed > 0 {
+        let reasons: Vec<String> = report
+            .errors
+            .iter()
+            .map(|(e, n)| format!("{n}× {e}"))
+            .collect();
+        anyhow::bail!(
+            "{} of {} events were not delivered to {}: {}",
+            report.failed,
+            report.failed + report.delivered,
+            args.brokers,
+            reasons.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// A spinner with throughput on a terminal; a plain line every 5 s otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    last_line: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {human_pos} events sent  {per_sec}  {msg}")
+                    .expect("a valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self {
+            bar,
+            last_line: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn update(&self, report: &Report, started: Instant) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(report.delivered);
+                if report.failed > 0 {
+                    bar.set_message(format!("{} failed", report.failed));
+                }
+            }
+            None if self.last_line.get().elapsed() >= Duration::from_secs(5) => {
+                self.last_line.set(Instant::now());
+                eprintln!(
+                    "produced {} events ({:.0}/s), {} failed",
+                    report.delivered,
+                    report.delivered as f64 / started.elapsed().as_secs_f64(),
+                    report.failed
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

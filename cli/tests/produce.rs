@@ -1,0 +1,117 @@
+//! `lambda produce`: every line arrives as one record, byte for byte (invalid
+//! UTF-8 included: the layers dead-letter it, the producer does not judge),
+//! blank lines are skipped, and delivery failures make the exit code non-zero.
+
+use ::common::broker::{BrokerStorage, EmbeddedBroker};
+use ::common::testkit::{consume_n, unique};
+use std::process::{Command, Stdio};
+
+fn lambda(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lambda"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("lambda runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_becomes_one_record() {
+    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
+        .await
+        .expect("broker");
+    let brokers = broker.bootstrap();
+    let topic = unique("produce");
+    ::common::kafka::ensure_topic(&brokers, &topic, 3, std::time::Duration::from_secs(30))
+        .await
+        .expect("topic");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("events.txt");
+    let mut lines: Vec<Vec<u8>> = (0..1500)
+        .map(|i| format!("event {i} Café").into_bytes())
+        .collect();
+    lines.push(b"not utf-8 \xff\xfe".to_vec());
+    let mut text = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        text.extend_from_slice(l);
+        text.extend_from_slice(if i % 2 == 0 { b"\r\n" } else { b"\n" });
+        if i == 10 {
+            text.extend_from_slice(b"   \n\n");
+        }
+    }
+    std::fs::write(&input, &text).expect("write input");
+
+    let (b, t, i) = (
+        brokers.clone(),
+        topic.clone(),
+        input.to_str().expect("utf-8").to_owned(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        lambda(&[
+            "produce",
+            &i,
+            "--brokers",
+            &b,
+            "--topic",
+            &t,
+            "--key-by-line",
+            "--rate",
+            "5000",
+        ])
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("produced 1501 events"), "{stderr}");
+    assert!(stderr.contains("2 blank lines skipped"), "{stderr}");
+
+    let records = consume_n(
+        &brokers,
+        &topic,
+        lines.len(),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let mut got: Vec<(u64, Vec<u8>)> = records
+        .into_iter()
+        .map(|r| {
+            let key = String::from_utf8(r.key.expect("keyed")).expect("utf-8 key");
+            (key.parse().expect("a line number"), r.payload)
+        })
+        .collect();
+    got.sort();
+    // Line numbers count the blank lines too (two after line 11).
+    let expected: Vec<(u64, Vec<u8>)> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1 + if i > 10 { 2 } else { 0 }, l.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    broker.stop().await;
+}
+
+#[test]
+fn undeliverable_records_fail_the_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("events.txt");
+    std::fs::write(&input, "one\ntwo\n").expect("write input");
+    let out = lambda(&[
+        "produce",
+        input.to_str().expect("utf-8"),
+        "--brokers",
+        "127.0.0.1:1",
+        "--delivery-timeout",
+        "1s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 of 2 events were not delivered"),
+        "{stderr}"
+    );
+
+    let out = lambda(&["produce", "/nonexistent/file", "--brokers", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/file"));
+}
