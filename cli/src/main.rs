@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run everything in one process: embedded Kafka-compatible broker, the three layers, sample producer.
     Demo(Box<cmd::demo::DemoArgs>),
+    /// Run the embedded Kafka-compatible broker alone (SQLite storage).
+    Broker(cmd::broker::BrokerArgs),
     /// Run the batch layer: master log, ingestion, periodic recompute, view publication.
     Batch(Box<batch_layer::config::BatchArgs>),
     /// Run the speed layer: incremental realtime counts, checkpoints, expiry at the batch cut.
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     common::telemetry::init();
     match cli.command {
         Command::Demo(args) => cmd::demo::run(*args),
+        Command::Broker(args) => cmd::broker::run(args),
         Command::Batch(args) => cmd::batch::run(*args),
         Command::Speed(args) => cmd::speed::run(*args),
         Command::Serve(args) => cmd::serve::run(*args),

@@ -45,6 +45,7 @@ const COUNT: u8 = b'c';
 const OFFSET: u8 = b'o';
 const META_CUT: &[u8] = b"mcut";
 const META_AS_OF: &[u8] = b"masof";
+const CACHE_BYTES: u64 = 64 << 20;
 
 fn count_key(key: &CountKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(13 + key.word.len());
@@ -86,7 +87,14 @@ impl RealtimeStore {
             path: path.clone(),
             source,
         };
-        let db = sled::Config::new().path(dir).open().map_err(err)?;
+        // sled's default page cache is 1 GiB per database; the realtime view
+        // is a small working set (only the tail above the batch cut), so a
+        // much smaller cache keeps memory flat without costing throughput.
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(err)?;
         let tree = db.open_tree("realtime").map_err(err)?;
         Ok(Self { db, tree, path })
     }

@@ -1,4 +1,5 @@
 pub mod batch;
+pub mod broker;
 pub mod demo;
 pub mod mapreduce;
 pub mod produce;

@@ -113,6 +113,18 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     common::config::validate_topic_name(&args.topic)
         .map_err(|m| anyhow::anyhow!("invalid --topic: {m}"))?;
     let mut reader = BufReader::with_capacity(1 << 20, open_input(&args.input)?);
+    // Fail fast on a missing topic instead of timing out on every record
+    // (brokers that auto-create topics create it here).
+    if common::kafka::topic_partitions(&args.brokers, &args.topic, Duration::from_secs(10))
+        .is_none()
+    {
+        anyhow::bail!(
+            "topic `{}` does not exist on {} (or the broker is unreachable); \
+             the layers and `lambda demo` create their topics when they start",
+            args.topic,
+            args.brokers
+        );
+    }
     let producer: rdkafka::producer::FutureProducer = producer_config(&args.brokers)
         .set(
             "message.timeout.ms",
