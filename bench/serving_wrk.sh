@@ -10,11 +10,11 @@
 # frequent words, percent-encoded, uniformly chosen).
 #
 # Usage: bench/serving_wrk.sh            (defaults below)
-#   CORPUS_BYTES=20000000 DURATION=20s CONNECTIONS=64 WRK_THREADS=2 bench/serving_wrk.sh
+#   CORPUS_BYTES=5000000 DURATION=20s CONNECTIONS=64 WRK_THREADS=2 bench/serving_wrk.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CORPUS_BYTES=${CORPUS_BYTES:-20000000}
+CORPUS_BYTES=${CORPUS_BYTES:-5000000}
 DURATION=${DURATION:-20s}
 CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
@@ -77,11 +77,18 @@ for _ in $(seq 600); do [ "$(lag)" = 0 ] && break; sleep 0.5; done
 curl -sf -X POST -H "Authorization: Bearer bench" "$base/v1/admin/recompute" >/dev/null
 status=$(curl -sf "$base/v1/status")
 
-run_wrk() { wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@"; }
-run_wrk "$base/healthz" >"$work/healthz.txt"
-run_wrk -s "$work/words.lua" "$base" >"$work/words.txt.out"
+sleep 5   # let the swap's expiry and background flushes settle
 
-python3 - "$work/healthz.txt" "$work/words.txt.out" "$status" <<'EOF'
+run_wrk() { wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@"; }
+wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d3s "$base/healthz" >/dev/null   # warm-up
+# Two rounds, alternating, so a noisy moment shows up as a disagreement
+# between rounds instead of skewing one endpoint.
+for round in 1 2; do
+    run_wrk "$base/healthz" >"$work/healthz.$round"
+    run_wrk -s "$work/words.lua" "$base" >"$work/words.$round"
+done
+
+python3 - "$work" "$status" <<'EOF'
 import json, re, sys
 
 def parse(path):
@@ -94,14 +101,15 @@ def parse(path):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     return rps, ms("50%"), ms("99%"), int(errors.group(1)) if errors else 0
 
-health, words = parse(sys.argv[1]), parse(sys.argv[2])
-status = json.loads(sys.argv[3])
+work, status = sys.argv[1], json.loads(sys.argv[2])
 events = sum(status["events_end"].values())
 print(f"corpus: {events} events; batch view v{status['batch']['version']} holds "
       f"{sum(status['batch']['cut'].values())}, realtime the rest")
-print(f"{'endpoint':<22}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-for name, (rps, p50, p99, bad) in [("/healthz", health), ("/v1/words/{w}", words)]:
-    print(f"{name:<22}{rps:>12.0f}{p50:>10.2f}{p99:>10.2f}{bad:>10}")
-print(f"merged-query throughput / healthz: {words[0] / health[0]:.2f}  (target >= 0.5)")
-print(f"merged-query p99: {words[2]:.2f} ms  (target <= 5 ms)")
+print(f"{'round':<7}{'endpoint':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'ratio':>8}")
+for r in (1, 2):
+    health, words = parse(f"{work}/healthz.{r}"), parse(f"{work}/words.{r}")
+    for name, (rps, p50, p99, bad) in [("/healthz", health), ("/v1/words/{w}", words)]:
+        ratio = f"{words[0] / health[0]:.2f}" if name != "/healthz" else ""
+        print(f"{r:<7}{name:<18}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{bad:>9}{ratio:>8}")
+print("targets: merged-query req/s >= 0.5 x /healthz; merged-query p99 <= 5 ms")
 EOF
