@@ -19,7 +19,7 @@ fn metric(addr: std::net::SocketAddr, family: &str) -> Option<f64> {
 fn demo_runs_stops_cleanly_and_resumes_without_loss() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("demo.log");
-    let (broker, batch, speed) = (free_addr(), free_addr(), free_addr());
+    let (broker, batch, speed, serving) = (free_addr(), free_addr(), free_addr(), free_addr());
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [
             "--data-dir",
@@ -30,6 +30,8 @@ fn demo_runs_stops_cleanly_and_resumes_without_loss() {
             &batch.to_string(),
             "--speed-addr",
             &speed.to_string(),
+            "--http-addr",
+            &serving.to_string(),
             "--interval",
             "1s",
             "--partitions",

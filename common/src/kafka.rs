@@ -55,6 +55,10 @@ pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // Brokers may hold an empty fetch this long; the default 500 ms would
+        // be most of the produce-to-visible time across the two hops
+        // (events → speed layer, realtime topic → serving layer).
+        .set("fetch.wait.max.ms", "100")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
     config

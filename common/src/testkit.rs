@@ -166,6 +166,38 @@ pub async fn consume_n(
     out
 }
 
+/// Consumes `topic` from the beginning until it holds every record below
+/// `cut` (records at or above it, which keep arriving on a live topic, are
+/// dropped); panics after `timeout`.
+pub async fn consume_below(
+    brokers: &str,
+    topic: &str,
+    cut: &crate::Cut,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    let consumer = subscribe(brokers, topic);
+    let expected = cut.total_offsets() as usize;
+    let mut out = Vec::with_capacity(expected);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < expected {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = tokio::time::timeout(remaining, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out after {} of {expected} records below {cut}",
+                    out.len()
+                )
+            })
+            .expect("consume");
+        let m = consumed(&m);
+        if cut.includes(m.partition, m.offset) {
+            out.push(m);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,8 +75,7 @@ impl EndsWatcher {
                         .read()
                         .unwrap_or_else(|p| p.into_inner())
                         .as_of();
-                    let covered = as_of.dominates(&ends.events);
-                    self.health.kafka_ends(asked_at, ends, covered);
+                    self.health.kafka_ends(asked_at, ends, &as_of);
                 }
                 Err(error) => {
                     tracing::debug!(%error, "Cannot fetch topic ends.");

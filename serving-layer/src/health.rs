@@ -9,6 +9,10 @@ use common::Cut;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Samples of the topic ends kept to date freshness (at one per 250 ms,
+/// about a minute).
+const HISTORY: usize = 240;
+
 /// Shared, updated by the background tasks, read by the API.
 #[derive(Debug)]
 pub struct Health {
@@ -24,6 +28,8 @@ struct Inner {
     kafka_ok_at: Option<Instant>,
     kafka_error: Option<String>,
     caught_up_at: Option<Instant>,
+    /// Recent (time asked, events ends) samples, oldest first.
+    history: std::collections::VecDeque<(Instant, Cut)>,
     ends: Ends,
     follower_positions: Cut,
     follower_held: usize,
@@ -76,17 +82,23 @@ impl Health {
         self.lock().batch_error = Some(error);
     }
 
-    /// Records topic ends fetched starting at `asked_at`; `covered` says
-    /// whether the replica's position had reached them, in which case every
-    /// event that existed at `asked_at` was visible.
-    pub fn kafka_ends(&self, asked_at: Instant, ends: Ends, covered: bool) {
+    /// Records topic ends fetched starting at `asked_at`, and with `as_of`
+    /// (the replica's position now) moves `caught_up_at` to the newest sample
+    /// it covers: every event that existed then is visible now. Under steady
+    /// production the replica never covers the *current* end, but it does
+    /// cover the end of a moment ago, and that moment is the freshness.
+    pub fn kafka_ends(&self, asked_at: Instant, ends: Ends, as_of: &Cut) {
         let mut i = self.lock();
         i.kafka_ok_at = Some(Instant::now());
         i.kafka_error = None;
-        i.ends = ends;
-        if covered {
-            i.caught_up_at = Some(i.caught_up_at.map_or(asked_at, |t| t.max(asked_at)));
+        i.history.push_back((asked_at, ends.events.clone()));
+        while i.history.len() > HISTORY {
+            i.history.pop_front();
         }
+        if let Some(&(t, _)) = i.history.iter().rev().find(|(_, e)| as_of.dominates(e)) {
+            i.caught_up_at = Some(i.caught_up_at.map_or(t, |c| c.max(t)));
+        }
+        i.ends = ends;
     }
 
     pub fn kafka_failed(&self, error: String) {
@@ -130,7 +142,7 @@ mod tests {
         let s = h.snapshot();
         assert!(s.batch_stale, "no contact yet");
         h.batch_ok();
-        h.kafka_ends(Instant::now(), Ends::default(), true);
+        h.kafka_ends(Instant::now(), Ends::default(), &Cut::new());
         let s = h.snapshot();
         assert!(!s.batch_stale && !s.realtime_stale);
         h.batch_failed("connection refused".into());
@@ -139,7 +151,16 @@ mod tests {
         let s = h.snapshot();
         assert!(s.realtime_stale, "not covered since 60ms > 50ms");
         assert!(s.freshness >= Duration::from_millis(60));
-        h.kafka_ends(Instant::now(), Ends::default(), false);
+        let ahead = Ends {
+            events: [(0, 10)].into_iter().collect(),
+            ..Ends::default()
+        };
+        h.kafka_ends(Instant::now(), ahead.clone(), &Cut::new());
         assert!(h.snapshot().realtime_stale, "ends known but not covered");
+        // Covering a sample taken a moment ago makes it that fresh.
+        let asked = Instant::now();
+        h.kafka_ends(asked, ahead, &[(0, 10)].into_iter().collect());
+        assert!(!h.snapshot().realtime_stale);
+        assert!(h.snapshot().freshness < Duration::from_millis(50));
     }
 }
