@@ -5,7 +5,7 @@
 
 mod common;
 
-use ::common::realtime::RealtimeUpsert;
+use ::common::realtime::RealtimeMessage;
 use ::common::testkit::consume_until_idle;
 use ::common::Tokenizer;
 use common::{CrashRig, Scenario};
@@ -62,11 +62,18 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     )
     .await;
     let mut published: HashMap<String, u64> = HashMap::new();
+    let mut watermarks = 0;
     for m in &upserts {
-        let u: RealtimeUpsert = serde_json::from_slice(&m.payload).expect("upsert");
-        let c = published.entry(u.key()).or_insert(0);
-        *c = (*c).max(u.count);
+        match RealtimeMessage::decode(m.key.as_deref(), Some(&m.payload)).expect("realtime message")
+        {
+            RealtimeMessage::Upsert(u) => {
+                let c = published.entry(u.key()).or_insert(0);
+                *c = (*c).max(u.count);
+            }
+            RealtimeMessage::Watermark(_) => watermarks += 1,
+        }
     }
+    assert!(watermarks > 0, "micro-batches are closed by watermarks");
     for (k, c) in &counts {
         let key = format!("{}/{}/{}", k.bucket.partition, k.bucket.bucket, k.word);
         assert_eq!(published.get(&key), Some(c), "published {key}");

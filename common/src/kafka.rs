@@ -83,6 +83,24 @@ pub async fn ensure_topic(
     partitions: i32,
     timeout: Duration,
 ) -> Result<(), KafkaSetupError> {
+    // An existing topic needs no create request (brokers log a refused one
+    // as an error, which would alarm whoever reads the broker's log).
+    let (b, t) = (brokers.to_owned(), topic.to_owned());
+    let existing = tokio::task::spawn_blocking(move || topic_partitions(&b, &t, Duration::ZERO))
+        .await
+        .ok()
+        .flatten();
+    if let Some(n) = existing {
+        if n != partitions as usize {
+            tracing::warn!(
+                topic,
+                existing = n,
+                requested = partitions,
+                "Topic exists with a different partition count; using it as it is."
+            );
+        }
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> =
         client_config(brokers)
             .create()

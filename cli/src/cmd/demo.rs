@@ -15,6 +15,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The realtime bucket size of the demo's layers.
+const DEMO_BUCKET_SIZE: u64 = 64;
+
 /// The built-in sample corpus, streamed line by line.
 const CORPUS: &str = include_str!("../corpus.txt");
 
@@ -83,8 +86,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot create topic {topic}"))?;
         }
+        // Small buckets, so that at the demo's modest rate each recompute
+        // visibly moves the cut and the hand-off from speed to batch shows.
         let stream = StreamArgs {
-            bucket_size: common::BucketSize::DEFAULT,
+            bucket_size: common::BucketSize::new(DEMO_BUCKET_SIZE).expect("non-zero"),
             max_event_bytes: common::event::DEFAULT_MAX_EVENT_BYTES,
         };
         let node = |role: &str| NodeArgs {
