@@ -38,7 +38,7 @@ use crate::server::{BatchState, RecomputeRequest};
 use crate::view::{ViewError, ViewStore};
 use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
-use common::kafka::{ensure_topic, KafkaSetupError};
+use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::shutdown::{supervise, CancellationToken};
 use common::BucketSize;
 use std::net::SocketAddr;
@@ -111,9 +111,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     );
 
     let kafka = &args.kafka;
-    let timeout = Duration::from_secs(30);
-    ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions, timeout).await?;
-    ensure_topic(&kafka.brokers, &kafka.dead_letter_topic, 1, timeout).await?;
+    ensure_layer_topics(kafka).await?;
     let dead_letters = DeadLetterSink::new(&kafka.brokers, &kafka.dead_letter_topic, "batch")
         .map_err(BatchError::DeadLetter)?;
 

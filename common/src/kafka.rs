@@ -74,6 +74,21 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
     config
 }
 
+/// Creates the topics every layer uses, unless they exist: the events and
+/// realtime topics with `--partitions` partitions, the dead-letter topic with
+/// one. Each layer calls it on start, so any may start first.
+pub async fn ensure_layer_topics(kafka: &crate::config::KafkaArgs) -> Result<(), KafkaSetupError> {
+    let timeout = Duration::from_secs(30);
+    for (topic, partitions) in [
+        (&kafka.topic, kafka.partitions),
+        (&kafka.dead_letter_topic, 1),
+        (&kafka.realtime_topic, kafka.partitions),
+    ] {
+        ensure_topic(&kafka.brokers, topic, partitions, timeout).await?;
+    }
+    Ok(())
+}
+
 /// Creates `topic` with `partitions` partitions unless it exists already, then
 /// waits until its metadata is visible. An existing topic is fine, whatever its
 /// partition count (a warning says if it differs).

@@ -147,6 +147,33 @@ pub async fn consume_n(
     expected: usize,
     timeout: Duration,
 ) -> Vec<Consumed> {
+    consume_kept(brokers, topic, expected, timeout, |_| true).await
+}
+
+/// Consumes `topic` from the beginning until it holds every record below
+/// `cut` (records at or above it, which keep arriving on a live topic, are
+/// dropped); panics after `timeout`.
+pub async fn consume_below(
+    brokers: &str,
+    topic: &str,
+    cut: &crate::Cut,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    let expected = cut.total_offsets() as usize;
+    consume_kept(brokers, topic, expected, timeout, |m| {
+        cut.includes(m.partition, m.offset)
+    })
+    .await
+}
+
+/// Consumes until `expected` records passed `keep`.
+async fn consume_kept(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    keep: impl Fn(&Consumed) -> bool,
+) -> Vec<Consumed> {
     let consumer = subscribe(brokers, topic);
     let mut out = Vec::with_capacity(expected);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -161,37 +188,8 @@ pub async fn consume_n(
                 )
             })
             .expect("consume");
-        out.push(consumed(&m));
-    }
-    out
-}
-
-/// Consumes `topic` from the beginning until it holds every record below
-/// `cut` (records at or above it, which keep arriving on a live topic, are
-/// dropped); panics after `timeout`.
-pub async fn consume_below(
-    brokers: &str,
-    topic: &str,
-    cut: &crate::Cut,
-    timeout: Duration,
-) -> Vec<Consumed> {
-    let consumer = subscribe(brokers, topic);
-    let expected = cut.total_offsets() as usize;
-    let mut out = Vec::with_capacity(expected);
-    let deadline = tokio::time::Instant::now() + timeout;
-    while out.len() < expected {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let m = tokio::time::timeout(remaining, consumer.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "timed out after {} of {expected} records below {cut}",
-                    out.len()
-                )
-            })
-            .expect("consume");
         let m = consumed(&m);
-        if cut.includes(m.partition, m.offset) {
+        if keep(&m) {
             out.push(m);
         }
     }

@@ -36,7 +36,7 @@ use crate::metrics::ServingMetrics;
 use crate::replica::Replica;
 use batch_layer::view::{ViewError, ViewStore};
 use common::config::ConfigError;
-use common::kafka::{ensure_topic, KafkaSetupError};
+use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::shutdown::{supervise, CancellationToken};
 use speed_layer::store::{RealtimeStore, StoreError};
 use std::net::SocketAddr;
@@ -120,16 +120,7 @@ pub async fn start(
     .await??;
 
     let kafka = &args.kafka;
-    let timeout = Duration::from_secs(30);
-    ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions, timeout).await?;
-    ensure_topic(&kafka.brokers, &kafka.dead_letter_topic, 1, timeout).await?;
-    ensure_topic(
-        &kafka.brokers,
-        &kafka.realtime_topic,
-        kafka.partitions,
-        timeout,
-    )
-    .await?;
+    ensure_layer_topics(kafka).await?;
 
     let (listener, http_addr) = common::server::bind(args.http_addr)
         .await

@@ -33,13 +33,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
-use common::kafka::{ensure_topic, KafkaSetupError};
+use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::server::{json_error, prometheus};
 use common::shutdown::{supervise, CancellationToken};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use thiserror::Error;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -86,16 +85,7 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
     args.validate()?;
     let store = RealtimeStore::open(&args.node.data_dir.join("realtime"))?;
     let kafka = &args.kafka;
-    let timeout = Duration::from_secs(30);
-    ensure_topic(&kafka.brokers, &kafka.topic, kafka.partitions, timeout).await?;
-    ensure_topic(&kafka.brokers, &kafka.dead_letter_topic, 1, timeout).await?;
-    ensure_topic(
-        &kafka.brokers,
-        &kafka.realtime_topic,
-        kafka.partitions,
-        timeout,
-    )
-    .await?;
+    ensure_layer_topics(kafka).await?;
     let dead_letters = DeadLetterSink::new(&kafka.brokers, &kafka.dead_letter_topic, "speed")
         .map_err(SpeedError::DeadLetter)?;
 

@@ -7,7 +7,7 @@ use batch_layer::config::BatchArgs;
 use clap::Args;
 use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::config::{env, KafkaArgs, NodeArgs, StreamArgs};
-use common::kafka::{ensure_topic, producer_config, send_all};
+use common::kafka::{ensure_layer_topics, producer_config, send_all};
 use common::shutdown::CancellationToken;
 use serving_layer::config::ServeArgs;
 use speed_layer::config::SpeedArgs;
@@ -77,15 +77,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             realtime_topic: "lambda.realtime".into(),
             partitions: args.partitions,
         };
-        for (topic, partitions) in [
-            (&kafka.topic, kafka.partitions),
-            (&kafka.dead_letter_topic, 1),
-            (&kafka.realtime_topic, kafka.partitions),
-        ] {
-            ensure_topic(&brokers, topic, partitions, Duration::from_secs(30))
-                .await
-                .with_context(|| format!("cannot create topic {topic}"))?;
-        }
+        ensure_layer_topics(&kafka)
+            .await
+            .with_context(|| format!("cannot create the topics on {brokers}"))?;
         // Small buckets, so that at the demo's modest rate each recompute
         // visibly moves the cut and the hand-off from speed to batch shows.
         let stream = StreamArgs {
