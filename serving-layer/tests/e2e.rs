@@ -47,6 +47,10 @@ struct Stack {
     serving: SocketAddr,
     batch_token: CancellationToken,
     token: CancellationToken,
+    /// The serving layer alone, to restart it.
+    serving_token: CancellationToken,
+    serving_running: serving_layer::RunningServing,
+    serve_args: serving_layer::config::ServeArgs,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -105,35 +109,38 @@ async fn start_stack(name: &str) -> Stack {
     )
     .await
     .expect("speed starts");
-    let serving = serving_layer::start(
-        ServeCli::try_parse_from(flags(
-            dir(2),
-            &[
-                "--batch-url",
-                &batch_url,
-                "--admin-token",
-                TOKEN,
-                "--view-poll-interval",
-                "100ms",
-                "--stale-after",
-                "2s",
-            ],
-        ))
-        .expect("flags")
-        .args,
-        token.clone(),
-    )
-    .await
-    .expect("serving starts");
+    let serve_args = ServeCli::try_parse_from(flags(
+        dir(2),
+        &[
+            "--batch-url",
+            &batch_url,
+            "--admin-token",
+            TOKEN,
+            "--view-poll-interval",
+            "100ms",
+            "--stale-after",
+            "2s",
+        ],
+    ))
+    .expect("flags")
+    .args;
+    let serving_token = token.child_token();
+    let running = serving_layer::start(serve_args.clone(), serving_token.clone())
+        .await
+        .expect("serving starts");
+    let serving = running.http_addr;
     drop(speed);
     Stack {
         broker,
         brokers,
         topic,
         batch: batch.http_addr,
-        serving: serving.http_addr,
+        serving,
         batch_token,
         token,
+        serving_token,
+        serving_running: running,
+        serve_args,
         _dirs: dirs,
     }
 }
@@ -393,6 +400,46 @@ async fn with_the_batch_layer_down_answers_continue_marked_stale() {
     })
     .await
     .expect("degraded answers");
+    stack.token.cancel();
+    stack.broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_serving_layer_answers_exactly_from_its_own_stores() {
+    let stack = start_stack("restart").await;
+    let first = events(5, 800);
+    produce(&stack.brokers, &stack.topic, first.clone()).await;
+    let serving = stack.serving;
+    let r = tokio::task::spawn_blocking(move || recompute(serving))
+        .await
+        .expect("recompute");
+    assert_eq!(r["loaded"], true, "{r}");
+
+    // Stop the serving layer, and the batch layer too: the restarted one must
+    // answer from its local view copy and realtime store, then catch up on
+    // what was produced while it was down.
+    stack.serving_token.cancel();
+    stack.serving_running.wait().await;
+    stack.batch_token.cancel();
+    let second = events(6, 800);
+    produce(&stack.brokers, &stack.topic, second.clone()).await;
+    let token = stack.token.child_token();
+    let mut args = stack.serve_args.clone();
+    args.http_addr = "127.0.0.1:0".parse().expect("addr");
+    let running = serving_layer::start(args, token)
+        .await
+        .expect("serving restarts");
+    let serving = running.http_addr;
+    let version = r["version"].clone();
+    let truth = Truth::read(&stack.brokers, &stack.topic, first.len() + second.len()).await;
+    tokio::task::spawn_blocking(move || {
+        // Ready from local state at once, with the view it had.
+        let status = json(serving, "/v1/status");
+        assert_eq!(status["batch"]["version"], version, "{status}");
+        assert_exact(serving, &truth);
+    })
+    .await
+    .expect("exact after the restart");
     stack.token.cancel();
     stack.broker.stop().await;
 }
