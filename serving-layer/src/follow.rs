@@ -81,7 +81,9 @@ impl Follower {
         for r in 0..partitions as i32 {
             positions.set(r, positions.get(r));
         }
-        tracing::info!(topic = %self.topic, %positions, "Following the realtime topic.");
+        for (r, offset) in positions.iter() {
+            tracing::info!(topic = %self.topic, partition = r, offset, "Resuming the realtime topic.");
+        }
         let consumer: StreamConsumer = consumer_config(&self.brokers, GROUP)
             .create()
             .map_err(kafka_err)?;

@@ -146,6 +146,12 @@ impl ServingMetrics {
                 .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0),
         )
         .single(
+            "lambda_serving_as_of_offsets",
+            "gauge",
+            "Events the answers are exact at (sum of as_of over partitions).",
+            facts.as_of.total_offsets(),
+        )
+        .single(
             "lambda_serving_events_lag",
             "gauge",
             "Events in Kafka not yet covered by answers (sum over partitions).",

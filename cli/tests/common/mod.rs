@@ -176,7 +176,7 @@ pub struct CrashRig {
 
 /// One crash scenario, the same for every role.
 pub struct Scenario {
-    /// `batch` or `speed`.
+    /// `batch`, `speed` or `serve`.
     pub role: &'static str,
     /// Flags beyond the broker, topics, data directory and address.
     pub flags: &'static [&'static str],
