@@ -135,6 +135,14 @@ impl Cut {
             .all(|&p| self.get(p) >= other.get(p))
     }
 
+    /// How many offsets this position is behind `end`, summed over `end`'s
+    /// partitions (0 where it is at or past it).
+    pub fn behind(&self, end: &Cut) -> u64 {
+        end.iter()
+            .map(|(p, o)| (o - self.get(p)).max(0) as u64)
+            .sum()
+    }
+
     /// The number of events included, summed over partitions.
     pub fn total_offsets(&self) -> u64 {
         self.0.values().map(|&o| o.max(0) as u64).sum()

@@ -100,22 +100,37 @@ pub async fn ensure_topic(
 ) -> Result<(), KafkaSetupError> {
     // An existing topic needs no create request (brokers log a refused one
     // as an error, which would alarm whoever reads the broker's log).
-    let (b, t) = (brokers.to_owned(), topic.to_owned());
-    let existing = tokio::task::spawn_blocking(move || topic_partitions(&b, &t, Duration::ZERO))
-        .await
-        .ok()
-        .flatten();
-    if let Some(n) = existing {
-        if n != partitions as usize {
-            tracing::warn!(
-                topic,
-                existing = n,
-                requested = partitions,
-                "Topic exists with a different partition count; using it as it is."
-            );
+    let found = match wait_for_partitions(brokers, topic, Duration::ZERO).await {
+        Some(n) => Some(n),
+        None => {
+            create_topic(brokers, topic, partitions, timeout).await?;
+            wait_for_partitions(brokers, topic, timeout).await
         }
-        return Ok(());
+    };
+    let Some(n) = found else {
+        return Err(KafkaSetupError::TopicNotVisible {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+            waited: timeout,
+        });
+    };
+    if n != partitions as usize {
+        tracing::warn!(
+            topic,
+            existing = n,
+            requested = partitions,
+            "Topic exists with a different partition count; using it as it is."
+        );
     }
+    Ok(())
+}
+
+async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(brokers)
             .create()
@@ -148,33 +163,16 @@ pub async fn ensure_topic(
             }
         }
     }
+    Ok(())
+}
 
-    let brokers_owned = brokers.to_owned();
-    let topic_owned = topic.to_owned();
-    let found = tokio::task::spawn_blocking(move || {
-        topic_partitions(&brokers_owned, &topic_owned, timeout)
-    })
-    .await
-    .ok()
-    .flatten();
-    match found {
-        Some(n) => {
-            if n != partitions as usize {
-                tracing::warn!(
-                    topic,
-                    existing = n,
-                    requested = partitions,
-                    "Topic exists with a different partition count; using it as it is."
-                );
-            }
-            Ok(())
-        }
-        None => Err(KafkaSetupError::TopicNotVisible {
-            topic: topic.to_owned(),
-            brokers: brokers.to_owned(),
-            waited: timeout,
-        }),
-    }
+/// [`topic_partitions`] from async code (on a blocking thread).
+pub async fn wait_for_partitions(brokers: &str, topic: &str, timeout: Duration) -> Option<usize> {
+    let (b, t) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || topic_partitions(&b, &t, timeout))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The partition count of `topic`, polling metadata until it shows or

@@ -13,7 +13,7 @@ use crate::gate::WatermarkGate;
 use crate::health::Health;
 use crate::metrics::ServingMetrics;
 use crate::replica::Replica;
-use common::kafka::{consumer_config, topic_partitions, Resume, ResumeCheck};
+use common::kafka::{consumer_config, wait_for_partitions, Resume, ResumeCheck};
 use common::realtime::RealtimeMessage;
 use common::shutdown::CancellationToken;
 use common::Cut;
@@ -63,16 +63,12 @@ impl Follower {
             brokers: self.brokers.clone(),
             source,
         };
-        let (b, t) = (self.brokers.clone(), self.topic.clone());
-        let partitions =
-            tokio::task::spawn_blocking(move || topic_partitions(&b, &t, Duration::from_secs(30)))
-                .await
-                .ok()
-                .flatten()
-                .ok_or_else(|| FollowError::NoTopic {
-                    topic: self.topic.clone(),
-                    brokers: self.brokers.clone(),
-                })?;
+        let partitions = wait_for_partitions(&self.brokers, &self.topic, Duration::from_secs(30))
+            .await
+            .ok_or_else(|| FollowError::NoTopic {
+                topic: self.topic.clone(),
+                brokers: self.brokers.clone(),
+            })?;
         let mut positions = self.store.offsets()?;
         let resumed = (!positions.is_empty())
             .then(|| self.store.as_of())

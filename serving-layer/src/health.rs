@@ -21,7 +21,7 @@ pub struct Health {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct Inner {
     batch_ok_at: Option<Instant>,
     batch_error: Option<String>,
@@ -112,7 +112,9 @@ impl Health {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let i = self.lock().clone();
+        // Copies only what an answer reports: never the sample history,
+        // since this runs on every query.
+        let i = self.lock();
         let now = Instant::now();
         let freshness = now.saturating_duration_since(i.caught_up_at.unwrap_or(self.started));
         let batch_stale = i.batch_error.is_some()
@@ -122,11 +124,11 @@ impl Health {
             uptime: now.saturating_duration_since(self.started),
             freshness,
             batch_stale,
-            batch_error: i.batch_error,
+            batch_error: i.batch_error.clone(),
             realtime_stale: freshness > self.stale_after,
-            kafka_error: i.kafka_error,
-            ends: i.ends,
-            follower_positions: i.follower_positions,
+            kafka_error: i.kafka_error.clone(),
+            ends: i.ends.clone(),
+            follower_positions: i.follower_positions.clone(),
             follower_held: i.follower_held,
         }
     }

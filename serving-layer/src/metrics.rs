@@ -116,9 +116,6 @@ impl ServingMetrics {
                 &[("route", route)],
             );
         }
-        let lag = |end: &Cut, pos: &Cut| -> i64 {
-            end.iter().map(|(p, o)| (o - pos.get(p)).max(0)).sum()
-        };
         w.single(
             "lambda_serving_shed_total",
             "counter",
@@ -155,13 +152,13 @@ impl ServingMetrics {
             "lambda_serving_events_lag",
             "gauge",
             "Events in Kafka not yet covered by answers (sum over partitions).",
-            lag(&health.ends.events, &facts.as_of),
+            facts.as_of.behind(&health.ends.events),
         )
         .single(
             "lambda_serving_realtime_topic_lag",
             "gauge",
             "Realtime-topic records not yet read by the follower.",
-            lag(&health.ends.realtime, &health.follower_positions),
+            health.follower_positions.behind(&health.ends.realtime),
         )
         .single(
             "lambda_serving_freshness_seconds",

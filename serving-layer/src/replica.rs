@@ -133,11 +133,12 @@ impl Replica {
         self.realtime.values().map(Vec::len).sum()
     }
 
-    fn cut(&self) -> Cut {
+    /// The current view's cut (empty before the first view).
+    fn cut(&self) -> &Cut {
+        static NONE: std::sync::OnceLock<Cut> = std::sync::OnceLock::new();
         self.view
             .as_ref()
-            .map(|v| v.cut().clone())
-            .unwrap_or_default()
+            .map_or_else(|| NONE.get_or_init(Cut::new), |v| v.cut())
     }
 
     /// The position every answer is exact at: per partition, whichever of
@@ -156,7 +157,7 @@ impl Replica {
         let batch = self.view.as_ref().map_or(0, |v| v.get(word));
         Merged {
             batch,
-            realtime: self.realtime_of(word, &self.cut()),
+            realtime: self.realtime_of(word, self.cut()),
         }
     }
 
@@ -178,7 +179,7 @@ impl Replica {
         let mut candidates: Vec<(&str, u64)> = Vec::new();
         let mut moved: FxHashSet<&str> = FxHashSet::default();
         for word in self.realtime.keys() {
-            let realtime = self.realtime_of(word, &cut);
+            let realtime = self.realtime_of(word, cut);
             if realtime > 0 {
                 let batch = self.view.as_ref().map_or(0, |v| v.get(word));
                 candidates.push((word, batch + realtime));
@@ -257,7 +258,7 @@ impl Replica {
 
     /// Drops realtime buckets the current view covers; returns how many.
     pub fn expire(&mut self) -> usize {
-        let cut = self.cut();
+        let cut = self.cut().clone();
         let size = self.size;
         let mut removed = 0;
         self.realtime.retain(|_, buckets| {

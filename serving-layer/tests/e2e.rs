@@ -267,17 +267,25 @@ fn assert_exact(serving: SocketAddr, truth: &Truth) {
     assert_eq!(got, expected);
 }
 
-fn recompute(serving: SocketAddr) -> Value {
-    let r = http(
-        serving,
-        "POST",
-        "/v1/admin/recompute",
-        &[("Authorization", &format!("Bearer {TOKEN}"))],
-        b"",
-    )
-    .expect("POST");
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice(&r.body).expect("JSON")
+/// Forces a recompute through the serving layer's admin endpoint and checks
+/// the serving layer answers from the new view when it returns.
+async fn recompute(serving: SocketAddr) -> Value {
+    let r: Value = tokio::task::spawn_blocking(move || {
+        let r = http(
+            serving,
+            "POST",
+            "/v1/admin/recompute",
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            b"",
+        )
+        .expect("POST");
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body).expect("JSON")
+    })
+    .await
+    .expect("recompute");
+    assert_eq!(r["loaded"], true, "{r}");
+    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -312,17 +320,11 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
     };
 
     let before = json(serving, "/v1/status")["batch"]["version"].as_u64();
-    let r = tokio::task::spawn_blocking(move || recompute(serving))
-        .await
-        .expect("recompute");
-    assert_eq!(r["loaded"], true, "{r}");
+    let r = recompute(serving).await;
     assert!(r["version"].as_u64() > before, "{r} after {before:?}");
     let second = events(2, 2000);
     produce(&stack.brokers, &stack.topic, second.clone()).await;
-    let r = tokio::task::spawn_blocking(move || recompute(serving))
-        .await
-        .expect("recompute");
-    assert_eq!(r["loaded"], true, "{r}");
+    recompute(serving).await;
 
     let truth = Truth::read(&stack.brokers, &stack.topic, first.len() + second.len()).await;
     let truth = tokio::task::spawn_blocking(move || {
@@ -362,10 +364,7 @@ async fn with_the_batch_layer_down_answers_continue_marked_stale() {
     let first = events(3, 500);
     produce(&stack.brokers, &stack.topic, first.clone()).await;
     let serving = stack.serving;
-    let r = tokio::task::spawn_blocking(move || recompute(serving))
-        .await
-        .expect("recompute");
-    assert_eq!(r["loaded"], true, "{r}");
+    recompute(serving).await;
 
     stack.batch_token.cancel();
     let batch = stack.batch;
@@ -410,10 +409,7 @@ async fn a_restarted_serving_layer_answers_exactly_from_its_own_stores() {
     let first = events(5, 800);
     produce(&stack.brokers, &stack.topic, first.clone()).await;
     let serving = stack.serving;
-    let r = tokio::task::spawn_blocking(move || recompute(serving))
-        .await
-        .expect("recompute");
-    assert_eq!(r["loaded"], true, "{r}");
+    let r = recompute(serving).await;
 
     // Stop the serving layer, and the batch layer too: the restarted one must
     // answer from its local view copy and realtime store, then catch up on

@@ -18,7 +18,7 @@ use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError};
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
 use common::kafka::{
-    consumer_config, producer_config, send_all, topic_partitions, Resume, ResumeCheck,
+    consumer_config, producer_config, send_all, wait_for_partitions, Resume, ResumeCheck,
 };
 use common::realtime::{RealtimeUpsert, Watermark, WATERMARK_KEY};
 use common::shutdown::CancellationToken;
@@ -256,11 +256,8 @@ pub async fn run(
 }
 
 async fn partition_count(brokers: &str, topic: &str) -> Result<usize, StreamError> {
-    let (b, t) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || topic_partitions(&b, &t, Duration::from_secs(30)))
+    wait_for_partitions(brokers, topic, Duration::from_secs(30))
         .await
-        .ok()
-        .flatten()
         .ok_or_else(|| StreamError::NoTopic {
             topic: topic.to_owned(),
             brokers: brokers.to_owned(),

@@ -3,6 +3,7 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::health::Snapshot;
 use crate::replica::Replica;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -99,6 +100,8 @@ pub const MAX_K: i64 = 1000;
 
 /// What every answer says about freshness, read once per request.
 struct Freshness {
+    /// The health facts it was derived from.
+    health: Snapshot,
     batch: BatchPart,
     realtime: RealtimePart,
     as_of: Cut,
@@ -146,6 +149,7 @@ fn freshness(state: &AppState, replica: &Replica) -> Freshness {
         as_of: replica.as_of(),
         freshness_ms: health.freshness.as_millis() as u64,
         stale,
+        health,
     }
 }
 
@@ -226,14 +230,10 @@ pub async fn top(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchStatus {
-    pub version: Option<u64>,
-    #[schema(value_type = PositionSchema)]
-    pub cut: Cut,
-    pub computed_at: Option<String>,
-    pub age_ms: Option<u64>,
+    #[serde(flatten)]
+    pub view: BatchPart,
     /// Events in Kafka not in the batch view.
-    pub lag: i64,
-    pub stale: bool,
+    pub lag: u64,
     /// The last error talking to the batch layer, if the last attempt failed.
     pub error: Option<String>,
 }
@@ -243,11 +243,11 @@ pub struct RealtimeStatus {
     #[schema(value_type = PositionSchema)]
     pub as_of: Cut,
     /// Events in Kafka not yet covered by the realtime counts.
-    pub lag: i64,
+    pub lag: u64,
     /// The follower's position in the realtime topic.
     #[schema(value_type = PositionSchema)]
     pub topic_position: Cut,
-    pub topic_lag: i64,
+    pub topic_lag: u64,
     /// Upserts received but waiting for their micro-batch's watermark.
     pub held_upserts: u64,
     /// Realtime (word, bucket) counts held.
@@ -271,15 +271,11 @@ pub struct StatusAnswer {
     #[schema(value_type = PositionSchema)]
     pub events_end: Cut,
     /// Events in Kafka not yet covered by answers.
-    pub lag: i64,
+    pub lag: u64,
     pub batch: BatchStatus,
     pub realtime: RealtimeStatus,
     /// Records in the dead-letter topic.
     pub dead_letters: u64,
-}
-
-fn lag(end: &Cut, position: &Cut) -> i64 {
-    end.iter().map(|(p, o)| (o - position.get(p)).max(0)).sum()
 }
 
 /// Each layer's position, lag, and the batch view's version and age.
@@ -293,35 +289,31 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
     let f = freshness(&state, &replica);
     let (ready, entries) = (replica.is_ready(), replica.realtime_entries());
     drop(replica);
-    let h = state.health.snapshot();
+    let h = f.health;
     let end = &h.ends.events;
     Json(StatusAnswer {
         ready,
         uptime_ms: h.uptime.as_millis() as u64,
-        lag: lag(end, &f.as_of),
+        lag: f.as_of.behind(end),
         batch: BatchStatus {
-            lag: lag(end, &f.batch.cut),
-            version: f.batch.version,
-            cut: f.batch.cut,
-            computed_at: f.batch.computed_at,
-            age_ms: f.batch.age_ms,
-            stale: f.batch.stale,
-            error: h.batch_error.clone(),
+            lag: f.batch.cut.behind(end),
+            view: f.batch,
+            error: h.batch_error,
         },
         realtime: RealtimeStatus {
-            lag: lag(end, &f.realtime.as_of),
+            lag: f.realtime.as_of.behind(end),
             as_of: f.realtime.as_of,
-            topic_lag: lag(&h.ends.realtime, &h.follower_positions),
-            topic_position: h.follower_positions.clone(),
+            topic_lag: h.follower_positions.behind(&h.ends.realtime),
+            topic_position: h.follower_positions,
             held_upserts: h.follower_held as u64,
             entries: entries as u64,
             stale: f.realtime.stale,
-            error: h.kafka_error.clone(),
+            error: h.kafka_error,
         },
         as_of: f.as_of,
         freshness_ms: f.freshness_ms,
         stale: f.stale,
-        events_end: h.ends.events.clone(),
+        events_end: h.ends.events,
         dead_letters: h.ends.dead_letters,
     })
 }

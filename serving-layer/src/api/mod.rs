@@ -163,21 +163,15 @@ fn overloaded(metrics: &ServingMetrics, error: BoxError) -> Response {
 }
 
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| {
-            crate::metrics::ROUTES
-                .iter()
-                .find(|r| **r == m.as_str())
-                .copied()
-                .unwrap_or("unmatched")
-        });
+    // `observe` maps a template it does not know to "unmatched".
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).await;
-    state
-        .metrics
-        .observe(route, response.status().as_u16(), started.elapsed());
+    state.metrics.observe(
+        route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
