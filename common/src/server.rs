@@ -4,7 +4,12 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -16,19 +21,61 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((listener, local))
 }
 
-/// Serves `app` until `token` is cancelled, then finishes in-flight requests.
-/// `name` labels the log line if the server fails.
+/// How long a client may take to send a request's headers. A connection
+/// that dribbles them (slowloris) is closed after this, so idle attackers
+/// cannot pile up; a connection waiting for its next keep-alive request is
+/// closed after the same time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for open connections to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `app` over HTTP/1.1 until `token` is cancelled, then lets in-flight
+/// requests finish (up to a few seconds). `name` labels log lines.
+///
+/// Hyper directly rather than `axum::serve`, which sets no timer and so no
+/// header-read timeout.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     token: CancellationToken,
     name: &'static str,
 ) {
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { token.cancelled().await })
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let stream = tokio::select! {
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: back off, keep serving
+                    // the connections already open.
+                    tracing::warn!(%error, server = name, "Cannot accept a connection.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, server = name, "Connection ended with an error.");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
+        .is_err()
     {
-        tracing::error!(%error, server = name, "HTTP server failed.");
+        tracing::warn!(
+            server = name,
+            "Connections still open after the drain timeout; closing them."
+        );
     }
 }
 
