@@ -174,17 +174,24 @@ async fn a_word_is_normalised_and_merged_with_its_freshness() {
 }
 
 #[tokio::test]
-async fn a_path_that_is_not_one_word_is_a_400() {
+async fn a_path_that_is_not_a_word_is_a_404_and_bad_input_a_400() {
     let app = app();
     for path in [
         "/v1/words/two%20words",
         "/v1/words/%21%21%21",
-        "/v1/words/%FF%FE",
         "/v1/words/a-b",
+        "/v1/words/%20word",
     ] {
+        let (status, body) = get(&app.router, path).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND);
+    }
+    let too_long = format!("/v1/words/{}", "a".repeat(601));
+    for path in ["/v1/words/%FF%FE", too_long.as_str()] {
         let (status, body) = get(&app.router, path).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST);
     }
+    let longest = format!("/v1/words/{}", "a".repeat(600));
+    assert_eq!(get(&app.router, &longest).await.0, StatusCode::OK);
 }
 
 #[tokio::test]

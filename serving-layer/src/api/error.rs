@@ -22,6 +22,8 @@ pub enum ApiError {
     Unauthorized,
     Forbidden(String),
     PayloadTooLarge(usize),
+    /// The request target is longer than the limit (bytes).
+    UriTooLong(usize),
     /// Overloaded, timed out, or a dependency is missing.
     Unavailable(String),
     /// The batch layer failed a forwarded request.
@@ -39,6 +41,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -55,6 +58,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method not allowed on this route".into(),
             Self::Unauthorized => "missing or wrong bearer token".into(),
             Self::PayloadTooLarge(max) => format!("request body larger than {max} bytes"),
+            Self::UriTooLong(max) => format!("request target longer than {max} bytes"),
             Self::Internal(_) => "internal error".into(),
         }
     }

@@ -153,14 +153,21 @@ fn freshness(state: &AppState, replica: &Replica) -> Freshness {
     }
 }
 
+/// The longest word `/v1/words/{word}` looks up (characters). Longer words
+/// are still counted, and listed by `/v1/top`.
+pub const MAX_WORD_CHARS: usize = 600;
+
 /// The merged count of one word.
 #[utoipa::path(
     get,
     path = "/v1/words/{word}",
-    params(("word" = String, Path, description = "One word; normalised by the tokenizer (lowercased)")),
+    params(("word" = String, Path,
+        description = "One word: letters and digits only (`char::is_alphanumeric`), at most 600 characters; looked up lowercased",
+        min_length = 1, max_length = 600)),
     responses(
         (status = 200, description = "The merged count and how fresh it is", body = WordAnswer),
-        (status = 400, description = "The path is not exactly one word", body = ErrorBody),
+        (status = 400, description = "Not UTF-8, or longer than 600 characters", body = ErrorBody),
+        (status = 404, description = "Not a word (it contains a character that separates words), so there is no count", body = ErrorBody),
         (status = 503, description = "Overloaded or timed out", body = ErrorBody),
     )
 )]
@@ -169,12 +176,24 @@ pub async fn word(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<WordAnswer>, ApiError> {
     let Path(raw) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let word = common::tokenizer::single_word(&raw).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "`{}` is not exactly one word (a word is a run of letters and digits)",
-            raw.chars().take(100).collect::<String>()
-        ))
-    })?;
+    if raw.chars().count() > MAX_WORD_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "a word is at most {MAX_WORD_CHARS} characters"
+        )));
+    }
+    // Strict: the segment must be a word as it stands, not text that
+    // contains one (`%20word` is not the word `word`).
+    let word = raw
+        .chars()
+        .all(char::is_alphanumeric)
+        .then(|| common::tokenizer::single_word(&raw))
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "`{}` is not a word (letters and digits only), so it has no count",
+                raw.chars().take(100).collect::<String>()
+            ))
+        })?;
     let replica = state.replica.read().unwrap_or_else(|p| p.into_inner());
     let merged = replica.word(&word);
     let mut f = freshness(&state, &replica);

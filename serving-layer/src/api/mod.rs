@@ -4,8 +4,9 @@
 //! `oneshot` and no socket. Around every route, outermost first:
 //!
 //! 1. `track`: counts the request and its latency under its route template;
-//! 2. `limit_body`: a declared body over `--max-body-bytes` is refused (413)
-//!    before anything reads it;
+//! 2. `limit_request`: a request target over [`MAX_URI_BYTES`] is refused
+//!    (414), and a declared body over `--max-body-bytes` (413), before
+//!    anything reads them;
 //! 3. load shedding over **one semaphore shared by every route**: a tower
 //!    concurrency limit added per route would be one limit per route (and
 //!    axum clones services), not a global one; saturated means 503 at once
@@ -144,7 +145,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route (see /openapi.json)".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(limits)
-        .layer(middleware::from_fn_with_state(state.clone(), limit_body))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_request))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -175,7 +176,18 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-async fn limit_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The longest request target (path and query) accepted, as most HTTP
+/// servers' defaults: a word longer than this cannot be looked up.
+pub const MAX_URI_BYTES: usize = 8 << 10;
+
+async fn limit_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target > MAX_URI_BYTES {
+        return ApiError::UriTooLong(MAX_URI_BYTES).into_response();
+    }
     let max = state.limits.max_body_bytes;
     let declared = request
         .headers()
