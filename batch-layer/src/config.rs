@@ -48,6 +48,12 @@ pub struct BatchArgs {
     /// MapReduce threads (0: one per CPU).
     #[arg(long, env = env::THREADS, default_value_t = 0)]
     pub threads: usize,
+
+    /// Fault injection for the reliability suite: sleep this long inside
+    /// every recompute, after counting and before publishing, so a test can
+    /// kill the process mid-recompute. Hidden; never set in production.
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub fault_recompute_pause: Option<Duration>,
 }
 
 impl BatchArgs {

@@ -156,15 +156,17 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     }
     {
         let token = token.clone();
-        let bucket_size = args.stream.bucket_size;
-        let interval = args.interval;
+        let schedule = Schedule {
+            bucket_size: args.stream.bucket_size,
+            interval: args.interval,
+            fault_pause: args.fault_recompute_pause,
+        };
         tasks.spawn(recompute_loop(
             log,
             store,
             engine,
             metrics,
-            bucket_size,
-            interval,
+            schedule,
             recompute_rx,
             token,
         ));
@@ -185,18 +187,25 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     Ok(RunningBatch { http_addr, handle })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// When and how the recompute loop runs.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    bucket_size: BucketSize,
+    interval: Duration,
+    /// See `BatchArgs::fault_recompute_pause`.
+    fault_pause: Option<Duration>,
+}
+
 async fn recompute_loop(
     log: Arc<Mutex<MasterLog>>,
     store: Arc<ViewStore>,
     engine: Arc<Engine>,
     metrics: Arc<BatchMetrics>,
-    bucket_size: BucketSize,
-    interval: Duration,
+    schedule: Schedule,
     mut requests: mpsc::Receiver<RecomputeRequest>,
     token: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(schedule.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let reply = tokio::select! {
@@ -206,7 +215,14 @@ async fn recompute_loop(
         };
         let (log, store, engine) = (Arc::clone(&log), Arc::clone(&store), Arc::clone(&engine));
         let result = tokio::task::spawn_blocking(move || {
-            recompute(&log, &store, &engine, bucket_size, false)
+            recompute(
+                &log,
+                &store,
+                &engine,
+                schedule.bucket_size,
+                false,
+                schedule.fault_pause,
+            )
         })
         .await;
         let answer = match result {

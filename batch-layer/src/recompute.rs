@@ -63,13 +63,15 @@ pub fn count_segments(engine: &Engine, segments: &[SegmentRef]) -> Result<JobOut
 }
 
 /// Recomputes from the master log and publishes a new view if the cut moved
-/// (or if `force` is set).
+/// (or if `force` is set). `fault_pause` (tests only) sleeps between
+/// counting and publishing.
 pub fn recompute(
     log: &Mutex<MasterLog>,
     store: &ViewStore,
     engine: &Engine,
     bucket_size: BucketSize,
     force: bool,
+    fault_pause: Option<std::time::Duration>,
 ) -> Result<Outcome, RecomputeError> {
     let started = Instant::now();
     let previous = store.latest()?;
@@ -87,7 +89,15 @@ pub fn recompute(
             tracing::warn!(previous = %prev.header.cut, new = %cut, "The new cut is behind the previous view's in some partition (was the log repaired?).");
         }
     }
+    tracing::info!(cut = %cut, segments = segments.len(), "Recomputing the batch view.");
     let out = count_segments(engine, &segments)?;
+    if let Some(pause) = fault_pause {
+        tracing::warn!(
+            pause_ms = pause.as_millis() as u64,
+            "Fault injection: pausing before publishing the view."
+        );
+        std::thread::sleep(pause);
+    }
     let version = previous.as_ref().map_or(1, |m| m.version + 1);
     let header = ViewHeader {
         format: FORMAT.to_owned(),

@@ -103,6 +103,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 fsync: Default::default(),
                 repair: false,
                 threads: 0,
+                fault_recompute_pause: None,
             },
             token.clone(),
         )
