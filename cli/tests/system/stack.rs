@@ -1,0 +1,675 @@
+//! The harness: the broker and the three layers as separate `lambda`
+//! processes, a producer of events with unique, checkable content, and the
+//! ground truth computed independently of the layers' code.
+
+use crate::common::{free_addr, Lcg};
+use ::common::testkit::{get, http, unique, wait_for, Consumed};
+use ::common::Cut;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The short profile runs in CI; `LAMBDA_SUITE=full` multiplies event counts
+/// and kills (see the README).
+pub fn full_profile() -> bool {
+    std::env::var("LAMBDA_SUITE").is_ok_and(|v| v == "full")
+}
+
+/// Scales a short-profile count up for the full profile.
+pub fn scaled(short: usize) -> usize {
+    if full_profile() {
+        short * 5
+    } else {
+        short
+    }
+}
+
+pub const TOKEN: &str = "suite-admin-token";
+/// Small buckets so that every recompute moves the cut and hands counts over.
+const BUCKET_SIZE: &str = "16";
+pub const MAX_EVENT_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Batch,
+    Speed,
+    Serve,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Batch, Role::Speed, Role::Serve];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Batch => "batch",
+            Role::Speed => "speed",
+            Role::Serve => "serve",
+        }
+    }
+}
+
+struct Proc {
+    child: Option<Child>,
+    addr: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+/// What a scenario changes about the stack.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The batch layer's data directory (default: under the stack's temp dir).
+    pub batch_data_dir: Option<PathBuf>,
+    /// Extra flags for the batch layer.
+    pub batch_flags: Vec<String>,
+}
+
+/// The running system.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub brokers: String,
+    pub topic: String,
+    pub rng: Lcg,
+    broker_addr: SocketAddr,
+    broker: Option<Child>,
+    procs: BTreeMap<Role, Proc>,
+}
+
+impl Stack {
+    /// Starts the broker process, creates the topics, starts the three roles
+    /// and waits until each answers HTTP.
+    pub async fn start(name: &str, options: Options) -> Stack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker_addr = free_addr();
+        let topic = unique(name);
+        let mut stack = Stack {
+            brokers: broker_addr.to_string(),
+            topic: topic.clone(),
+            rng: Lcg::from_clock(),
+            broker_addr,
+            broker: None,
+            procs: BTreeMap::new(),
+            dir,
+        };
+        stack.start_broker().await;
+        for t in [topic.clone(), format!("{topic}.dlq"), format!("{topic}.rt")] {
+            ::common::kafka::ensure_topic(&stack.brokers, &t, 3, Duration::from_secs(60))
+                .await
+                .expect("topic");
+        }
+        let addrs: BTreeMap<Role, SocketAddr> =
+            Role::ALL.iter().map(|&r| (r, free_addr())).collect();
+        for role in Role::ALL {
+            let data_dir = match (role, &options.batch_data_dir) {
+                (Role::Batch, Some(d)) => d.clone(),
+                _ => stack.dir.path().join(role.name()),
+            };
+            let mut args: Vec<String> = [
+                "--brokers",
+                &stack.brokers,
+                "--topic",
+                &topic,
+                "--dead-letter-topic",
+                &format!("{topic}.dlq"),
+                "--realtime-topic",
+                &format!("{topic}.rt"),
+                "--partitions",
+                "3",
+                "--bucket-size",
+                BUCKET_SIZE,
+                "--max-event-bytes",
+                &MAX_EVENT_BYTES.to_string(),
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 path"),
+                "--http-addr",
+                &addrs[&role].to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let batch = addrs[&Role::Batch].to_string();
+            let extra: Vec<String> = match role {
+                Role::Batch => {
+                    let mut f = vec![
+                        "--interval".into(),
+                        "2s".into(),
+                        "--admin-token".into(),
+                        TOKEN.into(),
+                    ];
+                    f.extend(options.batch_flags.iter().cloned());
+                    f
+                }
+                Role::Speed => vec![
+                    "--batch-url".into(),
+                    batch,
+                    "--cut-poll-interval".into(),
+                    "200ms".into(),
+                    "--micro-batch-records".into(),
+                    "500".into(),
+                ],
+                Role::Serve => vec![
+                    "--batch-url".into(),
+                    batch,
+                    "--view-poll-interval".into(),
+                    "200ms".into(),
+                    "--admin-token".into(),
+                    TOKEN.into(),
+                ],
+            };
+            args.extend(extra);
+            let log = stack.dir.path().join(format!("{}.log", role.name()));
+            stack.procs.insert(
+                role,
+                Proc {
+                    child: None,
+                    addr: addrs[&role],
+                    args,
+                    log,
+                },
+            );
+        }
+        for role in Role::ALL {
+            stack.start_role(role).await;
+        }
+        stack
+    }
+
+    pub fn addr(&self, role: Role) -> SocketAddr {
+        self.procs[&role].addr
+    }
+
+    pub fn log(&self, role: Role) -> String {
+        std::fs::read_to_string(&self.procs[&role].log).unwrap_or_default()
+    }
+
+    fn broker_log(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    /// Every process's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for role in Role::ALL {
+            let text = self.log(role);
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {} (last 40 lines) ---\n", role.name()));
+            for l in tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Starts (or restarts) the broker on the same address and data
+    /// directory, and waits until it accepts connections.
+    pub async fn start_broker(&mut self) {
+        assert!(self.broker.is_none(), "broker already running");
+        let child = spawn(
+            "broker",
+            &[
+                "--broker-addr".into(),
+                self.broker_addr.to_string(),
+                "--data-dir".into(),
+                self.dir
+                    .path()
+                    .join("broker")
+                    .to_str()
+                    .expect("utf-8")
+                    .into(),
+            ],
+            &self.broker_log(),
+        );
+        self.broker = Some(child);
+        let addr = self.broker_addr;
+        let log = self.broker_log();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "broker did not listen on {addr}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .expect("join");
+    }
+
+    /// Stops the broker with SIGTERM (a clean stop) and waits for it.
+    pub fn stop_broker(&mut self) {
+        let child = self.broker.take().expect("broker running");
+        assert!(terminate(child), "broker did not exit cleanly");
+    }
+
+    /// Starts a role and waits until its HTTP server answers.
+    pub async fn start_role(&mut self, role: Role) {
+        let proc = self.procs.get_mut(&role).expect("role");
+        assert!(proc.child.is_none(), "{} already running", role.name());
+        proc.child = Some(spawn(role.name(), &proc.args, &proc.log));
+        let addr = proc.addr;
+        let up = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while get(addr, "/metrics").is_err() {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            true
+        })
+        .await
+        .expect("join");
+        assert!(up, "{} did not come up:\n{}", role.name(), self.logs());
+    }
+
+    /// SIGKILLs a role.
+    pub fn kill(&mut self, role: Role) {
+        let mut child = self
+            .procs
+            .get_mut(&role)
+            .and_then(|p| p.child.take())
+            .expect("role running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+
+    /// SIGTERMs a role; it must exit 0.
+    pub fn stop(&mut self, role: Role) {
+        let child = self
+            .procs
+            .get_mut(&role)
+            .and_then(|p| p.child.take())
+            .expect("role running");
+        let clean = terminate(child);
+        assert!(
+            clean,
+            "{} did not exit 0 on SIGTERM:\n{}",
+            role.name(),
+            self.logs()
+        );
+    }
+
+    /// Starts a role, lets it run a random 100–1,000 ms, SIGKILLs it, `rounds` times.
+    pub async fn kill_repeatedly(&mut self, role: Role, rounds: usize) {
+        for round in 0..rounds {
+            self.start_role(role).await;
+            let ms = 100 + self.rng.next(900);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            self.kill(role);
+            eprintln!("{}: round {round} killed after {ms} ms", role.name());
+        }
+    }
+
+    /// Produces `events` (already encoded), waiting for every
+    /// acknowledgement; records that fail (broker down) are sent again until
+    /// acknowledged. Returns how many sends were retried.
+    pub async fn produce(&self, events: Vec<Vec<u8>>) -> usize {
+        self.producer().send(events).await
+    }
+
+    fn producer(&self) -> Producer {
+        Producer {
+            brokers: self.brokers.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+
+    /// Produces `events` in bursts of `burst` with a pause between bursts,
+    /// in the background.
+    pub fn produce_in_background(
+        &self,
+        events: Vec<Vec<u8>>,
+        burst: usize,
+        pause: Duration,
+    ) -> tokio::task::JoinHandle<usize> {
+        let producer = self.producer();
+        tokio::spawn(async move {
+            let mut retried = 0;
+            for chunk in events.chunks(burst) {
+                retried += producer.send(chunk.to_vec()).await;
+                tokio::time::sleep(pause).await;
+            }
+            retried
+        })
+    }
+
+    /// The events topic's end offsets.
+    pub async fn topic_ends(&self) -> Cut {
+        let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer =
+                ::common::kafka::consumer_config(&brokers, &unique("ends"))
+                    .create()
+                    .expect("consumer");
+            let mut cut = Cut::new();
+            for p in 0..3 {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
+                    .expect("watermarks");
+                cut.set(p, high);
+            }
+            cut
+        })
+        .await
+        .expect("join")
+    }
+
+    /// Every record of the events topic (read back with a plain consumer).
+    pub async fn topic_records(&self) -> (Cut, Vec<Consumed>) {
+        let ends = self.topic_ends().await;
+        let records = ::common::testkit::consume_below(
+            &self.brokers,
+            &self.topic,
+            &ends,
+            Duration::from_secs(120),
+        )
+        .await;
+        (ends, records)
+    }
+
+    /// Waits until the serving layer's answers cover `ends`.
+    pub async fn wait_served(&self, ends: &Cut, timeout: Duration) {
+        let addr = self.addr(Role::Serve);
+        let want = ends.clone();
+        let reached = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Some(s) = json(addr, "/v1/status") {
+                    if cut_of(&s["as_of"]) == want {
+                        return true;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .expect("join");
+        let status = json(self.addr(Role::Serve), "/v1/status");
+        assert!(
+            reached,
+            "serving never reached as_of {ends}; status {status:?}\n{}",
+            self.logs()
+        );
+    }
+
+    /// The end-of-scenario check: once production is over and the serving
+    /// layer covers the whole topic, every word of the topic's good events
+    /// is answered with exactly its count, at `as_of` == the topic's end,
+    /// and `/v1/top` equals the truth's ranking.
+    pub async fn assert_exact(&self) -> Truth {
+        let (ends, records) = self.topic_records().await;
+        let truth = Truth::of(&records);
+        self.wait_served(&ends, Duration::from_secs(180)).await;
+        let addr = self.addr(Role::Serve);
+        let words: Vec<(String, u64)> = truth.counts.iter().map(|(w, c)| (w.clone(), *c)).collect();
+        let want_top = truth.top(100);
+        let ends_c = ends.clone();
+        let mismatches = tokio::task::spawn_blocking(move || {
+            let mut bad = Vec::new();
+            for (word, want) in &words {
+                let a = json(addr, &format!("/v1/words/{word}")).expect("word answer");
+                let got = a["count"].as_u64().expect("count");
+                let as_of = cut_of(&a["as_of"]);
+                if got != *want || as_of != ends_c {
+                    bad.push(format!(
+                        "{word}: served {got} at {as_of}, truth {want} at {ends_c}"
+                    ));
+                }
+            }
+            let top = json(addr, "/v1/top?k=100").expect("top answer");
+            let got_top: Vec<(String, u64)> = top["words"]
+                .as_array()
+                .expect("words")
+                .iter()
+                .map(|w| {
+                    (
+                        w["word"].as_str().expect("word").to_owned(),
+                        w["count"].as_u64().expect("count"),
+                    )
+                })
+                .collect();
+            if got_top != want_top {
+                bad.push(format!(
+                    "top-100 differs: served {got_top:?}, truth {want_top:?}"
+                ));
+            }
+            bad
+        })
+        .await
+        .expect("join");
+        assert!(
+            mismatches.is_empty(),
+            "{} of {} words differ from the truth (first 20):\n{}\n{}",
+            mismatches.len(),
+            truth.counts.len(),
+            mismatches
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n"),
+            self.logs()
+        );
+        eprintln!(
+            "exact: {} words, {} good events, {} bad records, as_of {ends}",
+            truth.counts.len(),
+            truth.good_events,
+            truth.bad.len()
+        );
+        truth
+    }
+
+    /// Stops every role with SIGTERM (each must exit 0), then the broker.
+    pub fn shutdown(mut self) {
+        for role in Role::ALL {
+            if self.procs[&role].child.is_some() {
+                self.stop(role);
+            }
+        }
+        if self.broker.is_some() {
+            self.stop_broker();
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for proc in self.procs.values_mut() {
+            if let Some(mut c) = proc.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Some(mut c) = self.broker.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A producer usable from a background task.
+struct Producer {
+    brokers: String,
+    topic: String,
+}
+
+impl Producer {
+    async fn send(&self, events: Vec<Vec<u8>>) -> usize {
+        let producer: rdkafka::producer::FutureProducer =
+            ::common::kafka::producer_config(&self.brokers)
+                .set("message.timeout.ms", "5000")
+                .create()
+                .expect("producer");
+        let mut pending: Vec<(Option<String>, Vec<u8>)> =
+            events.into_iter().map(|e| (None, e)).collect();
+        let mut retried = 0;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !pending.is_empty() {
+            let results = ::common::kafka::send_all(&producer, &self.topic, &pending).await;
+            let failed: Vec<(Option<String>, Vec<u8>)> = pending
+                .into_iter()
+                .zip(results)
+                .filter(|(_, r)| r.is_err())
+                .map(|(rec, _)| rec)
+                .collect();
+            retried += failed.len();
+            assert!(Instant::now() < deadline, "records undelivered after 3 min");
+            if !failed.is_empty() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            pending = failed;
+        }
+        retried
+    }
+}
+
+fn spawn(role: &str, args: &[String], log: &Path) -> Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_lambda"))
+        .arg(role)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn lambda {role}: {e}"))
+}
+
+fn terminate(child: Child) -> bool {
+    crate::common::terminate(child)
+}
+
+/// GET a JSON answer (None on a connection error or a non-200 status).
+pub fn json(addr: SocketAddr, path: &str) -> Option<Value> {
+    let r = get(addr, path).ok()?;
+    (r.status == 200).then(|| serde_json::from_slice(&r.body).ok())?
+}
+
+/// POST the admin recompute to the serving layer; true on 200.
+pub fn admin_recompute(addr: SocketAddr) -> bool {
+    let auth = format!("Bearer {TOKEN}");
+    http(
+        addr,
+        "POST",
+        "/v1/admin/recompute",
+        &[("Authorization", auth.as_str())],
+        b"",
+    )
+    .is_ok_and(|r| r.status == 200)
+}
+
+pub fn cut_of(v: &Value) -> Cut {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+/// Event `i` of a scenario: a unique word `u<i>` plus six words of a
+/// 200-word vocabulary, so a lost or doubled event changes the count of a
+/// word that only it contains.
+pub fn event(i: usize) -> Vec<u8> {
+    let mut s = format!("u{i}");
+    for j in 0..6 {
+        let w = (i.wrapping_mul(7919) + j * 104_729) % 200;
+        s.push_str(&format!(" w{w}"));
+    }
+    s.into_bytes()
+}
+
+/// Ground truth, computed from what the events topic holds, by a rule
+/// written independently of the layers' tokenizer: a record counts if it is
+/// valid UTF-8, not empty and at most `MAX_EVENT_BYTES`; its words are the
+/// lowercased runs of ASCII letters and digits (the suite's events are ASCII).
+#[derive(Debug, Default)]
+pub struct Truth {
+    pub counts: BTreeMap<String, u64>,
+    pub good_events: usize,
+    /// (partition, offset, reason) of every record that is not an event.
+    pub bad: Vec<(i32, i64, &'static str)>,
+    /// Per word, per partition, the offsets of its occurrences (repeated per
+    /// occurrence), for the truth at a cut.
+    occurrences: HashMap<String, BTreeMap<i32, Vec<i64>>>,
+}
+
+impl Truth {
+    pub fn of(records: &[Consumed]) -> Truth {
+        let mut t = Truth::default();
+        for r in records {
+            let reason = if r.payload.is_empty() {
+                Some("empty")
+            } else if r.payload.len() > MAX_EVENT_BYTES {
+                Some("too-large")
+            } else if std::str::from_utf8(&r.payload).is_err() {
+                Some("invalid-utf8")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                t.bad.push((r.partition, r.offset, reason));
+                continue;
+            }
+            t.good_events += 1;
+            let text = std::str::from_utf8(&r.payload).expect("checked");
+            for word in text
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|w| !w.is_empty())
+            {
+                let word = word.to_ascii_lowercase();
+                *t.counts.entry(word.clone()).or_insert(0) += 1;
+                t.occurrences
+                    .entry(word)
+                    .or_default()
+                    .entry(r.partition)
+                    .or_default()
+                    .push(r.offset);
+            }
+        }
+        for per_partition in t.occurrences.values_mut() {
+            for offsets in per_partition.values_mut() {
+                offsets.sort_unstable();
+            }
+        }
+        t
+    }
+
+    /// The count of `word` over the records below `cut`.
+    pub fn at(&self, word: &str, cut: &Cut) -> u64 {
+        self.occurrences.get(word).map_or(0, |ps| {
+            ps.iter()
+                .map(|(&p, offsets)| offsets.partition_point(|&o| o < cut.get(p)) as u64)
+                .sum()
+        })
+    }
+
+    /// The first `k` words by count descending, then word ascending.
+    pub fn top(&self, k: usize) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> =
+            self.counts.iter().map(|(w, c)| (w.clone(), *c)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+pub async fn until(
+    what: &'static str,
+    timeout: Duration,
+    check: impl FnMut() -> Option<()> + Send + 'static,
+) {
+    tokio::task::spawn_blocking(move || wait_for(what, timeout, check))
+        .await
+        .expect(what);
+}
