@@ -14,8 +14,8 @@ mod robustness;
 mod stack;
 
 use ::common::dead_letter::headers;
-use stack::{admin_recompute, cut_of, event, json, scaled, until, Options, Role, Stack};
-use std::collections::{BTreeMap, HashMap};
+use stack::{admin_recompute, event, json, scaled, until, Options, Role, Sampler, Stack};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn events(range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
@@ -45,12 +45,20 @@ fn assert_resumed_mid_stream(stack: &Stack, role: Role, marker: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_layer_sigkilled_during_production() {
     let mut s = Stack::start("sys-speed", Options::default()).await;
-    let producer = steady(&s, scaled(3000));
+    let n = scaled(3000);
+    let producer = steady(&s, n);
+    let sampler = Sampler::start(&s, n);
     s.kill(Role::Speed);
-    s.kill_repeatedly(Role::Speed, scaled(5)).await;
+    s.kill_repeatedly(Role::Speed, 2).await;
+    // Without the batch layer the rest of the stream is counted by the
+    // speed layer alone, so the final answers check its counts too (a batch
+    // recompute would otherwise absorb, and hide, its errors).
+    s.stop(Role::Batch);
+    s.kill_repeatedly(Role::Speed, scaled(5) - 2).await;
     s.start_role(Role::Speed).await;
     producer.await.expect("producer");
-    s.assert_exact().await;
+    let truth = s.assert_exact().await;
+    sampler.finish(&truth).await;
     assert_resumed_mid_stream(&s, Role::Speed, "Resuming from the checkpoint");
     s.shutdown();
 }
@@ -64,7 +72,9 @@ async fn batch_layer_sigkilled_during_ingestion_and_recompute() {
         ..Options::default()
     };
     let mut s = Stack::start("sys-batch", options).await;
-    let producer = steady(&s, scaled(3000));
+    let n = scaled(3000);
+    let producer = steady(&s, n);
+    let sampler = Sampler::start(&s, n);
     s.kill(Role::Batch);
     s.kill_repeatedly(Role::Batch, scaled(3)).await;
 
@@ -110,7 +120,8 @@ async fn batch_layer_sigkilled_during_ingestion_and_recompute() {
         move || version_of().filter(|&v| v > before).map(|_| ()),
     )
     .await;
-    s.assert_exact().await;
+    let truth = s.assert_exact().await;
+    sampler.finish(&truth).await;
     assert_resumed_mid_stream(
         &s,
         Role::Batch,
@@ -122,12 +133,15 @@ async fn batch_layer_sigkilled_during_ingestion_and_recompute() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_layer_sigkilled_and_restarted() {
     let mut s = Stack::start("sys-serve", Options::default()).await;
-    let producer = steady(&s, scaled(3000));
+    let n = scaled(3000);
+    let producer = steady(&s, n);
+    let sampler = Sampler::start(&s, n);
     s.kill(Role::Serve);
     s.kill_repeatedly(Role::Serve, scaled(3)).await;
     s.start_role(Role::Serve).await;
     producer.await.expect("producer");
-    s.assert_exact().await;
+    let truth = s.assert_exact().await;
+    sampler.finish(&truth).await;
     assert_resumed_mid_stream(&s, Role::Serve, "Resuming the realtime topic");
     s.shutdown();
 }
@@ -135,7 +149,9 @@ async fn serving_layer_sigkilled_and_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_and_restarted_during_production() {
     let mut s = Stack::start("sys-broker", Options::default()).await;
-    let producer = steady(&s, scaled(3000));
+    let n = scaled(3000);
+    let producer = steady(&s, n);
+    let sampler = Sampler::start(&s, n);
     for round in 0..scaled(1) {
         tokio::time::sleep(Duration::from_millis(2000 + s.rng.next(2000))).await;
         s.stop_broker();
@@ -145,7 +161,8 @@ async fn broker_stopped_and_restarted_during_production() {
     }
     let retried = producer.await.expect("producer");
     eprintln!("producer: {retried} sends retried across the broker restart");
-    s.assert_exact().await;
+    let truth = s.assert_exact().await;
+    sampler.finish(&truth).await;
     s.shutdown();
 }
 
@@ -155,31 +172,7 @@ async fn view_swaps_under_continuous_queries_are_exact_at_their_as_of() {
     let n = scaled(3000);
     let producer = steady(&s, n);
     let serve = s.addr(Role::Serve);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        tokio::task::spawn_blocking(move || {
-            // A few frequent words and unique ones spread over the stream.
-            let words: Vec<String> = (0..8)
-                .map(|i| format!("w{i}"))
-                .chain((0..n).step_by(n / 8).map(|i| format!("u{i}")))
-                .collect();
-            let mut samples = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for w in &words {
-                    if let Some(a) = json(serve, &format!("/v1/words/{w}")) {
-                        samples.push((
-                            w.clone(),
-                            a["count"].as_u64().expect("count"),
-                            cut_of(&a["as_of"]),
-                            a["batch"]["version"].as_u64().unwrap_or(0),
-                        ));
-                    }
-                }
-            }
-            samples
-        })
-    };
+    let sampler = Sampler::start(&s, n);
     // Forced swaps on top of the 2 s interval.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -190,28 +183,13 @@ async fn view_swaps_under_continuous_queries_are_exact_at_their_as_of() {
     }
     producer.await.expect("producer");
     let truth = s.assert_exact().await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let samples = sampler.await.expect("sampler");
-
+    let samples = sampler.finish(&truth).await;
     let versions: std::collections::BTreeSet<u64> = samples.iter().map(|x| x.3).collect();
     assert!(
         versions.len() >= 3,
         "samples saw only batch versions {versions:?}: no swap happened under queries"
     );
-    let mut last: HashMap<&str, u64> = HashMap::new();
-    for (word, count, as_of, version) in &samples {
-        let want = truth.at(word, as_of);
-        assert_eq!(
-            *count, want,
-            "{word} answered {count} at as_of {as_of} (view v{version}); truth there is {want}"
-        );
-        let prev = last.insert(word, *count).unwrap_or(0);
-        assert!(*count >= prev, "{word} went down from {prev} to {count}");
-    }
-    eprintln!(
-        "{} samples over batch versions {versions:?}: each equals the truth at its as_of, none decreased",
-        samples.len()
-    );
+    eprintln!("samples spanned batch versions {versions:?}");
     s.shutdown();
 }
 

@@ -166,7 +166,7 @@ async fn openapi_fuzz_finds_no_server_error_and_no_schema_violation() {
                 &har_arg,
             ])
             .output()
-            .expect("schemathesis is installed (pip install -r bench/requirements.txt)")
+            .expect("schemathesis is installed (pip install -r requirements-test.txt)")
     })
     .await
     .expect("join");

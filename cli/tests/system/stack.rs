@@ -663,6 +663,77 @@ impl Truth {
     }
 }
 
+/// Queries a few words continuously in the background (frequent ones and
+/// unique ones spread over the stream), recording every answer.
+pub struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+/// One answer: word, count, `as_of`, batch view version.
+pub type Sample = (String, u64, Cut, u64);
+
+impl Sampler {
+    /// Samples the serving layer of `stack` for a stream of `events` events.
+    pub fn start(stack: &Stack, events: usize) -> Sampler {
+        let serve = stack.addr(Role::Serve);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let words: Vec<String> = (0..8)
+                .map(|i| format!("w{i}"))
+                .chain(
+                    (0..events)
+                        .step_by((events / 8).max(1))
+                        .map(|i| format!("u{i}")),
+                )
+                .collect();
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for w in &words {
+                    // Unanswered while the serving layer is down: skipped.
+                    if let Some(a) = json(serve, &format!("/v1/words/{w}")) {
+                        samples.push((
+                            w.clone(),
+                            a["count"].as_u64().expect("count"),
+                            cut_of(&a["as_of"]),
+                            a["batch"]["version"].as_u64().unwrap_or(0),
+                        ));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            samples
+        });
+        Sampler { stop, handle }
+    }
+
+    /// Stops sampling and checks every sample against the truth at its own
+    /// `as_of`, and that no word's count ever went down (a restarted serving
+    /// layer answers only once it has restored its replica). Returns the
+    /// samples.
+    pub async fn finish(self, truth: &Truth) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = self.handle.await.expect("sampler");
+        assert!(!samples.is_empty(), "the sampler got no answer at all");
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        for (word, count, as_of, version) in &samples {
+            let want = truth.at(word, as_of);
+            assert_eq!(
+                *count, want,
+                "{word} answered {count} at as_of {as_of} (view v{version}); the truth there is {want}"
+            );
+            let prev = last.insert(word, *count).unwrap_or(0);
+            assert!(*count >= prev, "{word} went down from {prev} to {count}");
+        }
+        eprintln!(
+            "{} samples: each equals the truth at its as_of, none decreased",
+            samples.len()
+        );
+        samples
+    }
+}
+
 /// Waits until `check` holds, polling; panics with `what` after `timeout`.
 pub async fn until(
     what: &'static str,
