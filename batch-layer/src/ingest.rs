@@ -266,17 +266,21 @@ async fn append_with_retry(
     topic: &str,
 ) {
     let batch = Arc::new(batch);
+    // A failed attempt may leave part of the batch in the log (a partition
+    // written before another failed), which the retry then skips as already
+    // there; so what the batch added is measured against the log's end before
+    // the first attempt, not summed per attempt.
+    let before = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
     let mut delay = Duration::from_millis(200);
     loop {
         let log = Arc::clone(log);
         let records = Arc::clone(&batch);
         let result = tokio::task::spawn_blocking(move || append_batch(&log, &records)).await;
         match result {
-            Ok(Ok((appended, ends))) => {
-                metrics.records_ingested.add(appended as u64);
-                metrics
-                    .duplicates_skipped
-                    .add((batch.len() - appended) as u64);
+            Ok(Ok(ends)) => {
+                let added = added_by(&batch, &before, &ends);
+                metrics.records_ingested.add(added as u64);
+                metrics.duplicates_skipped.add((batch.len() - added) as u64);
                 commit_for_monitoring(consumer, topic, &ends);
                 return;
             }
@@ -304,18 +308,14 @@ async fn append_with_retry(
 /// Appends a batch (grouped by partition, in offset order) and applies the
 /// fsync policy, under one hold of the lock, so that a cut taken by a
 /// recompute never includes records that are not durable.
-fn append_batch(
-    log: &Mutex<MasterLog>,
-    batch: &[Pending],
-) -> Result<(usize, common::Cut), LogError> {
+fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<common::Cut, LogError> {
     let mut by_partition: BTreeMap<Partition, Vec<&Pending>> = BTreeMap::new();
     for p in batch {
         by_partition.entry(p.partition).or_default().push(p);
     }
     let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-    let mut appended = 0;
     for (partition, records) in by_partition {
-        appended += log.append(
+        log.append(
             partition,
             records.into_iter().map(|r| Record {
                 offset: r.offset,
@@ -326,7 +326,16 @@ fn append_batch(
         )?;
     }
     log.commit()?;
-    Ok((appended, log.end_offsets()))
+    Ok(log.end_offsets())
+}
+
+/// How many records of `batch` lie between the log's ends `before` and
+/// `after`: the ones this batch added (the rest were already there).
+fn added_by(batch: &[Pending], before: &common::Cut, after: &common::Cut) -> usize {
+    batch
+        .iter()
+        .filter(|r| (before.get(r.partition)..after.get(r.partition)).contains(&r.offset))
+        .count()
 }
 
 fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, ends: &common::Cut) {
@@ -336,5 +345,36 @@ fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, ends: &common::
     }
     if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::debug!(%error, "Monitoring commit failed (harmless: positions come from the master log).");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(partition: Partition, offset: Offset) -> Pending {
+        Pending {
+            partition,
+            offset,
+            timestamp_ms: None,
+            kind: RecordKind::Event,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_batch_counts_what_it_added_across_a_partial_first_attempt() {
+        // Partition 0 held 0..10 and partition 1 was empty; the batch carries
+        // 8..14 of partition 0 (8 and 9 redelivered) and 0..3 of partition 1.
+        // Whether or not a failed attempt wrote partition 0 first, the batch
+        // added 4 + 3 records.
+        let batch: Vec<Pending> = (8..14)
+            .map(|o| pending(0, o))
+            .chain((0..3).map(|o| pending(1, o)))
+            .collect();
+        let before: common::Cut = [(0, 10)].into_iter().collect();
+        let after: common::Cut = [(0, 14), (1, 3)].into_iter().collect();
+        assert_eq!(added_by(&batch, &before, &after), 7);
+        assert_eq!(added_by(&batch, &after, &after), 0);
     }
 }

@@ -243,3 +243,65 @@ fn corruption_in_an_older_segment_refuses_and_repair_quarantines() {
         .join(victim.file_name().expect("name"));
     assert!(quarantined.exists());
 }
+
+/// A full disk in the middle of a batch over two partitions: the failed
+/// partition is cut back to its last commit (no partial record is left), and
+/// once space is back the retried batch lands exactly once.
+#[test]
+fn a_full_disk_leaves_no_partial_batch_and_the_retry_lands_exactly_once() {
+    let mount_point = std::env::temp_dir().join(common::testkit::unique("lambda-log-fs"));
+    let fs = common::testkit::Tmpfs::mount(mount_point, "64k");
+    let payload = "x".repeat(1000);
+    let batch = |log: &mut MasterLog, from: [i64; 2]| -> Result<(), LogError> {
+        for (p, &start) in from.iter().enumerate() {
+            log.append(p as i32, (start..start + 4).map(|o| event(o, &payload)))?;
+        }
+        log.commit()
+    };
+    let mut log = MasterLog::open(fs.path(), options(8 * 1024)).expect("open");
+    let mut next = [0i64; 2];
+    let error = loop {
+        match batch(&mut log, next) {
+            Ok(()) => next = next.map(|n| n + 4),
+            Err(error) => break error,
+        }
+        assert!(next[0] < 10_000, "a 64 KiB tmpfs never filled up");
+    };
+    assert!(matches!(error, LogError::Io { .. }), "{error}");
+    // Each partition holds whole batches only, contiguous from offset 0.
+    let ends = log.end_offsets();
+    for p in 0..2 {
+        let end = ends.get(p);
+        assert!(
+            end == next[p as usize] || end == next[p as usize] + 4,
+            "partition {p} ends at {end}, batches end at {next:?}"
+        );
+    }
+    let offsets = |log: &MasterLog| -> Vec<(i32, i64)> {
+        read_all(log, &log.end_offsets())
+            .into_iter()
+            .map(|(p, o, text)| {
+                assert_eq!(text, payload);
+                (p, o)
+            })
+            .collect()
+    };
+    let contiguous = |ends: &Cut| -> Vec<(i32, i64)> {
+        (0..2)
+            .flat_map(|p| (0..ends.get(p)).map(move |o| (p, o)))
+            .collect()
+    };
+    assert_eq!(offsets(&log), contiguous(&ends));
+
+    fs.resize("16m");
+    batch(&mut log, next).expect("the retry succeeds once space is back");
+    drop(log);
+    let log = MasterLog::open(fs.path(), options(8 * 1024)).expect("reopen: no torn tail");
+    let want: Cut = [(0, next[0] + 4), (1, next[1] + 4)].into_iter().collect();
+    assert_eq!(log.end_offsets(), want);
+    assert_eq!(
+        offsets(&log),
+        contiguous(&want),
+        "every record exactly once"
+    );
+}

@@ -33,6 +33,8 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    #[error("master log of partition {partition} could not cut off a failed write, so its end is unknown; refusing appends until a restart recovers it")]
+    Wedged { partition: Partition },
     #[error("master log is corrupt in {path} at byte {position}: {reason}; refusing to start (run with --repair to quarantine the damaged segment and re-ingest it from Kafka)")]
     Corrupt {
         path: PathBuf,
@@ -160,7 +162,7 @@ impl MasterLog {
     pub fn commit(&mut self) -> Result<(), LogError> {
         let policy = self.options.fsync;
         for log in self.partitions.values_mut() {
-            log.sync_per_policy(policy)?;
+            log.commit(policy)?;
         }
         Ok(())
     }

@@ -23,6 +23,12 @@ pub fn segment_file_name(base_offset: Offset) -> String {
     format!("{base_offset:020}{SEGMENT_SUFFIX}")
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    len: u64,
+    next_offset: Option<Offset>,
+}
+
 /// An append-only log of one Kafka partition.
 #[derive(Debug)]
 pub struct PartitionLog {
@@ -34,6 +40,9 @@ pub struct PartitionLog {
     next_offset: Option<Offset>,
     /// Whether bytes were written since the last fsync.
     dirty: bool,
+    /// The state to return to when a write or fsync fails: the active
+    /// segment's length and the next offset at the last commit (or roll).
+    mark: Mark,
     segment_bytes: u64,
     buf: Vec<u8>,
 }
@@ -119,6 +128,10 @@ impl PartitionLog {
             }
         }
 
+        let mark = Mark {
+            len: segments.last().map_or(0, |s| s.len),
+            next_offset,
+        };
         let mut log = PartitionLog {
             partition,
             dir: dir.to_owned(),
@@ -126,6 +139,7 @@ impl PartitionLog {
             active: None,
             next_offset,
             dirty: false,
+            mark,
             segment_bytes: options.segment_bytes,
             buf: Vec::new(),
         };
@@ -157,6 +171,11 @@ impl PartitionLog {
         &mut self,
         records: impl IntoIterator<Item = Record<'a>>,
     ) -> Result<usize, LogError> {
+        if self.active.is_none() && !self.segments.is_empty() {
+            return Err(LogError::Wedged {
+                partition: self.partition,
+            });
+        }
         let mut appended = 0;
         self.buf.clear();
         // The offset after the last record written or buffered.
@@ -181,9 +200,7 @@ impl PartitionLog {
         Ok(appended)
     }
 
-    /// Writes the buffered records; `next` is the offset after them. On
-    /// failure (a full disk, say) the partial write is cut off again, so the
-    /// log and its resume position stay exactly as before the batch.
+    /// Writes the buffered records; `next` is the offset after them.
     fn flush_buf(&mut self, next: Option<Offset>) -> Result<(), LogError> {
         if self.buf.is_empty() {
             return Ok(());
@@ -196,18 +213,48 @@ impl PartitionLog {
             .active
             .as_mut()
             .expect("the last segment is open for appending");
-        if let Err(e) = file.write_all(&self.buf) {
-            if let Err(undo) = file.set_len(seg.len) {
-                tracing::error!(file = %seg.path.display(), error = %undo, "Cannot cut off a failed write; recovery will truncate it as a torn tail.");
-            }
-            self.buf.clear();
-            return Err(LogError::io(&seg.path, e));
-        }
-        seg.len += self.buf.len() as u64;
+        let written = file.write_all(&self.buf);
+        let len = self.buf.len() as u64;
         self.buf.clear();
+        if let Err(e) = written {
+            let error = LogError::io(&seg.path, e);
+            return Err(self.cut_back(error));
+        }
+        seg.len += len;
         self.dirty = true;
         self.next_offset = next;
         Ok(())
+    }
+
+    /// After a failed write or fsync (a full disk, say): cuts the active
+    /// segment back to the last commit, so the log and its resume position are
+    /// exactly as before the failed batch and a retry writes it again. After a
+    /// failed fsync the kernel may already have dropped the dirty pages while
+    /// still serving them from cache, so bytes written since the mark can never
+    /// be trusted again; they are cut, not re-synced. If even the cut fails the
+    /// file's end is unknown: the partition refuses appends until a restart,
+    /// whose recovery scan finds the true end.
+    fn cut_back(&mut self, error: LogError) -> LogError {
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("only called with an active segment");
+        let Some(file) = self.active.as_ref() else {
+            return error;
+        };
+        match file.set_len(self.mark.len) {
+            Ok(()) => {
+                seg.len = self.mark.len;
+                self.next_offset = self.mark.next_offset;
+                // The shorter length itself must reach the disk.
+                self.dirty = true;
+            }
+            Err(undo) => {
+                tracing::error!(partition = self.partition, file = %seg.path.display(), error = %undo, "Cannot cut off a failed write; refusing appends until a restart recovers the log.");
+                self.active = None;
+            }
+        }
+        error
     }
 
     fn roll(&mut self, base_offset: Offset) -> Result<(), LogError> {
@@ -215,10 +262,14 @@ impl PartitionLog {
         // recovery only ever finds a torn tail in the last segment.
         self.sync()?;
         let path = self.dir.join(segment_file_name(base_offset));
+        // Not `create_new`: a roll that failed after creating the file (its
+        // directory entry could not be synced, say) leaves it behind empty or
+        // cut, and the retry must be able to take it over.
         let file = OpenOptions::new()
-            .create_new(true)
+            .create(true)
             .append(true)
             .open(&path)
+            .and_then(|f| f.set_len(0).map(|()| f))
             .map_err(|e| LogError::io(&path, e))?;
         sync_dir(&self.dir)?;
         self.active = Some(file);
@@ -227,26 +278,39 @@ impl PartitionLog {
             path,
             len: 0,
         });
+        self.mark = Mark {
+            len: 0,
+            next_offset: self.next_offset,
+        };
         Ok(())
     }
 
-    /// Makes everything appended so far durable.
+    /// Makes everything appended so far durable. On failure the active
+    /// segment is cut back to the last commit (see [`Self::cut_back`]).
     pub fn sync(&mut self) -> Result<(), LogError> {
         if let (true, Some(file), Some(seg)) =
             (self.dirty, self.active.as_ref(), self.segments.last())
         {
-            file.sync_data().map_err(|e| LogError::io(&seg.path, e))?;
+            if let Err(e) = file.sync_data() {
+                let error = LogError::io(&seg.path, e);
+                return Err(self.cut_back(error));
+            }
         }
         self.dirty = false;
         Ok(())
     }
 
-    /// Applies the fsync policy after a batch.
-    pub fn sync_per_policy(&mut self, policy: FsyncPolicy) -> Result<(), LogError> {
-        match policy {
-            FsyncPolicy::EveryBatch => self.sync(),
-            FsyncPolicy::Never => Ok(()),
+    /// Ends a batch: applies the fsync policy, and on success makes the
+    /// batch the state a later failure returns to.
+    pub fn commit(&mut self, policy: FsyncPolicy) -> Result<(), LogError> {
+        if policy == FsyncPolicy::EveryBatch {
+            self.sync()?;
         }
+        self.mark = Mark {
+            len: self.segments.last().map_or(0, |s| s.len),
+            next_offset: self.next_offset,
+        };
+        Ok(())
     }
 }
 

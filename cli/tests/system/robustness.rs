@@ -146,8 +146,12 @@ async fn openapi_fuzz_finds_no_server_error_and_no_schema_violation() {
     };
     let har = s.dir.path().join("fuzz.har");
     let har_arg = har.to_str().expect("utf-8").to_owned();
+    // Its example cache (.schemathesis/) goes to the scenario's directory,
+    // not the source tree.
+    let cwd = s.dir.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("schemathesis")
+            .current_dir(&cwd)
             .args([
                 "run",
                 &format!("http://{addr}/openapi.json"),
