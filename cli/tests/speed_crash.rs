@@ -66,9 +66,11 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     for m in &upserts {
         match RealtimeMessage::decode(m.key.as_deref(), Some(&m.payload)).expect("realtime message")
         {
-            RealtimeMessage::Upsert(u) => {
-                let c = published.entry(u.key()).or_insert(0);
-                *c = (*c).max(u.count);
+            RealtimeMessage::Upserts(us) => {
+                for u in us {
+                    let c = published.entry(u.key()).or_insert(0);
+                    *c = (*c).max(u.count);
+                }
             }
             RealtimeMessage::Watermark(_) => watermarks += 1,
         }

@@ -3,11 +3,15 @@
 //!
 //! Two kinds of message share the topic:
 //!
-//! - an **upsert** carries the *absolute* count of one (word, partition,
-//!   bucket), keyed `partition/bucket/word` so its updates stay in one topic
-//!   partition and in order. Counts of a bucket only grow, so applying an
-//!   upsert as `max(stored, count)` is idempotent and tolerates redelivery and
-//!   reordering alike;
+//! - an **upserts** record (key [`UPSERTS_KEY`]) packs the *absolute* counts
+//!   of many (word, partition, bucket)s, as a JSON array of
+//!   `[word, partition, bucket, count]`. Each upsert goes to the topic
+//!   partition [`route`] picks from its `partition/bucket/word` key, so the
+//!   updates of one key stay in one topic partition and in order. Counts of a
+//!   bucket only grow, so applying an upsert as `max(stored, count)` is
+//!   idempotent and tolerates redelivery and reordering alike. Packing matters:
+//!   a micro-batch changes several counts per event, and one record per count
+//!   made the broker carry about seven realtime records per event;
 //! - a **watermark** (key [`WATERMARK_KEY`]) closes a micro-batch: the speed
 //!   layer sends one to *every* topic partition after all of the micro-batch's
 //!   upserts were acknowledged, carrying the checkpointed events positions.
@@ -18,8 +22,15 @@
 use crate::cut::{Cut, Partition};
 use serde::{Deserialize, Serialize};
 
-/// The key of watermark messages; upsert keys always contain a `/`.
+/// The key of watermark messages.
 pub const WATERMARK_KEY: &str = "watermark";
+
+/// The key of packed upserts.
+pub const UPSERTS_KEY: &str = "upserts";
+
+/// A packed record is closed once its payload reaches this size, well under
+/// Kafka's default 1 MB message limit.
+pub const PACK_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RealtimeUpsert {
@@ -30,9 +41,50 @@ pub struct RealtimeUpsert {
 }
 
 impl RealtimeUpsert {
-    /// The Kafka key: `partition/bucket/word`.
+    /// The upsert's key: `partition/bucket/word`.
     pub fn key(&self) -> String {
         format!("{}/{}/{}", self.partition, self.bucket, self.word)
+    }
+}
+
+/// The realtime topic partition of the upserts of one (word, partition,
+/// bucket): CRC32C of its key, stable across processes and versions.
+pub fn route(word: &str, partition: Partition, bucket: u64, partitions: usize) -> i32 {
+    let mut crc = crc32c::crc32c(format!("{partition}/{bucket}/").as_bytes());
+    crc = crc32c::crc32c_append(crc, word.as_bytes());
+    (crc as usize % partitions.max(1)) as i32
+}
+
+/// Packs upserts into record payloads of about [`PACK_BYTES`] each (one
+/// upsert larger than that gets a record of its own).
+#[derive(Debug, Default)]
+pub struct Packer {
+    current: Vec<u8>,
+    done: Vec<Vec<u8>>,
+}
+
+impl Packer {
+    pub fn push(&mut self, word: &str, partition: Partition, bucket: u64, count: u64) {
+        self.current
+            .push(if self.current.is_empty() { b'[' } else { b',' });
+        serde_json::to_writer(&mut self.current, &(word, partition, bucket, count))
+            .expect("writing JSON to a Vec cannot fail");
+        if self.current.len() >= PACK_BYTES {
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        if !self.current.is_empty() {
+            self.current.push(b']');
+            self.done.push(std::mem::take(&mut self.current));
+        }
+    }
+
+    /// The payloads, each a complete JSON array.
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        self.close();
+        self.done
     }
 }
 
@@ -46,7 +98,7 @@ pub struct Watermark {
 /// One record of the realtime topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RealtimeMessage {
-    Upsert(RealtimeUpsert),
+    Upserts(Vec<RealtimeUpsert>),
     Watermark(Watermark),
 }
 
@@ -54,14 +106,31 @@ impl RealtimeMessage {
     /// Decodes a record from its key and payload.
     pub fn decode(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Self, String> {
         let payload = payload.ok_or("the record has no payload")?;
-        if key == Some(WATERMARK_KEY.as_bytes()) {
-            serde_json::from_slice(payload)
+        match key {
+            Some(k) if k == WATERMARK_KEY.as_bytes() => serde_json::from_slice(payload)
                 .map(Self::Watermark)
-                .map_err(|e| format!("malformed watermark: {e}"))
-        } else {
-            serde_json::from_slice(payload)
-                .map(Self::Upsert)
-                .map_err(|e| format!("malformed upsert: {e}"))
+                .map_err(|e| format!("malformed watermark: {e}")),
+            Some(k) if k == UPSERTS_KEY.as_bytes() => {
+                serde_json::from_slice::<Vec<(String, Partition, u64, u64)>>(payload)
+                    .map(|packed| {
+                        Self::Upserts(
+                            packed
+                                .into_iter()
+                                .map(|(word, partition, bucket, count)| RealtimeUpsert {
+                                    word,
+                                    partition,
+                                    bucket,
+                                    count,
+                                })
+                                .collect(),
+                        )
+                    })
+                    .map_err(|e| format!("malformed upserts: {e}"))
+            }
+            _ => Err(format!(
+                "unknown key {:?}",
+                key.map(String::from_utf8_lossy).unwrap_or_default()
+            )),
         }
     }
 }
@@ -70,24 +139,69 @@ impl RealtimeMessage {
 mod tests {
     use super::*;
 
+    fn upsert(word: &str, partition: Partition, bucket: u64, count: u64) -> RealtimeUpsert {
+        RealtimeUpsert {
+            word: word.into(),
+            partition,
+            bucket,
+            count,
+        }
+    }
+
+    fn decode_all(payloads: &[Vec<u8>]) -> Vec<RealtimeUpsert> {
+        payloads
+            .iter()
+            .flat_map(
+                |p| match RealtimeMessage::decode(Some(UPSERTS_KEY.as_bytes()), Some(p)) {
+                    Ok(RealtimeMessage::Upserts(u)) => u,
+                    other => panic!("not upserts: {other:?}"),
+                },
+            )
+            .collect()
+    }
+
     #[test]
-    fn upserts_round_trip_as_json() {
-        let u = RealtimeUpsert {
-            word: "café".into(),
-            partition: 2,
-            bucket: 7,
-            count: 41,
-        };
-        let json = serde_json::to_string(&u).expect("serialise");
+    fn upserts_pack_into_json_arrays_and_round_trip() {
+        let mut packer = Packer::default();
+        packer.push("café", 2, 7, 41);
+        packer.push("\"q\"", 0, 0, 1);
+        let payloads = packer.finish();
+        assert_eq!(payloads.len(), 1);
         assert_eq!(
-            json,
-            r#"{"word":"café","partition":2,"bucket":7,"count":41}"#
+            String::from_utf8_lossy(&payloads[0]),
+            r#"[["café",2,7,41],["\"q\"",0,0,1]]"#
         );
         assert_eq!(
-            RealtimeMessage::decode(Some(u.key().as_bytes()), Some(json.as_bytes())),
-            Ok(RealtimeMessage::Upsert(u.clone()))
+            decode_all(&payloads),
+            vec![upsert("café", 2, 7, 41), upsert("\"q\"", 0, 0, 1)]
         );
-        assert_eq!(u.key(), "2/7/café");
+        assert!(Packer::default().finish().is_empty(), "nothing to send");
+    }
+
+    #[test]
+    fn big_batches_split_into_records_under_the_pack_size() {
+        let mut packer = Packer::default();
+        let want: Vec<RealtimeUpsert> = (0..40_000)
+            .map(|i| upsert(&format!("word{i}"), i % 3, i as u64 / 7, i as u64))
+            .collect();
+        for u in &want {
+            packer.push(&u.word, u.partition, u.bucket, u.count);
+        }
+        let payloads = packer.finish();
+        assert!(payloads.len() > 1, "{} records", payloads.len());
+        assert!(payloads.iter().all(|p| p.len() < PACK_BYTES + 64));
+        assert_eq!(decode_all(&payloads), want);
+    }
+
+    #[test]
+    fn routing_is_stable_and_spreads_keys() {
+        assert_eq!(route("café", 2, 7, 4), route("café", 2, 7, 4));
+        let mut used = [0usize; 4];
+        for i in 0..1000 {
+            used[route(&format!("w{i}"), 0, 0, 4) as usize] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 150), "{used:?}");
+        assert_eq!(route("x", 0, 0, 1), 0);
     }
 
     #[test]
@@ -100,8 +214,9 @@ mod tests {
             RealtimeMessage::decode(Some(WATERMARK_KEY.as_bytes()), Some(&json)),
             Ok(RealtimeMessage::Watermark(w))
         );
-        // A watermark payload under an upsert key is a malformed upsert.
-        assert!(RealtimeMessage::decode(Some(b"0/0/a"), Some(&json)).is_err());
+        // A watermark payload under the upserts key is malformed upserts.
+        assert!(RealtimeMessage::decode(Some(UPSERTS_KEY.as_bytes()), Some(&json)).is_err());
+        assert!(RealtimeMessage::decode(Some(b"0/0/a"), Some(b"[]")).is_err());
         assert!(RealtimeMessage::decode(None, None).is_err());
     }
 }

@@ -161,7 +161,11 @@ impl Follower {
 
     fn accept<M: Message>(&self, gate: &mut WatermarkGate, m: &M) {
         match RealtimeMessage::decode(m.key(), m.payload()) {
-            Ok(RealtimeMessage::Upsert(u)) => gate.upsert(m.partition(), u),
+            Ok(RealtimeMessage::Upserts(upserts)) => {
+                for u in upserts {
+                    gate.upsert(m.partition(), u);
+                }
+            }
             Ok(RealtimeMessage::Watermark(w)) => {
                 gate.watermark(m.partition(), m.offset(), w.positions)
             }

@@ -11,6 +11,7 @@ pub struct SpeedMetrics {
     pub below_cut_skipped: Counter,
     pub micro_batches: Counter,
     pub upserts_published: Counter,
+    pub realtime_records: Counter,
     pub publish_failures: Counter,
     pub checkpoint_failures: Counter,
     pub consumer_errors: Counter,
@@ -51,8 +52,14 @@ impl SpeedMetrics {
         .single(
             "lambda_speed_upserts_published_total",
             "counter",
-            "Records published to the realtime topic (upserts and watermarks).",
+            "Count upserts published to the realtime topic (many per record).",
             self.upserts_published.get(),
+        )
+        .single(
+            "lambda_speed_realtime_records_total",
+            "counter",
+            "Records published to the realtime topic (packed upserts and watermarks).",
+            self.realtime_records.get(),
         )
         .single(
             "lambda_speed_publish_failures_total",

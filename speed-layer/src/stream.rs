@@ -20,7 +20,7 @@ use common::event::decode_message;
 use common::kafka::{
     consumer_config, producer_config, send_all, wait_for_partitions, Resume, ResumeCheck,
 };
-use common::realtime::{RealtimeUpsert, Watermark, WATERMARK_KEY};
+use common::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
 use common::shutdown::CancellationToken;
 use common::{BucketKey, BucketSize, Cut, Offset, Partition, Tokenizer};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -188,7 +188,7 @@ pub async fn run(
                     metrics: &metrics,
                     token: &token,
                 };
-                if out.upserts(&publication.upserts).await {
+                if out.upserts(&publication.upserts, realtime_partitions).await {
                     out.watermark(&publication.positions, realtime_partitions)
                         .await;
                 }
@@ -531,7 +531,7 @@ impl Outbox<'_> {
             let mut failed = Vec::new();
             for (record, r) in pending.into_iter().zip(results) {
                 match r {
-                    Ok(()) => self.metrics.upserts_published.inc(),
+                    Ok(()) => self.metrics.realtime_records.inc(),
                     Err(error) => {
                         self.metrics.publish_failures.inc();
                         tracing::warn!(%error, "Cannot publish to the realtime topic; retrying.");
@@ -551,26 +551,30 @@ impl Outbox<'_> {
         true
     }
 
-    async fn upserts(&self, counts: &[(CountKey, u64)]) -> bool {
-        for chunk in counts.chunks(10_000) {
-            let records = chunk
-                .iter()
-                .map(|(k, c)| {
-                    let u = RealtimeUpsert {
-                        word: k.word.to_string(),
-                        partition: k.bucket.partition,
-                        bucket: k.bucket.bucket,
-                        count: *c,
-                    };
-                    let payload = serde_json::to_vec(&u).expect("an upsert always serialises");
-                    (u.key(), payload, None)
-                })
-                .collect();
-            if !self.deliver(records).await {
-                return false;
-            }
+    /// Publishes a micro-batch's counts packed into records, each upsert on
+    /// the realtime partition its key routes to.
+    async fn upserts(&self, counts: &[(CountKey, u64)], partitions: usize) -> bool {
+        let mut packers: Vec<Packer> = (0..partitions).map(|_| Packer::default()).collect();
+        for (k, c) in counts {
+            let (word, partition, bucket) = (&*k.word, k.bucket.partition, k.bucket.bucket);
+            packers[route(word, partition, bucket, partitions) as usize]
+                .push(word, partition, bucket, *c);
         }
-        true
+        let records = packers
+            .into_iter()
+            .enumerate()
+            .flat_map(|(r, packer)| {
+                packer
+                    .finish()
+                    .into_iter()
+                    .map(move |payload| (UPSERTS_KEY.to_owned(), payload, Some(r as i32)))
+            })
+            .collect();
+        let delivered = self.deliver(records).await;
+        if delivered {
+            self.metrics.upserts_published.add(counts.len() as u64);
+        }
+        delivered
     }
 
     /// Closes a micro-batch on every realtime partition. Sent only after its

@@ -4,7 +4,7 @@
 use batch_layer::view::{verify_and_decode, Manifest};
 use clap::Parser;
 use common::dead_letter::headers;
-use common::realtime::RealtimeMessage;
+use common::realtime::{route, RealtimeMessage};
 use common::shutdown::CancellationToken;
 use common::testkit::{
     consume_n, consume_until_idle, get, http, memory_broker, metric_sum, produce, wait_for,
@@ -197,15 +197,18 @@ async fn counts_are_exact_and_poison_pills_are_dead_lettered() {
     for m in &upserts {
         match RealtimeMessage::decode(m.key.as_deref(), Some(&m.payload)).expect("realtime message")
         {
-            RealtimeMessage::Upsert(u) => {
-                assert_eq!(
-                    m.key.as_deref(),
-                    Some(u.key().as_bytes()),
-                    "keyed by partition/bucket/word"
-                );
-                let c = published.entry(u.key()).or_insert(0);
-                *c = (*c).max(u.count);
-                *open_upserts.entry(m.partition).or_default() += 1;
+            RealtimeMessage::Upserts(us) => {
+                for u in us {
+                    assert_eq!(
+                        m.partition,
+                        route(&u.word, u.partition, u.bucket, 3),
+                        "{} on the partition its key routes to",
+                        u.key()
+                    );
+                    let c = published.entry(u.key()).or_insert(0);
+                    *c = (*c).max(u.count);
+                    *open_upserts.entry(m.partition).or_default() += 1;
+                }
             }
             RealtimeMessage::Watermark(w) => {
                 last_watermark.insert(m.partition, w.positions);
