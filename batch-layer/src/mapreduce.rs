@@ -15,19 +15,25 @@
 //! ([`TextInput`]).
 
 use common::Tokenizer;
+use compact_str::CompactString;
 use rayon::prelude::*;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// A word. Words up to 24 bytes (nearly all) are stored inline, so a hash
+/// table compares keys without following a pointer to the heap: with boxed
+/// keys, a third of the map phase was `memcmp` waiting on cache misses.
+pub type Word = CompactString;
+
 /// One word and its count.
-pub type WordCount = (Box<str>, u64);
+pub type WordCount = (Word, u64);
 
 /// A map task's local table and tallies.
 #[derive(Debug, Default)]
 pub struct Combiner {
-    counts: FxHashMap<Box<str>, u64>,
+    counts: FxHashMap<Word, u64>,
     tokenizer: Tokenizer,
     /// Events (records or lines) mapped.
     pub events: u64,
@@ -158,7 +164,7 @@ pub fn reduce_phase(shards: Vec<Vec<Vec<WordCount>>>) -> Vec<Vec<WordCount>> {
             let Some(first) = runs.next() else {
                 return Vec::new();
             };
-            let mut sums: FxHashMap<Box<str>, u64> = first.into_iter().collect();
+            let mut sums: FxHashMap<Word, u64> = first.into_iter().collect();
             for run in runs {
                 for (w, c) in run {
                     *sums.entry(w).or_insert(0) += c;

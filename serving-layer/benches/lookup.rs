@@ -5,6 +5,7 @@
 //!
 //! Run: `cargo bench -p lambda-serving --bench lookup`
 
+use batch_layer::mapreduce::WordCount;
 use batch_layer::view::{BatchView, Manifest, ViewHeader, FORMAT};
 use common::{BucketSize, Cut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -13,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const WORDS: usize = 200_000;
 
-fn words() -> Vec<(Box<str>, u64)> {
-    let mut w: Vec<(Box<str>, u64)> = (0..WORDS)
+fn words() -> Vec<WordCount> {
+    let mut w: Vec<WordCount> = (0..WORDS)
         .map(|i| {
             let key = (i as u64).wrapping_mul(2_654_435_761) % 100_000_000;
             (format!("w{key:x}").into(), (WORDS - i) as u64)
@@ -25,7 +26,7 @@ fn words() -> Vec<(Box<str>, u64)> {
     w
 }
 
-fn loaded(words: Vec<(Box<str>, u64)>) -> LoadedView {
+fn loaded(words: Vec<WordCount>) -> LoadedView {
     let header = ViewHeader {
         format: FORMAT.into(),
         version: 1,
@@ -48,7 +49,7 @@ fn loaded(words: Vec<(Box<str>, u64)>) -> LoadedView {
     LoadedView::new(manifest, view)
 }
 
-fn load_sled(tree: &sled::Tree, words: &[(Box<str>, u64)]) {
+fn load_sled(tree: &sled::Tree, words: &[WordCount]) {
     let mut batch = sled::Batch::default();
     for (w, c) in words {
         batch.insert(w.as_bytes(), &c.to_le_bytes());
@@ -58,7 +59,11 @@ fn load_sled(tree: &sled::Tree, words: &[(Box<str>, u64)]) {
 
 fn bench(c: &mut Criterion) {
     let words = words();
-    let probes: Vec<Box<str>> = words.iter().step_by(97).map(|(w, _)| w.clone()).collect();
+    let probes: Vec<Box<str>> = words
+        .iter()
+        .step_by(97)
+        .map(|(w, _)| w.as_str().into())
+        .collect();
     let view = loaded(words.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let db = sled::Config::new()

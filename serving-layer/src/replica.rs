@@ -295,7 +295,7 @@ mod tests {
         size: BucketSize,
         words: &[(&str, u64)],
     ) -> LoadedView {
-        let mut sorted: Vec<(Box<str>, u64)> =
+        let mut sorted: Vec<batch_layer::mapreduce::WordCount> =
             words.iter().map(|(w, c)| ((*w).into(), *c)).collect();
         sorted.sort();
         let header = ViewHeader {

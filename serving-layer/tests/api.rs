@@ -21,7 +21,8 @@ use tower::ServiceExt;
 const SIZE: u64 = 10;
 
 fn loaded_view(version: u64, cut: Cut, words: &[(&str, u64)]) -> LoadedView {
-    let mut sorted: Vec<(Box<str>, u64)> = words.iter().map(|(w, c)| ((*w).into(), *c)).collect();
+    let mut sorted: Vec<batch_layer::mapreduce::WordCount> =
+        words.iter().map(|(w, c)| ((*w).into(), *c)).collect();
     sorted.sort();
     let header = ViewHeader {
         format: FORMAT.into(),
