@@ -6,7 +6,7 @@
 
 mod common;
 
-use ::common::testkit::{consume_below, get, produce, wait_for};
+use ::common::testkit::{consume_below, get, produce, top_words, wait_for};
 use ::common::{Cut, Tokenizer};
 use common::{free_addr, spawn_role, terminate};
 use serde_json::Value;
@@ -19,22 +19,6 @@ use std::time::{Duration, Instant};
 fn json(addr: SocketAddr, path: &str) -> Option<Value> {
     let r = get(addr, path).ok().filter(|r| r.status == 200)?;
     serde_json::from_slice(&r.body).ok()
-}
-
-fn top_words(v: &Value) -> Vec<(String, u64)> {
-    v["words"]
-        .as_array()
-        .map(|ws| {
-            ws.iter()
-                .map(|w| {
-                    (
-                        w["word"].as_str().unwrap_or("").to_owned(),
-                        w["count"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Runs headless chromium on `url`, returning the DOM after scripts ran.

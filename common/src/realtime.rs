@@ -6,7 +6,7 @@
 //! - an **upserts** record (key [`UPSERTS_KEY`]) packs the *absolute* counts
 //!   of many (word, partition, bucket)s, as a JSON array of
 //!   `[word, partition, bucket, count]`. Each upsert goes to the topic
-//!   partition [`route`] picks from its `partition/bucket/word` key, so the
+//!   partition [`route`] picks from its (word, partition, bucket), so the
 //!   updates of one key stay in one topic partition and in order. Counts of a
 //!   bucket only grow, so applying an upsert as `max(stored, count)` is
 //!   idempotent and tolerates redelivery and reordering alike. Packing matters:
@@ -48,9 +48,12 @@ impl RealtimeUpsert {
 }
 
 /// The realtime topic partition of the upserts of one (word, partition,
-/// bucket): CRC32C of its key, stable across processes and versions.
+/// bucket): CRC32C over the partition and bucket (big-endian) and the word,
+/// stable across processes and versions, and free of allocation (it runs
+/// for every published count).
 pub fn route(word: &str, partition: Partition, bucket: u64, partitions: usize) -> i32 {
-    let mut crc = crc32c::crc32c(format!("{partition}/{bucket}/").as_bytes());
+    let mut crc = crc32c::crc32c(&partition.to_be_bytes());
+    crc = crc32c::crc32c_append(crc, &bucket.to_be_bytes());
     crc = crc32c::crc32c_append(crc, word.as_bytes());
     (crc as usize % partitions.max(1)) as i32
 }

@@ -196,6 +196,25 @@ async fn consume_kept(
     out
 }
 
+/// The `(word, count)` list of a `/v1/top` answer, in its order; empty when
+/// the answer has no word list, `("", 0)` for an entry without those fields,
+/// so a malformed answer never equals an expected ranking.
+pub fn top_words(answer: &serde_json::Value) -> Vec<(String, u64)> {
+    answer["words"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| {
+                    (
+                        w["word"].as_str().unwrap_or("").to_owned(),
+                        w["count"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A small tmpfs mounted for one test (to fill a disk), unmounted on drop.
 /// Needs root (CAP_SYS_ADMIN); says so clearly instead of passing without it.
 pub struct Tmpfs(std::path::PathBuf);

@@ -253,17 +253,7 @@ fn assert_exact(serving: SocketAddr, truth: &Truth) {
     expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     expected.truncate(10);
     let top = json(serving, "/v1/top?k=10");
-    let got: Vec<(String, u64)> = top["words"]
-        .as_array()
-        .expect("words")
-        .iter()
-        .map(|w| {
-            (
-                w["word"].as_str().expect("word").to_owned(),
-                w["count"].as_u64().expect("count"),
-            )
-        })
-        .collect();
+    let got = common::testkit::top_words(&top);
     assert_eq!(got, expected);
 }
 

@@ -2,14 +2,14 @@
 //! processes, a producer of events with unique, checkable content, and the
 //! ground truth computed independently of the layers' code.
 
-use crate::common::{free_addr, Lcg};
+use crate::common::{free_addr, spawn_role, terminate, Lcg};
 use ::common::testkit::{get, http, unique, wait_for, Consumed};
 use ::common::Cut;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// The short profile runs in CI; `LAMBDA_SUITE=full` multiplies event counts
@@ -208,7 +208,7 @@ impl Stack {
     /// directory, and waits until it accepts connections.
     pub async fn start_broker(&mut self) {
         assert!(self.broker.is_none(), "broker already running");
-        let child = spawn(
+        let child = spawn_role(
             "broker",
             &[
                 "--broker-addr".into(),
@@ -251,7 +251,7 @@ impl Stack {
     pub async fn start_role(&mut self, role: Role) {
         let proc = self.procs.get_mut(&role).expect("role");
         assert!(proc.child.is_none(), "{} already running", role.name());
-        proc.child = Some(spawn(role.name(), &proc.args, &proc.log));
+        proc.child = Some(spawn_role(role.name(), &proc.args, &proc.log));
         let addr = proc.addr;
         let up = tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(90);
@@ -427,17 +427,7 @@ impl Stack {
                 }
             }
             let top = json(addr, "/v1/top?k=100").expect("top answer");
-            let got_top: Vec<(String, u64)> = top["words"]
-                .as_array()
-                .expect("words")
-                .iter()
-                .map(|w| {
-                    (
-                        w["word"].as_str().expect("word").to_owned(),
-                        w["count"].as_u64().expect("count"),
-                    )
-                })
-                .collect();
+            let got_top = ::common::testkit::top_words(&top);
             if got_top != want_top {
                 bad.push(format!(
                     "top-100 differs: served {got_top:?}, truth {want_top:?}"
@@ -531,26 +521,6 @@ impl Producer {
         }
         retried
     }
-}
-
-fn spawn(role: &str, args: &[String], log: &Path) -> Child {
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_lambda"))
-        .arg(role)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn lambda {role}: {e}"))
-}
-
-fn terminate(child: Child) -> bool {
-    crate::common::terminate(child)
 }
 
 /// GET a JSON answer (None on a connection error or a non-200 status).
