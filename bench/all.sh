@@ -8,7 +8,7 @@
 #   4. the whole system under sustained load (bench/load.py)     (issue 7)
 #
 # Usage: bash bench/all.sh
-#   MR_MB=50 MR_RUNS=3 EVENTS=100000 LOAD_RATE=3000 LOAD_SECONDS=300 bash bench/all.sh
+#   MR_MB=50 MR_RUNS=3 EVENTS=500000 LOAD_RATE=3000 LOAD_SECONDS=300 bash bench/all.sh
 #   LOAD_SECONDS=0 skips the load run.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -39,7 +39,7 @@ async fn sigkill_of_the_serving_layer_loses_and_duplicates_nothing() {
 
     rig.run(&Scenario {
         role: "serve",
-        flags: &["--bucket-size", "16"],
+        flags: &["--bucket-size", "16", "--realtime-compact-bytes", "2048"],
         done_metric: "lambda_serving_as_of_offsets",
         resume_marker: "Resuming the realtime topic",
         total: TOTAL,
@@ -54,6 +54,11 @@ async fn sigkill_of_the_serving_layer_loses_and_duplicates_nothing() {
         t.for_each_word(&event(i), |w| *truth.entry(w.to_owned()).or_insert(0) += 1);
     }
     let store = RealtimeStore::open(&rig.data_dir.join("realtime")).expect("store");
+    assert!(
+        store.stats().snapshot_bytes > 0,
+        "the replica's store was compacted during the run: {:?}",
+        store.stats()
+    );
     let mut per_word: HashMap<String, u64> = HashMap::new();
     for (k, c) in store.load_counts().expect("counts") {
         *per_word.entry(k.word.to_string()).or_insert(0) += c;

@@ -24,7 +24,15 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     let mut rig = CrashRig::new("speed-crash").await;
     rig.run(&Scenario {
         role: "speed",
-        flags: &["--bucket-size", "16", "--micro-batch-records", "200"],
+        // Compacting every few kilobytes puts compactions among the kills.
+        flags: &[
+            "--bucket-size",
+            "16",
+            "--micro-batch-records",
+            "200",
+            "--realtime-compact-bytes",
+            "2048",
+        ],
         done_metric: "lambda_speed_position",
         resume_marker: "Resuming from the checkpoint",
         total: TOTAL,
@@ -39,6 +47,11 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
         t.for_each_word(&event(i), |w| *truth.entry(w.to_owned()).or_insert(0) += 1);
     }
     let store = RealtimeStore::open(&data_dir.join("realtime")).expect("store");
+    assert!(
+        store.stats().snapshot_bytes > 0,
+        "the store was compacted during the run: {:?}",
+        store.stats()
+    );
     let counts = store.load_counts().expect("counts");
     let mut per_word: HashMap<String, u64> = HashMap::new();
     for (k, c) in &counts {

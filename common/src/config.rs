@@ -33,6 +33,7 @@ pub mod env {
     pub const CUT_POLL_INTERVAL: &str = "LAMBDA_CUT_POLL_INTERVAL";
     pub const MICRO_BATCH_RECORDS: &str = "LAMBDA_MICRO_BATCH_RECORDS";
     pub const MICRO_BATCH_WAIT: &str = "LAMBDA_MICRO_BATCH_WAIT";
+    pub const REALTIME_COMPACT_BYTES: &str = "LAMBDA_REALTIME_COMPACT_BYTES";
     pub const BROKER_ADDR: &str = "LAMBDA_BROKER_ADDR";
     pub const BATCH_ADDR: &str = "LAMBDA_BATCH_ADDR";
     pub const SPEED_ADDR: &str = "LAMBDA_SPEED_ADDR";
@@ -69,6 +70,7 @@ pub mod env {
         CUT_POLL_INTERVAL,
         MICRO_BATCH_RECORDS,
         MICRO_BATCH_WAIT,
+        REALTIME_COMPACT_BYTES,
         BROKER_ADDR,
         BATCH_ADDR,
         SPEED_ADDR,
@@ -185,6 +187,19 @@ impl StreamArgs {
         }
         Ok(())
     }
+}
+
+/// The realtime store's checkpoint log is compacted once it outgrows its
+/// snapshot and holds at least this many bytes.
+pub const DEFAULT_REALTIME_COMPACT_BYTES: u64 = 32 << 20;
+
+/// How the speed and serving layers keep realtime counts on disk.
+#[derive(Debug, Clone, Args)]
+pub struct RealtimeStoreArgs {
+    /// Compact the realtime store once its checkpoint deltas hold more bytes
+    /// than its snapshot and at least this many.
+    #[arg(long, env = env::REALTIME_COMPACT_BYTES, default_value_t = DEFAULT_REALTIME_COMPACT_BYTES)]
+    pub realtime_compact_bytes: u64,
 }
 
 /// Where a role keeps its state, and how long it may take to stop.

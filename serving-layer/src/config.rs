@@ -1,7 +1,9 @@
 //! `lambda serve` configuration.
 
 use clap::Args;
-use common::config::{env, parse_duration, ConfigError, KafkaArgs, NodeArgs, StreamArgs};
+use common::config::{
+    env, parse_duration, ConfigError, KafkaArgs, NodeArgs, RealtimeStoreArgs, StreamArgs,
+};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,6 +15,8 @@ pub struct ServeArgs {
     pub stream: StreamArgs,
     #[command(flatten)]
     pub node: NodeArgs,
+    #[command(flatten)]
+    pub store: RealtimeStoreArgs,
 
     /// Address of the public HTTP API and dashboard.
     #[arg(long, env = env::HTTP_ADDR, default_value = "127.0.0.1:7070")]

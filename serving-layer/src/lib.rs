@@ -38,7 +38,7 @@ use batch_layer::view::{ViewError, ViewStore};
 use common::config::ConfigError;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::shutdown::{supervise, CancellationToken};
-use speed_layer::store::{RealtimeStore, StoreError};
+use speed_layer::store::{RealtimeStore, StoreError, StoreOptions};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -99,9 +99,12 @@ pub async fn start(
     args.validate()?;
     let dir = args.node.data_dir.clone();
     let size = args.stream.bucket_size;
+    let store_options = StoreOptions {
+        compact_min_bytes: args.store.realtime_compact_bytes,
+    };
     let (cache, store, replica) = tokio::task::spawn_blocking(move || {
         let cache = ViewStore::open(&dir, 2)?;
-        let store = RealtimeStore::open(&dir.join("realtime"))?;
+        let store = RealtimeStore::open_with(&dir.join("realtime"), store_options)?;
         let replica = RwLock::new(Replica::new(size));
         if let Some(view) = views::load_local(&cache)? {
             tracing::info!(

@@ -31,7 +31,7 @@ fn main() {
     let events: usize = std::env::var("EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(500_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -24,7 +24,7 @@ pub mod stream;
 
 use crate::config::SpeedArgs;
 use crate::metrics::SpeedMetrics;
-use crate::store::{RealtimeStore, StoreError};
+use crate::store::{RealtimeStore, StoreError, StoreOptions};
 use crate::stream::{SpeedStatus, StreamConfig};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -83,7 +83,12 @@ struct HttpState {
 /// cancellation the current micro-batch is finished and checkpointed first.
 pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningSpeed, SpeedError> {
     args.validate()?;
-    let store = RealtimeStore::open(&args.node.data_dir.join("realtime"))?;
+    let store = RealtimeStore::open_with(
+        &args.node.data_dir.join("realtime"),
+        StoreOptions {
+            compact_min_bytes: args.store.realtime_compact_bytes,
+        },
+    )?;
     let kafka = &args.kafka;
     ensure_layer_topics(kafka).await?;
     let dead_letters = DeadLetterSink::new(&kafka.brokers, &kafka.dead_letter_topic, "speed")
@@ -169,5 +174,5 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    prometheus(state.metrics.render(&s.positions, &s.cut))
+    prometheus(state.metrics.render(&s.positions, &s.cut, &s.store))
 }

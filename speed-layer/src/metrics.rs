@@ -1,5 +1,6 @@
 //! The speed layer's metrics, rendered at `GET /metrics`.
 
+use crate::store::StoreStats;
 use common::dead_letter::DeadLetterCounts;
 use common::metrics::{Counter, Gauge, TextWriter};
 use common::Cut;
@@ -23,7 +24,7 @@ pub struct SpeedMetrics {
 }
 
 impl SpeedMetrics {
-    pub fn render(&self, positions: &Cut, cut: &Cut) -> String {
+    pub fn render(&self, positions: &Cut, cut: &Cut, store: &StoreStats) -> String {
         let mut w = TextWriter::new();
         w.single(
             "lambda_speed_records_consumed_total",
@@ -102,6 +103,24 @@ impl SpeedMetrics {
             "gauge",
             "Duration of the last checkpoint.",
             self.last_checkpoint_us.get() as f64 / 1e6,
+        )
+        .single(
+            "lambda_speed_store_delta_bytes",
+            "gauge",
+            "Bytes of checkpoint deltas in the realtime store not yet compacted.",
+            store.delta_bytes,
+        )
+        .single(
+            "lambda_speed_store_snapshot_bytes",
+            "gauge",
+            "Bytes of the realtime store's last compacted snapshot.",
+            store.snapshot_bytes,
+        )
+        .single(
+            "lambda_speed_store_compactions_total",
+            "counter",
+            "Compactions of the realtime store since start.",
+            store.compactions,
         );
         self.dead_letters.render(&mut w, "speed");
         w.family(

@@ -14,7 +14,7 @@
 
 use crate::cuts::fetch_batch_cut;
 use crate::metrics::SpeedMetrics;
-use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError};
+use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
 use common::kafka::{
@@ -70,6 +70,7 @@ pub struct SpeedStatus {
     /// The batch cut below which buckets have been expired.
     pub cut: Cut,
     pub ready: bool,
+    pub store: StoreStats,
 }
 
 /// The speed layer's state: the durable store and its in-memory mirror.
@@ -276,6 +277,7 @@ fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &Spe
     s.positions = view.positions.clone();
     s.cut = view.cut.clone();
     s.ready = true;
+    s.store = view.store.stats();
 }
 
 /// What counting a micro-batch needs besides the batch and the view.
@@ -503,9 +505,11 @@ async fn expire(
     if merged == view.cut {
         return Ok(());
     }
-    let removed = view.store.expire_below(&merged, size).await?;
+    view.store.expire_below(&merged, size).await?;
+    let before = view.mirror.len();
     view.mirror
         .retain(|k, _| merged.is_realtime_bucket(size, k.bucket.partition, k.bucket.bucket));
+    let removed = before - view.mirror.len();
     metrics.buckets_expired.add(removed as u64);
     tracing::info!(cut = %merged, removed, "Expired realtime buckets below the batch cut.");
     view.cut = merged;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use batch_layer::config::BatchArgs;
 use clap::Args;
 use common::broker::{BrokerStorage, EmbeddedBroker};
-use common::config::{env, KafkaArgs, NodeArgs, StreamArgs};
+use common::config::{env, KafkaArgs, NodeArgs, RealtimeStoreArgs, StreamArgs};
 use common::kafka::{ensure_layer_topics, producer_config, send_all};
 use common::shutdown::CancellationToken;
 use serving_layer::config::ServeArgs;
@@ -86,6 +86,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             bucket_size: common::BucketSize::new(DEMO_BUCKET_SIZE).expect("non-zero"),
             max_event_bytes: common::event::DEFAULT_MAX_EVENT_BYTES,
         };
+        let store = RealtimeStoreArgs {
+            realtime_compact_bytes: common::config::DEFAULT_REALTIME_COMPACT_BYTES,
+        };
         let node = |role: &str| NodeArgs {
             data_dir: args.data_dir.join(role),
             shutdown_grace: Duration::from_secs(5),
@@ -114,6 +117,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 kafka: kafka.clone(),
                 stream: stream.clone(),
                 node: node("speed"),
+                store: store.clone(),
                 http_addr: args.speed_addr,
                 batch_url: Some(batch.http_addr.to_string()),
                 cut_poll_interval: Duration::from_secs(1),
@@ -129,6 +133,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 kafka: kafka.clone(),
                 stream,
                 node: node("serving"),
+                store,
                 http_addr: args.http_addr,
                 batch_url: Some(batch.http_addr.to_string()),
                 admin_token: args.admin_token.clone(),

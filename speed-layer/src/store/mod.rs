@@ -1,0 +1,822 @@
+//! The realtime view in sled: counts per (partition, bucket, word) and the
+//! next offset of every partition, always written together.
+//!
+//! Both users of the store (the speed layer and a serving layer's replica)
+//! hold every live count in memory and need the store only to get it back
+//! after a restart. So counts are not kept one sled key per count — sled
+//! spends microseconds per key, which at 20,000 changed counts per
+//! micro-batch was the speed layer's whole budget — but as a log of packed
+//! chunks (see [`codec`]): each checkpoint appends its changed counts as one
+//! delta, and a compaction folds the deltas into a snapshot.
+//!
+//! ```text
+//! s | chunk: u32 BE                  →  snapshot: absolute counts (codec chunk)
+//! d | seq: u64 BE | chunk: u32 BE    →  one checkpoint's changed counts, absolute
+//! o | partition: i32 BE              →  next offset: i64 LE
+//! m | "cut"                          →  JSON of the last batch cut applied
+//! m | "floor"                        →  JSON of the first live bucket per partition
+//! m | "asof"                         →  JSON of the events position the counts are exact at
+//! c | partition | bucket | word      →  count (the format before 0.1: read, then compacted away)
+//! ```
+//!
+//! A checkpoint's delta and offsets are one atomic sled batch, flushed before
+//! [`RealtimeStore::commit`] returns. Counts are absolute, so replaying the
+//! snapshot and then the deltas in order rebuilds the view, whatever a crash
+//! interrupted. Expiry records the cut and its bucket floor: counts below the
+//! floor are dropped from everything the store returns at once, and from the
+//! disk at the compaction it starts. Compaction runs on its own thread, once
+//! the deltas outgrow the snapshot (at least `--realtime-compact-bytes`) and after
+//! every expiry; it rewrites the snapshot and removes the deltas it folded
+//! in, in one atomic batch, while checkpoints go on appending.
+//!
+//! The speed layer writes its events offsets under `o`. A serving layer's
+//! replica reuses the store for the counts it follows: its `o` entries are
+//! realtime-topic positions, and `asof` is the last complete watermark.
+
+pub mod codec;
+
+use codec::ChunkWriter;
+use common::{BucketKey, BucketSize, Cut, Offset, Partition};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("realtime store at {path}: {source}")]
+    Sled {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("realtime store at {path} holds a malformed entry: {what}")]
+    Malformed { path: String, what: String },
+    #[error("realtime store at {path}: cannot start its compaction thread: {source}")]
+    Thread {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A realtime count's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountKey {
+    pub bucket: BucketKey,
+    pub word: Box<str>,
+}
+
+const SNAPSHOT: u8 = b's';
+const DELTA: u8 = b'd';
+const OFFSET: u8 = b'o';
+const LEGACY_COUNT: u8 = b'c';
+const META_CUT: &[u8] = b"mcut";
+const META_FLOOR: &[u8] = b"mfloor";
+const META_AS_OF: &[u8] = b"masof";
+const CACHE_BYTES: u64 = 64 << 20;
+/// How long opening waits for a lock still held by a store closed in this
+/// process; another process holding it fails at once after this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Deltas are compacted once they hold more bytes than the snapshot and at
+/// least this many.
+pub const COMPACT_MIN_BYTES: u64 = 32 << 20;
+
+fn offset_key(partition: Partition) -> [u8; 5] {
+    let mut k = [OFFSET; 5];
+    k[1..].copy_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn snapshot_key(chunk: u32) -> [u8; 5] {
+    let mut k = [SNAPSHOT; 5];
+    k[1..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+fn delta_key(seq: u64, chunk: u32) -> [u8; 13] {
+    let mut k = [DELTA; 13];
+    k[1..9].copy_from_slice(&seq.to_be_bytes());
+    k[9..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+fn delta_seq(key: &[u8]) -> Option<u64> {
+    (key.len() == 13).then(|| u64::from_be_bytes(key[1..9].try_into().expect("8 bytes")))
+}
+
+/// What a micro-batch changes: absolute counts and next offsets.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    pub counts: Vec<(CountKey, u64)>,
+    pub next_offsets: Vec<(Partition, Offset)>,
+    /// The events position the counts are now exact at, if it is not the
+    /// offsets themselves (serving replicas).
+    pub as_of: Option<Cut>,
+}
+
+/// What one compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Deltas folded into the snapshot.
+    pub deltas: u64,
+    /// Counts in the new snapshot.
+    pub counts: u64,
+    /// Counts below the floor left out of it.
+    pub expired: u64,
+    /// The new snapshot's size.
+    pub snapshot_bytes: u64,
+}
+
+/// The log's bookkeeping, guarded so a compaction sees every delta below
+/// the sequence number it reads.
+#[derive(Debug, Default)]
+struct LogState {
+    next_seq: u64,
+    deltas: u64,
+    delta_bytes: u64,
+    snapshot_bytes: u64,
+    compact_min_bytes: u64,
+    compactions: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    path: String,
+    log: Mutex<LogState>,
+    /// Serialises compactions (the background one and explicit calls).
+    compacting: Mutex<()>,
+}
+
+/// The durable realtime view.
+#[derive(Debug)]
+pub struct RealtimeStore {
+    inner: Arc<Inner>,
+    compactor: Option<Compactor>,
+}
+
+/// The background compaction thread and how to wake and stop it.
+#[derive(Debug)]
+struct Compactor {
+    trigger: SyncSender<()>,
+    closing: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// The first live bucket per partition; counts below it are expired.
+type Floor = BTreeMap<Partition, u64>;
+
+/// Tuning for [`RealtimeStore::open_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Deltas are compacted once they hold more bytes than the snapshot and
+    /// at least this many.
+    pub compact_min_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            compact_min_bytes: common::config::DEFAULT_REALTIME_COMPACT_BYTES,
+        }
+    }
+}
+
+/// Sizes of what is on disk, for tests and monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Checkpoints appended since the last compaction.
+    pub deltas: u64,
+    pub delta_bytes: u64,
+    pub snapshot_bytes: u64,
+    /// Compactions since the store was opened.
+    pub compactions: u64,
+}
+
+/// The counts read back from the store, with the keys they came from.
+#[derive(Default)]
+struct Folded {
+    counts: FxHashMap<CountKey, u64>,
+    expired: u64,
+    legacy_keys: Vec<sled::IVec>,
+    snapshot_keys: Vec<sled::IVec>,
+    delta_keys: Vec<sled::IVec>,
+    deltas: u64,
+    delta_bytes: u64,
+}
+
+impl Inner {
+    fn err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
+        move |source| StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn malformed(&self, what: impl Into<String>) -> StoreError {
+        StoreError::Malformed {
+            path: self.path.clone(),
+            what: what.into(),
+        }
+    }
+
+    fn log(&self) -> MutexGuard<'_, LogState> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn meta<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &[u8],
+        what: &str,
+    ) -> Result<T, StoreError> {
+        match self.tree.get(key).map_err(self.err())? {
+            Some(v) => {
+                serde_json::from_slice(&v).map_err(|e| self.malformed(format!("{what}: {e}")))
+            }
+            None => Ok(T::default()),
+        }
+    }
+
+    fn decode_into(
+        &self,
+        chunk: &[u8],
+        counts: &mut FxHashMap<CountKey, u64>,
+    ) -> Result<(), StoreError> {
+        codec::decode(chunk, |k, c| {
+            counts.insert(k, c);
+        })
+        .map_err(|what| self.malformed(what))
+    }
+
+    /// Replays the old per-count entries, the snapshot, then every delta
+    /// below `below` in order, and drops what lies below the floor.
+    fn read(&self, below: u64) -> Result<Folded, StoreError> {
+        let mut f = Folded::default();
+        for item in self.tree.scan_prefix([LEGACY_COUNT]) {
+            let (k, v) = item.map_err(self.err())?;
+            if k.len() < 13 || v.len() != 8 {
+                return Err(self.malformed("count entry"));
+            }
+            let partition = i32::from_be_bytes(k[1..5].try_into().expect("4 bytes"));
+            let bucket = u64::from_be_bytes(k[5..13].try_into().expect("8 bytes"));
+            let word =
+                std::str::from_utf8(&k[13..]).map_err(|_| self.malformed("word is not UTF-8"))?;
+            let count = u64::from_le_bytes(v.as_ref().try_into().expect("8 bytes"));
+            let key = CountKey {
+                bucket: BucketKey { partition, bucket },
+                word: word.into(),
+            };
+            f.counts.insert(key, count);
+            f.legacy_keys.push(k);
+        }
+        for item in self.tree.scan_prefix([SNAPSHOT]) {
+            let (k, v) = item.map_err(self.err())?;
+            self.decode_into(&v, &mut f.counts)?;
+            f.snapshot_keys.push(k);
+        }
+        let mut last = None;
+        for item in self.tree.range(delta_key(0, 0)..delta_key(below, 0)) {
+            let (k, v) = item.map_err(self.err())?;
+            let seq = delta_seq(&k).ok_or_else(|| self.malformed("delta key"))?;
+            self.decode_into(&v, &mut f.counts)?;
+            f.deltas += u64::from(last != Some(seq));
+            last = Some(seq);
+            f.delta_bytes += v.len() as u64;
+            f.delta_keys.push(k);
+        }
+        let floor: Floor = self.meta(META_FLOOR, "floor")?;
+        let before = f.counts.len();
+        f.counts
+            .retain(|k, _| k.bucket.bucket >= floor.get(&k.bucket.partition).copied().unwrap_or(0));
+        f.expired = (before - f.counts.len()) as u64;
+        Ok(f)
+    }
+
+    /// Folds every delta written so far into a new snapshot, leaving out
+    /// expired counts, and removes what it replaced, atomically.
+    fn compact(&self, closing: Option<&AtomicBool>) -> Result<Option<Compaction>, StoreError> {
+        let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+        let stopping = || closing.is_some_and(|c| c.load(Ordering::Relaxed));
+        if stopping() {
+            return Ok(None);
+        }
+        let below = self.log().next_seq;
+        let folded = self.read(below)?;
+        let mut writer = ChunkWriter::default();
+        for (k, c) in &folded.counts {
+            writer.push(k, *c);
+        }
+        let snapshot_bytes = writer.bytes();
+        let chunks = writer.finish();
+        let kept = chunks.len();
+        let mut batch = sled::Batch::default();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            batch.insert(&snapshot_key(i as u32), chunk);
+        }
+        let stale = folded.snapshot_keys.into_iter().filter(|k| {
+            k.len() != 5
+                || u32::from_be_bytes(k[1..5].try_into().expect("4 bytes")) as usize >= kept
+        });
+        for k in stale.chain(folded.legacy_keys).chain(folded.delta_keys) {
+            batch.remove(k);
+        }
+        if stopping() {
+            return Ok(None);
+        }
+        self.tree.apply_batch(batch).map_err(self.err())?;
+        self.db.flush().map_err(self.err())?;
+        let mut log = self.log();
+        log.snapshot_bytes = snapshot_bytes;
+        log.delta_bytes = log.delta_bytes.saturating_sub(folded.delta_bytes);
+        log.deltas = log.deltas.saturating_sub(folded.deltas);
+        log.compactions += 1;
+        Ok(Some(Compaction {
+            deltas: folded.deltas,
+            counts: folded.counts.len() as u64,
+            expired: folded.expired,
+            snapshot_bytes,
+        }))
+    }
+}
+
+impl RealtimeStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, StoreOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let path = dir.display().to_string();
+        let err = |source| StoreError::Sled {
+            path: path.clone(),
+            source,
+        };
+        // sled's default page cache is 1 GiB per database; the realtime view
+        // is a small working set (only the tail above the batch cut), so a
+        // much smaller cache keeps memory flat without costing throughput.
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+        // A store closed in this process may still be locked for a moment:
+        // sled finishes writing its last buffers on its own threads.
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.map_err(err)?,
+            }
+        };
+        let tree = db.open_tree("realtime").map_err(err)?;
+        let mut log = LogState {
+            compact_min_bytes: options.compact_min_bytes,
+            ..LogState::default()
+        };
+        for prefix in [LEGACY_COUNT, SNAPSHOT] {
+            for item in tree.scan_prefix([prefix]) {
+                log.snapshot_bytes += item.map_err(err)?.1.len() as u64;
+            }
+        }
+        for item in tree.scan_prefix([DELTA]) {
+            let (k, v) = item.map_err(err)?;
+            log.delta_bytes += v.len() as u64;
+            if let Some(seq) = delta_seq(&k) {
+                log.deltas += u64::from(seq >= log.next_seq);
+                log.next_seq = log.next_seq.max(seq + 1);
+            }
+        }
+        let inner = Arc::new(Inner {
+            db,
+            tree,
+            path: path.clone(),
+            log: Mutex::new(log),
+            compacting: Mutex::new(()),
+        });
+        let closing = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = sync_channel::<()>(1);
+        let (worker, stop) = (Arc::clone(&inner), Arc::clone(&closing));
+        let handle = std::thread::Builder::new()
+            .name("realtime-compactor".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let started = Instant::now();
+                    match worker.compact(Some(&stop)) {
+                        Ok(Some(c)) => tracing::info!(
+                            store = %worker.path,
+                            deltas = c.deltas,
+                            counts = c.counts,
+                            expired = c.expired,
+                            snapshot_bytes = c.snapshot_bytes,
+                            ms = started.elapsed().as_millis() as u64,
+                            "Compacted the realtime store."
+                        ),
+                        Ok(None) => break,
+                        Err(error) => tracing::error!(
+                            %error,
+                            "Cannot compact the realtime store; its deltas stay and the next trigger retries."
+                        ),
+                    }
+                }
+            })
+            .map_err(|source| StoreError::Thread { path, source })?;
+        Ok(Self {
+            inner,
+            compactor: Some(Compactor {
+                trigger: tx,
+                closing,
+                handle,
+            }),
+        })
+    }
+
+    /// Asks the background thread for a compaction (at most one waits).
+    fn request_compaction(&self) {
+        if let Some(c) = &self.compactor {
+            match c.trigger.try_send(()) {
+                Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+            }
+        }
+    }
+
+    /// Compacts now, on the caller's thread.
+    pub fn compact(&self) -> Result<Compaction, StoreError> {
+        Ok(self
+            .inner
+            .compact(None)?
+            .expect("a compaction without a closing flag always runs"))
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let log = self.inner.log();
+        StoreStats {
+            deltas: log.deltas,
+            delta_bytes: log.delta_bytes,
+            snapshot_bytes: log.snapshot_bytes,
+            compactions: log.compactions,
+        }
+    }
+
+    /// Every live count, to rebuild the in-memory mirror at start.
+    pub fn load_counts(&self) -> Result<FxHashMap<CountKey, u64>, StoreError> {
+        // Not while a compaction swaps the snapshot and drops the deltas
+        // under the reader's feet.
+        let _no_compaction = self
+            .inner
+            .compacting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let below = self.inner.log().next_seq;
+        Ok(self.inner.read(below)?.counts)
+    }
+
+    /// The checkpointed next offset of every partition seen so far.
+    pub fn offsets(&self) -> Result<Cut, StoreError> {
+        let inner = &self.inner;
+        let mut cut = Cut::new();
+        for item in inner.tree.scan_prefix([OFFSET]) {
+            let (k, v) = item.map_err(inner.err())?;
+            if k.len() != 5 || v.len() != 8 {
+                return Err(inner.malformed("offset entry"));
+            }
+            let p = i32::from_be_bytes(k[1..5].try_into().expect("4 bytes"));
+            cut.set(
+                p,
+                i64::from_le_bytes(v.as_ref().try_into().expect("8 bytes")),
+            );
+        }
+        Ok(cut)
+    }
+
+    /// The last batch cut whose buckets were expired.
+    pub fn applied_cut(&self) -> Result<Cut, StoreError> {
+        self.inner.meta(META_CUT, "cut")
+    }
+
+    /// The `as_of` of the last checkpoint that had one.
+    pub fn as_of(&self) -> Result<Cut, StoreError> {
+        self.inner.meta(META_AS_OF, "as-of")
+    }
+
+    /// Writes a micro-batch's counts and offsets atomically and durably.
+    pub async fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut writer = ChunkWriter::default();
+        for (key, count) in &checkpoint.counts {
+            writer.push(key, *count);
+        }
+        let bytes = writer.bytes();
+        let chunks = writer.finish();
+        let mut batch = sled::Batch::default();
+        for (p, o) in &checkpoint.next_offsets {
+            batch.insert(&offset_key(*p), &o.to_le_bytes());
+        }
+        if let Some(as_of) = &checkpoint.as_of {
+            batch.insert(
+                META_AS_OF,
+                serde_json::to_vec(as_of).expect("a cut always serialises"),
+            );
+        }
+        let compact = {
+            // Held while the batch is applied, so a compaction that reads
+            // `next_seq` finds every delta below it in the tree.
+            let mut log = inner.log();
+            let has_delta = !chunks.is_empty();
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                batch.insert(&delta_key(log.next_seq, i as u32), chunk);
+            }
+            inner.tree.apply_batch(batch).map_err(inner.err())?;
+            if has_delta {
+                log.next_seq += 1;
+                log.deltas += 1;
+                log.delta_bytes += bytes;
+            }
+            log.delta_bytes > log.snapshot_bytes.max(log.compact_min_bytes)
+        };
+        inner.db.flush_async().await.map_err(inner.err())?;
+        if compact {
+            self.request_compaction();
+        }
+        Ok(())
+    }
+
+    /// Expires every bucket wholly below `cut`: records the cut and its
+    /// bucket floor (never lowering it), durably. Expired counts are gone
+    /// from [`load_counts`](Self::load_counts) at once and from the disk at
+    /// the compaction this starts.
+    pub async fn expire_below(&self, cut: &Cut, size: BucketSize) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut floor: Floor = inner.meta(META_FLOOR, "floor")?;
+        for (p, offset) in cut.iter() {
+            // The first bucket that starts at or above the cut.
+            let first_live = (offset.max(0) as u64).div_ceil(size.get());
+            let f = floor.entry(p).or_default();
+            *f = (*f).max(first_live);
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            META_CUT,
+            serde_json::to_vec(cut).expect("a cut always serialises"),
+        );
+        batch.insert(
+            META_FLOOR,
+            serde_json::to_vec(&floor).expect("a floor always serialises"),
+        );
+        inner.tree.apply_batch(batch).map_err(inner.err())?;
+        inner.db.flush_async().await.map_err(inner.err())?;
+        self.request_compaction();
+        Ok(())
+    }
+}
+
+impl Drop for RealtimeStore {
+    /// Stops the compactor (a compaction under way finishes or is dropped
+    /// before its write) so the database is closed when this returns.
+    fn drop(&mut self) {
+        if let Some(c) = self.compactor.take() {
+            c.closing.store(true, Ordering::Relaxed);
+            drop(c.trigger);
+            let _ = c.handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(p: i32, b: u64, w: &str) -> CountKey {
+        CountKey {
+            bucket: BucketKey {
+                partition: p,
+                bucket: b,
+            },
+            word: w.into(),
+        }
+    }
+
+    fn sorted(counts: FxHashMap<CountKey, u64>) -> Vec<(CountKey, u64)> {
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    fn counts(store: &RealtimeStore) -> Vec<(CountKey, u64)> {
+        sorted(store.load_counts().expect("counts"))
+    }
+
+    async fn commit(store: &RealtimeStore, counts: Vec<(CountKey, u64)>) {
+        let checkpoint = Checkpoint {
+            counts,
+            ..Checkpoint::default()
+        };
+        store.commit(&checkpoint).await.expect("commit");
+    }
+
+    #[tokio::test]
+    async fn checkpoints_round_trip_and_expiry_removes_whole_buckets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = RealtimeStore::open(dir.path()).expect("open");
+            store
+                .commit(&Checkpoint {
+                    counts: vec![
+                        (key(0, 0, "a"), 3),
+                        (key(0, 1, "a"), 2),
+                        (key(0, 2, "é"), 1),
+                        (key(1, 0, "b"), 4),
+                    ],
+                    next_offsets: vec![(0, 25), (1, 3)],
+                    as_of: Some([(0, 30)].into_iter().collect()),
+                })
+                .await
+                .expect("commit");
+        }
+        let store = RealtimeStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.offsets().expect("offsets"),
+            [(0, 25), (1, 3)].into_iter().collect()
+        );
+        assert_eq!(store.load_counts().expect("counts").len(), 4);
+        assert_eq!(
+            store.as_of().expect("as-of"),
+            [(0, 30)].into_iter().collect()
+        );
+
+        let size = BucketSize::new(10).expect("10");
+        let cut: Cut = [(0, 20), (1, 0)].into_iter().collect();
+        store.expire_below(&cut, size).await.expect("expire");
+        let live = vec![(key(0, 2, "é"), 1), (key(1, 0, "b"), 4)];
+        assert_eq!(counts(&store), live, "expired at once");
+        assert_eq!(store.applied_cut().expect("cut"), cut);
+        // An older cut never brings expired buckets back.
+        let older: Cut = [(0, 10)].into_iter().collect();
+        store.expire_below(&older, size).await.expect("expire");
+        assert_eq!(counts(&store), live);
+
+        // The expiry started a compaction in the background; this one may
+        // find it done already, but sees the same live counts.
+        assert_eq!(store.compact().expect("compact").counts, 2);
+        assert_eq!(store.stats().deltas, 0);
+        drop(store);
+        let store = RealtimeStore::open(dir.path()).expect("reopen");
+        assert_eq!(counts(&store), live, "and gone from the disk");
+        assert_eq!(store.stats().deltas, 0);
+        assert_eq!(store.offsets().expect("offsets").get(0), 25);
+    }
+
+    #[tokio::test]
+    async fn later_deltas_win_over_the_snapshot_and_compaction_keeps_every_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RealtimeStore::open(dir.path()).expect("open");
+        commit(&store, vec![(key(0, 0, "a"), 1), (key(0, 0, "b"), 1)]).await;
+        commit(&store, vec![(key(0, 0, "a"), 2)]).await;
+        assert_eq!(store.stats().deltas, 2);
+        store.compact().expect("compact");
+        assert_eq!(store.stats().deltas, 0);
+        assert!(store.stats().snapshot_bytes > 0);
+        commit(&store, vec![(key(0, 0, "b"), 5), (key(3, 9, "c"), 1)]).await;
+        let want = vec![
+            (key(0, 0, "a"), 2),
+            (key(0, 0, "b"), 5),
+            (key(3, 9, "c"), 1),
+        ];
+        assert_eq!(counts(&store), want);
+        drop(store);
+        let store = RealtimeStore::open(dir.path()).expect("reopen");
+        assert_eq!(counts(&store), want);
+        assert_eq!(store.stats().deltas, 1);
+        store.compact().expect("compact");
+        assert_eq!(counts(&store), want);
+    }
+
+    #[tokio::test]
+    async fn per_count_entries_of_the_old_format_are_read_then_compacted_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RealtimeStore::open(dir.path()).expect("open");
+        let old = |p: i32, b: u64, w: &str| {
+            let mut k = vec![LEGACY_COUNT];
+            k.extend_from_slice(&p.to_be_bytes());
+            k.extend_from_slice(&b.to_be_bytes());
+            k.extend_from_slice(w.as_bytes());
+            k
+        };
+        let tree = &store.inner.tree;
+        tree.insert(old(0, 1, "a"), &7u64.to_le_bytes())
+            .expect("insert");
+        tree.insert(old(1, 0, "b"), &2u64.to_le_bytes())
+            .expect("insert");
+        commit(&store, vec![(key(0, 1, "a"), 8)]).await;
+        let want = vec![(key(0, 1, "a"), 8), (key(1, 0, "b"), 2)];
+        assert_eq!(counts(&store), want);
+        store.compact().expect("compact");
+        assert_eq!(store.inner.tree.scan_prefix([LEGACY_COUNT]).count(), 0);
+        assert_eq!(counts(&store), want);
+    }
+
+    #[tokio::test]
+    async fn deltas_that_outgrow_the_snapshot_are_compacted_in_the_background() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            compact_min_bytes: 4 << 10,
+        };
+        let store = RealtimeStore::open_with(dir.path(), options).expect("open");
+        for i in 0..200u64 {
+            let batch = (0..20)
+                .map(|w| (key(0, i / 50, &format!("word{w}")), i + 1))
+                .collect();
+            commit(&store, batch).await;
+        }
+        // Compaction is asynchronous: wait for it (not a timing assertion).
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while store.stats().delta_bytes > 2 * (options.compact_min_bytes + 1024) {
+            assert!(
+                Instant::now() < deadline,
+                "no compaction: {:?}",
+                store.stats()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let want: Vec<_> = (0..4u64)
+            .flat_map(|b| (0..20).map(move |w| (key(0, b, &format!("word{w}")), b * 50 + 50)))
+            .collect();
+        let mut want = want;
+        want.sort();
+        assert_eq!(counts(&store), want);
+        drop(store);
+        assert_eq!(
+            counts(&RealtimeStore::open(dir.path()).expect("reopen")),
+            want
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Commit(Vec<(i32, u64, u8, u64)>),
+        Expire(i32, i64),
+        Compact,
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => prop::collection::vec((0..3i32, 0..6u64, 0..8u8, 1..100u64), 0..12).prop_map(Op::Commit),
+            1 => (0..3i32, 0..70i64).prop_map(|(p, o)| Op::Expire(p, o)),
+            1 => Just(Op::Compact),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any sequence of checkpoints, expiries, compactions and reopens
+        /// reads back exactly the model: the last value of every key at or
+        /// above its partition's highest floor.
+        #[test]
+        fn the_store_reads_back_what_a_map_model_holds(ops in prop::collection::vec(op(), 1..30)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let size = BucketSize::new(10).expect("10");
+            let mut model: FxHashMap<CountKey, u64> = FxHashMap::default();
+            let mut floor: Floor = Floor::new();
+            let mut store = Some(RealtimeStore::open(dir.path()).expect("open"));
+            for op in ops {
+                match op {
+                    Op::Commit(entries) => {
+                        let mut batch: FxHashMap<CountKey, u64> = FxHashMap::default();
+                        for (p, b, w, c) in entries {
+                            batch.insert(key(p, b, &format!("w{w}")), c);
+                        }
+                        let batch: Vec<_> = batch.into_iter().collect();
+                        model.extend(batch.iter().cloned());
+                        rt.block_on(commit(store.as_ref().expect("open"), batch));
+                    }
+                    Op::Expire(p, offset) => {
+                        let cut: Cut = [(p, offset)].into_iter().collect();
+                        let f = floor.entry(p).or_default();
+                        *f = (*f).max((offset as u64).div_ceil(10));
+                        rt.block_on(store.as_ref().expect("open").expire_below(&cut, size)).expect("expire");
+                    }
+                    Op::Compact => {
+                        store.as_ref().expect("open").compact().expect("compact");
+                    }
+                    Op::Reopen => {
+                        drop(store.take());
+                        store = Some(RealtimeStore::open(dir.path()).expect("reopen"));
+                    }
+                }
+                model.retain(|k, _| k.bucket.bucket >= floor.get(&k.bucket.partition).copied().unwrap_or(0));
+                prop_assert_eq!(counts(store.as_ref().expect("open")), sorted(model.clone()));
+            }
+        }
+    }
+}
