@@ -172,3 +172,72 @@ async fn resuming_inside_a_record_batch_delivers_the_checkpointed_offset() {
     eprintln!("seeks needed: {seeks}");
     broker.stop().await;
 }
+
+/// The SQLite storage reuses a prepared statement for every record's headers
+/// (vendor/tansu-storage.patch): each record must still come back with its
+/// own headers, read after read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_keeps_its_own_headers_on_sqlite_storage() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = EmbeddedBroker::start(BrokerStorage::Sqlite(dir.path().join("tansu.db")))
+        .await
+        .expect("broker");
+    let brokers = broker.bootstrap();
+    let topic = unique("headers");
+    ensure_topic(&brokers, &topic, 2, TIMEOUT)
+        .await
+        .expect("topic");
+    let producer: FutureProducer = ::common::kafka::producer_config(&brokers)
+        .create()
+        .expect("producer");
+    const N: usize = 1_000;
+    let owned: Vec<(String, String, String)> = (0..N)
+        .map(|i| (i.to_string(), (2 * i).to_string(), format!("record {i}")))
+        .collect();
+    let mut sends = Vec::with_capacity(N);
+    for (n, twice, payload) in &owned {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "n",
+                value: Some(n),
+            })
+            .insert(Header {
+                key: "twice",
+                value: Some(twice),
+            });
+        let record = FutureRecord::<str, str>::to(&topic)
+            .key(n)
+            .payload(payload)
+            .headers(headers);
+        sends.push(producer.send(record, TIMEOUT));
+    }
+    for send in sends {
+        send.await.expect("delivered");
+    }
+    for read in 0..2 {
+        let records = ::common::testkit::consume_until_idle(
+            &brokers,
+            &topic,
+            TIMEOUT,
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(records.len(), N, "read {read}");
+        for r in &records {
+            let i: usize = std::str::from_utf8(&r.payload)
+                .expect("utf-8")
+                .trim_start_matches("record ")
+                .parse()
+                .expect("number");
+            let want = [
+                ("n".to_owned(), i.to_string()),
+                ("twice".to_owned(), (2 * i).to_string()),
+            ];
+            assert_eq!(r.headers, want, "read {read}: headers of record {i}");
+        }
+    }
+    broker.stop().await;
+}
