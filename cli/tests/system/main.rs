@@ -280,7 +280,12 @@ async fn full_disk_fails_writes_keeps_reads_and_loses_nothing() {
     let s = Stack::start("sys-disk", options).await;
     let batch = s.addr(Role::Batch);
     let serve = s.addr(Role::Serve);
-    let n = scaled(8000);
+    // Each event takes about 55 bytes of master log (30 of text, 24 of record
+    // header), so 16,000 of them need about twice the 512 KiB disk: the log
+    // itself must run out of space, whenever the views' writes happen to
+    // land. (With 8,000, a view written after ingestion could take the last
+    // space first, and the log never saw an error.)
+    let n = scaled(16_000);
     let producer = s.produce_in_background(events(0..n), 500, Duration::from_millis(50));
     until(
         "the batch layer's disk to fill up",

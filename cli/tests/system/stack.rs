@@ -474,6 +474,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed scenario explains itself with what every role logged.
+            eprintln!("{}", self.logs());
+        }
         for proc in self.procs.values_mut() {
             if let Some(mut c) = proc.child.take() {
                 let _ = c.kill();
