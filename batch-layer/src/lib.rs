@@ -11,7 +11,8 @@
 //!   recovery truncates a torn tail and refuses mid-log corruption.
 //! - [`ingest`]: the `lambda-batch` consumer; exactly-once appends, resuming
 //!   from the log's own end.
-//! - [`mapreduce`]: map → shuffle → reduce → sort on rayon, over any splits.
+//! - [`mapreduce`]: map → shuffle → reduce → sort on rayon, over any splits;
+//!   [`word_table`] is its map-side combiner table.
 //! - [`recompute`]: chooses the bucket-aligned cut and runs the job over the
 //!   master log.
 //! - [`view`]: immutable versioned view files and their manifest.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod recompute;
 pub mod server;
 pub mod view;
+pub mod word_table;
 
 use crate::config::BatchArgs;
 use crate::mapreduce::Engine;

@@ -17,10 +17,11 @@
 use common::Tokenizer;
 use compact_str::CompactString;
 use rayon::prelude::*;
-use rustc_hash::{FxBuildHasher, FxHashMap};
-use std::hash::BuildHasher;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use crate::word_table::WordTable;
 
 /// A word. Words up to 24 bytes (nearly all) are stored inline, so a hash
 /// table compares keys without following a pointer to the heap: with boxed
@@ -33,7 +34,7 @@ pub type WordCount = (Word, u64);
 /// A map task's local table and tallies.
 #[derive(Debug, Default)]
 pub struct Combiner {
-    counts: FxHashMap<Word, u64>,
+    counts: WordTable,
     tokenizer: Tokenizer,
     /// Events (records or lines) mapped.
     pub events: u64,
@@ -47,14 +48,7 @@ impl Combiner {
     /// Tokenizes one event (or a run of whole events) and counts its words.
     pub fn add_text(&mut self, text: &str) {
         let counts = &mut self.counts;
-        self.tokenizer.for_each_word(text, |w| {
-            // Look up by &str first: a hit, the common case, allocates nothing.
-            if let Some(c) = counts.get_mut(w) {
-                *c += 1;
-            } else {
-                counts.insert(w.into(), 1);
-            }
-        });
+        self.tokenizer.for_each_word(text, |w| counts.add(w));
     }
 }
 
@@ -129,15 +123,16 @@ pub fn shuffle_phase(
         stats.skipped += m.skipped;
         stats.bytes += m.bytes;
     }
-    let hasher = FxBuildHasher;
     let partitioned: Vec<Vec<Vec<WordCount>>> = map_outputs
         .into_par_iter()
         .map(|m| {
             let per_shard = m.counts.len() / shards + 1;
             let mut out: Vec<Vec<WordCount>> =
                 (0..shards).map(|_| Vec::with_capacity(per_shard)).collect();
-            for (w, c) in m.counts {
-                let shard = (hasher.hash_one(&w) % shards as u64) as usize;
+            // The combiner hashed every word already, the same way in
+            // every task; its high bits pick the shard.
+            for (hash, w, c) in m.counts.into_counts() {
+                let shard = ((hash >> 32) % shards as u64) as usize;
                 out[shard].push((w, c));
             }
             out

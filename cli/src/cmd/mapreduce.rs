@@ -35,6 +35,7 @@ pub fn run(args: MapreduceArgs) -> anyhow::Result<()> {
     let split_bytes = (data.len() / (engine.threads() * 8)).clamp(64 << 10, 8 << 20);
     let input = TextInput::new(data, split_bytes);
     let total = input.len() as u64;
+    let read = started.elapsed();
 
     let progress = AtomicU64::new(0);
     let done = AtomicBool::new(false);
@@ -46,6 +47,7 @@ pub fn run(args: MapreduceArgs) -> anyhow::Result<()> {
         done.store(true, Ordering::Relaxed);
         out
     });
+    let computed = started.elapsed();
     drop(input);
 
     let write = |w: &mut dyn Write| -> std::io::Result<()> {
@@ -65,6 +67,12 @@ pub fn run(args: MapreduceArgs) -> anyhow::Result<()> {
     }
 
     let seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(
+        read_ms = read.as_secs_f64() * 1e3,
+        job_ms = (computed - read).as_secs_f64() * 1e3,
+        write_ms = (seconds - computed.as_secs_f64()) * 1e3,
+        "mapreduce timeline."
+    );
     let mb = total as f64 / 1e6;
     eprintln!(
         "mapreduce: {mb:.1} MB, {} events, {} skipped, {} words, {} distinct, {seconds:.3} s, {:.1} MB/s, {} threads",
