@@ -246,6 +246,11 @@ impl Engine {
         self.threads * 4
     }
 
+    /// Runs `f` on this engine's pool, for work around a job.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     /// Runs a job on this engine's pool.
     pub fn run<S, E>(
         &self,
@@ -313,6 +318,105 @@ impl TextInput {
             Err(never) => match never {},
         }
     }
+}
+
+/// A text file read split by split while it is mapped, one event per line:
+/// no up-front copy of the whole file, and no memory for it either.
+///
+/// Splits are byte ranges of the file; a split owns the lines that start in
+/// it (Hadoop's rule), so it skips the piece of a line that began in the
+/// previous split and reads past its end to finish its own last line.
+#[derive(Debug)]
+pub struct TextFile {
+    file: std::fs::File,
+    len: u64,
+    splits: Vec<(u64, u64)>,
+}
+
+impl TextFile {
+    /// Opens `path` and cuts it into splits of `split_bytes`.
+    pub fn open(path: &std::path::Path, split_bytes: u64) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let split_bytes = split_bytes.max(1);
+        let splits = (0..len.div_ceil(split_bytes))
+            .map(|i| (i * split_bytes, ((i + 1) * split_bytes).min(len)))
+            .collect();
+        Ok(Self { file, len, splits })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Counts the words of every line, like [`TextInput::word_count`].
+    pub fn word_count(
+        &self,
+        engine: &Engine,
+        order: Order,
+        progress: &AtomicU64,
+    ) -> std::io::Result<JobOutput> {
+        thread_local! {
+            /// One read buffer per worker thread, reused across its splits.
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        engine.run(&self.splits, order, |&(start, end), combiner| {
+            BUFFER.with_borrow_mut(|buf| {
+                let lines = self.read_lines(start, end, buf)?;
+                map_text(lines, combiner);
+                progress.fetch_add(end - start, Ordering::Relaxed);
+                Ok(())
+            })
+        })
+    }
+
+    /// Reads the lines that start in `[start, end)` into `buf`.
+    fn read_lines<'b>(
+        &self,
+        start: u64,
+        end: u64,
+        buf: &'b mut Vec<u8>,
+    ) -> std::io::Result<&'b [u8]> {
+        use std::os::unix::fs::FileExt;
+        // One byte before the split tells whether a line starts at `start`.
+        let from = start.saturating_sub(1);
+        read_at(&self.file, from, end, buf)?;
+        // Finish the last line: read on until a newline or the end of file.
+        let mut pos = end;
+        while buf.last() != Some(&b'\n') && pos < self.len {
+            let more = (pos + (64 << 10)).min(self.len);
+            let old = buf.len();
+            buf.resize(old + (more - pos) as usize, 0);
+            self.file.read_exact_at(&mut buf[old..], pos)?;
+            if let Some(i) = buf[old..].iter().position(|&b| b == b'\n') {
+                buf.truncate(old + i + 1);
+                break;
+            }
+            pos = more;
+        }
+        // Skip the end of the line that started before this split.
+        let first = if start == 0 {
+            0
+        } else {
+            buf.iter()
+                .position(|&b| b == b'\n')
+                .map_or(buf.len(), |i| i + 1)
+        };
+        Ok(&buf[first..])
+    }
+}
+
+/// Reads bytes `[from, to)` of `file` into `buf`, replacing its contents.
+fn read_at(file: &std::fs::File, from: u64, to: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let n = usize::try_from(to - from).map_err(std::io::Error::other)?;
+    buf.clear();
+    buf.resize(n, 0);
+    file.read_exact_at(buf, from)
 }
 
 /// Maps a run of whole lines. Valid UTF-8 (the usual case) is tokenized in one
@@ -396,7 +500,50 @@ mod tests {
         assert_eq!(input.splits.last().map(|s| s.1), Some(input.data.len()));
     }
 
+    fn run_file(data: &[u8], threads: usize, split: u64) -> JobOutput {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("input.txt");
+        std::fs::write(&path, data).expect("write input");
+        let engine = Engine::new(threads).expect("pool");
+        TextFile::open(&path, split)
+            .expect("open")
+            .word_count(&engine, Order::ByWord, &AtomicU64::new(0))
+            .expect("word count")
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = TextFile::open(std::path::Path::new("/nonexistent/input.txt"), 10)
+            .expect_err("no such file");
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
     proptest! {
+        /// Reading split by split from a file, whatever the split size and
+        /// however lines straddle split boundaries, gives exactly what the
+        /// whole text in memory gives.
+        #[test]
+        fn a_file_read_by_splits_counts_like_the_text_in_memory(
+            // Short lines of a few letters, spaces and a byte that is never
+            // UTF-8, so some lines are skipped.
+            lines in prop::collection::vec(
+                prop::collection::vec(prop::sample::select(vec![b'a', b'b', b' ', 0xff]), 0..40),
+                0..40,
+            ),
+            trailing_newline in any::<bool>(),
+            threads in 1usize..4,
+            split in 1u64..50,
+        ) {
+            let mut data = lines.join(&b'\n');
+            if trailing_newline {
+                data.push(b'\n');
+            }
+            let want = run_text(&data, 1, 1 << 20, Order::ByWord);
+            let got = run_file(&data, threads, split);
+            prop_assert_eq!(&got.counts, &want.counts);
+            prop_assert_eq!(got.stats, want.stats);
+        }
+
         #[test]
         fn mapreduce_equals_a_single_threaded_count(
             lines in prop::collection::vec("[a-cA-C0-9 ,.'é\u{0130}-]{0,30}", 0..60),
