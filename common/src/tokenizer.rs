@@ -33,15 +33,8 @@ impl Tokenizer {
             if class & WORD != 0 {
                 // An ASCII run; it may continue with non-ASCII letters.
                 let start = i;
-                let mut upper = 0u8;
-                while i < bytes.len() {
-                    let c = CLASS[bytes[i] as usize];
-                    if c & WORD == 0 {
-                        break;
-                    }
-                    upper |= c;
-                    i += 1;
-                }
+                let upper;
+                (i, upper) = ascii_run(bytes, i);
                 if i < bytes.len()
                     && CLASS[bytes[i] as usize] & NON_ASCII != 0
                     && starts_alphanumeric(&text[i..])
@@ -49,7 +42,7 @@ impl Tokenizer {
                     self.lower_ascii_into_scratch(&bytes[start..i]);
                     i = self.continue_general(text, i);
                     f(&self.scratch);
-                } else if upper & UPPER != 0 {
+                } else if upper {
                     self.lower_ascii_into_scratch(&bytes[start..i]);
                     f(&self.scratch);
                 } else {
@@ -140,6 +133,57 @@ const CLASS: [u8; 256] = {
     }
     table
 };
+
+/// Every byte's high bit.
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// `b` in every byte of a `u64`.
+const fn splat(b: u8) -> u64 {
+    b as u64 * 0x0101_0101_0101_0101
+}
+
+/// The high bit of every byte of `x` that lies in `lo..=hi`; every byte of
+/// `x` must be below 0x80, so that no sum carries into the next byte.
+const fn in_range(x: u64, lo: u8, hi: u8) -> u64 {
+    x.wrapping_add(splat(0x80 - lo)) & !x.wrapping_add(splat(0x7f - hi)) & HIGH
+}
+
+/// Where the run of ASCII letters and digits that starts at `i` ends, and
+/// whether it holds an upper-case letter.
+///
+/// Eight bytes at a time (SWAR): one compare finds the end of a word of up to
+/// seven letters, where a byte-by-byte loop mispredicted a branch at the end
+/// of every word. A byte of 0x80 or above ends the run, as in [`CLASS`].
+fn ascii_run(bytes: &[u8], mut i: usize) -> (usize, bool) {
+    let mut upper = false;
+    while let Some(Ok(lanes)) = bytes.get(i..i + 8).map(<[u8; 8]>::try_from) {
+        let x = u64::from_le_bytes(lanes);
+        let ascii = !x & HIGH;
+        let low7 = x & !HIGH;
+        let letter = in_range(low7 | splat(0x20), b'a', b'z');
+        let alnum = (letter | in_range(low7, b'0', b'9')) & ascii;
+        let capital = in_range(low7, b'A', b'Z') & ascii;
+        let stop = !alnum & HIGH;
+        if stop == 0 {
+            upper |= capital != 0;
+            i += 8;
+            continue;
+        }
+        // Little-endian: the lowest set bit is the first byte that stops.
+        let run = stop.trailing_zeros() as usize / 8;
+        let in_run = (1u64 << (8 * run)) - 1;
+        return (i + run, upper || capital & in_run != 0);
+    }
+    while let Some(&b) = bytes.get(i) {
+        let class = CLASS[b as usize];
+        if class & WORD == 0 {
+            break;
+        }
+        upper |= class & UPPER != 0;
+        i += 1;
+    }
+    (i, upper)
+}
 
 fn starts_alphanumeric(text: &str) -> bool {
     text.chars().next().is_some_and(char::is_alphanumeric)
@@ -247,6 +291,39 @@ mod tests {
         assert_eq!(single_word("two words"), None);
         assert_eq!(single_word("---"), None);
         assert_eq!(single_word(""), None);
+    }
+
+    /// The eight-at-a-time scan against the byte table, for every byte value
+    /// ending a run of every length, at every alignment within a lane.
+    #[test]
+    fn ascii_run_agrees_with_the_byte_table() {
+        let reference = |bytes: &[u8], mut i: usize| {
+            let mut upper = false;
+            while i < bytes.len() && CLASS[bytes[i] as usize] & WORD != 0 {
+                upper |= CLASS[bytes[i] as usize] & UPPER != 0;
+                i += 1;
+            }
+            (i, upper)
+        };
+        let letters = b"aZ09zA9q";
+        for run in 0..20 {
+            for stop in 0..=255u8 {
+                for lead in 0..8 {
+                    let mut bytes = vec![b' '; lead];
+                    bytes.extend((0..run).map(|k| letters[(k + stop as usize) % letters.len()]));
+                    bytes.push(stop);
+                    bytes.extend_from_slice(b"ABCDEFGHIJ");
+                    assert_eq!(
+                        ascii_run(&bytes, lead),
+                        reference(&bytes, lead),
+                        "run {run} then byte {stop:#x}, after {lead}"
+                    );
+                    // And with the input ending right after the run.
+                    let cut = &bytes[..lead + run];
+                    assert_eq!(ascii_run(cut, lead), reference(cut, lead));
+                }
+            }
+        }
     }
 
     proptest! {
