@@ -8,7 +8,7 @@
 #   4. the whole system under sustained load (bench/load.py)     (issue 7)
 #
 # Usage: bash bench/all.sh
-#   MR_MB=50 MR_RUNS=3 EVENTS=500000 LOAD_RATE=3000 LOAD_SECONDS=300 bash bench/all.sh
+#   MR_MB=50 MR_RUNS=3 EVENTS=500000 LOAD_RATE=20000 LOAD_SECONDS=300 bash bench/all.sh
 #   LOAD_SECONDS=0 skips the load run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ OUT=${BENCH_DIR:-target/bench}
 mkdir -p "$OUT"
 MR_MB=${MR_MB:-50}
 MR_RUNS=${MR_RUNS:-3}
-LOAD_RATE=${LOAD_RATE:-3000}
+LOAD_RATE=${LOAD_RATE:-20000}
 LOAD_SECONDS=${LOAD_SECONDS:-300}
 
 python3 -c 'import duckdb, confluent_kafka' 2>/dev/null || python3 -m pip install -q -r bench/requirements.txt

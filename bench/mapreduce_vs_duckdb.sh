@@ -62,3 +62,8 @@ awk -v b="$BYTES" -v ls="$L_S" -v ds="$D_S" -v lr="$L_RSS" -v dr="$D_RSS" -v n="
   printf "%-18s %9.2f %10.1f %12.1f\n", "duckdb", ds, mb / ds, dr / 1024
   printf "speed ratio (duckdb seconds / lambda seconds): %.1fx\n", ds / ls
 }'
+if cmp -s "$WORK/lambda.tsv" "$WORK/duckdb.tsv"; then
+  echo "outputs: byte-identical"
+else
+  echo "outputs: DIFFER (diff $WORK/lambda.tsv $WORK/duckdb.tsv)"
+fi
