@@ -51,11 +51,7 @@ pub fn run(args: MapreduceArgs) -> anyhow::Result<()> {
     let computed = started.elapsed();
     drop(input);
 
-    let tsv = engine.install(|| to_tsv(&out.counts));
-    let write = |w: &mut dyn Write| -> std::io::Result<()> {
-        w.write_all(&tsv)?;
-        w.flush()
-    };
+    let write = |w: &mut dyn Write| write_tsv(&engine, &out.counts, w);
     match &args.output {
         Some(path) => {
             let mut f = std::fs::File::create(path)
@@ -84,25 +80,40 @@ pub fn run(args: MapreduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The TSV lines `word<TAB>count`, formatted in parallel chunks: with
-/// `writeln!` per line, formatting took as long as sorting.
-fn to_tsv(counts: &[(batch_layer::mapreduce::Word, u64)]) -> Vec<u8> {
+/// Writes the TSV lines `word<TAB>count`, formatted in parallel (with
+/// `writeln!` per line, formatting took as long as sorting), a window of
+/// lines at a time so the text in memory stays bounded however many words
+/// there are.
+fn write_tsv(
+    engine: &Engine,
+    counts: &[(batch_layer::mapreduce::Word, u64)],
+    w: &mut dyn Write,
+) -> std::io::Result<()> {
     use rayon::prelude::*;
-    let chunks: Vec<Vec<u8>> = counts
-        .par_chunks(16 << 10)
-        .map(|chunk| {
-            let mut out = Vec::with_capacity(chunk.len() * 16);
-            let mut digits = itoa::Buffer::new();
-            for (word, count) in chunk {
-                out.extend_from_slice(word.as_bytes());
-                out.push(b'\t');
-                out.extend_from_slice(digits.format(*count).as_bytes());
-                out.push(b'\n');
-            }
-            out
-        })
-        .collect();
-    chunks.concat()
+    const LINES_PER_TASK: usize = 16 << 10;
+    const LINES_PER_WINDOW: usize = 64 * LINES_PER_TASK;
+    for window in counts.chunks(LINES_PER_WINDOW) {
+        let parts: Vec<Vec<u8>> = engine.install(|| {
+            window
+                .par_chunks(LINES_PER_TASK)
+                .map(|lines| {
+                    let mut out = Vec::with_capacity(lines.len() * 16);
+                    let mut digits = itoa::Buffer::new();
+                    for (word, count) in lines {
+                        out.extend_from_slice(word.as_bytes());
+                        out.push(b'\t');
+                        out.extend_from_slice(digits.format(*count).as_bytes());
+                        out.push(b'\n');
+                    }
+                    out
+                })
+                .collect()
+        });
+        for part in &parts {
+            w.write_all(part)?;
+        }
+    }
+    w.flush()
 }
 
 fn show_progress(total: u64, progress: &AtomicU64, done: &AtomicBool) {
@@ -118,4 +129,25 @@ fn show_progress(total: u64, progress: &AtomicU64, done: &AtomicBool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More lines than one window, so the windows must join seamlessly.
+    #[test]
+    fn tsv_equals_line_by_line_formatting_across_windows() {
+        let counts: Vec<(batch_layer::mapreduce::Word, u64)> = (0..1_100_000u64)
+            .map(|i| (format!("w{i}").into(), i * 7919))
+            .collect();
+        let mut want = String::new();
+        for (w, c) in &counts {
+            want.push_str(&format!("{w}\t{c}\n"));
+        }
+        let engine = Engine::new(2).expect("pool");
+        let mut got = Vec::new();
+        write_tsv(&engine, &counts, &mut got).expect("write to memory");
+        assert!(got == want.as_bytes(), "the TSV differs from line-by-line formatting");
+    }
 }
