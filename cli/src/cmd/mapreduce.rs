@@ -148,6 +148,9 @@ mod tests {
         let engine = Engine::new(2).expect("pool");
         let mut got = Vec::new();
         write_tsv(&engine, &counts, &mut got).expect("write to memory");
-        assert!(got == want.as_bytes(), "the TSV differs from line-by-line formatting");
+        assert!(
+            got == want.as_bytes(),
+            "the TSV differs from line-by-line formatting"
+        );
     }
 }
