@@ -381,17 +381,15 @@ impl TextFile {
         end: u64,
         buf: &'b mut Vec<u8>,
     ) -> std::io::Result<&'b [u8]> {
-        use std::os::unix::fs::FileExt;
+        buf.clear();
         // One byte before the split tells whether a line starts at `start`.
-        let from = start.saturating_sub(1);
-        read_at(&self.file, from, end, buf)?;
+        append_at(&self.file, start.saturating_sub(1), end, buf)?;
         // Finish the last line: read on until a newline or the end of file.
         let mut pos = end;
         while buf.last() != Some(&b'\n') && pos < self.len {
             let more = (pos + (64 << 10)).min(self.len);
             let old = buf.len();
-            buf.resize(old + (more - pos) as usize, 0);
-            self.file.read_exact_at(&mut buf[old..], pos)?;
+            append_at(&self.file, pos, more, buf)?;
             if let Some(i) = buf[old..].iter().position(|&b| b == b'\n') {
                 buf.truncate(old + i + 1);
                 break;
@@ -410,13 +408,13 @@ impl TextFile {
     }
 }
 
-/// Reads bytes `[from, to)` of `file` into `buf`, replacing its contents.
-fn read_at(file: &std::fs::File, from: u64, to: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
+/// Appends bytes `[from, to)` of `file` to `buf`.
+fn append_at(file: &std::fs::File, from: u64, to: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let n = usize::try_from(to - from).map_err(std::io::Error::other)?;
-    buf.clear();
-    buf.resize(n, 0);
-    file.read_exact_at(buf, from)
+    let old = buf.len();
+    buf.resize(old + n, 0);
+    file.read_exact_at(&mut buf[old..], from)
 }
 
 /// Maps a run of whole lines. Valid UTF-8 (the usual case) is tokenized in one

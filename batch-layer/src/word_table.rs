@@ -70,9 +70,11 @@ impl Default for WordTable {
     }
 }
 
-/// The shard-stable hash of a word: equal words hash equally in every table,
-/// so the shuffle can partition by it without hashing again.
-pub fn hash_word(word: &str) -> u64 {
+/// The hash [`WordTable::into_counts`] reports for a word, inline or long:
+/// equal words hash equally in every table, so the shuffle can partition by
+/// it without hashing again. (Production code never needs it by itself.)
+#[cfg(test)]
+fn hash_word(word: &str) -> u64 {
     match key_of(word.as_bytes()) {
         Some(key) => hash_key(&key),
         None => FxBuildHasher.hash_one(word),
@@ -240,8 +242,8 @@ impl WordTable {
         }
     }
 
-    /// Every word with its [`hash_word`] and its count, in no particular
-    /// order.
+    /// Every word with its hash (the same for the same word in every
+    /// table) and its count, in no particular order.
     pub fn into_counts(mut self) -> impl Iterator<Item = (u64, CompactString, u64)> {
         self.flush();
         let carry = std::mem::take(&mut self.carry);

@@ -10,16 +10,24 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_keyed_records_come_back_dense_and_in_order() {
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
+/// A started broker, its bootstrap address, and a new topic on it.
+async fn broker_with_topic(
+    storage: BrokerStorage,
+    name: &str,
+    partitions: i32,
+) -> (EmbeddedBroker, String, String) {
+    let broker = EmbeddedBroker::start(storage).await.expect("broker");
     let brokers = broker.bootstrap();
-    let topic = unique("dense");
-    ensure_topic(&brokers, &topic, 4, TIMEOUT)
+    let topic = unique(name);
+    ensure_topic(&brokers, &topic, partitions, TIMEOUT)
         .await
         .expect("topic");
+    (broker, brokers, topic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_keyed_records_come_back_dense_and_in_order() {
+    let (broker, brokers, topic) = broker_with_topic(BrokerStorage::Memory, "dense", 4).await;
     // Creating it again is fine.
     ensure_topic(&brokers, &topic, 4, TIMEOUT)
         .await
@@ -121,14 +129,7 @@ async fn resuming_inside_a_record_batch_delivers_the_checkpointed_offset() {
     use ::common::kafka::{consumer_config, Resume, ResumeCheck};
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("mid-batch");
-    ensure_topic(&brokers, &topic, 1, TIMEOUT)
-        .await
-        .expect("topic");
+    let (broker, brokers, topic) = broker_with_topic(BrokerStorage::Memory, "mid-batch", 1).await;
     // Two produce calls: two record batches, offsets 0..100 and 100..200.
     produce(
         &brokers,
@@ -182,14 +183,8 @@ async fn every_record_keeps_its_own_headers_on_sqlite_storage() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = EmbeddedBroker::start(BrokerStorage::Sqlite(dir.path().join("tansu.db")))
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("headers");
-    ensure_topic(&brokers, &topic, 2, TIMEOUT)
-        .await
-        .expect("topic");
+    let storage = BrokerStorage::Sqlite(dir.path().join("tansu.db"));
+    let (broker, brokers, topic) = broker_with_topic(storage, "headers", 2).await;
     let producer: FutureProducer = ::common::kafka::producer_config(&brokers)
         .create()
         .expect("producer");

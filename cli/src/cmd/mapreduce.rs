@@ -5,7 +5,7 @@
 //! engines.
 
 use anyhow::Context;
-use batch_layer::mapreduce::{Engine, Order, TextFile};
+use batch_layer::mapreduce::{Engine, Order, TextFile, WordCount};
 use clap::Args;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -84,11 +84,7 @@ pub fn run(args: MapreduceArgs) -> anyhow::Result<()> {
 /// `writeln!` per line, formatting took as long as sorting), a window of
 /// lines at a time so the text in memory stays bounded however many words
 /// there are.
-fn write_tsv(
-    engine: &Engine,
-    counts: &[(batch_layer::mapreduce::Word, u64)],
-    w: &mut dyn Write,
-) -> std::io::Result<()> {
+fn write_tsv(engine: &Engine, counts: &[WordCount], w: &mut dyn Write) -> std::io::Result<()> {
     use rayon::prelude::*;
     const LINES_PER_TASK: usize = 16 << 10;
     const LINES_PER_WINDOW: usize = 64 * LINES_PER_TASK;
@@ -138,7 +134,7 @@ mod tests {
     /// More lines than one window, so the windows must join seamlessly.
     #[test]
     fn tsv_equals_line_by_line_formatting_across_windows() {
-        let counts: Vec<(batch_layer::mapreduce::Word, u64)> = (0..1_100_000u64)
+        let counts: Vec<WordCount> = (0..1_100_000u64)
             .map(|i| (format!("w{i}").into(), i * 7919))
             .collect();
         let mut want = String::new();
