@@ -49,7 +49,7 @@ pub enum IngestError {
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    pub brokers: String,
+    pub brokers: common::client::Connection,
     pub topic: String,
     pub max_event_bytes: usize,
     /// A batch closes at this many records …
@@ -81,7 +81,7 @@ pub async fn run(
         consumer_config(&config.brokers, GROUP)
             .create()
             .map_err(|source| IngestError::Consumer {
-                brokers: config.brokers.clone(),
+                brokers: config.brokers.to_string(),
                 source,
             })?;
     let (mut partitions, mut resume) = assign(&consumer, &config, &log).await?;
@@ -140,7 +140,7 @@ async fn assign(
     .flatten()
     .ok_or_else(|| IngestError::NoTopic {
         topic: config.topic.clone(),
-        brokers: config.brokers.clone(),
+        brokers: config.brokers.to_string(),
     })?;
     let ends = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
     let resume = Resume::new((0..count as Partition).map(|p| (p, ends.get(p))));

@@ -114,7 +114,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
 
     let kafka = &args.kafka;
     ensure_layer_topics(kafka).await?;
-    let dead_letters = DeadLetterSink::new(&kafka.brokers, &kafka.dead_letter_topic, "batch")
+    let dead_letters = DeadLetterSink::new(&kafka.connection(), &kafka.dead_letter_topic, "batch")
         .map_err(BatchError::DeadLetter)?;
 
     let metrics = Arc::new(BatchMetrics::default());
@@ -141,7 +141,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
 
     let mut tasks = JoinSet::new();
     let ingest_config = ingest::IngestConfig {
-        brokers: kafka.brokers.clone(),
+        brokers: kafka.connection(),
         topic: kafka.topic.clone(),
         max_event_bytes: args.stream.max_event_bytes,
         batch_records: 10_000,

@@ -22,9 +22,14 @@ async fn every_line_becomes_one_record() {
         .expect("broker");
     let brokers = broker.bootstrap();
     let topic = unique("produce");
-    ::common::kafka::ensure_topic(&brokers, &topic, 3, std::time::Duration::from_secs(30))
-        .await
-        .expect("topic");
+    ::common::kafka::ensure_topic(
+        &::common::client::Connection::plaintext(&brokers),
+        &topic,
+        3,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .expect("topic");
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("events.txt");
     let mut lines: Vec<Vec<u8>> = (0..1500)

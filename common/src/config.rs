@@ -46,6 +46,16 @@ pub mod env {
     pub const MAX_BODY_BYTES: &str = "LAMBDA_MAX_BODY_BYTES";
     pub const DELIVERY_TIMEOUT: &str = "LAMBDA_DELIVERY_TIMEOUT";
     pub const KEY_BY_LINE: &str = "LAMBDA_KEY_BY_LINE";
+    pub const SECURITY_PROTOCOL: &str = "LAMBDA_SECURITY_PROTOCOL";
+    pub const SSL_CA_LOCATION: &str = "LAMBDA_SSL_CA_LOCATION";
+    pub const SSL_CERTIFICATE_LOCATION: &str = "LAMBDA_SSL_CERTIFICATE_LOCATION";
+    pub const SSL_KEY_LOCATION: &str = "LAMBDA_SSL_KEY_LOCATION";
+    pub const SSL_KEY_PASSWORD: &str = "LAMBDA_SSL_KEY_PASSWORD";
+    pub const SASL_MECHANISM: &str = "LAMBDA_SASL_MECHANISM";
+    pub const SASL_USERNAME: &str = "LAMBDA_SASL_USERNAME";
+    pub const SASL_PASSWORD: &str = "LAMBDA_SASL_PASSWORD";
+    pub const COMPRESSION: &str = "LAMBDA_COMPRESSION";
+    pub const KAFKA_OPTIONS: &str = "LAMBDA_KAFKA_OPTIONS";
 
     /// Every variable above.
     pub const ALL: &[&str] = &[
@@ -83,6 +93,16 @@ pub mod env {
         MAX_BODY_BYTES,
         DELIVERY_TIMEOUT,
         KEY_BY_LINE,
+        SECURITY_PROTOCOL,
+        SSL_CA_LOCATION,
+        SSL_CERTIFICATE_LOCATION,
+        SSL_KEY_LOCATION,
+        SSL_KEY_PASSWORD,
+        SASL_MECHANISM,
+        SASL_USERNAME,
+        SASL_PASSWORD,
+        COMPRESSION,
+        KAFKA_OPTIONS,
     ];
 }
 
@@ -95,7 +115,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(flag: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(flag: &'static str, message: impl Into<String>) -> Self {
         Self {
             flag,
             message: message.into(),
@@ -125,6 +145,10 @@ pub struct KafkaArgs {
     /// Partitions of the events topic when this process creates it.
     #[arg(long, env = env::PARTITIONS, default_value_t = 4)]
     pub partitions: i32,
+
+    /// TLS, SASL, compression and pass-through client settings.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 impl KafkaArgs {
@@ -145,7 +169,12 @@ impl KafkaArgs {
         if !(1..=1024).contains(&self.partitions) {
             return Err(ConfigError::new("partitions", "must be between 1 and 1024"));
         }
-        Ok(())
+        self.client.validate()
+    }
+
+    /// What every Kafka client of the role connects with.
+    pub fn connection(&self) -> crate::client::Connection {
+        self.client.connection(&self.brokers)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The dead-letter topic: records that are not events, with their origin and
 //! the reason in headers, so nothing that arrived is silently dropped.
 
+use crate::client::Connection;
 use crate::event::DecodeError;
 use crate::kafka::producer_config;
 use crate::metrics::{Counter, TextWriter};
@@ -45,9 +46,9 @@ impl std::fmt::Debug for DeadLetterSink {
 impl DeadLetterSink {
     /// `layer` names the layer that found the record (`batch`, `speed`): both
     /// see every record, so each dead letter says who sent it.
-    pub fn new(brokers: &str, topic: &str, layer: &'static str) -> Result<Self, KafkaError> {
+    pub fn new(kafka: &Connection, topic: &str, layer: &'static str) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: producer_config(brokers).create()?,
+            producer: producer_config(kafka).create()?,
             topic: topic.to_owned(),
             layer,
         })

@@ -1,6 +1,7 @@
 //! Kafka helpers: client configurations with this project's delivery settings,
-//! and idempotent topic creation.
+//! a classification of consumer errors, and idempotent topic creation.
 
+use crate::client::Connection;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -32,14 +33,18 @@ pub enum KafkaSetupError {
     },
 }
 
-/// The settings every client shares.
-pub fn client_config(brokers: &str) -> ClientConfig {
+/// The settings every client shares: ours first, then the user's
+/// (`--security-protocol`, `--sasl-*`, `--ssl-*`, `--kafka-option`), so theirs win.
+pub fn client_config(kafka: &Connection) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", kafka.brokers())
         .set("socket.keepalive.enable", "true")
         // Resolve `localhost` to IPv4 first, as the embedded broker listens there.
         .set("broker.address.family", "v4");
+    for (key, value) in kafka.settings() {
+        config.set(key, value);
+    }
     config
 }
 
@@ -47,31 +52,88 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 /// no auto-commit and no automatic offset store. Layers resume from their own
 /// durable state (the master log, a sled checkpoint) and commit to Kafka only
 /// for monitoring.
-pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
-    let mut config = client_config(brokers);
+///
+/// It reads committed records only (events of aborted transactions are never
+/// counted; transaction markers leave offset gaps that every position in this
+/// project tolerates), and it checks every batch's CRC, so a batch corrupted
+/// on the way is an error ([`ConsumeFailure`]) rather than wrong counts.
+pub fn consumer_config(kafka: &Connection, group: &str) -> ClientConfig {
+    let mut config = client_config(kafka);
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .set("check.crcs", "true")
         // Brokers may hold an empty fetch this long; the default 500 ms would
         // be most of the produce-to-visible time across the two hops
         // (events → speed layer, realtime topic → serving layer).
         .set("fetch.wait.max.ms", "100")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
+    // The user's settings once more, so they also win over the delivery
+    // settings above (the reserved ones are refused at start).
+    for (key, value) in kafka.settings() {
+        config.set(key, value);
+    }
     config
 }
 
-/// A producer that waits for the broker's acknowledgement of every record.
-pub fn producer_config(brokers: &str) -> ClientConfig {
-    let mut config = client_config(brokers);
+/// A producer that waits for the broker's acknowledgement of every record,
+/// compressing with the connection's codec.
+pub fn producer_config(kafka: &Connection) -> ClientConfig {
+    let mut config = client_config(kafka);
     config
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        .set("compression.type", kafka.compression().as_kafka());
+    for (key, value) in kafka.settings() {
+        config.set(key, value);
+    }
     config
+}
+
+/// A consumer error that means the records at the consumer's position cannot
+/// be read: retrying gets the same bytes, so the partition would never move
+/// again. The role stops loudly instead (see the README, "A record that
+/// cannot be read").
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot read records from {what}: {code} ({code:?}); the partition cannot move past them, so this role stops rather than skip or stall")]
+pub struct ConsumeFailure {
+    pub what: String,
+    pub code: RDKafkaErrorCode,
+}
+
+impl ConsumeFailure {
+    /// `Some` when `error` is one a retry cannot fix: an unsupported or
+    /// corrupt batch (bad CRC, bad compression, an unknown codec or message
+    /// format). Transient errors (a broker restart, a timeout) are `None`:
+    /// librdkafka retries them by itself.
+    pub fn classify(error: &KafkaError, what: &str) -> Option<Self> {
+        let code = match error {
+            KafkaError::MessageConsumption(code) | KafkaError::MessageConsumptionFatal(code) => {
+                *code
+            }
+            _ => return None,
+        };
+        let unreadable = matches!(
+            code,
+            RDKafkaErrorCode::BadMessage
+                | RDKafkaErrorCode::BadCompression
+                | RDKafkaErrorCode::NotImplemented
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::UnsupportedCompressionType
+                | RDKafkaErrorCode::UnsupportedForMessageFormat
+        ) || matches!(error, KafkaError::MessageConsumptionFatal(_));
+        unreadable.then(|| Self {
+            what: what.to_owned(),
+            code,
+        })
+    }
 }
 
 /// Creates the topics every layer uses, unless they exist: the events and
@@ -79,12 +141,13 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
 /// one. Each layer calls it on start, so any may start first.
 pub async fn ensure_layer_topics(kafka: &crate::config::KafkaArgs) -> Result<(), KafkaSetupError> {
     let timeout = Duration::from_secs(30);
+    let connection = kafka.connection();
     for (topic, partitions) in [
         (&kafka.topic, kafka.partitions),
         (&kafka.dead_letter_topic, 1),
         (&kafka.realtime_topic, kafka.partitions),
     ] {
-        ensure_topic(&kafka.brokers, topic, partitions, timeout).await?;
+        ensure_topic(&connection, topic, partitions, timeout).await?;
     }
     Ok(())
 }
@@ -93,24 +156,24 @@ pub async fn ensure_layer_topics(kafka: &crate::config::KafkaArgs) -> Result<(),
 /// waits until its metadata is visible. An existing topic is fine, whatever its
 /// partition count (a warning says if it differs).
 pub async fn ensure_topic(
-    brokers: &str,
+    kafka: &Connection,
     topic: &str,
     partitions: i32,
     timeout: Duration,
 ) -> Result<(), KafkaSetupError> {
     // An existing topic needs no create request (brokers log a refused one
     // as an error, which would alarm whoever reads the broker's log).
-    let found = match wait_for_partitions(brokers, topic, Duration::ZERO).await {
+    let found = match wait_for_partitions(kafka, topic, Duration::ZERO).await {
         Some(n) => Some(n),
         None => {
-            create_topic(brokers, topic, partitions, timeout).await?;
-            wait_for_partitions(brokers, topic, timeout).await
+            create_topic(kafka, topic, partitions, timeout).await?;
+            wait_for_partitions(kafka, topic, timeout).await
         }
     };
     let Some(n) = found else {
         return Err(KafkaSetupError::TopicNotVisible {
             topic: topic.to_owned(),
-            brokers: brokers.to_owned(),
+            brokers: kafka.to_string(),
             waited: timeout,
         });
     };
@@ -126,13 +189,14 @@ pub async fn ensure_topic(
 }
 
 async fn create_topic(
-    brokers: &str,
+    kafka: &Connection,
     topic: &str,
     partitions: i32,
     timeout: Duration,
 ) -> Result<(), KafkaSetupError> {
+    let brokers = kafka.brokers();
     let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers)
+        client_config(kafka)
             .create()
             .map_err(|source| KafkaSetupError::Client {
                 brokers: brokers.to_owned(),
@@ -167,8 +231,12 @@ async fn create_topic(
 }
 
 /// [`topic_partitions`] from async code (on a blocking thread).
-pub async fn wait_for_partitions(brokers: &str, topic: &str, timeout: Duration) -> Option<usize> {
-    let (b, t) = (brokers.to_owned(), topic.to_owned());
+pub async fn wait_for_partitions(
+    kafka: &Connection,
+    topic: &str,
+    timeout: Duration,
+) -> Option<usize> {
+    let (b, t) = (kafka.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || topic_partitions(&b, &t, timeout))
         .await
         .ok()
@@ -177,8 +245,8 @@ pub async fn wait_for_partitions(brokers: &str, topic: &str, timeout: Duration) 
 
 /// The partition count of `topic`, polling metadata until it shows or
 /// `timeout` passes. Blocking: call from a blocking context.
-pub fn topic_partitions(brokers: &str, topic: &str, timeout: Duration) -> Option<usize> {
-    let consumer: BaseConsumer = client_config(brokers).create().ok()?;
+pub fn topic_partitions(kafka: &Connection, topic: &str, timeout: Duration) -> Option<usize> {
+    let consumer: BaseConsumer = client_config(kafka).create().ok()?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {

@@ -17,6 +17,8 @@
 //! - [`merge`]: the merge rule `batch(w) + Σ realtime(w, p, b ≥ cut[p])`.
 //! - [`auth`]: constant-time bearer-token checks.
 //! - [`config`]: flags shared by every role, each also a `LAMBDA_*` variable.
+//! - [`client`]: how Kafka clients reach the cluster (TLS, SASL, codec,
+//!   pass-through settings), secrets redacted.
 //! - [`telemetry`]: `tracing` set-up from `RUST_LOG`.
 //! - [`server`]: binding, serving until shutdown, JSON errors, Prometheus responses.
 //! - [`shutdown`]: ctrl-c/SIGTERM → cancellation token → grace period.
@@ -30,6 +32,7 @@
 //!   drive real components.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod cut;
 pub mod dead_letter;

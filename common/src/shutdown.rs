@@ -83,6 +83,23 @@ pub async fn supervise<T: 'static>(
     results
 }
 
+/// The first failure of a role's components, kept so the role can exit
+/// non-zero with the reason once [`supervise`] has stopped the rest.
+#[derive(Debug, Clone, Default)]
+pub struct FailureSlot(std::sync::Arc<std::sync::OnceLock<String>>);
+
+impl FailureSlot {
+    /// Records `reason` unless a failure was recorded already (the first
+    /// one is the cause; what follows is usually its consequence).
+    pub fn record(&self, reason: impl std::fmt::Display) {
+        let _ = self.0.set(reason.to_string());
+    }
+
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
 /// Runs `fut` until it completes or `token` is cancelled.
 pub async fn until_cancelled<F: Future>(token: &CancellationToken, fut: F) -> Option<F::Output> {
     tokio::select! {

@@ -77,9 +77,10 @@ pub async fn produce(
     topic: &str,
     records: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) {
-    let producer: rdkafka::producer::FutureProducer = crate::kafka::producer_config(brokers)
-        .create()
-        .expect("producer");
+    let producer: rdkafka::producer::FutureProducer =
+        crate::kafka::producer_config(&crate::client::Connection::plaintext(brokers))
+            .create()
+            .expect("producer");
     let records: Vec<(String, Vec<u8>)> = records.into_iter().collect();
     for result in crate::kafka::send_all(&producer, topic, &records).await {
         result.expect("delivered");
@@ -107,10 +108,12 @@ pub async fn consume_until_idle(
 
 fn subscribe(brokers: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::Consumer;
-    let consumer: rdkafka::consumer::StreamConsumer =
-        crate::kafka::consumer_config(brokers, &unique("testkit"))
-            .create()
-            .expect("consumer");
+    let consumer: rdkafka::consumer::StreamConsumer = crate::kafka::consumer_config(
+        &crate::client::Connection::plaintext(brokers),
+        &unique("testkit"),
+    )
+    .create()
+    .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
 }

@@ -19,9 +19,14 @@ async fn broker_with_topic(
     let broker = EmbeddedBroker::start(storage).await.expect("broker");
     let brokers = broker.bootstrap();
     let topic = unique(name);
-    ensure_topic(&brokers, &topic, partitions, TIMEOUT)
-        .await
-        .expect("topic");
+    ensure_topic(
+        &::common::client::Connection::plaintext(&brokers),
+        &topic,
+        partitions,
+        TIMEOUT,
+    )
+    .await
+    .expect("topic");
     (broker, brokers, topic)
 }
 
@@ -29,9 +34,14 @@ async fn broker_with_topic(
 async fn ten_thousand_keyed_records_come_back_dense_and_in_order() {
     let (broker, brokers, topic) = broker_with_topic(BrokerStorage::Memory, "dense", 4).await;
     // Creating it again is fine.
-    ensure_topic(&brokers, &topic, 4, TIMEOUT)
-        .await
-        .expect("idempotent");
+    ensure_topic(
+        &::common::client::Connection::plaintext(&brokers),
+        &topic,
+        4,
+        TIMEOUT,
+    )
+    .await
+    .expect("idempotent");
 
     const N: usize = 10_000;
     produce(
@@ -79,9 +89,14 @@ async fn sqlite_storage_survives_a_broker_restart() {
         .await
         .expect("broker");
     let brokers = broker.bootstrap();
-    ensure_topic(&brokers, &topic, 2, TIMEOUT)
-        .await
-        .expect("topic");
+    ensure_topic(
+        &::common::client::Connection::plaintext(&brokers),
+        &topic,
+        2,
+        TIMEOUT,
+    )
+    .await
+    .expect("topic");
     const N: usize = 500;
     produce(
         &brokers,
@@ -144,9 +159,12 @@ async fn resuming_inside_a_record_batch_delivers_the_checkpointed_offset() {
     )
     .await;
 
-    let consumer: StreamConsumer = consumer_config(&brokers, &unique("g"))
-        .create()
-        .expect("consumer");
+    let consumer: StreamConsumer = consumer_config(
+        &::common::client::Connection::plaintext(&brokers),
+        &unique("g"),
+    )
+    .create()
+    .expect("consumer");
     let mut resume = Resume::with_margin([(0, 57)], 10);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Offset(resume.seek_offset(0)))
@@ -185,9 +203,10 @@ async fn every_record_keeps_its_own_headers_on_sqlite_storage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = BrokerStorage::Sqlite(dir.path().join("tansu.db"));
     let (broker, brokers, topic) = broker_with_topic(storage, "headers", 2).await;
-    let producer: FutureProducer = ::common::kafka::producer_config(&brokers)
-        .create()
-        .expect("producer");
+    let producer: FutureProducer =
+        ::common::kafka::producer_config(&::common::client::Connection::plaintext(&brokers))
+            .create()
+            .expect("producer");
     const N: usize = 1_000;
     let owned: Vec<(String, String, String)> = (0..N)
         .map(|i| (i.to_string(), (2 * i).to_string(), format!("record {i}")))

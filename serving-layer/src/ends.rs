@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 pub struct EndsWatcher {
-    pub brokers: String,
+    pub brokers: common::client::Connection,
     pub events_topic: String,
     pub realtime_topic: String,
     pub dead_letter_topic: String,

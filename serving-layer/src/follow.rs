@@ -44,7 +44,7 @@ pub enum FollowError {
 }
 
 pub struct Follower {
-    pub brokers: String,
+    pub brokers: common::client::Connection,
     pub topic: String,
     pub replica: Arc<RwLock<Replica>>,
     pub store: Arc<RealtimeStore>,
@@ -60,14 +60,14 @@ const READ_WAIT: Duration = Duration::from_millis(10);
 impl Follower {
     pub async fn run(self, token: CancellationToken) -> Result<(), FollowError> {
         let kafka_err = |source| FollowError::Kafka {
-            brokers: self.brokers.clone(),
+            brokers: self.brokers.to_string(),
             source,
         };
         let partitions = wait_for_partitions(&self.brokers, &self.topic, Duration::from_secs(30))
             .await
             .ok_or_else(|| FollowError::NoTopic {
                 topic: self.topic.clone(),
-                brokers: self.brokers.clone(),
+                brokers: self.brokers.to_string(),
             })?;
         let mut positions = self.store.offsets()?;
         let resumed = (!positions.is_empty())

@@ -152,7 +152,7 @@ pub async fn start(
         ));
     }
     let follower = follow::Follower {
-        brokers: kafka.brokers.clone(),
+        brokers: kafka.connection(),
         topic: kafka.realtime_topic.clone(),
         replica: Arc::clone(&replica),
         store,
@@ -168,7 +168,7 @@ pub async fn start(
         });
     }
     let watcher = ends::EndsWatcher {
-        brokers: kafka.brokers.clone(),
+        brokers: kafka.connection(),
         events_topic: kafka.topic.clone(),
         realtime_topic: kafka.realtime_topic.clone(),
         dead_letter_topic: kafka.dead_letter_topic.clone(),

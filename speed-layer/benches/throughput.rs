@@ -40,9 +40,9 @@ fn main() {
         let broker = EmbeddedBroker::start(BrokerStorage::Memory).await.expect("broker");
         let brokers = broker.bootstrap();
         let topic = unique("bench");
-        ensure_topic(&brokers, &topic, 4, Duration::from_secs(30)).await.expect("topic");
+        ensure_topic(&::common::client::Connection::plaintext(&brokers), &topic, 4, Duration::from_secs(30)).await.expect("topic");
 
-        let producer: rdkafka::producer::FutureProducer = producer_config(&brokers).create().expect("producer");
+        let producer: rdkafka::producer::FutureProducer = producer_config(&::common::client::Connection::plaintext(&brokers)).create().expect("producer");
         let mut state = 7u64;
         let records: Vec<(String, Vec<u8>)> = (0..events)
             .map(|i| {
@@ -64,7 +64,7 @@ fn main() {
         eprintln!("pre-filled {events} events in {:.1} s", started.elapsed().as_secs_f64());
 
         // 1. Plain consumer: read every record, nothing else.
-        let consumer: StreamConsumer = consumer_config(&brokers, &unique("plain")).create().expect("consumer");
+        let consumer: StreamConsumer = consumer_config(&::common::client::Connection::plaintext(&brokers), &unique("plain")).create().expect("consumer");
         consumer.subscribe(&[&topic]).expect("subscribe");
         let first = consumer.recv().await.expect("first record");
         drop(first);
@@ -109,7 +109,7 @@ fn main() {
         .await
         .expect("join");
         token.cancel();
-        running.wait().await;
+        running.wait().await.expect("the speed layer stops cleanly");
         broker.stop().await;
 
         println!("\nspeed layer vs plain consumer, {events} events of ~10 words, 4 partitions, embedded broker");

@@ -35,7 +35,7 @@ use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::server::{json_error, prometheus};
-use common::shutdown::{supervise, CancellationToken};
+use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,8 @@ pub enum SpeedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the speed layer stopped: {0}")]
+    Failed(String),
 }
 
 /// A running speed layer.
@@ -65,11 +67,18 @@ pub enum SpeedError {
 pub struct RunningSpeed {
     pub http_addr: SocketAddr,
     handle: JoinHandle<()>,
+    failure: FailureSlot,
 }
 
 impl RunningSpeed {
-    pub async fn wait(self) {
+    /// Waits until the layer has stopped; an error says which component
+    /// failed and why (the role then exits non-zero).
+    pub async fn wait(self) -> Result<(), SpeedError> {
         let _ = self.handle.await;
+        match self.failure.get() {
+            Some(reason) => Err(SpeedError::Failed(reason.to_owned())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -91,7 +100,7 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
     )?;
     let kafka = &args.kafka;
     ensure_layer_topics(kafka).await?;
-    let dead_letters = DeadLetterSink::new(&kafka.brokers, &kafka.dead_letter_topic, "speed")
+    let dead_letters = DeadLetterSink::new(&kafka.connection(), &kafka.dead_letter_topic, "speed")
         .map_err(SpeedError::DeadLetter)?;
 
     let (listener, http_addr) = common::server::bind(args.http_addr)
@@ -104,7 +113,7 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
     let metrics = Arc::new(SpeedMetrics::default());
     let status = Arc::new(Mutex::new(SpeedStatus::default()));
     let config = StreamConfig {
-        brokers: kafka.brokers.clone(),
+        brokers: kafka.connection(),
         topic: kafka.topic.clone(),
         realtime_topic: kafka.realtime_topic.clone(),
         bucket_size: args.stream.bucket_size,
@@ -116,13 +125,16 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
     };
 
     let mut tasks = JoinSet::new();
+    let failure = FailureSlot::default();
     {
         let (metrics, status, token) = (Arc::clone(&metrics), Arc::clone(&status), token.clone());
+        let failure = failure.clone();
         tasks.spawn(async move {
             if let Err(error) =
                 stream::run(config, store, dead_letters, metrics, status, token).await
             {
                 tracing::error!(%error, "Speed layer stream failed.");
+                failure.record(error);
             }
         });
     }
@@ -138,7 +150,11 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
         supervise(tasks, token, grace).await;
         tracing::info!("Speed layer stopped.");
     });
-    Ok(RunningSpeed { http_addr, handle })
+    Ok(RunningSpeed {
+        http_addr,
+        handle,
+        failure,
+    })
 }
 
 fn router(state: HttpState) -> Router {
@@ -157,14 +173,16 @@ async fn status(State(state): State<HttpState>) -> Response {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    Json(json!({"positions": s.positions, "batch_cut": s.cut, "ready": s.ready})).into_response()
+    Json(json!({"positions": s.positions, "batch_cut": s.cut, "ready": s.ready, "failure": s.failure}))
+        .into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.status.lock().unwrap_or_else(|p| p.into_inner()).ready {
-        Json(json!({"status": "ready"})).into_response()
-    } else {
-        json_error(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    let s = state.status.lock().unwrap_or_else(|p| p.into_inner());
+    match (&s.failure, s.ready) {
+        (Some(reason), _) => json_error(StatusCode::SERVICE_UNAVAILABLE, reason.clone()),
+        (None, true) => Json(json!({"status": "ready"})).into_response(),
+        (None, false) => json_error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
     }
 }
 

@@ -16,6 +16,7 @@ pub struct SpeedMetrics {
     pub publish_failures: Counter,
     pub checkpoint_failures: Counter,
     pub consumer_errors: Counter,
+    pub unreadable_batches: Counter,
     pub dead_letter_failures: Counter,
     pub buckets_expired: Counter,
     pub dead_letters: DeadLetterCounts,
@@ -79,6 +80,12 @@ impl SpeedMetrics {
             "counter",
             "Kafka consumer errors.",
             self.consumer_errors.get(),
+        )
+        .single(
+            "lambda_speed_unreadable_batches_total",
+            "counter",
+            "Record batches the consumer could not read (corrupt, or an unsupported format); the layer stops on the first.",
+            self.unreadable_batches.get(),
         )
         .single(
             "lambda_speed_dead_letter_send_failures_total",

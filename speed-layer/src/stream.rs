@@ -18,7 +18,8 @@ use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
 use common::kafka::{
-    consumer_config, producer_config, send_all, wait_for_partitions, Resume, ResumeCheck,
+    consumer_config, producer_config, send_all, wait_for_partitions, ConsumeFailure, Resume,
+    ResumeCheck,
 };
 use common::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
 use common::shutdown::CancellationToken;
@@ -47,11 +48,13 @@ pub enum StreamError {
     },
     #[error("topic `{topic}` has no partitions visible on {brokers}")]
     NoTopic { topic: String, brokers: String },
+    #[error(transparent)]
+    Unreadable(#[from] ConsumeFailure),
 }
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
-    pub brokers: String,
+    pub brokers: common::client::Connection,
     pub topic: String,
     pub realtime_topic: String,
     pub bucket_size: BucketSize,
@@ -71,6 +74,8 @@ pub struct SpeedStatus {
     pub cut: Cut,
     pub ready: bool,
     pub store: StoreStats,
+    /// Why the stream stopped, if it failed (readiness then says no).
+    pub failure: Option<String>,
 }
 
 /// The speed layer's state: the durable store and its in-memory mirror.
@@ -90,7 +95,7 @@ pub async fn run(
     token: CancellationToken,
 ) -> Result<(), StreamError> {
     let kafka_err = |source| StreamError::Kafka {
-        brokers: config.brokers.clone(),
+        brokers: config.brokers.to_string(),
         source,
     };
     let mut view = RealtimeView {
@@ -234,6 +239,20 @@ pub async fn run(
             commit_for_monitoring(&consumer, &config.topic, &view.positions);
             update_status(&status, &view, &metrics);
         }
+        if let Some(failure) = batch.unreadable.take() {
+            // What was read before it is checkpointed and published above;
+            // the unreadable records stay in Kafka for the next start.
+            metrics.unreadable_batches.inc();
+            tracing::error!(topic = %config.topic, code = ?failure.code, positions = %view.positions, "{failure}");
+            {
+                let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                s.ready = false;
+                s.failure = Some(failure.to_string());
+            }
+            drop(publish_tx);
+            let _ = publisher.await;
+            return Err(failure.into());
+        }
         if let Some(url) = &config.batch_url {
             if last_cut_poll.elapsed() >= config.cut_poll_interval {
                 last_cut_poll = Instant::now();
@@ -256,12 +275,15 @@ pub async fn run(
     Ok(())
 }
 
-async fn partition_count(brokers: &str, topic: &str) -> Result<usize, StreamError> {
+async fn partition_count(
+    brokers: &common::client::Connection,
+    topic: &str,
+) -> Result<usize, StreamError> {
     wait_for_partitions(brokers, topic, Duration::from_secs(30))
         .await
         .ok_or_else(|| StreamError::NoTopic {
             topic: topic.to_owned(),
-            brokers: brokers.to_owned(),
+            brokers: brokers.to_string(),
         })
 }
 
@@ -297,6 +319,9 @@ struct MicroBatch {
     next: FxHashMap<Partition, Offset>,
     records: usize,
     bytes: usize,
+    /// Set when the consumer returned records it cannot read: the batch
+    /// closes there, is checkpointed, and the stream stops.
+    unreadable: Option<ConsumeFailure>,
 }
 
 /// A micro-batch closes at this many payload bytes whatever its record
@@ -427,6 +452,10 @@ async fn next_batch(
             },
             Some(Err(error)) => {
                 metrics.consumer_errors.inc();
+                if let Some(failure) = ConsumeFailure::classify(&error, &config.topic) {
+                    batch.unreadable = Some(failure);
+                    break;
+                }
                 tracing::warn!(%error, "Kafka consumer error.");
             }
             None => {}

@@ -152,7 +152,7 @@ async fn counts_are_exact_and_poison_pills_are_dead_lettered() {
     );
 
     token.cancel();
-    running.wait().await;
+    running.wait().await.expect("the speed layer stops cleanly");
 
     let (realtime, below) =
         realtime_per_word(dir.path(), &Cut::new(), BucketSize::new(8).expect("8"));
@@ -313,7 +313,7 @@ async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
     assert!(manifest.header.cut.total_offsets() > 0, "the cut moved");
 
     token.cancel();
-    speed.wait().await;
+    speed.wait().await.expect("the speed layer stops cleanly");
     batch.wait().await;
 
     let size = BucketSize::new(8).expect("8");

@@ -76,6 +76,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             dead_letter_topic: "lambda.dead-letter".into(),
             realtime_topic: "lambda.realtime".into(),
             partitions: args.partitions,
+            client: Default::default(),
         };
         ensure_layer_topics(&kafka)
             .await
@@ -175,10 +176,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             let _ = p.await;
         }
         serving.wait().await;
-        speed.wait().await;
+        let speed = speed.wait().await;
         batch.wait().await;
         broker.stop().await;
         println!("Lambda demo stopped.");
+        // A layer that failed makes the demo exit non-zero with its reason.
+        speed?;
         Ok(())
     })
 }
@@ -186,7 +189,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// Streams the corpus, one line per event, at about `rate` events per second,
 /// looping until cancelled.
 async fn sample_producer(brokers: String, rate: u32, token: CancellationToken) {
-    let producer: rdkafka::producer::FutureProducer = match producer_config(&brokers).create() {
+    let kafka = common::client::Connection::plaintext(&brokers);
+    let producer: rdkafka::producer::FutureProducer = match producer_config(&kafka).create() {
         Ok(p) => p,
         Err(error) => {
             tracing::error!(%error, "Cannot create the sample producer.");

@@ -37,6 +37,9 @@ pub struct ProduceArgs {
     /// failed.
     #[arg(long, env = env::DELIVERY_TIMEOUT, default_value = "30s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
+    /// TLS, SASL, compression and pass-through client settings.
+    #[command(flatten)]
+    pub client: common::client::ClientArgs,
 }
 
 /// Paces sends to `rate` events per second from the first send.
@@ -112,12 +115,13 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     }
     common::config::validate_topic_name(&args.topic)
         .map_err(|m| anyhow::anyhow!("invalid --topic: {m}"))?;
+    args.client.validate()?;
+    let kafka = args.client.connection(&args.brokers);
+    tracing::debug!(connection = %kafka.describe(), "Producing.");
     let mut reader = BufReader::with_capacity(1 << 20, open_input(&args.input)?);
     // Fail fast on a missing topic instead of timing out on every record
     // (brokers that auto-create topics create it here).
-    if common::kafka::topic_partitions(&args.brokers, &args.topic, Duration::from_secs(10))
-        .is_none()
-    {
+    if common::kafka::topic_partitions(&kafka, &args.topic, Duration::from_secs(10)).is_none() {
         anyhow::bail!(
             "topic `{}` does not exist on {} (or the broker is unreachable); \
              the layers and `lambda demo` create their topics when they start",
@@ -125,7 +129,7 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
             args.brokers
         );
     }
-    let producer: rdkafka::producer::FutureProducer = producer_config(&args.brokers)
+    let producer: rdkafka::producer::FutureProducer = producer_config(&kafka)
         .set(
             "message.timeout.ms",
             args.delivery_timeout.as_millis().max(1).to_string(),

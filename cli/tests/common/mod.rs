@@ -245,9 +245,14 @@ impl CrashRig {
             .expect("broker");
         let brokers = broker.bootstrap();
         let topic = ::common::testkit::unique(name);
-        ::common::kafka::ensure_topic(&brokers, &topic, 3, Duration::from_secs(30))
-            .await
-            .expect("topic");
+        ::common::kafka::ensure_topic(
+            &::common::client::Connection::plaintext(&brokers),
+            &topic,
+            3,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("topic");
         let dir = tempfile::tempdir().expect("tempdir");
         Self {
             broker,

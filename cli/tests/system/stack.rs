@@ -96,9 +96,14 @@ impl Stack {
         };
         stack.start_broker().await;
         for t in [topic.clone(), format!("{topic}.dlq"), format!("{topic}.rt")] {
-            ::common::kafka::ensure_topic(&stack.brokers, &t, 3, Duration::from_secs(60))
-                .await
-                .expect("topic");
+            ::common::kafka::ensure_topic(
+                &::common::client::Connection::plaintext(&stack.brokers),
+                &t,
+                3,
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("topic");
         }
         let addrs: BTreeMap<Role, SocketAddr> =
             Role::ALL.iter().map(|&r| (r, free_addr())).collect();
@@ -344,10 +349,12 @@ impl Stack {
         let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
             use rdkafka::consumer::{BaseConsumer, Consumer};
-            let consumer: BaseConsumer =
-                ::common::kafka::consumer_config(&brokers, &unique("ends"))
-                    .create()
-                    .expect("consumer");
+            let consumer: BaseConsumer = ::common::kafka::consumer_config(
+                &::common::client::Connection::plaintext(&brokers),
+                &unique("ends"),
+            )
+            .create()
+            .expect("consumer");
             let mut cut = Cut::new();
             for p in 0..3 {
                 let (_, high) = consumer
@@ -499,11 +506,12 @@ struct Producer {
 
 impl Producer {
     async fn send(&self, events: Vec<Vec<u8>>) -> usize {
-        let producer: rdkafka::producer::FutureProducer =
-            ::common::kafka::producer_config(&self.brokers)
-                .set("message.timeout.ms", "5000")
-                .create()
-                .expect("producer");
+        let producer: rdkafka::producer::FutureProducer = ::common::kafka::producer_config(
+            &::common::client::Connection::plaintext(&self.brokers),
+        )
+        .set("message.timeout.ms", "5000")
+        .create()
+        .expect("producer");
         let mut pending: Vec<(Option<String>, Vec<u8>)> =
             events.into_iter().map(|e| (None, e)).collect();
         let mut retried = 0;

@@ -227,6 +227,22 @@ pub(crate) struct ConnectionManager {
     db: Arc<Mutex<Database>>,
 }
 
+/// Lambda patch: the attributes a fetched batch is sent with. Records are
+/// stored one by one and fetched batches re-compressed with the codec they
+/// were produced with, but tansu-sans-io 0.6 can only decompress snappy, not
+/// compress it (`UnexpectedType("Snappy")` failed the whole fetch and reset
+/// the connection). A snappy-produced batch is sent uncompressed instead;
+/// every other codec keeps its own.
+fn servable_attributes(attributes: i16) -> i16 {
+    const CODEC_MASK: i16 = 0b111;
+    const SNAPPY: i16 = 2;
+    if attributes & CODEC_MASK == SNAPPY {
+        attributes & !CODEC_MASK
+    } else {
+        attributes
+    }
+}
+
 pub(crate) struct PoolConnection {
     // Lambda patch: statements run through `execute`, prepared once per
     // connection and reused (declared first so they are finalized before the
@@ -2487,11 +2503,11 @@ impl Storage for Delegate {
                         .inspect(|base_offset| debug!(base_offset))
                         .inspect_err(|err| error!(?err))?,
                 )
-                .attributes(
+                .attributes(servable_attributes(
                     row.get::<Option<i32>>(1)
                         .map(|attributes| attributes.unwrap_or(0))
                         .inspect_err(|err| error!(?err))? as i16,
-                )
+                ))
                 .base_timestamp(
                     row.get_value(2)
                         .map_err(Error::from)
@@ -2513,10 +2529,11 @@ impl Storage for Delegate {
                 .last_offset_delta(offset_delta);
 
             while let Some(row) = records.next().await? {
-                let attributes = row
-                    .get::<Option<i32>>(1)
-                    .map(|attributes| attributes.unwrap_or(0))
-                    .inspect_err(|err| error!(?err))? as i16;
+                let attributes = servable_attributes(
+                    row.get::<Option<i32>>(1)
+                        .map(|attributes| attributes.unwrap_or(0))
+                        .inspect_err(|err| error!(?err))? as i16,
+                );
 
                 let producer_id = row
                     .get::<Option<i64>>(6)
