@@ -15,7 +15,7 @@ use crate::master_log::{LogError, MasterLog, Record, RecordKind};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
-use common::kafka::{consumer_config, topic_partitions, Resume, ResumeCheck};
+use common::kafka::{consumer_config, topic_partitions, ConsumeFailure, Resume, ResumeCheck};
 use common::shutdown::CancellationToken;
 use common::{Offset, Partition};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -31,6 +31,8 @@ pub const GROUP: &str = "lambda-batch";
 
 #[derive(Debug, Error)]
 pub enum IngestError {
+    #[error(transparent)]
+    Unreadable(#[from] ConsumeFailure),
     #[error("cannot create the batch consumer for {brokers}: {source}")]
     Consumer {
         brokers: String,
@@ -87,6 +89,7 @@ pub async fn run(
     let (mut partitions, mut resume) = assign(&consumer, &config, &log).await?;
     let mut last_metadata_check = Instant::now();
 
+    let mut unreadable = None;
     while !token.is_cancelled() {
         let Some(batch) = next_batch(
             &consumer,
@@ -95,6 +98,7 @@ pub async fn run(
             &dead_letters,
             &metrics,
             &token,
+            &mut unreadable,
         )
         .await
         else {
@@ -102,6 +106,13 @@ pub async fn run(
         };
         if !batch.is_empty() {
             append_with_retry(&log, batch, &metrics, &token, &consumer, &config.topic).await;
+        }
+        if let Some(failure) = unreadable.take() {
+            // What was read before it is in the master log; the unreadable
+            // records stay in Kafka, unskipped, for the next start.
+            metrics.unreadable_batches.inc();
+            tracing::error!(topic = %config.topic, code = ?failure.code, "{failure}");
+            return Err(failure.into());
         }
         if last_metadata_check.elapsed() > Duration::from_secs(30) {
             last_metadata_check = Instant::now();
@@ -179,6 +190,7 @@ async fn next_batch(
     dead_letters: &DeadLetterSink,
     metrics: &BatchMetrics,
     token: &CancellationToken,
+    unreadable: &mut Option<ConsumeFailure>,
 ) -> Option<Vec<Pending>> {
     let mut batch = Vec::new();
     let first = tokio::select! {
@@ -212,6 +224,10 @@ async fn next_batch(
             },
             Some(Err(error)) => {
                 metrics.consumer_errors.inc();
+                if let Some(failure) = ConsumeFailure::classify(&error, &config.topic) {
+                    *unreadable = Some(failure);
+                    break;
+                }
                 tracing::warn!(%error, "Kafka consumer error.");
             }
             None => {}

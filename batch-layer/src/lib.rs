@@ -41,7 +41,7 @@ use crate::view::{ViewError, ViewStore};
 use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
-use common::shutdown::{supervise, CancellationToken};
+use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use common::BucketSize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 #[derive(Debug, Error)]
 pub enum BatchError {
+    #[error("the batch layer stopped: {0}")]
+    Failed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -84,13 +86,19 @@ pub struct RunningBatch {
     /// Where its HTTP server listens (useful with port 0).
     pub http_addr: SocketAddr,
     handle: JoinHandle<()>,
+    failure: FailureSlot,
 }
 
 impl RunningBatch {
     /// Waits until the layer has stopped (after its token is cancelled, or a
-    /// component failed).
-    pub async fn wait(self) {
+    /// component failed); an error says which component failed and why (the
+    /// role then exits non-zero).
+    pub async fn wait(self) -> Result<(), BatchError> {
         let _ = self.handle.await;
+        match self.failure.get() {
+            Some(reason) => Err(BatchError::Failed(reason.to_owned())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -147,12 +155,15 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         batch_records: 10_000,
         batch_wait: Duration::from_millis(20),
     };
+    let failure = FailureSlot::default();
     {
         let (log, metrics, token) = (Arc::clone(&log), Arc::clone(&metrics), token.clone());
+        let failure = failure.clone();
         tasks.spawn(async move {
             if let Err(error) = ingest::run(ingest_config, log, dead_letters, metrics, token).await
             {
                 tracing::error!(%error, "Ingestion failed.");
+                failure.record(error);
             }
         });
     }
@@ -186,7 +197,11 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         supervise(tasks, token, grace).await;
         tracing::info!("Batch layer stopped.");
     });
-    Ok(RunningBatch { http_addr, handle })
+    Ok(RunningBatch {
+        http_addr,
+        handle,
+        failure,
+    })
 }
 
 /// When and how the recompute loop runs.

@@ -9,6 +9,7 @@ pub struct BatchMetrics {
     pub records_ingested: Counter,
     pub duplicates_skipped: Counter,
     pub consumer_errors: Counter,
+    pub unreadable_batches: Counter,
     pub log_write_errors: Counter,
     pub dead_letter_failures: Counter,
     pub dead_letters: DeadLetterCounts,
@@ -40,6 +41,12 @@ impl BatchMetrics {
             "counter",
             "Kafka consumer errors.",
             self.consumer_errors.get(),
+        )
+        .single(
+            "lambda_batch_unreadable_batches_total",
+            "counter",
+            "Record batches the consumer could not read (corrupt, or an unsupported format); ingestion stops on the first.",
+            self.unreadable_batches.get(),
         )
         .single(
             "lambda_batch_log_write_errors_total",

@@ -161,7 +161,7 @@ async fn ingests_everything_once_and_recomputes_an_exact_view() {
     assert_eq!(again.version, manifest.version);
 
     token.cancel();
-    running.wait().await;
+    running.wait().await.expect("the batch layer stops cleanly");
     broker.stop().await;
 }
 
@@ -241,6 +241,6 @@ async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
     .expect("join");
 
     token.cancel();
-    running.wait().await;
+    running.wait().await.expect("the batch layer stops cleanly");
     broker.stop().await;
 }

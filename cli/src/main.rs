@@ -33,7 +33,7 @@ enum Command {
     /// Run the serving layer: view replicas, realtime follower, the HTTP API and dashboard.
     Serve(Box<serving_layer::config::ServeArgs>),
     /// Produce one event per line of a file (or standard input) to Kafka.
-    Produce(cmd::produce::ProduceArgs),
+    Produce(Box<cmd::produce::ProduceArgs>),
     /// Count words in a text file (one event per line) with the batch engine.
     Mapreduce(cmd::mapreduce::MapreduceArgs),
 }
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Batch(args) => cmd::batch::run(*args),
         Command::Speed(args) => cmd::speed::run(*args),
         Command::Serve(args) => cmd::serve::run(*args),
-        Command::Produce(args) => cmd::produce::run(args),
+        Command::Produce(args) => cmd::produce::run(*args),
         Command::Mapreduce(args) => cmd::mapreduce::run(args),
     }
 }

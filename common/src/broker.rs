@@ -67,6 +67,17 @@ impl EmbeddedBroker {
 
     /// Starts a broker listening on `addr`, advertising the same address to clients.
     pub async fn start_on(addr: SocketAddr, storage: BrokerStorage) -> Result<Self, BrokerError> {
+        Self::start_advertising(addr, addr, storage).await
+    }
+
+    /// Starts a broker listening on `addr` that tells clients to connect to
+    /// `advertised` (a proxy in front of it, in tests that tamper with the
+    /// bytes on the wire).
+    pub async fn start_advertising(
+        addr: SocketAddr,
+        advertised: SocketAddr,
+        storage: BrokerStorage,
+    ) -> Result<Self, BrokerError> {
         // tansu binds the listener itself; probe the address first so that a
         // taken port is reported here rather than as a broker that never answers.
         drop(TcpListener::bind(addr).map_err(|e| BrokerError::Start {
@@ -75,8 +86,9 @@ impl EmbeddedBroker {
         })?);
         let storage_url = storage_url(&storage)?;
         let listener = parse_url(&format!("tcp://{addr}"))?;
+        let advertised = parse_url(&format!("tcp://{advertised}"))?;
 
-        let broker = build_broker(&listener, &storage_url, addr).await?;
+        let broker = build_broker(&listener, &advertised, &storage_url, addr).await?;
 
         // `serve` (unlike tansu's `main`) installs no signal handlers: the
         // process that embeds the broker owns ctrl-c and SIGTERM.
@@ -164,6 +176,7 @@ impl Drop for EmbeddedBroker {
 /// stay locked for a moment after [`EmbeddedBroker::stop`] returns.
 async fn build_broker(
     listener: &Url,
+    advertised: &Url,
     storage: &Url,
     addr: SocketAddr,
 ) -> Result<TansuBroker, BrokerError> {
@@ -173,7 +186,7 @@ async fn build_broker(
             .node_id(0)
             .cluster_id("lambda")
             .incarnation_id(uuid::Uuid::new_v4())
-            .advertised_listener(listener.clone())
+            .advertised_listener(advertised.clone())
             .listener(listener.clone())
             .storage(storage.clone())
             .silent(true)

@@ -314,7 +314,7 @@ async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
 
     token.cancel();
     speed.wait().await.expect("the speed layer stops cleanly");
-    batch.wait().await;
+    batch.wait().await.expect("the batch layer stops cleanly");
 
     let size = BucketSize::new(8).expect("8");
     let (realtime, below) = realtime_per_word(speed_dir.path(), &Cut::new(), size);

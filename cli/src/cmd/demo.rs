@@ -177,11 +177,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         serving.wait().await;
         let speed = speed.wait().await;
-        batch.wait().await;
+        let batch = batch.wait().await;
         broker.stop().await;
         println!("Lambda demo stopped.");
         // A layer that failed makes the demo exit non-zero with its reason.
         speed?;
+        batch?;
         Ok(())
     })
 }
