@@ -51,7 +51,7 @@ pub enum IngestError {
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    pub brokers: common::client::Connection,
+    pub kafka: common::client::Connection,
     pub topic: String,
     pub max_event_bytes: usize,
     /// A batch closes at this many records …
@@ -80,10 +80,10 @@ pub async fn run(
     token: CancellationToken,
 ) -> Result<(), IngestError> {
     let consumer: StreamConsumer =
-        consumer_config(&config.brokers, GROUP)
+        consumer_config(&config.kafka, GROUP)
             .create()
             .map_err(|source| IngestError::Consumer {
-                brokers: config.brokers.to_string(),
+                brokers: config.kafka.to_string(),
                 source,
             })?;
     let (mut partitions, mut resume) = assign(&consumer, &config, &log).await?;
@@ -116,10 +116,10 @@ pub async fn run(
         }
         if last_metadata_check.elapsed() > Duration::from_secs(30) {
             last_metadata_check = Instant::now();
-            let brokers = config.brokers.clone();
+            let kafka = config.kafka.clone();
             let topic = config.topic.clone();
             let now = tokio::task::spawn_blocking(move || {
-                topic_partitions(&brokers, &topic, Duration::from_secs(5))
+                topic_partitions(&kafka, &topic, Duration::from_secs(5))
             })
             .await
             .ok()
@@ -141,17 +141,17 @@ async fn assign(
     config: &IngestConfig,
     log: &Mutex<MasterLog>,
 ) -> Result<(usize, Resume), IngestError> {
-    let brokers = config.brokers.clone();
+    let kafka = config.kafka.clone();
     let topic = config.topic.clone();
     let count = tokio::task::spawn_blocking(move || {
-        topic_partitions(&brokers, &topic, Duration::from_secs(30))
+        topic_partitions(&kafka, &topic, Duration::from_secs(30))
     })
     .await
     .ok()
     .flatten()
     .ok_or_else(|| IngestError::NoTopic {
         topic: config.topic.clone(),
-        brokers: config.brokers.to_string(),
+        brokers: config.kafka.to_string(),
     })?;
     let ends = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
     let resume = Resume::new((0..count as Partition).map(|p| (p, ends.get(p))));

@@ -149,7 +149,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
 
     let mut tasks = JoinSet::new();
     let ingest_config = ingest::IngestConfig {
-        brokers: kafka.connection(),
+        kafka: kafka.connection(),
         topic: kafka.topic.clone(),
         max_event_bytes: args.stream.max_event_bytes,
         batch_records: 10_000,

@@ -36,12 +36,23 @@ pub enum KafkaSetupError {
 /// The settings every client shares: ours first, then the user's
 /// (`--security-protocol`, `--sasl-*`, `--ssl-*`, `--kafka-option`), so theirs win.
 pub fn client_config(kafka: &Connection) -> ClientConfig {
+    with_user_settings(base_config(kafka), kafka)
+}
+
+/// Our settings for every client, before the user's.
+fn base_config(kafka: &Connection) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", kafka.brokers())
         .set("socket.keepalive.enable", "true")
         // Resolve `localhost` to IPv4 first, as the embedded broker listens there.
         .set("broker.address.family", "v4");
+    config
+}
+
+/// Applies the user's settings last, so they win over ours (the few our
+/// guarantees rest on are refused when the flags are validated).
+fn with_user_settings(mut config: ClientConfig, kafka: &Connection) -> ClientConfig {
     for (key, value) in kafka.settings() {
         config.set(key, value);
     }
@@ -58,7 +69,7 @@ pub fn client_config(kafka: &Connection) -> ClientConfig {
 /// project tolerates), and it checks every batch's CRC, so a batch corrupted
 /// on the way is an error ([`ConsumeFailure`]) rather than wrong counts.
 pub fn consumer_config(kafka: &Connection, group: &str) -> ClientConfig {
-    let mut config = client_config(kafka);
+    let mut config = base_config(kafka);
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -73,27 +84,19 @@ pub fn consumer_config(kafka: &Connection, group: &str) -> ClientConfig {
         .set("fetch.wait.max.ms", "100")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
-    // The user's settings once more, so they also win over the delivery
-    // settings above (the reserved ones are refused at start).
-    for (key, value) in kafka.settings() {
-        config.set(key, value);
-    }
-    config
+    with_user_settings(config, kafka)
 }
 
 /// A producer that waits for the broker's acknowledgement of every record,
 /// compressing with the connection's codec.
 pub fn producer_config(kafka: &Connection) -> ClientConfig {
-    let mut config = client_config(kafka);
+    let mut config = base_config(kafka);
     config
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
         .set("compression.type", kafka.compression().as_kafka());
-    for (key, value) in kafka.settings() {
-        config.set(key, value);
-    }
-    config
+    with_user_settings(config, kafka)
 }
 
 /// A consumer error that means the records at the consumer's position cannot
@@ -434,6 +437,42 @@ impl Resume {
             "The broker skipped records at the resume position; seeking further back."
         );
         ResumeCheck::SeekBack(self.seek_offset(partition))
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use crate::client::{ClientArgs, Compression, KafkaOption};
+
+    #[test]
+    fn the_users_settings_win_over_ours_in_every_client() {
+        let args = ClientArgs {
+            compression: Compression::Lz4,
+            kafka_options: vec![
+                KafkaOption {
+                    key: "fetch.wait.max.ms".into(),
+                    value: "7".into(),
+                },
+                KafkaOption {
+                    key: "linger.ms".into(),
+                    value: "0".into(),
+                },
+            ],
+            ..ClientArgs::default()
+        };
+        let kafka = args.connection("b:9092");
+        let consumer = consumer_config(&kafka, "g");
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("7"));
+        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        assert_eq!(consumer.get("check.crcs"), Some("true"));
+        let producer = producer_config(&kafka);
+        assert_eq!(producer.get("linger.ms"), Some("0"));
+        assert_eq!(producer.get("compression.type"), Some("lz4"));
+        assert_eq!(
+            client_config(&kafka).get("bootstrap.servers"),
+            Some("b:9092")
+        );
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 pub struct EndsWatcher {
-    pub brokers: common::client::Connection,
+    pub kafka: common::client::Connection,
     pub events_topic: String,
     pub realtime_topic: String,
     pub dead_letter_topic: String,
@@ -55,7 +55,7 @@ impl EndsWatcher {
     /// Runs on a blocking thread (librdkafka's metadata calls block) until
     /// cancelled.
     pub fn run_blocking(self, token: CancellationToken) {
-        let consumer: BaseConsumer = match client_config(&self.brokers)
+        let consumer: BaseConsumer = match client_config(&self.kafka)
             .set("group.id", "lambda-serving-ends")
             .create()
         {

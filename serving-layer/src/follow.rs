@@ -13,7 +13,7 @@ use crate::gate::WatermarkGate;
 use crate::health::Health;
 use crate::metrics::ServingMetrics;
 use crate::replica::Replica;
-use common::kafka::{consumer_config, wait_for_partitions, Resume, ResumeCheck};
+use common::kafka::{consumer_config, wait_for_partitions, ConsumeFailure, Resume, ResumeCheck};
 use common::realtime::RealtimeMessage;
 use common::shutdown::CancellationToken;
 use common::Cut;
@@ -31,6 +31,8 @@ pub const GROUP: &str = "lambda-serving";
 
 #[derive(Debug, Error)]
 pub enum FollowError {
+    #[error(transparent)]
+    Unreadable(#[from] ConsumeFailure),
     #[error("kafka client for {brokers}: {source}")]
     Kafka {
         brokers: String,
@@ -44,7 +46,7 @@ pub enum FollowError {
 }
 
 pub struct Follower {
-    pub brokers: common::client::Connection,
+    pub kafka: common::client::Connection,
     pub topic: String,
     pub replica: Arc<RwLock<Replica>>,
     pub store: Arc<RealtimeStore>,
@@ -60,14 +62,14 @@ const READ_WAIT: Duration = Duration::from_millis(10);
 impl Follower {
     pub async fn run(self, token: CancellationToken) -> Result<(), FollowError> {
         let kafka_err = |source| FollowError::Kafka {
-            brokers: self.brokers.to_string(),
+            brokers: self.kafka.to_string(),
             source,
         };
-        let partitions = wait_for_partitions(&self.brokers, &self.topic, Duration::from_secs(30))
+        let partitions = wait_for_partitions(&self.kafka, &self.topic, Duration::from_secs(30))
             .await
             .ok_or_else(|| FollowError::NoTopic {
                 topic: self.topic.clone(),
-                brokers: self.brokers.to_string(),
+                brokers: self.kafka.to_string(),
             })?;
         let mut positions = self.store.offsets()?;
         let resumed = (!positions.is_empty())
@@ -80,7 +82,7 @@ impl Follower {
         for (r, offset) in positions.iter() {
             tracing::info!(topic = %self.topic, partition = r, offset, "Resuming the realtime topic.");
         }
-        let consumer: StreamConsumer = consumer_config(&self.brokers, GROUP)
+        let consumer: StreamConsumer = consumer_config(&self.kafka, GROUP)
             .create()
             .map_err(kafka_err)?;
         let mut resume = Resume::new(positions.iter());
@@ -123,6 +125,15 @@ impl Follower {
                     }
                     Err(error) => {
                         self.metrics.follower_errors.inc();
+                        if let Some(failure) = ConsumeFailure::classify(&error, &self.topic) {
+                            // Retrying would stall the replica for good while
+                            // answers claimed to be current: stop instead.
+                            // What the gate released before is already stored.
+                            self.metrics.unreadable_batches.inc();
+                            self.health.kafka_failed(failure.to_string());
+                            tracing::error!(topic = %self.topic, code = ?failure.code, "{failure}");
+                            return Err(failure.into());
+                        }
                         tracing::warn!(%error, "Kafka consumer error on the realtime topic.");
                     }
                 }

@@ -37,7 +37,7 @@ use crate::replica::Replica;
 use batch_layer::view::{ViewError, ViewStore};
 use common::config::ConfigError;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
-use common::shutdown::{supervise, CancellationToken};
+use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use speed_layer::store::{RealtimeStore, StoreError, StoreOptions};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -48,6 +48,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 #[derive(Debug, Error)]
 pub enum ServeError {
+    #[error("the serving layer stopped: {0}")]
+    Failed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -81,11 +83,18 @@ impl From<KafkaSetupError> for ServeError {
 pub struct RunningServing {
     pub http_addr: SocketAddr,
     handle: JoinHandle<()>,
+    failure: FailureSlot,
 }
 
 impl RunningServing {
-    pub async fn wait(self) {
+    /// Waits until the layer has stopped; an error says which component
+    /// failed and why (the role then exits non-zero).
+    pub async fn wait(self) -> Result<(), ServeError> {
         let _ = self.handle.await;
+        match self.failure.get() {
+            Some(reason) => Err(ServeError::Failed(reason.to_owned())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -152,23 +161,28 @@ pub async fn start(
         ));
     }
     let follower = follow::Follower {
-        brokers: kafka.connection(),
+        kafka: kafka.connection(),
         topic: kafka.realtime_topic.clone(),
         replica: Arc::clone(&replica),
         store,
         health: Arc::clone(&health),
         metrics: Arc::clone(&metrics),
     };
+    let failure = FailureSlot::default();
     {
-        let token = token.clone();
+        let (token, failure) = (token.clone(), failure.clone());
         tasks.spawn(async move {
             if let Err(error) = follower.run(token).await {
-                tracing::error!(%error, "Realtime follower failed; answers keep their last realtime position.");
+                // The task's end stops the whole layer (`supervise`): a
+                // replica that no longer follows must not keep answering as
+                // if it were current.
+                tracing::error!(%error, "Realtime follower failed; the serving layer stops.");
+                failure.record(error);
             }
         });
     }
     let watcher = ends::EndsWatcher {
-        brokers: kafka.connection(),
+        kafka: kafka.connection(),
         events_topic: kafka.topic.clone(),
         realtime_topic: kafka.realtime_topic.clone(),
         dead_letter_topic: kafka.dead_letter_topic.clone(),
@@ -211,5 +225,9 @@ pub async fn start(
         supervise(tasks, token, grace).await;
         tracing::info!("Serving layer stopped.");
     });
-    Ok(RunningServing { http_addr, handle })
+    Ok(RunningServing {
+        http_addr,
+        handle,
+        failure,
+    })
 }

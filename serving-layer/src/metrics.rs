@@ -37,6 +37,7 @@ pub struct ServingMetrics {
     pub upserts_applied: Counter,
     pub malformed_realtime: Counter,
     pub follower_errors: Counter,
+    pub unreadable_batches: Counter,
     pub store_failures: Counter,
 }
 
@@ -55,6 +56,7 @@ impl Default for ServingMetrics {
             upserts_applied: Counter::default(),
             malformed_realtime: Counter::default(),
             follower_errors: Counter::default(),
+            unreadable_batches: Counter::default(),
             store_failures: Counter::default(),
         }
     }
@@ -183,6 +185,18 @@ impl ServingMetrics {
             "counter",
             "Malformed realtime-topic messages skipped.",
             self.malformed_realtime.get(),
+        )
+        .single(
+            "lambda_serving_follower_errors_total",
+            "counter",
+            "Kafka consumer errors on the realtime topic.",
+            self.follower_errors.get(),
+        )
+        .single(
+            "lambda_serving_unreadable_batches_total",
+            "counter",
+            "Realtime-topic batches the consumer could not read (corrupt, or an unsupported format); the serving layer stops on the first.",
+            self.unreadable_batches.get(),
         )
         .single(
             "lambda_serving_store_failures_total",

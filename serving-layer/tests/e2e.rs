@@ -423,7 +423,11 @@ async fn a_restarted_serving_layer_answers_exactly_from_its_own_stores() {
     // answer from its local view copy and realtime store, then catch up on
     // what was produced while it was down.
     stack.serving_token.cancel();
-    stack.serving_running.wait().await;
+    stack
+        .serving_running
+        .wait()
+        .await
+        .expect("the serving layer stops cleanly");
     stack.batch_token.cancel();
     let second = events(6, 800);
     produce(&stack.brokers, &stack.topic, second.clone()).await;

@@ -113,7 +113,7 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
     let metrics = Arc::new(SpeedMetrics::default());
     let status = Arc::new(Mutex::new(SpeedStatus::default()));
     let config = StreamConfig {
-        brokers: kafka.connection(),
+        kafka: kafka.connection(),
         topic: kafka.topic.clone(),
         realtime_topic: kafka.realtime_topic.clone(),
         bucket_size: args.stream.bucket_size,

@@ -54,7 +54,7 @@ pub enum StreamError {
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
-    pub brokers: common::client::Connection,
+    pub kafka: common::client::Connection,
     pub topic: String,
     pub realtime_topic: String,
     pub bucket_size: BucketSize,
@@ -95,7 +95,7 @@ pub async fn run(
     token: CancellationToken,
 ) -> Result<(), StreamError> {
     let kafka_err = |source| StreamError::Kafka {
-        brokers: config.brokers.to_string(),
+        brokers: config.kafka.to_string(),
         source,
     };
     let mut view = RealtimeView {
@@ -112,8 +112,8 @@ pub async fn run(
         upserts: view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect(),
         positions: view.positions.clone(),
     };
-    let partitions = partition_count(&config.brokers, &config.topic).await?;
-    let realtime_partitions = partition_count(&config.brokers, &config.realtime_topic).await?;
+    let partitions = partition_count(&config.kafka, &config.topic).await?;
+    let realtime_partitions = partition_count(&config.kafka, &config.realtime_topic).await?;
 
     // Learn the batch cut before choosing where to start: a partition without
     // a checkpoint starts at the cut, never at the beginning or the end.
@@ -152,13 +152,11 @@ pub async fn run(
         }
     }
 
-    let consumer: StreamConsumer = consumer_config(&config.brokers, GROUP)
+    let consumer: StreamConsumer = consumer_config(&config.kafka, GROUP)
         .set("queued.max.messages.kbytes", "65536")
         .create()
         .map_err(kafka_err)?;
-    let producer: FutureProducer = producer_config(&config.brokers)
-        .create()
-        .map_err(kafka_err)?;
+    let producer: FutureProducer = producer_config(&config.kafka).create().map_err(kafka_err)?;
     for p in 0..partitions as Partition {
         let start = view.positions.get(p).max(view.cut.get(p));
         view.positions.set(p, start);
@@ -276,14 +274,14 @@ pub async fn run(
 }
 
 async fn partition_count(
-    brokers: &common::client::Connection,
+    kafka: &common::client::Connection,
     topic: &str,
 ) -> Result<usize, StreamError> {
-    wait_for_partitions(brokers, topic, Duration::from_secs(30))
+    wait_for_partitions(kafka, topic, Duration::from_secs(30))
         .await
         .ok_or_else(|| StreamError::NoTopic {
             topic: topic.to_owned(),
-            brokers: brokers.to_string(),
+            brokers: kafka.to_string(),
         })
 }
 

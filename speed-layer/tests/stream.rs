@@ -15,47 +15,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use support::{common_flags, SpeedCli};
 
-#[derive(Parser)]
-struct SpeedCli {
-    #[command(flatten)]
-    args: speed_layer::config::SpeedArgs,
-}
+mod support;
 
 #[derive(Parser)]
 struct BatchCli {
     #[command(flatten)]
     args: batch_layer::config::BatchArgs,
-}
-
-fn common_flags<'a>(
-    brokers: &'a str,
-    topic: &'a str,
-    dlq: &'a str,
-    rt: &'a str,
-    dir: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "x",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--dead-letter-topic",
-        dlq,
-        "--realtime-topic",
-        rt,
-        "--data-dir",
-        dir,
-        "--http-addr",
-        "127.0.0.1:0",
-        "--partitions",
-        "3",
-        "--max-event-bytes",
-        "500",
-        "--bucket-size",
-        "8",
-    ]
 }
 
 /// Events with 1% poison pills: (all records, the good texts).

@@ -168,19 +168,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("  data directory:  {}", args.data_dir.display());
 
         let producer = (!args.no_sample).then(|| {
-            let (brokers, token, rate) = (brokers.clone(), token.clone(), args.rate);
-            tokio::spawn(sample_producer(brokers, rate, token))
+            let (kafka, token, rate) = (kafka.connection(), token.clone(), args.rate);
+            tokio::spawn(sample_producer(kafka, rate, token))
         });
         token.cancelled().await;
         if let Some(p) = producer {
             let _ = p.await;
         }
-        serving.wait().await;
+        let serving = serving.wait().await;
         let speed = speed.wait().await;
         let batch = batch.wait().await;
         broker.stop().await;
         println!("Lambda demo stopped.");
         // A layer that failed makes the demo exit non-zero with its reason.
+        serving?;
         speed?;
         batch?;
         Ok(())
@@ -189,8 +190,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// Streams the corpus, one line per event, at about `rate` events per second,
 /// looping until cancelled.
-async fn sample_producer(brokers: String, rate: u32, token: CancellationToken) {
-    let kafka = common::client::Connection::plaintext(&brokers);
+async fn sample_producer(kafka: common::client::Connection, rate: u32, token: CancellationToken) {
     let producer: rdkafka::producer::FutureProducer = match producer_config(&kafka).create() {
         Ok(p) => p,
         Err(error) => {
