@@ -45,6 +45,24 @@ pub enum BrokerError {
     Start { addr: SocketAddr, message: String },
     #[error("the embedded broker on {addr} did not accept connections within {waited:?}")]
     NotReady { addr: SocketAddr, waited: Duration },
+    #[error("cannot store SASL credentials for `{user}` in the embedded broker: {message}")]
+    Credentials { user: String, message: String },
+}
+
+/// How an embedded broker runs, beyond its storage.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// Where it listens (default: a free port of 127.0.0.1).
+    pub addr: Option<SocketAddr>,
+    /// The address clients are told to connect to (default: `addr`); a proxy
+    /// in front of it, in tests that tamper with the bytes on the wire.
+    pub advertised: Option<SocketAddr>,
+    /// Users and passwords allowed in through SASL/SCRAM (SHA-256 and
+    /// SHA-512). Non-empty: every request but SASL is refused until the
+    /// client has logged in. Needs SQLite storage, where tansu keeps
+    /// credentials. (tansu 0.6 offers SCRAM and OAUTHBEARER, not PLAIN, and
+    /// validates no OAUTHBEARER token.)
+    pub scram_users: Vec<(String, String)>,
 }
 
 /// A running embedded broker. Dropping it stops the broker too; [`stop`]
@@ -58,26 +76,30 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a broker on a free port of 127.0.0.1.
     pub async fn start(storage: BrokerStorage) -> Result<Self, BrokerError> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(BrokerError::NoFreePort)?
-            .port();
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], port)), storage).await
+        Self::start_with(storage, BrokerOptions::default()).await
     }
 
     /// Starts a broker listening on `addr`, advertising the same address to clients.
     pub async fn start_on(addr: SocketAddr, storage: BrokerStorage) -> Result<Self, BrokerError> {
-        Self::start_advertising(addr, addr, storage).await
+        let options = BrokerOptions {
+            addr: Some(addr),
+            ..BrokerOptions::default()
+        };
+        Self::start_with(storage, options).await
     }
 
-    /// Starts a broker listening on `addr` that tells clients to connect to
-    /// `advertised` (a proxy in front of it, in tests that tamper with the
-    /// bytes on the wire).
-    pub async fn start_advertising(
-        addr: SocketAddr,
-        advertised: SocketAddr,
+    /// Starts a broker as `options` say.
+    pub async fn start_with(
         storage: BrokerStorage,
+        options: BrokerOptions,
     ) -> Result<Self, BrokerError> {
+        let addr = match options.addr {
+            Some(addr) => addr,
+            None => TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(BrokerError::NoFreePort)?,
+        };
+        let advertised = options.advertised.unwrap_or(addr);
         // tansu binds the listener itself; probe the address first so that a
         // taken port is reported here rather than as a broker that never answers.
         drop(TcpListener::bind(addr).map_err(|e| BrokerError::Start {
@@ -88,7 +110,12 @@ impl EmbeddedBroker {
         let listener = parse_url(&format!("tcp://{addr}"))?;
         let advertised = parse_url(&format!("tcp://{advertised}"))?;
 
-        let broker = build_broker(&listener, &advertised, &storage_url, addr).await?;
+        let require_sasl = !options.scram_users.is_empty();
+        if require_sasl {
+            crate::broker_auth::store_scram_users(&storage_url, &advertised, &options.scram_users)
+                .await?;
+        }
+        let broker = build_broker(&listener, &advertised, &storage_url, addr, require_sasl).await?;
 
         // `serve` (unlike tansu's `main`) installs no signal handlers: the
         // process that embeds the broker owns ctrl-c and SIGTERM.
@@ -179,16 +206,18 @@ async fn build_broker(
     advertised: &Url,
     storage: &Url,
     addr: SocketAddr,
+    require_sasl: bool,
 ) -> Result<TansuBroker, BrokerError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let result = TansuBroker::builder()
             .node_id(0)
-            .cluster_id("lambda")
+            .cluster_id(CLUSTER_ID)
             .incarnation_id(uuid::Uuid::new_v4())
             .advertised_listener(advertised.clone())
             .listener(listener.clone())
             .storage(storage.clone())
+            .authentication(require_sasl)
             .silent(true)
             .build()
             .await;
@@ -207,6 +236,9 @@ async fn build_broker(
         }
     }
 }
+
+/// The cluster id the embedded broker registers under.
+pub(crate) const CLUSTER_ID: &str = "lambda";
 
 fn parse_url(s: &str) -> Result<Url, BrokerError> {
     Url::parse(s).map_err(|e| BrokerError::Url {

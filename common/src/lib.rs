@@ -50,6 +50,8 @@ pub mod tokenizer;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 #[cfg(feature = "embedded-broker")]
+mod broker_auth;
+#[cfg(feature = "embedded-broker")]
 pub mod testkit;
 
 pub use cut::{BucketSize, Cut, Offset, Partition};

@@ -71,14 +71,41 @@ impl Consumed {
     }
 }
 
+/// What the helpers below connect with: a bootstrap address (plain TCP, as
+/// the embedded broker speaks by default) or a whole [`Connection`]
+/// (TLS, SASL).
+///
+/// [`Connection`]: crate::client::Connection
+pub trait Reach {
+    fn connection(self) -> crate::client::Connection;
+}
+
+impl Reach for &str {
+    fn connection(self) -> crate::client::Connection {
+        crate::client::Connection::plaintext(self)
+    }
+}
+
+impl Reach for &String {
+    fn connection(self) -> crate::client::Connection {
+        crate::client::Connection::plaintext(self)
+    }
+}
+
+impl Reach for &crate::client::Connection {
+    fn connection(self) -> crate::client::Connection {
+        self.clone()
+    }
+}
+
 /// Produces keyed records and waits until every one is acknowledged.
 pub async fn produce(
-    brokers: &str,
+    kafka: impl Reach,
     topic: &str,
     records: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) {
     let producer: rdkafka::producer::FutureProducer =
-        crate::kafka::producer_config(&crate::client::Connection::plaintext(brokers))
+        crate::kafka::producer_config(&kafka.connection())
             .create()
             .expect("producer");
     let records: Vec<(String, Vec<u8>)> = records.into_iter().collect();
@@ -91,12 +118,12 @@ pub async fn produce(
 /// has arrived for `idle` after the first record (for topics whose record
 /// count a test cannot know); waits up to `first` for that first record.
 pub async fn consume_until_idle(
-    brokers: &str,
+    kafka: impl Reach,
     topic: &str,
     first: Duration,
     idle: Duration,
 ) -> Vec<Consumed> {
-    let consumer = subscribe(brokers, topic);
+    let consumer = subscribe(kafka, topic);
     let mut out = Vec::new();
     let mut wait = first;
     while let Ok(m) = tokio::time::timeout(wait, consumer.recv()).await {
@@ -106,14 +133,12 @@ pub async fn consume_until_idle(
     out
 }
 
-fn subscribe(brokers: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+fn subscribe(kafka: impl Reach, topic: &str) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::Consumer;
-    let consumer: rdkafka::consumer::StreamConsumer = crate::kafka::consumer_config(
-        &crate::client::Connection::plaintext(brokers),
-        &unique("testkit"),
-    )
-    .create()
-    .expect("consumer");
+    let consumer: rdkafka::consumer::StreamConsumer =
+        crate::kafka::consumer_config(&kafka.connection(), &unique("testkit"))
+            .create()
+            .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
 }
@@ -145,25 +170,25 @@ fn consumed<M: rdkafka::message::Message>(m: &M) -> Consumed {
 /// Consumes `topic` from the beginning with a fresh group until `expected`
 /// records have arrived; panics after `timeout`.
 pub async fn consume_n(
-    brokers: &str,
+    kafka: impl Reach,
     topic: &str,
     expected: usize,
     timeout: Duration,
 ) -> Vec<Consumed> {
-    consume_kept(brokers, topic, expected, timeout, |_| true).await
+    consume_kept(kafka, topic, expected, timeout, |_| true).await
 }
 
 /// Consumes `topic` from the beginning until it holds every record below
 /// `cut` (records at or above it, which keep arriving on a live topic, are
 /// dropped); panics after `timeout`.
 pub async fn consume_below(
-    brokers: &str,
+    kafka: impl Reach,
     topic: &str,
     cut: &crate::Cut,
     timeout: Duration,
 ) -> Vec<Consumed> {
     let expected = cut.total_offsets() as usize;
-    consume_kept(brokers, topic, expected, timeout, |m| {
+    consume_kept(kafka, topic, expected, timeout, |m| {
         cut.includes(m.partition, m.offset)
     })
     .await
@@ -171,13 +196,13 @@ pub async fn consume_below(
 
 /// Consumes until `expected` records passed `keep`.
 async fn consume_kept(
-    brokers: &str,
+    kafka: impl Reach,
     topic: &str,
     expected: usize,
     timeout: Duration,
     keep: impl Fn(&Consumed) -> bool,
 ) -> Vec<Consumed> {
-    let consumer = subscribe(brokers, topic);
+    let consumer = subscribe(kafka, topic);
     let mut out = Vec::with_capacity(expected);
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < expected {
@@ -297,13 +322,15 @@ pub async fn broker_behind_corrupting_proxy() -> (crate::broker::EmbeddedBroker,
     let upstream = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    let broker = crate::broker::EmbeddedBroker::start_advertising(
-        upstream,
-        proxy,
-        crate::broker::BrokerStorage::Memory,
-    )
-    .await
-    .expect("broker starts");
+    let options = crate::broker::BrokerOptions {
+        addr: Some(upstream),
+        advertised: Some(proxy),
+        ..crate::broker::BrokerOptions::default()
+    };
+    let broker =
+        crate::broker::EmbeddedBroker::start_with(crate::broker::BrokerStorage::Memory, options)
+            .await
+            .expect("broker starts");
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {

@@ -2,7 +2,8 @@
 
 mod common;
 
-use ::common::broker::{BrokerStorage, EmbeddedBroker};
+use ::common::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
+use ::common::client::{ClientArgs, Connection, SaslMechanism};
 use ::common::kafka::ensure_topic;
 use common::{consume_n, offsets_by_partition, produce, unique};
 use std::collections::BTreeSet;
@@ -253,5 +254,72 @@ async fn every_record_keeps_its_own_headers_on_sqlite_storage() {
             assert_eq!(r.headers, want, "read {read}: headers of record {i}");
         }
     }
+    broker.stop().await;
+}
+
+/// A SASL/SCRAM connection as the role's flags build it.
+fn scram(brokers: &str, mechanism: SaslMechanism, password: &str) -> Connection {
+    let args = ClientArgs {
+        sasl_mechanism: Some(mechanism),
+        sasl_username: Some("lambda".into()),
+        sasl_password: Some(password.parse().expect("infallible")),
+        ..ClientArgs::default()
+    };
+    args.validate().expect("valid SASL flags");
+    args.connection(brokers)
+}
+
+/// Whether `kafka` gets `topic`'s metadata within a few seconds.
+async fn sees_topic(kafka: &Connection, topic: &str) -> bool {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        ::common::kafka::topic_partitions(&kafka, &topic, Duration::from_secs(3)).is_some()
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_requiring_sasl_scram_serves_clients_with_the_password_and_no_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = BrokerOptions {
+        scram_users: vec![("lambda".into(), "lambda-secret".into())],
+        ..BrokerOptions::default()
+    };
+    let broker =
+        EmbeddedBroker::start_with(BrokerStorage::Sqlite(dir.path().join("b.db")), options)
+            .await
+            .expect("broker");
+    let brokers = broker.bootstrap();
+    let topic = unique("sasl");
+    for mechanism in [SaslMechanism::ScramSha256, SaslMechanism::ScramSha512] {
+        let kafka = scram(&brokers, mechanism, "lambda-secret");
+        ensure_topic(&kafka, &topic, 2, TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{mechanism:?}: the topic: {e}"));
+        let records: Vec<(String, Vec<u8>)> = (0..20)
+            .map(|i| (format!("k{i}"), format!("{mechanism:?} {i}").into_bytes()))
+            .collect();
+        produce(&kafka, &topic, records).await;
+    }
+    let back = consume_n(
+        &scram(&brokers, SaslMechanism::ScramSha512, "lambda-secret"),
+        &topic,
+        40,
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(back.len(), 40);
+
+    // The same broker and topic: a wrong password and no SASL at all get
+    // nothing.
+    assert!(
+        !sees_topic(
+            &scram(&brokers, SaslMechanism::ScramSha256, "wrong"),
+            &topic
+        )
+        .await
+    );
+    assert!(!sees_topic(&Connection::plaintext(&brokers), &topic).await);
     broker.stop().await;
 }

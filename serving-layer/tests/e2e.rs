@@ -4,8 +4,8 @@
 //! the batch layer stopped the answers keep coming, marked stale.
 
 use clap::Parser;
-use common::broker::{BrokerStorage, EmbeddedBroker};
-use common::client::{Compression, Connection};
+use common::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
+use common::client::{ClientArgs, Compression, Connection, SaslMechanism};
 use common::shutdown::CancellationToken;
 use common::testkit::{consume_n, get, http, memory_broker, produce, wait_for};
 use common::{Cut, Tokenizer};
@@ -42,7 +42,8 @@ const WORDS: &[&str] = &[
 
 struct Stack {
     broker: EmbeddedBroker,
-    brokers: String,
+    /// How the test's own clients reach the broker (as the layers do).
+    kafka: Connection,
     topic: String,
     batch: SocketAddr,
     serving: SocketAddr,
@@ -57,13 +58,20 @@ struct Stack {
 
 async fn start_stack(name: &str) -> Stack {
     let (broker, brokers, topic) = memory_broker(name).await;
-    start_stack_on(broker, brokers, topic, &[], Vec::new()).await
+    start_stack_on(
+        broker,
+        Connection::plaintext(&brokers),
+        topic,
+        &[],
+        Vec::new(),
+    )
+    .await
 }
 
 /// The three layers on `broker`, each also given `layer_flags`.
 async fn start_stack_on(
     broker: EmbeddedBroker,
-    brokers: String,
+    kafka: Connection,
     topic: String,
     layer_flags: &[&str],
     mut dirs: Vec<tempfile::TempDir>,
@@ -83,7 +91,7 @@ async fn start_stack_on(
         let mut f: Vec<String> = [
             "x",
             "--brokers",
-            &brokers,
+            kafka.brokers(),
             "--topic",
             &topic,
             "--dead-letter-topic",
@@ -150,7 +158,7 @@ async fn start_stack_on(
     drop(speed);
     Stack {
         broker,
-        brokers,
+        kafka,
         topic,
         batch: batch.http_addr,
         serving,
@@ -205,8 +213,8 @@ fn cut_of(v: &Value) -> Cut {
 struct Truth(BTreeMap<(i32, i64), String>);
 
 impl Truth {
-    async fn read(brokers: &str, topic: &str, n: usize) -> Self {
-        let records = consume_n(brokers, topic, n, Duration::from_secs(60)).await;
+    async fn read(kafka: &Connection, topic: &str, n: usize) -> Self {
+        let records = consume_n(kafka, topic, n, Duration::from_secs(60)).await;
         Self(
             records
                 .into_iter()
@@ -300,8 +308,8 @@ async fn recompute(serving: SocketAddr) -> Value {
 async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
     let stack = start_stack("e2e").await;
     let first = events(1, 3000);
-    produce(&stack.brokers, &stack.topic, first.clone()).await;
-    let truth = Truth::read(&stack.brokers, &stack.topic, first.len()).await;
+    produce(&stack.kafka, &stack.topic, first.clone()).await;
+    let truth = Truth::read(&stack.kafka, &stack.topic, first.len()).await;
     let serving = stack.serving;
     tokio::task::spawn_blocking(move || assert_exact(serving, &truth))
         .await
@@ -331,10 +339,10 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
     let r = recompute(serving).await;
     assert!(r["version"].as_u64() > before, "{r} after {before:?}");
     let second = events(2, 2000);
-    produce(&stack.brokers, &stack.topic, second.clone()).await;
+    produce(&stack.kafka, &stack.topic, second.clone()).await;
     recompute(serving).await;
 
-    let truth = Truth::read(&stack.brokers, &stack.topic, first.len() + second.len()).await;
+    let truth = Truth::read(&stack.kafka, &stack.topic, first.len() + second.len()).await;
     let truth = tokio::task::spawn_blocking(move || {
         assert_exact(serving, &truth);
         truth
@@ -370,7 +378,7 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
 async fn with_the_batch_layer_down_answers_continue_marked_stale() {
     let stack = start_stack("degraded").await;
     let first = events(3, 500);
-    produce(&stack.brokers, &stack.topic, first.clone()).await;
+    produce(&stack.kafka, &stack.topic, first.clone()).await;
     let serving = stack.serving;
     recompute(serving).await;
 
@@ -382,8 +390,8 @@ async fn with_the_batch_layer_down_answers_continue_marked_stale() {
         || get(batch, "/healthz").is_err().then_some(()),
     );
     let second = events(4, 500);
-    produce(&stack.brokers, &stack.topic, second.clone()).await;
-    let truth = Truth::read(&stack.brokers, &stack.topic, first.len() + second.len()).await;
+    produce(&stack.kafka, &stack.topic, second.clone()).await;
+    let truth = Truth::read(&stack.kafka, &stack.topic, first.len() + second.len()).await;
     tokio::task::spawn_blocking(move || {
         // Realtime counts keep the answers exact and current.
         assert_exact(serving, &truth);
@@ -415,7 +423,7 @@ async fn with_the_batch_layer_down_answers_continue_marked_stale() {
 async fn a_restarted_serving_layer_answers_exactly_from_its_own_stores() {
     let stack = start_stack("restart").await;
     let first = events(5, 800);
-    produce(&stack.brokers, &stack.topic, first.clone()).await;
+    produce(&stack.kafka, &stack.topic, first.clone()).await;
     let serving = stack.serving;
     let r = recompute(serving).await;
 
@@ -430,7 +438,7 @@ async fn a_restarted_serving_layer_answers_exactly_from_its_own_stores() {
         .expect("the serving layer stops cleanly");
     stack.batch_token.cancel();
     let second = events(6, 800);
-    produce(&stack.brokers, &stack.topic, second.clone()).await;
+    produce(&stack.kafka, &stack.topic, second.clone()).await;
     let token = stack.token.child_token();
     let mut args = stack.serve_args.clone();
     args.http_addr = "127.0.0.1:0".parse().expect("addr");
@@ -439,7 +447,7 @@ async fn a_restarted_serving_layer_answers_exactly_from_its_own_stores() {
         .expect("serving restarts");
     let serving = running.http_addr;
     let version = r["version"].clone();
-    let truth = Truth::read(&stack.brokers, &stack.topic, first.len() + second.len()).await;
+    let truth = Truth::read(&stack.kafka, &stack.topic, first.len() + second.len()).await;
     tokio::task::spawn_blocking(move || {
         // Ready from local state at once, with the view it had.
         let status = json(serving, "/v1/status");
@@ -455,12 +463,12 @@ async fn a_restarted_serving_layer_answers_exactly_from_its_own_stores() {
 /// Produces `records` with librdkafka's `compression.type` set to `codec`,
 /// lingering so that records share compressed batches.
 async fn produce_with(
-    brokers: &str,
+    kafka: &Connection,
     topic: &str,
     codec: Compression,
     records: &[(String, Vec<u8>)],
 ) {
-    let kafka = Connection::plaintext(brokers).with_compression(codec);
+    let kafka = kafka.clone().with_compression(codec);
     let producer: rdkafka::producer::FutureProducer = common::kafka::producer_config(&kafka)
         .set("linger.ms", "20")
         .create()
@@ -489,7 +497,7 @@ async fn every_codec_is_counted_exactly(
     let codec_flag = format!("{layer_codec:?}").to_lowercase();
     let stack = start_stack_on(
         broker,
-        brokers,
+        Connection::plaintext(&brokers),
         topic,
         &["--compression", &codec_flag],
         dirs,
@@ -498,9 +506,9 @@ async fn every_codec_is_counted_exactly(
     let mut produced = 0;
     for (seed, codec) in Compression::ALL.into_iter().enumerate() {
         let batch = events(100 + seed as u64, 400);
-        produce_with(&stack.brokers, &stack.topic, codec, &batch).await;
+        produce_with(&stack.kafka, &stack.topic, codec, &batch).await;
         produced += batch.len();
-        let truth = Truth::read(&stack.brokers, &stack.topic, produced).await;
+        let truth = Truth::read(&stack.kafka, &stack.topic, produced).await;
         let serving = stack.serving;
         tokio::task::spawn_blocking(move || assert_exact(serving, &truth))
             .await
@@ -509,7 +517,7 @@ async fn every_codec_is_counted_exactly(
     // A recompute moves the counts into a batch view: the batch layer read
     // every codec too.
     recompute(stack.serving).await;
-    let truth = Truth::read(&stack.brokers, &stack.topic, produced).await;
+    let truth = Truth::read(&stack.kafka, &stack.topic, produced).await;
     let serving = stack.serving;
     tokio::task::spawn_blocking(move || {
         assert_exact(serving, &truth);
@@ -539,4 +547,55 @@ async fn every_codec_is_counted_exactly_on_sqlite_broker_storage() {
     // Snappy for the layers' own output: the SQLite storage re-batches on
     // fetch, which is where snappy used to fail the whole fetch.
     every_codec_is_counted_exactly(broker, Compression::Snappy, vec![dir]).await;
+}
+
+/// The three layers reach a broker that requires SASL/SCRAM through their
+/// `--sasl-*` flags (every client each of them creates: consumers,
+/// producers, admin and metadata clients), and answer exactly, before and
+/// after a recompute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_layer_reaches_a_sasl_scram_broker_through_its_flags() {
+    const PASSWORD: &str = "e2e-scram-password";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = BrokerOptions {
+        scram_users: vec![("lambda".into(), PASSWORD.into())],
+        ..BrokerOptions::default()
+    };
+    let broker =
+        EmbeddedBroker::start_with(BrokerStorage::Sqlite(dir.path().join("b.db")), options)
+            .await
+            .expect("broker starts");
+    let client = ClientArgs {
+        sasl_mechanism: Some(SaslMechanism::ScramSha512),
+        sasl_username: Some("lambda".into()),
+        sasl_password: Some(PASSWORD.parse().expect("infallible")),
+        ..ClientArgs::default()
+    };
+    let kafka = client.connection(&broker.bootstrap());
+    let layer_flags = [
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--sasl-username",
+        "lambda",
+        "--sasl-password",
+        PASSWORD,
+    ];
+    let topic = common::testkit::unique("sasl");
+    let stack = start_stack_on(broker, kafka, topic, &layer_flags, vec![dir]).await;
+    let batch = events(7, 1000);
+    produce(&stack.kafka, &stack.topic, batch.clone()).await;
+    let truth = Truth::read(&stack.kafka, &stack.topic, batch.len()).await;
+    let serving = stack.serving;
+    let truth = tokio::task::spawn_blocking(move || {
+        assert_exact(serving, &truth);
+        truth
+    })
+    .await
+    .expect("exact through SASL");
+    recompute(serving).await;
+    tokio::task::spawn_blocking(move || assert_exact(serving, &truth))
+        .await
+        .expect("exact after a recompute");
+    stack.token.cancel();
+    stack.batch_token.cancel();
 }
