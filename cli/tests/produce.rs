@@ -141,3 +141,74 @@ fn an_unreachable_broker_or_missing_input_fails_the_exit_code() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/file"));
 }
+
+/// `lambda produce` reaches a broker behind TLS that requires SASL/SCRAM
+/// through the `LAMBDA_*` variables, compresses with the codec asked for,
+/// and its password never shows in its output, even at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produces_over_tls_and_sasl_from_the_environment_without_printing_the_password() {
+    use ::common::broker::BrokerOptions;
+    use ::common::client::{ClientArgs, SaslMechanism, SecurityProtocol};
+    use ::common::testkit::{broker_behind_tls, TestCertificates};
+    const PASSWORD: &str = "produce-secret-4711";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCertificates::create(dir.path());
+    let options = BrokerOptions {
+        scram_users: vec![("lambda".into(), PASSWORD.into())],
+        ..BrokerOptions::default()
+    };
+    let storage = BrokerStorage::Sqlite(dir.path().join("b.db"));
+    let (broker, brokers) = broker_behind_tls(storage, options, &certs, false).await;
+    let kafka = ClientArgs {
+        security_protocol: Some(SecurityProtocol::SaslSsl),
+        ssl_ca_location: Some(certs.ca.clone()),
+        sasl_mechanism: Some(SaslMechanism::ScramSha256),
+        sasl_username: Some("lambda".into()),
+        sasl_password: Some(PASSWORD.parse().expect("infallible")),
+        ..ClientArgs::default()
+    }
+    .connection(&brokers);
+    let topic = unique("produce-secured");
+    ::common::kafka::ensure_topic(&kafka, &topic, 2, std::time::Duration::from_secs(30))
+        .await
+        .expect("topic");
+    let input = dir.path().join("events.txt");
+    std::fs::write(&input, "one event\nanother event\na third\n").expect("write input");
+
+    let (ca, t, i) = (
+        certs.ca.to_str().expect("utf-8").to_owned(),
+        topic.clone(),
+        input.to_str().expect("utf-8").to_owned(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_lambda"))
+            .args(["produce", &i, "--topic", &t])
+            .env("RUST_LOG", "debug")
+            .env("LAMBDA_BROKERS", &brokers)
+            .env("LAMBDA_SECURITY_PROTOCOL", "sasl_ssl")
+            .env("LAMBDA_SSL_CA_LOCATION", &ca)
+            .env("LAMBDA_SASL_MECHANISM", "SCRAM-SHA-256")
+            .env("LAMBDA_SASL_USERNAME", "lambda")
+            .env("LAMBDA_SASL_PASSWORD", PASSWORD)
+            .env("LAMBDA_COMPRESSION", "zstd")
+            .env(
+                "LAMBDA_KAFKA_OPTIONS",
+                "client.id=lambda-produce-test;linger.ms=1",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("lambda runs")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("produced 3 events"), "{stderr}");
+    assert!(stderr.contains("compression.type=zstd"), "{stderr}");
+    assert!(stderr.contains("client.id=lambda-produce-test"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD) && !stdout.contains(PASSWORD));
+    let records = consume_n(&kafka, &topic, 3, std::time::Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 3);
+    broker.stop().await;
+}

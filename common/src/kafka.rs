@@ -145,6 +145,9 @@ impl ConsumeFailure {
 pub async fn ensure_layer_topics(kafka: &crate::config::KafkaArgs) -> Result<(), KafkaSetupError> {
     let timeout = Duration::from_secs(30);
     let connection = kafka.connection();
+    // Every role starts here: say once how its clients connect (secrets
+    // redacted), so a misconfigured cluster connection is easy to spot.
+    tracing::info!(settings = %connection.describe(), "Kafka client settings.");
     for (topic, partitions) in [
         (&kafka.topic, kafka.partitions),
         (&kafka.dead_letter_topic, 1),

@@ -18,6 +18,12 @@ pub fn unique(prefix: &str) -> String {
 
 pub use crate::http::{get, http, HttpResponse};
 
+mod wire;
+pub use wire::{
+    broker_behind_corrupting_proxy, broker_behind_tls, corrupt_markers, TestCertificates,
+    CORRUPT_MARKER,
+};
+
 /// A throw-away in-memory broker and a topic name unique to this test (not
 /// created: the layer under test creates its topics).
 pub async fn memory_broker(topic_prefix: &str) -> (crate::broker::EmbeddedBroker, String, String) {
@@ -286,75 +292,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Bytes that [`broker_behind_corrupting_proxy`] damages wherever the
-/// broker sends them: put them in a record to make its batch unreadable.
-pub const CORRUPT_MARKER: &[u8] = b"poisonmarker";
-
-/// Flips the case of the last byte of every [`CORRUPT_MARKER`] in `bytes`;
-/// returns how many it damaged.
-pub fn corrupt_markers(bytes: &mut [u8]) -> usize {
-    let mut hits = 0;
-    let mut i = 0;
-    while i + CORRUPT_MARKER.len() <= bytes.len() {
-        if &bytes[i..i + CORRUPT_MARKER.len()] == CORRUPT_MARKER {
-            bytes[i + CORRUPT_MARKER.len() - 1] ^= 0x20;
-            hits += 1;
-            i += CORRUPT_MARKER.len();
-        } else {
-            i += 1;
-        }
-    }
-    hits
-}
-
-/// An in-memory broker that clients reach through a proxy which damages
-/// [`CORRUPT_MARKER`] in everything the broker sends: a record holding the
-/// marker arrives in a batch whose CRC no longer matches, which is what a
-/// corrupt or foreign batch looks like to a consumer. Returns the broker and
-/// the bootstrap address (the proxy's, which the broker also advertises).
-/// A marker split across two reads passes unharmed; keep the records small.
-pub async fn broker_behind_corrupting_proxy() -> (crate::broker::EmbeddedBroker, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("proxy binds");
-    let proxy = listener.local_addr().expect("proxy address");
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
-    let options = crate::broker::BrokerOptions {
-        addr: Some(upstream),
-        advertised: Some(proxy),
-        ..crate::broker::BrokerOptions::default()
-    };
-    let broker =
-        crate::broker::EmbeddedBroker::start_with(crate::broker::BrokerStorage::Memory, options)
-            .await
-            .expect("broker starts");
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 1 << 16];
-                while let Ok(n @ 1..) = server_read.read(&mut buf).await {
-                    corrupt_markers(&mut buf[..n]);
-                    if client_write.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    (broker, proxy.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,14 +300,5 @@ mod tests {
     fn sums_metric_samples() {
         let text = "# HELP x y\nx_total{p=\"0\"} 2\nx_total{p=\"1\"} 3\nx_total_other 9\n";
         assert_eq!(metric_sum(text, "x_total"), 5.0);
-    }
-
-    #[test]
-    fn the_proxy_damages_only_the_marker() {
-        let mut bytes = b"xx poisonmarker yy poisonmarker".to_vec();
-        assert_eq!(corrupt_markers(&mut bytes), 2);
-        assert_eq!(&bytes, b"xx poisonmarkeR yy poisonmarkeR");
-        let mut clean = b"alpha beta".to_vec();
-        assert_eq!(corrupt_markers(&mut clean), 0);
     }
 }

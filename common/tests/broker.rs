@@ -3,8 +3,9 @@
 mod common;
 
 use ::common::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
-use ::common::client::{ClientArgs, Connection, SaslMechanism};
+use ::common::client::{ClientArgs, Connection, SaslMechanism, SecurityProtocol};
 use ::common::kafka::ensure_topic;
+use ::common::testkit::{broker_behind_tls, TestCertificates};
 use common::{consume_n, offsets_by_partition, produce, unique};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -321,5 +322,101 @@ async fn a_broker_requiring_sasl_scram_serves_clients_with_the_password_and_no_o
         .await
     );
     assert!(!sees_topic(&Connection::plaintext(&brokers), &topic).await);
+    broker.stop().await;
+}
+
+/// A TLS connection as the role's flags build it: the test CA, and the
+/// client certificate when `mutual`.
+fn tls(brokers: &str, certs: &TestCertificates, mutual: bool) -> Connection {
+    let args = ClientArgs {
+        security_protocol: Some(SecurityProtocol::Ssl),
+        ssl_ca_location: Some(certs.ca.clone()),
+        ssl_certificate_location: mutual.then(|| certs.client_cert.clone()),
+        ssl_key_location: mutual.then(|| certs.client_key.clone()),
+        ..ClientArgs::default()
+    };
+    args.validate().expect("valid TLS flags");
+    args.connection(brokers)
+}
+
+/// Creates `topic` through `kafka`, produces 20 records and reads them back.
+async fn round_trip(kafka: &Connection, topic: &str) {
+    ensure_topic(kafka, topic, 2, TIMEOUT)
+        .await
+        .expect("the topic");
+    let records: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("k{i}"), format!("event {i}").into_bytes()))
+        .collect();
+    produce(kafka, topic, records).await;
+    assert_eq!(consume_n(kafka, topic, 20, TIMEOUT).await.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_trusting_the_ca_get_through_and_others_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCertificates::create(dir.path());
+    let (broker, brokers) = broker_behind_tls(
+        BrokerStorage::Memory,
+        BrokerOptions::default(),
+        &certs,
+        false,
+    )
+    .await;
+    let topic = unique("tls");
+    round_trip(&tls(&brokers, &certs, false), &topic).await;
+    // Plaintext to a TLS listener, and TLS without the private CA (the
+    // system's trust store does not know it): nothing.
+    assert!(!sees_topic(&Connection::plaintext(&brokers), &topic).await);
+    let untrusting = ClientArgs {
+        security_protocol: Some(SecurityProtocol::Ssl),
+        ..ClientArgs::default()
+    }
+    .connection(&brokers);
+    assert!(!sees_topic(&untrusting, &topic).await);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_the_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCertificates::create(dir.path());
+    let (broker, brokers) = broker_behind_tls(
+        BrokerStorage::Memory,
+        BrokerOptions::default(),
+        &certs,
+        true,
+    )
+    .await;
+    let topic = unique("mtls");
+    round_trip(&tls(&brokers, &certs, true), &topic).await;
+    assert!(!sees_topic(&tls(&brokers, &certs, false), &topic).await);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCertificates::create(dir.path());
+    let options = BrokerOptions {
+        scram_users: vec![("lambda".into(), "over-tls".into())],
+        ..BrokerOptions::default()
+    };
+    let storage = BrokerStorage::Sqlite(dir.path().join("b.db"));
+    let (broker, brokers) = broker_behind_tls(storage, options, &certs, false).await;
+    let kafka = |password: &str| {
+        let args = ClientArgs {
+            security_protocol: Some(SecurityProtocol::SaslSsl),
+            ssl_ca_location: Some(certs.ca.clone()),
+            sasl_mechanism: Some(SaslMechanism::ScramSha256),
+            sasl_username: Some("lambda".into()),
+            sasl_password: Some(password.parse().expect("infallible")),
+            ..ClientArgs::default()
+        };
+        args.validate().expect("valid flags");
+        args.connection(&brokers)
+    };
+    let topic = unique("sasl-ssl");
+    round_trip(&kafka("over-tls"), &topic).await;
+    assert!(!sees_topic(&kafka("wrong"), &topic).await);
     broker.stop().await;
 }

@@ -5,8 +5,9 @@
 
 use clap::Parser;
 use common::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
-use common::client::{ClientArgs, Compression, Connection, SaslMechanism};
+use common::client::{ClientArgs, Compression, Connection};
 use common::shutdown::CancellationToken;
+use common::testkit::{broker_behind_tls, TestCertificates};
 use common::testkit::{consume_n, get, http, memory_broker, produce, wait_for};
 use common::{Cut, Tokenizer};
 use serde_json::Value;
@@ -26,6 +27,12 @@ struct BatchCli {
 struct SpeedCli {
     #[command(flatten)]
     args: speed_layer::config::SpeedArgs,
+}
+
+#[derive(Parser)]
+struct ClientCli {
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Parser)]
@@ -549,30 +556,38 @@ async fn every_codec_is_counted_exactly_on_sqlite_broker_storage() {
     every_codec_is_counted_exactly(broker, Compression::Snappy, vec![dir]).await;
 }
 
-/// The three layers reach a broker that requires SASL/SCRAM through their
+/// The three layers reach a broker behind mutual TLS that also requires
+/// SASL/SCRAM, through their `--security-protocol`, `--ssl-*` and
 /// `--sasl-*` flags (every client each of them creates: consumers,
 /// producers, admin and metadata clients), and answer exactly, before and
-/// after a recompute.
+/// after a recompute. A layer whose clients ignored a flag could not even
+/// create its topics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_layer_reaches_a_sasl_scram_broker_through_its_flags() {
+async fn every_layer_reaches_a_broker_over_mutual_tls_and_sasl_scram_through_its_flags() {
     const PASSWORD: &str = "e2e-scram-password";
     let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCertificates::create(dir.path());
     let options = BrokerOptions {
         scram_users: vec![("lambda".into(), PASSWORD.into())],
         ..BrokerOptions::default()
     };
-    let broker =
-        EmbeddedBroker::start_with(BrokerStorage::Sqlite(dir.path().join("b.db")), options)
-            .await
-            .expect("broker starts");
-    let client = ClientArgs {
-        sasl_mechanism: Some(SaslMechanism::ScramSha512),
-        sasl_username: Some("lambda".into()),
-        sasl_password: Some(PASSWORD.parse().expect("infallible")),
-        ..ClientArgs::default()
-    };
-    let kafka = client.connection(&broker.bootstrap());
+    let storage = BrokerStorage::Sqlite(dir.path().join("b.db"));
+    let (broker, brokers) = broker_behind_tls(storage, options, &certs, true).await;
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    let (ca, cert, key) = (
+        path(&certs.ca),
+        path(&certs.client_cert),
+        path(&certs.client_key),
+    );
     let layer_flags = [
+        "--security-protocol",
+        "sasl_ssl",
+        "--ssl-ca-location",
+        &ca,
+        "--ssl-certificate-location",
+        &cert,
+        "--ssl-key-location",
+        &key,
         "--sasl-mechanism",
         "SCRAM-SHA-512",
         "--sasl-username",
@@ -580,7 +595,12 @@ async fn every_layer_reaches_a_sasl_scram_broker_through_its_flags() {
         "--sasl-password",
         PASSWORD,
     ];
-    let topic = common::testkit::unique("sasl");
+    let mut cli = vec!["x"];
+    cli.extend(layer_flags);
+    let client = ClientCli::try_parse_from(cli).expect("flags").client;
+    client.validate().expect("valid flags");
+    let kafka = client.connection(&brokers);
+    let topic = common::testkit::unique("secured");
     let stack = start_stack_on(broker, kafka, topic, &layer_flags, vec![dir]).await;
     let batch = events(7, 1000);
     produce(&stack.kafka, &stack.topic, batch.clone()).await;
@@ -591,7 +611,7 @@ async fn every_layer_reaches_a_sasl_scram_broker_through_its_flags() {
         truth
     })
     .await
-    .expect("exact through SASL");
+    .expect("exact through TLS and SASL");
     recompute(serving).await;
     tokio::task::spawn_blocking(move || assert_exact(serving, &truth))
         .await
