@@ -107,6 +107,50 @@ fn segments_roll_and_reads_stop_at_the_cut() {
     assert_eq!(log.end_offsets().get(1), 100);
 }
 
+/// Transactions leave offsets with no event: the commit or abort marker,
+/// and an aborted transaction's records, which a read-committed consumer
+/// never delivers. The log keeps the gaps as they are, resumes after the
+/// last record it has, reads exactly the records below any cut (one inside a
+/// gap too), and skips redeliveries across a gap.
+#[test]
+fn offset_gaps_left_by_transaction_markers_are_kept_and_resumed_past() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 3 and 4: an aborted transaction's record and its marker; 7: a marker;
+    // 8: another aborted record. Tiny segments, so some roll at a gap.
+    let offsets = [0, 1, 2, 5, 6, 9];
+    {
+        let mut log = MasterLog::open(dir.path(), options(64)).expect("open");
+        let text = |o: i64| format!("committed {o}");
+        let texts: Vec<(i64, String)> = offsets.iter().map(|&o| (o, text(o))).collect();
+        assert_eq!(
+            log.append(0, texts.iter().map(|(o, t)| event(*o, t)))
+                .expect("append"),
+            6
+        );
+        // A redelivery from inside the gap on: nothing new.
+        assert_eq!(
+            log.append(0, texts[3..].iter().map(|(o, t)| event(*o, t)))
+                .expect("append"),
+            0
+        );
+        log.commit().expect("commit");
+    }
+    let mut log = MasterLog::open(dir.path(), options(64)).expect("reopen");
+    assert_eq!(log.end_offsets().get(0), 10, "resume after the last record");
+    let below = |log: &MasterLog, cut: i64| -> Vec<i64> {
+        let cut: Cut = [(0, cut)].into_iter().collect();
+        read_all(log, &cut).into_iter().map(|r| r.1).collect()
+    };
+    assert_eq!(below(&log, 4), [0, 1, 2], "a cut inside a gap");
+    assert_eq!(below(&log, 8), [0, 1, 2, 5, 6]);
+    assert_eq!(below(&log, 10), offsets);
+    assert_eq!(
+        log.append(0, [event(12, "after a gap")]).expect("append"),
+        1
+    );
+    assert_eq!(log.end_offsets().get(0), 13);
+}
+
 /// Writes 5 records and returns the file and where the last record starts.
 fn five_records(dir: &Path) -> (PathBuf, u64, u64) {
     let t = texts(5);

@@ -367,14 +367,21 @@ pub async fn send_all<R: OutgoingRecord>(
 /// earlier instead, skips records below `want`, and checks the first record
 /// it gets at or above `want`: if that is beyond `want` while records before
 /// it were never seen, the batch holding `want` was skipped, so it seeks
-/// further back (doubling the margin) rather than lose those records. Records
-/// legitimately missing from the log (transaction markers, compaction) end the
-/// search once the seek reaches offset 0.
+/// further back (doubling the margin) rather than lose those records.
+///
+/// Offsets legitimately missing from the log (transaction markers, an
+/// aborted transaction's records, compaction) are recognised without going
+/// further back when the record just before `want` was seen: a checkpoint's
+/// `want` is always its last record's offset + 1, and a fetch that delivered
+/// `want - 1` delivers whatever the log holds after it. Otherwise the search
+/// ends once the seek reaches offset 0.
 #[derive(Debug, Clone)]
 pub struct Resume {
     want: std::collections::BTreeMap<i32, i64>,
     margin: std::collections::BTreeMap<i32, i64>,
     verified: std::collections::BTreeSet<i32>,
+    /// Partitions whose record `want - 1` has arrived.
+    saw_previous: std::collections::BTreeSet<i32>,
 }
 
 /// What to do with a received record.
@@ -406,6 +413,7 @@ impl Resume {
             want,
             margin,
             verified: Default::default(),
+            saw_previous: Default::default(),
         }
     }
 
@@ -421,12 +429,16 @@ impl Resume {
         }
         let want = self.want.get(&partition).copied().unwrap_or(0);
         if offset < want {
+            if offset == want - 1 {
+                self.saw_previous.insert(partition);
+            }
             return ResumeCheck::Skip;
         }
         let seeked = self.seek_offset(partition);
-        if offset == want || seeked == 0 {
+        if offset == want || seeked == 0 || self.saw_previous.contains(&partition) {
             // Exactly where we wanted to be, or the broker's log really has
-            // nothing between `want` and `offset`.
+            // nothing between `want` and `offset` (a gap right after the
+            // record we saw last, or nothing earlier to seek to).
             self.verified.insert(partition);
             return ResumeCheck::Accept;
         }
@@ -496,5 +508,26 @@ mod resume_tests {
         assert_eq!(r.check(0, 25_001), ResumeCheck::Accept);
         // Seeking from 0, a gap is genuine.
         assert_eq!(r.check(1, 3), ResumeCheck::Accept);
+    }
+
+    /// A transactional producer's commit marker (or an aborted
+    /// transaction) right at the checkpoint leaves a gap there: having seen
+    /// the checkpoint's own last record, the next record is accepted at once
+    /// instead of seeking back to the start of the partition.
+    #[test]
+    fn a_gap_right_after_the_last_checkpointed_record_is_accepted_at_once() {
+        // Checkpoint at 25,000: record 24,999 was the last one processed;
+        // 25,000 is a commit marker, 25,001..25,003 an aborted transaction
+        // and its marker; 25,004 is the next committed record.
+        let mut r = Resume::new([(0, 25_000)]);
+        assert_eq!(r.check(0, 15_000), ResumeCheck::Skip);
+        assert_eq!(r.check(0, 24_999), ResumeCheck::Skip);
+        assert_eq!(r.check(0, 25_004), ResumeCheck::Accept);
+        assert_eq!(r.check(0, 25_005), ResumeCheck::Accept);
+        // Without record 24,999 the jump is still a skipped batch.
+        let mut r = Resume::new([(0, 25_000)]);
+        assert_eq!(r.check(0, 30_000), ResumeCheck::SeekBack(5_000));
+        assert_eq!(r.check(0, 24_998), ResumeCheck::Skip);
+        assert_eq!(r.check(0, 30_000), ResumeCheck::SeekBack(0));
     }
 }
