@@ -147,18 +147,11 @@ fn an_unreachable_broker_or_missing_input_fails_the_exit_code() {
 /// and its password never shows in its output, even at debug level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produces_over_tls_and_sasl_from_the_environment_without_printing_the_password() {
-    use ::common::broker::BrokerOptions;
     use ::common::client::{ClientArgs, SaslMechanism, SecurityProtocol};
-    use ::common::testkit::{broker_behind_tls, TestCertificates};
     const PASSWORD: &str = "produce-secret-4711";
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = TestCertificates::create(dir.path());
-    let options = BrokerOptions {
-        scram_users: vec![("lambda".into(), PASSWORD.into())],
-        ..BrokerOptions::default()
-    };
-    let storage = BrokerStorage::Sqlite(dir.path().join("b.db"));
-    let (broker, brokers) = broker_behind_tls(storage, options, &certs, false).await;
+    let (broker, brokers, certs) =
+        ::common::testkit::secured_broker(dir.path(), "lambda", PASSWORD, false).await;
     let kafka = ClientArgs {
         security_protocol: Some(SecurityProtocol::SaslSsl),
         ssl_ca_location: Some(certs.ca.clone()),

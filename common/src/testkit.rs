@@ -20,8 +20,8 @@ pub use crate::http::{get, http, HttpResponse};
 
 mod wire;
 pub use wire::{
-    broker_behind_corrupting_proxy, broker_behind_tls, corrupt_markers, TestCertificates,
-    CORRUPT_MARKER,
+    broker_behind_corrupting_proxy, broker_behind_tls, corrupt_markers, secured_broker,
+    TestCertificates, CORRUPT_MARKER,
 };
 
 /// A throw-away in-memory broker and a topic name unique to this test (not

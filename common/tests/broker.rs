@@ -5,7 +5,7 @@ mod common;
 use ::common::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
 use ::common::client::{ClientArgs, Connection, SaslMechanism, SecurityProtocol};
 use ::common::kafka::ensure_topic;
-use ::common::testkit::{broker_behind_tls, TestCertificates};
+use ::common::testkit::{broker_behind_tls, secured_broker, TestCertificates};
 use common::{consume_n, offsets_by_partition, produce, unique};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -396,13 +396,7 @@ async fn mutual_tls_needs_the_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_scram_over_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = TestCertificates::create(dir.path());
-    let options = BrokerOptions {
-        scram_users: vec![("lambda".into(), "over-tls".into())],
-        ..BrokerOptions::default()
-    };
-    let storage = BrokerStorage::Sqlite(dir.path().join("b.db"));
-    let (broker, brokers) = broker_behind_tls(storage, options, &certs, false).await;
+    let (broker, brokers, certs) = secured_broker(dir.path(), "lambda", "over-tls", false).await;
     let kafka = |password: &str| {
         let args = ClientArgs {
             security_protocol: Some(SecurityProtocol::SaslSsl),

@@ -4,10 +4,10 @@
 //! the batch layer stopped the answers keep coming, marked stale.
 
 use clap::Parser;
-use common::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
+use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::client::{ClientArgs, Compression, Connection};
 use common::shutdown::CancellationToken;
-use common::testkit::{broker_behind_tls, TestCertificates};
+use common::testkit::secured_broker;
 use common::testkit::{consume_n, get, http, memory_broker, produce, wait_for};
 use common::{Cut, Tokenizer};
 use serde_json::Value;
@@ -566,13 +566,7 @@ async fn every_codec_is_counted_exactly_on_sqlite_broker_storage() {
 async fn every_layer_reaches_a_broker_over_mutual_tls_and_sasl_scram_through_its_flags() {
     const PASSWORD: &str = "e2e-scram-password";
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = TestCertificates::create(dir.path());
-    let options = BrokerOptions {
-        scram_users: vec![("lambda".into(), PASSWORD.into())],
-        ..BrokerOptions::default()
-    };
-    let storage = BrokerStorage::Sqlite(dir.path().join("b.db"));
-    let (broker, brokers) = broker_behind_tls(storage, options, &certs, true).await;
+    let (broker, brokers, certs) = secured_broker(dir.path(), "lambda", PASSWORD, true).await;
     let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
     let (ca, cert, key) = (
         path(&certs.ca),

@@ -230,6 +230,27 @@ pub async fn broker_behind_tls(
     broker_behind(storage, options, relay).await
 }
 
+/// A broker on SQLite storage in `dir` that clients reach only over TLS
+/// (with a client certificate when `require_client_cert`) and that requires
+/// SASL/SCRAM as `user` with `password`: what a managed cluster asks of a
+/// client. Returns the broker, its bootstrap address and the certificates
+/// (made in `dir`) a client needs.
+pub async fn secured_broker(
+    dir: &Path,
+    user: &str,
+    password: &str,
+    require_client_cert: bool,
+) -> (EmbeddedBroker, String, TestCertificates) {
+    let certs = TestCertificates::create(dir);
+    let options = BrokerOptions {
+        scram_users: vec![(user.to_owned(), password.to_owned())],
+        ..BrokerOptions::default()
+    };
+    let storage = BrokerStorage::Sqlite(dir.join("broker.db"));
+    let (broker, brokers) = broker_behind_tls(storage, options, &certs, require_client_cert).await;
+    (broker, brokers, certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
