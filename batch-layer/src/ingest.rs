@@ -15,8 +15,9 @@ use crate::master_log::{LogError, MasterLog, Record, RecordKind};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
-use common::kafka::{consumer_config, topic_partitions, ConsumeFailure, Resume, ResumeCheck};
+use common::kafka::{consumer_config, topic_partitions, Resume, ResumeCheck};
 use common::shutdown::CancellationToken;
+use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
 use common::{Offset, Partition};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -31,7 +32,7 @@ pub const GROUP: &str = "lambda-batch";
 
 #[derive(Debug, Error)]
 pub enum IngestError {
-    #[error(transparent)]
+    #[error("{0}; no partition could be found to hold, so ingestion stops")]
     Unreadable(#[from] ConsumeFailure),
     #[error("cannot create the batch consumer for {brokers}: {source}")]
     Consumer {
@@ -77,6 +78,7 @@ pub async fn run(
     log: Arc<Mutex<MasterLog>>,
     dead_letters: DeadLetterSink,
     metrics: Arc<BatchMetrics>,
+    held: HeldPartitions,
     token: CancellationToken,
 ) -> Result<(), IngestError> {
     let consumer: StreamConsumer =
@@ -109,10 +111,22 @@ pub async fn run(
         }
         if let Some(failure) = unreadable.take() {
             // What was read before it is in the master log; the unreadable
-            // records stay in Kafka, unskipped, for the next start.
+            // records stay in Kafka, unskipped, their partition held.
             metrics.unreadable_batches.inc();
-            tracing::error!(topic = %config.topic, code = ?failure.code, "{failure}");
-            return Err(failure.into());
+            let ends = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
+            let positions = (0..partitions as Partition)
+                .map(|p| (p, ends.get(p)))
+                .collect();
+            hold_unreadable(
+                &consumer,
+                &config.kafka,
+                &config.topic,
+                positions,
+                &held,
+                failure,
+            )
+            .await?;
+            metrics.held_partitions.set(held.len() as i64);
         }
         if last_metadata_check.elapsed() > Duration::from_secs(30) {
             last_metadata_check = Instant::now();
@@ -128,6 +142,18 @@ pub async fn run(
             if now > partitions {
                 tracing::info!(before = partitions, now, "New partitions; reassigning.");
                 (partitions, resume) = assign(&consumer, &config, &log).await?;
+                // A new assignment resumes every partition: hold the held
+                // ones again.
+                let mut tpl = TopicPartitionList::new();
+                for p in held.snapshot().into_keys() {
+                    tpl.add_partition(&config.topic, p);
+                }
+                if tpl.count() > 0 {
+                    consumer.pause(&tpl).map_err(|source| IngestError::Assign {
+                        topic: config.topic.clone(),
+                        source,
+                    })?;
+                }
             }
         }
     }

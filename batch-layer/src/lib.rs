@@ -42,6 +42,7 @@ use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
+use common::unreadable::HeldPartitions;
 use common::BucketSize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -145,6 +146,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         metrics: Arc::clone(&metrics),
         recompute: recompute_tx,
         admin_token: args.admin_token.as_deref().map(Arc::from),
+        held: HeldPartitions::default(),
     };
 
     let mut tasks = JoinSet::new();
@@ -158,9 +160,10 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     let failure = FailureSlot::default();
     {
         let (log, metrics, token) = (Arc::clone(&log), Arc::clone(&metrics), token.clone());
-        let failure = failure.clone();
+        let (failure, held) = (failure.clone(), state.held.clone());
         tasks.spawn(async move {
-            if let Err(error) = ingest::run(ingest_config, log, dead_letters, metrics, token).await
+            if let Err(error) =
+                ingest::run(ingest_config, log, dead_letters, metrics, held, token).await
             {
                 tracing::error!(%error, "Ingestion failed.");
                 failure.record(error);

@@ -10,6 +10,7 @@ pub struct BatchMetrics {
     pub duplicates_skipped: Counter,
     pub consumer_errors: Counter,
     pub unreadable_batches: Counter,
+    pub held_partitions: Gauge,
     pub log_write_errors: Counter,
     pub dead_letter_failures: Counter,
     pub dead_letters: DeadLetterCounts,
@@ -45,8 +46,14 @@ impl BatchMetrics {
         .single(
             "lambda_batch_unreadable_batches_total",
             "counter",
-            "Record batches the consumer could not read (corrupt, or an unsupported format); ingestion stops on the first.",
+            "Record batches the consumer could not read (corrupt, or an unsupported format).",
             self.unreadable_batches.get(),
+        )
+        .single(
+            "lambda_batch_held_partitions",
+            "gauge",
+            "Partitions no longer ingested because a record in them cannot be read (see /readyz).",
+            self.held_partitions.get(),
         )
         .single(
             "lambda_batch_log_write_errors_total",

@@ -3,6 +3,8 @@
 //! - `GET /views/latest`: the manifest of the newest view (404 before the first).
 //! - `GET /views/{version}`: that view's file, verified by the manifest's CRC32C.
 //! - `POST /recompute`: recompute now; answers with the resulting manifest.
+//! - `GET /readyz`: 503 with the reason while a partition is held (a
+//!   record in it cannot be read).
 //! - `GET /metrics`, `GET /healthz`.
 
 use crate::master_log::MasterLog;
@@ -28,6 +30,7 @@ pub struct BatchState {
     pub metrics: Arc<BatchMetrics>,
     pub recompute: mpsc::Sender<RecomputeRequest>,
     pub admin_token: Option<Arc<str>>,
+    pub held: common::unreadable::HeldPartitions,
 }
 
 pub fn router(state: BatchState) -> Router {
@@ -37,6 +40,7 @@ pub fn router(state: BatchState) -> Router {
         .route("/recompute", post(recompute))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }
@@ -119,4 +123,11 @@ async fn metrics(State(state): State<BatchState>) -> Response {
         .unwrap_or_else(|p| p.into_inner())
         .end_offsets();
     common::server::prometheus(state.metrics.render(&ends, now_ms()))
+}
+
+async fn readyz(State(state): State<BatchState>) -> Response {
+    match state.held.not_ready_reason() {
+        Some(reason) => common::server::json_error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        None => Json(json!({"status": "ready", "held": state.held.snapshot()})).into_response(),
+    }
 }

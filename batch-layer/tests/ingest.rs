@@ -244,3 +244,66 @@ async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
     running.wait().await.expect("the batch layer stops cleanly");
     broker.stop().await;
 }
+
+/// A batch the consumer cannot read (corrupted on the wire) holds its
+/// partition: `/readyz` says which and from where, the metrics count it,
+/// and the other partitions go on into the master log, events produced
+/// after the bad one included. The bad batch is not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_batch_holds_its_partition_and_the_others_go_on() {
+    use common::testkit::{broker_behind_corrupting_proxy, produce_to_partitions, CORRUPT_MARKER};
+    let (broker, brokers) = broker_behind_corrupting_proxy().await;
+    let topic = common::testkit::unique("batch-unreadable");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = common::shutdown::CancellationToken::new();
+    let running = batch_layer::start(batch_args(&brokers, &topic, dir.path(), &[]), token.clone())
+        .await
+        .expect("starts");
+    let addr = running.http_addr;
+    let on = |partitions: &[i32], n: usize, text: &[u8]| -> Vec<(i32, Vec<u8>)> {
+        partitions
+            .iter()
+            .flat_map(|&p| (0..n).map(move |_| (p, text.to_vec())))
+            .collect()
+    };
+    let poison = [b"a ".as_slice(), CORRUPT_MARKER].concat();
+    produce_to_partitions(&brokers, &topic, on(&[0, 1, 2], 5, b"alpha beta")).await;
+    produce_to_partitions(&brokers, &topic, on(&[1], 1, &poison)).await;
+    produce_to_partitions(&brokers, &topic, on(&[0, 1, 2], 10, b"alpha gamma")).await;
+
+    tokio::task::spawn_blocking(move || {
+        let end = |m: &str, p: i32| {
+            metric_sum(
+                m,
+                &format!("lambda_batch_log_end_offset{{partition=\"{p}\"}}"),
+            )
+        };
+        let m = wait_for(
+            "partitions 0 and 2 in the master log",
+            Duration::from_secs(60),
+            || {
+                let m = get(addr, "/metrics").ok()?.text();
+                (end(&m, 0) == 15.0 && end(&m, 2) == 15.0).then_some(m)
+            },
+        );
+        assert_eq!(end(&m, 1), 5.0, "held at the unreadable batch, not past it");
+        assert_eq!(metric_sum(&m, "lambda_batch_held_partitions"), 1.0);
+        assert!(metric_sum(&m, "lambda_batch_unreadable_batches_total") >= 1.0);
+        let r = get(addr, "/readyz").expect("readyz");
+        assert_eq!(r.status, 503, "{}", r.text());
+        let text = r.text();
+        assert!(
+            text.contains("partition 1") && text.contains("offset 5"),
+            "{text}"
+        );
+        assert!(text.contains("cannot read records"), "{text}");
+    })
+    .await
+    .expect("join");
+    token.cancel();
+    running
+        .wait()
+        .await
+        .expect("the batch layer stops cleanly when asked");
+    broker.stop().await;
+}

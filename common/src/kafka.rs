@@ -1,5 +1,5 @@
 //! Kafka helpers: client configurations with this project's delivery settings,
-//! a classification of consumer errors, and idempotent topic creation.
+//! and idempotent topic creation.
 
 use crate::client::Connection;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -67,7 +67,8 @@ fn with_user_settings(mut config: ClientConfig, kafka: &Connection) -> ClientCon
 /// It reads committed records only (events of aborted transactions are never
 /// counted; transaction markers leave offset gaps that every position in this
 /// project tolerates), and it checks every batch's CRC, so a batch corrupted
-/// on the way is an error ([`ConsumeFailure`]) rather than wrong counts.
+/// on the way is an error ([`crate::unreadable::ConsumeFailure`]) rather
+/// than wrong counts.
 pub fn consumer_config(kafka: &Connection, group: &str) -> ClientConfig {
     let mut config = base_config(kafka);
     config
@@ -97,46 +98,6 @@ pub fn producer_config(kafka: &Connection) -> ClientConfig {
         .set("message.timeout.ms", "30000")
         .set("compression.type", kafka.compression().as_kafka());
     with_user_settings(config, kafka)
-}
-
-/// A consumer error that means the records at the consumer's position cannot
-/// be read: retrying gets the same bytes, so the partition would never move
-/// again. The role stops loudly instead (see the README, "A record that
-/// cannot be read").
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("cannot read records from {what}: {code} ({code:?}); the partition cannot move past them, so this role stops rather than skip or stall")]
-pub struct ConsumeFailure {
-    pub what: String,
-    pub code: RDKafkaErrorCode,
-}
-
-impl ConsumeFailure {
-    /// `Some` when `error` is one a retry cannot fix: an unsupported or
-    /// corrupt batch (bad CRC, bad compression, an unknown codec or message
-    /// format). Transient errors (a broker restart, a timeout) are `None`:
-    /// librdkafka retries them by itself.
-    pub fn classify(error: &KafkaError, what: &str) -> Option<Self> {
-        let code = match error {
-            KafkaError::MessageConsumption(code) | KafkaError::MessageConsumptionFatal(code) => {
-                *code
-            }
-            _ => return None,
-        };
-        let unreadable = matches!(
-            code,
-            RDKafkaErrorCode::BadMessage
-                | RDKafkaErrorCode::BadCompression
-                | RDKafkaErrorCode::NotImplemented
-                | RDKafkaErrorCode::InvalidMessage
-                | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::UnsupportedCompressionType
-                | RDKafkaErrorCode::UnsupportedForMessageFormat
-        ) || matches!(error, KafkaError::MessageConsumptionFatal(_));
-        unreadable.then(|| Self {
-            what: what.to_owned(),
-            code,
-        })
-    }
 }
 
 /// Creates the topics every layer uses, unless they exist: the events and

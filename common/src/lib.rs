@@ -23,6 +23,8 @@
 //! - [`server`]: binding, serving until shutdown, JSON errors, Prometheus responses.
 //! - [`shutdown`]: ctrl-c/SIGTERM → cancellation token → grace period.
 //! - [`kafka`]: client configurations and idempotent topic creation.
+//! - [`unreadable`]: records a consumer cannot read: classify, locate the
+//!   partition, hold it.
 //! - [`dead_letter`]: records that are not events, sent on with origin and reason.
 //! - [`http`]: a minimal HTTP/1.1 client for internal calls between layers.
 //! - [`realtime`]: the absolute-count upserts the speed layer publishes.
@@ -46,6 +48,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tokenizer;
+pub mod unreadable;
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;

@@ -120,6 +120,27 @@ pub async fn produce(
     }
 }
 
+/// Produces each `(partition, payload)` to that partition and waits until
+/// every one is acknowledged.
+pub async fn produce_to_partitions(
+    kafka: impl Reach,
+    topic: &str,
+    records: impl IntoIterator<Item = (i32, Vec<u8>)>,
+) {
+    let producer: rdkafka::producer::FutureProducer =
+        crate::kafka::producer_config(&kafka.connection())
+            .create()
+            .expect("producer");
+    let records: Vec<(String, Vec<u8>, Option<i32>)> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (p, payload))| (format!("k{i}"), payload, Some(p)))
+        .collect();
+    for result in crate::kafka::send_all(&producer, topic, &records).await {
+        result.expect("delivered");
+    }
+}
+
 /// Consumes `topic` from the beginning with a fresh group until nothing new
 /// has arrived for `idle` after the first record (for topics whose record
 /// count a test cannot know); waits up to `first` for that first record.

@@ -173,14 +173,15 @@ async fn status(State(state): State<HttpState>) -> Response {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    Json(json!({"positions": s.positions, "batch_cut": s.cut, "ready": s.ready, "failure": s.failure}))
+    let ready = s.ready && s.held.is_empty();
+    Json(json!({"positions": s.positions, "batch_cut": s.cut, "ready": ready, "held": s.held.snapshot()}))
         .into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
     let s = state.status.lock().unwrap_or_else(|p| p.into_inner());
-    match (&s.failure, s.ready) {
-        (Some(reason), _) => json_error(StatusCode::SERVICE_UNAVAILABLE, reason.clone()),
+    match (s.held.not_ready_reason(), s.ready) {
+        (Some(reason), _) => json_error(StatusCode::SERVICE_UNAVAILABLE, reason),
         (None, true) => Json(json!({"status": "ready"})).into_response(),
         (None, false) => json_error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
     }

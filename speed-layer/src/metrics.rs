@@ -17,6 +17,7 @@ pub struct SpeedMetrics {
     pub checkpoint_failures: Counter,
     pub consumer_errors: Counter,
     pub unreadable_batches: Counter,
+    pub held_partitions: Gauge,
     pub dead_letter_failures: Counter,
     pub buckets_expired: Counter,
     pub dead_letters: DeadLetterCounts,
@@ -84,8 +85,14 @@ impl SpeedMetrics {
         .single(
             "lambda_speed_unreadable_batches_total",
             "counter",
-            "Record batches the consumer could not read (corrupt, or an unsupported format); the layer stops on the first.",
+            "Record batches the consumer could not read (corrupt, or an unsupported format).",
             self.unreadable_batches.get(),
+        )
+        .single(
+            "lambda_speed_held_partitions",
+            "gauge",
+            "Partitions no longer read because a record in them cannot be (see /status).",
+            self.held_partitions.get(),
         )
         .single(
             "lambda_speed_dead_letter_send_failures_total",

@@ -18,11 +18,11 @@ use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
 use common::kafka::{
-    consumer_config, producer_config, send_all, wait_for_partitions, ConsumeFailure, Resume,
-    ResumeCheck,
+    consumer_config, producer_config, send_all, wait_for_partitions, Resume, ResumeCheck,
 };
 use common::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
 use common::shutdown::CancellationToken;
+use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
 use common::{BucketKey, BucketSize, Cut, Offset, Partition, Tokenizer};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -48,7 +48,7 @@ pub enum StreamError {
     },
     #[error("topic `{topic}` has no partitions visible on {brokers}")]
     NoTopic { topic: String, brokers: String },
-    #[error(transparent)]
+    #[error("{0}; no partition could be found to hold, so the speed layer stops")]
     Unreadable(#[from] ConsumeFailure),
 }
 
@@ -74,8 +74,9 @@ pub struct SpeedStatus {
     pub cut: Cut,
     pub ready: bool,
     pub store: StoreStats,
-    /// Why the stream stopped, if it failed (readiness then says no).
-    pub failure: Option<String>,
+    /// Partitions no longer read because a record in them cannot be
+    /// (readiness then says no).
+    pub held: HeldPartitions,
 }
 
 /// The speed layer's state: the durable store and its in-memory mirror.
@@ -239,17 +240,31 @@ pub async fn run(
         }
         if let Some(failure) = batch.unreadable.take() {
             // What was read before it is checkpointed and published above;
-            // the unreadable records stay in Kafka for the next start.
+            // the unreadable records stay in Kafka, their partition held.
             metrics.unreadable_batches.inc();
-            tracing::error!(topic = %config.topic, code = ?failure.code, positions = %view.positions, "{failure}");
-            {
-                let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
-                s.ready = false;
-                s.failure = Some(failure.to_string());
+            let held = status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .held
+                .clone();
+            let positions = (0..partitions as Partition)
+                .map(|p| (p, view.positions.get(p)))
+                .collect();
+            let outcome = hold_unreadable(
+                &consumer,
+                &config.kafka,
+                &config.topic,
+                positions,
+                &held,
+                failure,
+            )
+            .await;
+            metrics.held_partitions.set(held.len() as i64);
+            if let Err(failure) = outcome {
+                drop(publish_tx);
+                let _ = publisher.await;
+                return Err(failure.into());
             }
-            drop(publish_tx);
-            let _ = publisher.await;
-            return Err(failure.into());
         }
         if let Some(url) = &config.batch_url {
             if last_cut_poll.elapsed() >= config.cut_poll_interval {

@@ -1,6 +1,8 @@
-//! A record batch the consumer cannot read stops the speed layer loudly:
-//! it is neither skipped (a lost event) nor retried in a warning loop while
-//! the layer claims to be ready (a partition stalled for good).
+//! A record batch the consumer cannot read is neither skipped (a lost
+//! event) nor retried in a warning loop while the layer claims to be ready
+//! (a partition stalled for good): the speed layer holds that partition,
+//! says so in `/readyz`, `/status` and `/metrics`, and keeps counting the
+//! others, events produced after the bad one included.
 //!
 //! The batch is made unreadable on the wire
 //! (`testkit::broker_behind_corrupting_proxy`): its CRC no longer matches,
@@ -8,15 +10,33 @@
 
 use clap::Parser;
 use common::shutdown::CancellationToken;
-use common::testkit::{broker_behind_corrupting_proxy, get, metric_sum, produce, unique, wait_for};
+use common::testkit::{
+    broker_behind_corrupting_proxy, get, metric_sum, produce_to_partitions, unique, wait_for,
+    CORRUPT_MARKER,
+};
+use serde_json::Value;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::{common_flags, SpeedCli};
 
 mod support;
 
+/// `n` records of `text` on each of `partitions`.
+fn on(partitions: &[i32], n: usize, text: &[u8]) -> Vec<(i32, Vec<u8>)> {
+    partitions
+        .iter()
+        .flat_map(|&p| (0..n).map(move |_| (p, text.to_vec())))
+        .collect()
+}
+
+fn json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let r = get(addr, path).expect("GET");
+    (r.status, serde_json::from_slice(&r.body).expect("JSON"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_batch_stops_the_speed_layer_with_the_reason() {
+async fn an_unreadable_batch_holds_its_partition_and_the_others_go_on() {
     let (broker, brokers) = broker_behind_corrupting_proxy().await;
     let topic = unique("unreadable");
     let (dlq, rt) = (format!("{topic}.dlq"), format!("{topic}.rt"));
@@ -31,43 +51,61 @@ async fn an_unreadable_batch_stops_the_speed_layer_with_the_reason() {
         .expect("starts");
     let addr = running.http_addr;
 
-    // Readable events are counted and the layer is ready.
-    let good: Vec<(String, Vec<u8>)> = (0..20)
-        .map(|i| (format!("k{i}"), b"alpha beta".to_vec()))
-        .collect();
-    produce(&brokers, &topic, good).await;
+    // Five readable events on each of the three partitions, then one that
+    // arrives unreadable on partition 1, then ten more readable ones on
+    // every partition.
+    let poison = [b"a ".as_slice(), CORRUPT_MARKER].concat();
+    produce_to_partitions(&brokers, &topic, on(&[0, 1, 2], 5, b"alpha beta")).await;
+    produce_to_partitions(&brokers, &topic, on(&[1], 1, &poison)).await;
+    produce_to_partitions(&brokers, &topic, on(&[0, 1, 2], 10, b"alpha gamma")).await;
+
+    let status = tokio::task::spawn_blocking(move || {
+        wait_for(
+            "partitions 0 and 2 to be read to the end",
+            Duration::from_secs(60),
+            || {
+                let (_, s) = json(addr, "/status");
+                (s["positions"]["0"] == 15 && s["positions"]["2"] == 15).then_some(s)
+            },
+        )
+    })
+    .await
+    .expect("join");
+    // Partition 1 is held at the unreadable batch, not past it.
+    assert_eq!(status["positions"]["1"], 5, "{status}");
+    assert_eq!(status["held"]["1"]["offset"], 5, "{status}");
+    assert_eq!(status["ready"], false, "{status}");
+    let reason = status["held"]["1"]["reason"].as_str().expect("a reason");
+    assert!(reason.contains("cannot read records"), "{reason}");
     tokio::task::spawn_blocking(move || {
-        wait_for("the readable events", Duration::from_secs(60), || {
-            let m = get(addr, "/metrics").ok()?.text();
-            (metric_sum(&m, "lambda_speed_position") as usize == 20).then_some(())
-        });
-        assert_eq!(get(addr, "/readyz").expect("readyz").status, 200);
+        let (code, body) = json(addr, "/readyz");
+        assert_eq!(code, 503, "{body}");
+        let error = body["error"].as_str().expect("an error");
+        assert!(
+            error.contains("partition 1") && error.contains("offset 5"),
+            "{error}"
+        );
+        let m = get(addr, "/metrics").expect("metrics").text();
+        assert_eq!(metric_sum(&m, "lambda_speed_held_partitions"), 1.0);
+        assert!(metric_sum(&m, "lambda_speed_unreadable_batches_total") >= 1.0);
     })
     .await
     .expect("join");
 
-    // Then a record the consumer will receive with a broken CRC.
-    produce(
-        &brokers,
-        &topic,
-        vec![(
-            "poison".to_owned(),
-            [b"a ", common::testkit::CORRUPT_MARKER].concat(),
-        )],
-    )
-    .await;
-    let outcome = tokio::time::timeout(Duration::from_secs(60), running.wait())
+    // Still running until asked to stop; then it stops cleanly.
+    token.cancel();
+    running
+        .wait()
         .await
-        .expect("the speed layer stops by itself instead of retrying forever");
-    let error = outcome.expect_err("the speed layer reports a failure");
-    let text = error.to_string();
-    assert!(text.contains("cannot read records"), "{text}");
-    assert!(text.contains(&topic), "{text}");
-
-    // The events before the unreadable batch were checkpointed; the batch
-    // itself was not skipped: it is still ahead of the checkpoint.
+        .expect("the speed layer stops cleanly when asked");
+    // The checkpoint has the held partition where it stopped: the bad batch
+    // and what follows it stay unread, not skipped.
     let store = speed_layer::store::RealtimeStore::open(&dir.path().join("realtime"))
         .expect("store reopens");
-    assert_eq!(store.offsets().expect("offsets").total_offsets(), 20);
+    let offsets = store.offsets().expect("offsets");
+    assert_eq!(
+        (offsets.get(0), offsets.get(1), offsets.get(2)),
+        (15, 5, 15)
+    );
     broker.stop().await;
 }
