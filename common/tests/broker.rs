@@ -414,3 +414,81 @@ async fn sasl_scram_over_tls() {
     assert!(!sees_topic(&kafka("wrong"), &topic).await);
     broker.stop().await;
 }
+
+/// The embedded broker answers a fetch as soon as it has records, and a fetch
+/// waiting on an empty partition as soon as a record arrives
+/// (vendor/tansu-storage.patch, `service/fetch.rs`). Unpatched, tansu 0.6
+/// slept through at least half of the consumer's `fetch.wait.max.ms` in both
+/// cases: here 5 s of a 10 s wait, twice as long as this test allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_return_as_soon_as_records_are_there() {
+    use ::common::kafka::consumer_config;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    use std::time::Instant;
+    const WAIT_MS: u64 = 10_000;
+    const PROMPT: Duration = Duration::from_millis(WAIT_MS / 4);
+    let (broker, brokers, topic) = broker_with_topic(BrokerStorage::Memory, "prompt", 1).await;
+    produce(
+        &brokers,
+        &topic,
+        [("k".to_owned(), b"already there".to_vec())],
+    )
+    .await;
+
+    let consumer: StreamConsumer = consumer_config(&Connection::plaintext(&brokers), &unique("g"))
+        .set("fetch.wait.max.ms", WAIT_MS.to_string())
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+        .expect("tpl");
+    let started = Instant::now();
+    consumer.assign(&tpl).expect("assign");
+    let first = tokio::time::timeout(TIMEOUT, consumer.recv())
+        .await
+        .expect("the record already there")
+        .expect("ok");
+    let first_after = started.elapsed();
+    assert_eq!(first.payload(), Some(&b"already there"[..]));
+    drop(first);
+
+    // The consumer's next fetch finds nothing and waits; a record produced
+    // meanwhile must end that wait. (The consumer stays on this thread: an
+    // rdkafka client dropped inside a task can block the worker the
+    // in-process broker needs.)
+    let producer: rdkafka::producer::FutureProducer =
+        ::common::kafka::producer_config(&Connection::plaintext(&brokers))
+            .create()
+            .expect("producer");
+    let sender = {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let produced = Instant::now();
+            let record = [("k".to_owned(), b"new".to_vec())];
+            for r in ::common::kafka::send_all(&producer, &topic, &record).await {
+                r.expect("delivered");
+            }
+            produced
+        })
+    };
+    let m = tokio::time::timeout(TIMEOUT, consumer.recv())
+        .await
+        .expect("the record produced while waiting")
+        .expect("ok");
+    let received = Instant::now();
+    assert_eq!(m.payload(), Some(&b"new"[..]));
+    let produced = sender.await.expect("producer task");
+    let second_after = received.duration_since(produced);
+    eprintln!("records already there: {first_after:?}; produced while waiting: {second_after:?}");
+    assert!(
+        first_after < PROMPT,
+        "a fetch with data waited {first_after:?} of its {WAIT_MS} ms"
+    );
+    assert!(
+        second_after < PROMPT,
+        "a waiting fetch saw a new record only after {second_after:?} of its {WAIT_MS} ms"
+    );
+    broker.stop().await;
+}

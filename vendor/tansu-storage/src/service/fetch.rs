@@ -24,10 +24,19 @@ use tansu_sans_io::{
     metadata_response::MetadataResponseTopic,
     record::deflated::{Batch, Frame},
 };
-use tokio::time::sleep;
+use tokio::{sync::Notify, time::sleep};
 use tracing::{debug, error, instrument};
 
 use crate::{Error, Result, Storage, Topition};
+
+/// Woken by every successful produce: fetches waiting on empty partitions
+/// poll the storage again (Lambda's patch, see vendor/README.md).
+static APPENDED: Notify = Notify::const_new();
+
+/// Wakes the fetches waiting for new records.
+pub(crate) fn appended() {
+    APPENDED.notify_waiters();
+}
 
 /// A [`Service`] using [`Storage`] as [`Context`] taking [`FetchRequest`] returning [`FetchResponse`].
 /// ```
@@ -307,19 +316,25 @@ impl FetchService {
         if topics.is_empty() {
             Ok(vec![])
         } else {
-            let start = Instant::now();
+            // Lambda's patch (see vendor/README.md): answer as soon as there
+            // is data, and while there is none, wait for a produce to any
+            // partition (or the end of `max_wait`) instead of sleeping
+            // through the rest of the wait. The waiter is registered before
+            // each poll of the storage, so a record appended between the
+            // poll and the wait still wakes it.
+            let deadline = Instant::now() + max_wait;
+            let budget = *max_bytes;
             let mut responses = vec![];
-            let mut iteration = 0;
-            let mut elapsed = Duration::from_millis(0);
-            let mut bytes = 0;
 
-            while elapsed <= max_wait && bytes <= min_bytes {
-                debug!(?elapsed, ?max_wait, ?bytes, ?min_bytes);
+            loop {
+                let appended = APPENDED.notified();
+                tokio::pin!(appended);
+                _ = appended.as_mut().enable();
 
-                let enumerate = topics.iter().enumerate();
                 responses.clear();
+                *max_bytes = budget;
 
-                for (i, fetch) in enumerate {
+                for (i, fetch) in topics.iter().enumerate() {
                     let fetch_response = self
                         .fetch_topic(
                             ctx.clone(),
@@ -335,29 +350,19 @@ impl FetchService {
                     responses.push(fetch_response);
                 }
 
-                bytes += u32::try_from(responses.byte_size())?;
+                let bytes = u32::try_from(responses.byte_size())?;
+                let remaining = deadline.saturating_duration_since(Instant::now());
 
-                let now = Instant::now();
-                elapsed = now.duration_since(start);
-                let remaining = max_wait.saturating_sub(elapsed);
+                debug!(?max_wait, ?remaining, ?bytes, ?min_bytes);
 
-                debug!(
-                    ?iteration,
-                    ?max_wait,
-                    ?elapsed,
-                    ?remaining,
-                    ?bytes,
-                    ?min_bytes
-                );
+                if bytes >= min_bytes || remaining.is_zero() {
+                    break;
+                }
 
-                sleep(if remaining.as_millis() >= 250 {
-                    remaining / 2
-                } else {
-                    remaining
-                })
-                .await;
-
-                iteration += 1;
+                tokio::select! {
+                    _ = appended => {}
+                    _ = sleep(remaining) => {}
+                }
             }
 
             Ok(responses)

@@ -189,6 +189,7 @@ impl ProduceService {
             }
 
             if let Some(base_offset) = base_offset {
+                super::fetch::appended();
                 PartitionProduceResponse::default()
                     .index(partition.index)
                     .error_code(ErrorCode::None.into())
