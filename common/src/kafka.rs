@@ -89,12 +89,25 @@ pub fn consumer_config(kafka: &Connection, group: &str) -> ClientConfig {
 }
 
 /// A producer that waits for the broker's acknowledgement of every record,
-/// compressing with the connection's codec.
+/// compressing with the connection's codec. It lingers 5 ms to fill batches
+/// from a stream of records (`lambda produce`).
 pub fn producer_config(kafka: &Connection) -> ClientConfig {
+    producer_lingering(kafka, 5)
+}
+
+/// A producer for records enqueued in one burst and then awaited together
+/// (the speed layer's publication: a micro-batch's upserts, then its
+/// watermarks). The burst is a batch already, so it does not linger: at
+/// 5 ms a micro-batch would wait 10 ms for nothing on its way to answers.
+pub fn burst_producer_config(kafka: &Connection) -> ClientConfig {
+    producer_lingering(kafka, 0)
+}
+
+fn producer_lingering(kafka: &Connection, linger_ms: u32) -> ClientConfig {
     let mut config = base_config(kafka);
     config
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms.to_string())
         .set("message.timeout.ms", "30000")
         .set("compression.type", kafka.compression().as_kafka());
     with_user_settings(config, kafka)
@@ -432,7 +445,7 @@ mod config_tests {
                 },
                 KafkaOption {
                     key: "linger.ms".into(),
-                    value: "0".into(),
+                    value: "20".into(),
                 },
             ],
             ..ClientArgs::default()
@@ -442,9 +455,13 @@ mod config_tests {
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("7"));
         assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
         assert_eq!(consumer.get("check.crcs"), Some("true"));
-        let producer = producer_config(&kafka);
-        assert_eq!(producer.get("linger.ms"), Some("0"));
-        assert_eq!(producer.get("compression.type"), Some("lz4"));
+        for producer in [producer_config(&kafka), burst_producer_config(&kafka)] {
+            assert_eq!(producer.get("linger.ms"), Some("20"));
+            assert_eq!(producer.get("compression.type"), Some("lz4"));
+        }
+        let defaults = ClientArgs::default().connection("b:9092");
+        assert_eq!(producer_config(&defaults).get("linger.ms"), Some("5"));
+        assert_eq!(burst_producer_config(&defaults).get("linger.ms"), Some("0"));
         assert_eq!(
             client_config(&kafka).get("bootstrap.servers"),
             Some("b:9092")

@@ -98,6 +98,38 @@ impl Histogram {
     }
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(LATENCY_BOUNDS)
+    }
+}
+
+/// The family every layer reports its pipeline stages under, one histogram
+/// per `stage` label, so one query shows where an event's time goes on its
+/// way to answers (the README's latency budget).
+pub const STAGE_SECONDS: &str = "lambda_stage_seconds";
+
+/// Writes [`STAGE_SECONDS`] with one histogram per `(stage, histogram)`.
+pub fn render_stages(w: &mut TextWriter, stages: &[(&str, &Histogram)]) {
+    w.family(
+        STAGE_SECONDS,
+        "histogram",
+        "Time an event spends in each stage of its way to answers (see the README's latency budget).",
+    );
+    for (stage, h) in stages {
+        h.render(w, STAGE_SECONDS, &[("stage", stage)]);
+    }
+}
+
+/// Milliseconds from a Kafka record timestamp (ms since the epoch) to now;
+/// zero for a timestamp in the future (another machine's clock).
+pub fn since_timestamp(timestamp_ms: i64) -> std::time::Duration {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    std::time::Duration::from_millis(now_ms.saturating_sub(timestamp_ms).max(0) as u64)
+}
+
 /// Renders Prometheus text exposition format.
 #[derive(Debug, Default)]
 pub struct TextWriter {

@@ -96,6 +96,12 @@ impl Packer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watermark {
     pub positions: Cut,
+    /// The record timestamp (ms since the epoch) of the oldest event the
+    /// micro-batch counted, if it counted any: serving layers measure how
+    /// long events took to become visible from it. Absent in watermarks of
+    /// older speed layers and of re-publications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_event_ms: Option<i64>,
 }
 
 /// One record of the realtime topic.
@@ -211,11 +217,23 @@ mod tests {
     fn watermarks_are_told_apart_by_their_key() {
         let w = Watermark {
             positions: [(0, 10), (1, 4)].into_iter().collect(),
+            oldest_event_ms: Some(1_764_633_600_000),
         };
         let json = serde_json::to_vec(&w).expect("serialise");
         assert_eq!(
             RealtimeMessage::decode(Some(WATERMARK_KEY.as_bytes()), Some(&json)),
             Ok(RealtimeMessage::Watermark(w))
+        );
+        // A watermark without the event time (an older speed layer's) reads.
+        assert_eq!(
+            RealtimeMessage::decode(
+                Some(WATERMARK_KEY.as_bytes()),
+                Some(br#"{"positions":{"0":3}}"#)
+            ),
+            Ok(RealtimeMessage::Watermark(Watermark {
+                positions: [(0, 3)].into_iter().collect(),
+                oldest_event_ms: None,
+            }))
         );
         // A watermark payload under the upserts key is malformed upserts.
         assert!(RealtimeMessage::decode(Some(UPSERTS_KEY.as_bytes()), Some(&json)).is_err());

@@ -55,10 +55,11 @@ pub struct Follower {
     pub metrics: Arc<ServingMetrics>,
 }
 
-/// Messages read before the gate is asked for a release.
+/// Messages read before the gate is asked for a release, at most; it is
+/// asked as soon as the consumer has no more buffered (adaptive, like the
+/// speed layer's micro-batches: a release per checkpoint when idle, large
+/// ones under load).
 const READ_BATCH: usize = 20_000;
-/// … or this long after the first.
-const READ_WAIT: Duration = Duration::from_millis(10);
 
 impl Follower {
     pub async fn run(self, token: CancellationToken) -> Result<(), FollowError> {
@@ -100,7 +101,6 @@ impl Follower {
                 _ = token.cancelled() => break,
                 m = consumer.recv() => m,
             };
-            let deadline = tokio::time::Instant::now() + READ_WAIT;
             let mut next = Some(first);
             let mut read = 0;
             while let Some(m) = next.take() {
@@ -141,11 +141,14 @@ impl Follower {
                 if read >= READ_BATCH {
                     break;
                 }
-                if let Ok(m) = tokio::time::timeout_at(deadline, consumer.recv()).await {
+                // What the consumer has buffered, without waiting (tokio's
+                // timeout polls the future before its deadline).
+                if let Ok(m) = tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
                     next = Some(m);
                 }
             }
             if let Some(release) = gate.release() {
+                let released_at = std::time::Instant::now();
                 let counts = {
                     let r = self.replica.read().unwrap_or_else(|p| p.into_inner());
                     r.resolve(&release.upserts)
@@ -164,6 +167,13 @@ impl Follower {
                     .add(release.upserts.len() as u64);
                 let mut r = self.replica.write().unwrap_or_else(|p| p.into_inner());
                 r.apply(checkpoint.counts, release.as_of);
+                drop(r);
+                self.metrics.apply_stage.observe(released_at.elapsed());
+                if let Some(oldest) = release.oldest_event_ms {
+                    let latency = common::metrics::since_timestamp(oldest);
+                    self.metrics.visible.observe(latency);
+                    self.health.visible(latency);
+                }
             }
             self.health.follower(positions.clone(), gate.held());
         }
@@ -178,9 +188,7 @@ impl Follower {
                     gate.upsert(m.partition(), u);
                 }
             }
-            Ok(RealtimeMessage::Watermark(w)) => {
-                gate.watermark(m.partition(), m.offset(), w.positions)
-            }
+            Ok(RealtimeMessage::Watermark(w)) => gate.watermark(m.partition(), m.offset(), w),
             Err(reason) => {
                 self.metrics.malformed_realtime.inc();
                 tracing::warn!(

@@ -10,7 +10,7 @@
 //! is then exactly the checkpoints up to the smallest latest watermark, and
 //! that is the replica's `as_of`.
 
-use common::realtime::RealtimeUpsert;
+use common::realtime::{RealtimeUpsert, Watermark};
 use common::{Cut, Offset};
 use std::collections::VecDeque;
 
@@ -22,6 +22,9 @@ pub struct Release {
     /// `(topic partition, next offset)` to store with the counts.
     pub next_offsets: Vec<(i32, Offset)>,
     pub as_of: Cut,
+    /// The oldest event (record timestamp, ms since the epoch) the released
+    /// micro-batches counted, as their watermarks tell.
+    pub oldest_event_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -30,6 +33,7 @@ struct Segment {
     upserts: Vec<RealtimeUpsert>,
     /// The topic offset after the watermark that closed it.
     next_offset: Offset,
+    oldest_event_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -70,14 +74,15 @@ impl WatermarkGate {
         }
     }
 
-    pub fn watermark(&mut self, partition: i32, offset: Offset, positions: Cut) {
+    pub fn watermark(&mut self, partition: i32, offset: Offset, watermark: Watermark) {
         if let Some(lane) = self.lanes.get_mut(partition as usize) {
             lane.closed.push_back(Segment {
-                watermark: positions.clone(),
+                watermark: watermark.positions.clone(),
                 upserts: std::mem::take(&mut lane.open),
                 next_offset: offset + 1,
+                oldest_event_ms: watermark.oldest_event_ms,
             });
-            lane.latest = Some(positions);
+            lane.latest = Some(watermark.positions);
         }
     }
 
@@ -110,6 +115,9 @@ impl WatermarkGate {
                 let segment = lane.closed.pop_front().expect("front checked above");
                 self.held -= segment.upserts.len();
                 release.upserts.extend(segment.upserts);
+                if let Some(t) = segment.oldest_event_ms {
+                    release.oldest_event_ms = Some(release.oldest_event_ms.map_or(t, |o| o.min(t)));
+                }
                 next = Some(segment.next_offset);
             }
             if let Some(next) = next {
@@ -128,6 +136,13 @@ mod tests {
         pairs.iter().copied().collect()
     }
 
+    fn mark(pairs: &[(i32, i64)]) -> Watermark {
+        Watermark {
+            positions: cut(pairs),
+            oldest_event_ms: None,
+        }
+    }
+
     fn up(word: &str, count: u64) -> RealtimeUpsert {
         RealtimeUpsert {
             word: word.into(),
@@ -142,11 +157,11 @@ mod tests {
         let mut gate = WatermarkGate::new(2, None);
         gate.upsert(0, up("a", 1));
         gate.upsert(1, up("b", 1));
-        gate.watermark(0, 2, cut(&[(0, 5)]));
+        gate.watermark(0, 2, mark(&[(0, 5)]));
         assert_eq!(gate.release(), None, "partition 1 has not closed it yet");
         // The next micro-batch starts on partition 0 before 1 closes the first.
         gate.upsert(0, up("a", 2));
-        gate.watermark(1, 7, cut(&[(0, 5)]));
+        gate.watermark(1, 7, mark(&[(0, 5)]));
         let r = gate.release().expect("complete");
         assert_eq!(r.as_of, cut(&[(0, 5)]));
         assert_eq!(r.upserts, vec![up("a", 1), up("b", 1)]);
@@ -159,16 +174,31 @@ mod tests {
     fn a_watermark_lost_in_a_crash_is_covered_by_the_next() {
         let mut gate = WatermarkGate::new(2, Some(cut(&[(0, 1)])));
         gate.upsert(0, up("a", 1));
-        gate.watermark(0, 1, cut(&[(0, 5)]));
+        gate.watermark(0, 1, mark(&[(0, 5)]));
         // The speed layer died before the watermark reached partition 1, then
         // re-published its checkpoint and a later watermark everywhere.
         gate.upsert(1, up("b", 3));
-        gate.watermark(0, 3, cut(&[(0, 9)]));
-        gate.watermark(1, 4, cut(&[(0, 9)]));
+        gate.watermark(0, 3, mark(&[(0, 9)]));
+        gate.watermark(1, 4, mark(&[(0, 9)]));
         let r = gate.release().expect("complete");
         assert_eq!(r.as_of, cut(&[(0, 9)]));
         assert_eq!(r.upserts.len(), 2);
         assert_eq!(r.next_offsets, vec![(0, 4), (1, 5)]);
         assert_eq!(gate.held(), 0);
+    }
+
+    #[test]
+    fn a_release_carries_the_oldest_event_time_of_what_it_releases() {
+        let at = |pairs: &[(i32, i64)], ms| Watermark {
+            positions: cut(pairs),
+            oldest_event_ms: Some(ms),
+        };
+        let mut gate = WatermarkGate::new(1, None);
+        gate.watermark(0, 0, at(&[(0, 5)], 2_000));
+        gate.watermark(0, 1, at(&[(0, 9)], 1_000));
+        gate.watermark(0, 2, mark(&[(0, 12)]));
+        assert_eq!(gate.release().map(|r| r.oldest_event_ms), Some(Some(1_000)));
+        gate.watermark(0, 3, mark(&[(0, 15)]));
+        assert_eq!(gate.release().map(|r| r.oldest_event_ms), Some(None));
     }
 }

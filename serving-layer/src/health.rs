@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 /// Samples of the topic ends kept to date freshness (at one per 250 ms,
 /// about a minute).
 const HISTORY: usize = 240;
+/// Produce-to-visible latencies summarised in `/v1/status`: those of the
+/// last minute, at most this many.
+const VISIBLE_WINDOW: Duration = Duration::from_secs(60);
+const VISIBLE_SAMPLES: usize = 10_000;
 
 /// Shared, updated by the background tasks, read by the API.
 #[derive(Debug)]
@@ -33,6 +37,17 @@ struct Inner {
     ends: Ends,
     follower_positions: Cut,
     follower_held: usize,
+    /// Recent (applied at, produce-to-visible) latencies, oldest first.
+    visible: std::collections::VecDeque<(Instant, Duration)>,
+}
+
+/// Recent produce-to-visible latencies, as `/v1/status` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Visibility {
+    pub samples: usize,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
 }
 
 /// End offsets of the topics the serving layer watches.
@@ -111,6 +126,45 @@ impl Health {
         i.follower_held = held;
     }
 
+    /// Records how long the oldest event of a release took from its record
+    /// timestamp to being visible in answers.
+    pub fn visible(&self, latency: Duration) {
+        let mut i = self.lock();
+        let now = Instant::now();
+        i.visible.push_back((now, latency));
+        while i.visible.len() > VISIBLE_SAMPLES
+            || i.visible
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > VISIBLE_WINDOW)
+        {
+            i.visible.pop_front();
+        }
+    }
+
+    /// p50, p99 and max of the last minute's produce-to-visible latencies.
+    pub fn recent_visibility(&self) -> Visibility {
+        let now = Instant::now();
+        let mut recent: Vec<Duration> = self
+            .lock()
+            .visible
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= VISIBLE_WINDOW)
+            .map(|(_, d)| *d)
+            .collect();
+        if recent.is_empty() {
+            return Visibility::default();
+        }
+        recent.sort_unstable();
+        let rank =
+            |q: f64| recent[((recent.len() as f64 * q).ceil() as usize).clamp(1, recent.len()) - 1];
+        Visibility {
+            samples: recent.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: recent[recent.len() - 1],
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         // Copies only what an answer reports: never the sample history,
         // since this runs on every query.
@@ -164,5 +218,19 @@ mod tests {
         h.kafka_ends(asked, ahead, &[(0, 10)].into_iter().collect());
         assert!(!h.snapshot().realtime_stale);
         assert!(h.snapshot().freshness < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn recent_visibility_is_the_nearest_rank_of_the_last_minute() {
+        let h = Health::new(Duration::from_secs(1));
+        assert_eq!(h.recent_visibility(), Visibility::default());
+        for ms in 1..=100 {
+            h.visible(Duration::from_millis(ms));
+        }
+        let v = h.recent_visibility();
+        assert_eq!(v.samples, 100);
+        assert_eq!(v.p50, Duration::from_millis(50));
+        assert_eq!(v.p99, Duration::from_millis(99));
+        assert_eq!(v.max, Duration::from_millis(100));
     }
 }

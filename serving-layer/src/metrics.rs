@@ -3,7 +3,7 @@
 //! dead-letter counts.
 
 use crate::health::Snapshot;
-use common::metrics::{Counter, Histogram, TextWriter, LATENCY_BOUNDS};
+use common::metrics::{render_stages, Counter, Histogram, TextWriter, LATENCY_BOUNDS};
 use common::Cut;
 
 /// The routes requests are counted under (their templates, so the label set
@@ -39,6 +39,11 @@ pub struct ServingMetrics {
     pub follower_errors: Counter,
     pub unreadable_batches: Counter,
     pub store_failures: Counter,
+    /// Storing a release durably and applying it to the replica.
+    pub apply_stage: Histogram,
+    /// From an event's record timestamp to its count in answers (the oldest
+    /// event of each release: an upper bound for the rest).
+    pub visible: Histogram,
 }
 
 impl Default for ServingMetrics {
@@ -58,6 +63,8 @@ impl Default for ServingMetrics {
             follower_errors: Counter::default(),
             unreadable_batches: Counter::default(),
             store_failures: Counter::default(),
+            apply_stage: Histogram::default(),
+            visible: Histogram::default(),
         }
     }
 }
@@ -222,6 +229,14 @@ impl ServingMetrics {
             "1 when answers lag Kafka by more than --stale-after.",
             u8::from(health.realtime_stale),
         );
+        render_stages(&mut w, &[("apply", &self.apply_stage)]);
+        w.family(
+            "lambda_serving_visible_seconds",
+            "histogram",
+            "From an event's record timestamp to its count in answers (per release, its oldest event).",
+        );
+        self.visible
+            .render(&mut w, "lambda_serving_visible_seconds", &[]);
         w.finish()
     }
 }

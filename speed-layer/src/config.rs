@@ -36,8 +36,12 @@ pub struct SpeedArgs {
     #[arg(long, env = env::MICRO_BATCH_RECORDS, default_value_t = 20_000)]
     pub micro_batch_records: usize,
 
-    /// … or this long after its first record.
-    #[arg(long, env = env::MICRO_BATCH_WAIT, default_value = "50ms", value_parser = parse_duration)]
+    /// … or when its consumer has no more records buffered, after waiting
+    /// at most this long from its first record for more. The default, zero,
+    /// makes batching adaptive: one event at a time when idle (lowest
+    /// latency), large batches under load (records pile up while the
+    /// previous batch is checkpointed).
+    #[arg(long, env = env::MICRO_BATCH_WAIT, default_value = "0ms", value_parser = parse_duration)]
     pub micro_batch_wait: Duration,
 }
 

@@ -2,7 +2,7 @@
 
 use crate::store::StoreStats;
 use common::dead_letter::DeadLetterCounts;
-use common::metrics::{Counter, Gauge, TextWriter};
+use common::metrics::{render_stages, Counter, Gauge, Histogram, TextWriter};
 use common::Cut;
 
 #[derive(Debug, Default)]
@@ -23,6 +23,14 @@ pub struct SpeedMetrics {
     pub dead_letters: DeadLetterCounts,
     pub live_counts: Gauge,
     pub last_checkpoint_us: Gauge,
+    /// From the oldest event's record timestamp to its micro-batch closing:
+    /// the broker, the fetch and the batching.
+    pub consume_stage: Histogram,
+    /// Writing a micro-batch's counts and positions durably.
+    pub checkpoint_stage: Histogram,
+    /// From a checkpoint to its watermark acknowledged on every realtime
+    /// partition (queueing behind earlier publications included).
+    pub publish_stage: Histogram,
 }
 
 impl SpeedMetrics {
@@ -137,6 +145,14 @@ impl SpeedMetrics {
             store.compactions,
         );
         self.dead_letters.render(&mut w, "speed");
+        render_stages(
+            &mut w,
+            &[
+                ("consume", &self.consume_stage),
+                ("checkpoint", &self.checkpoint_stage),
+                ("publish", &self.publish_stage),
+            ],
+        );
         w.family(
             "lambda_speed_position",
             "gauge",

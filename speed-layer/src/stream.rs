@@ -18,8 +18,9 @@ use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
 use common::kafka::{
-    consumer_config, producer_config, send_all, wait_for_partitions, Resume, ResumeCheck,
+    burst_producer_config, consumer_config, send_all, wait_for_partitions, Resume, ResumeCheck,
 };
+use common::metrics::since_timestamp;
 use common::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
 use common::shutdown::CancellationToken;
 use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
@@ -112,6 +113,8 @@ pub async fn run(
     let republish = Publication {
         upserts: view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect(),
         positions: view.positions.clone(),
+        oldest_event_ms: None,
+        checkpointed_at: Instant::now(),
     };
     let partitions = partition_count(&config.kafka, &config.topic).await?;
     let realtime_partitions = partition_count(&config.kafka, &config.realtime_topic).await?;
@@ -157,7 +160,9 @@ pub async fn run(
         .set("queued.max.messages.kbytes", "65536")
         .create()
         .map_err(kafka_err)?;
-    let producer: FutureProducer = producer_config(&config.kafka).create().map_err(kafka_err)?;
+    let producer: FutureProducer = burst_producer_config(&config.kafka)
+        .create()
+        .map_err(kafka_err)?;
     for p in 0..partitions as Partition {
         let start = view.positions.get(p).max(view.cut.get(p));
         view.positions.set(p, start);
@@ -193,9 +198,16 @@ pub async fn run(
                     metrics: &metrics,
                     token: &token,
                 };
-                if out.upserts(&publication.upserts, realtime_partitions).await {
-                    out.watermark(&publication.positions, realtime_partitions)
-                        .await;
+                let watermark = Watermark {
+                    positions: publication.positions,
+                    oldest_event_ms: publication.oldest_event_ms,
+                };
+                if out.upserts(&publication.upserts, realtime_partitions).await
+                    && out.watermark(&watermark, realtime_partitions).await
+                {
+                    metrics
+                        .publish_stage
+                        .observe(publication.checkpointed_at.elapsed());
                 }
             }
         })
@@ -218,6 +230,9 @@ pub async fn run(
             break;
         };
         if batch.records > 0 {
+            if let Some(oldest) = batch.oldest_event_ms {
+                metrics.consume_stage.observe(since_timestamp(oldest));
+            }
             let changed = (batch.apply(&mut view), batch.next_offsets());
             checkpoint(&mut view, changed.1, &changed.0, &metrics, &token).await;
             let upserts: Vec<(CountKey, u64)> = changed
@@ -231,6 +246,8 @@ pub async fn run(
             let publication = Publication {
                 upserts,
                 positions: view.positions.clone(),
+                oldest_event_ms: batch.oldest_event_ms,
+                checkpointed_at: Instant::now(),
             };
             if publish_tx.send(publication).await.is_err() {
                 tracing::error!("The publisher stopped; upserts will be re-published on restart.");
@@ -304,6 +321,10 @@ async fn partition_count(
 struct Publication {
     upserts: Vec<(CountKey, u64)>,
     positions: Cut,
+    /// The oldest counted event's record timestamp (none for the start-up
+    /// re-publication).
+    oldest_event_ms: Option<i64>,
+    checkpointed_at: Instant,
 }
 
 fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &SpeedMetrics) {
@@ -332,6 +353,8 @@ struct MicroBatch {
     next: FxHashMap<Partition, Offset>,
     records: usize,
     bytes: usize,
+    /// The record timestamp of the oldest event counted (ms since the epoch).
+    oldest_event_ms: Option<i64>,
     /// Set when the consumer returned records it cannot read: the batch
     /// closes there, is checkpointed, and the stream stops.
     unreadable: Option<ConsumeFailure>,
@@ -372,6 +395,9 @@ impl MicroBatch {
         match decode_message(m, config.max_event_bytes) {
             Ok(event) => {
                 metrics.events_counted.inc();
+                if let Some(t) = m.timestamp().to_millis() {
+                    self.oldest_event_ms = Some(self.oldest_event_ms.map_or(t, |o| o.min(t)));
+                }
                 self.bytes += event.text.len();
                 let bucket = BucketKey {
                     partition: p,
@@ -420,8 +446,14 @@ impl MicroBatch {
     }
 }
 
-/// Consumes and counts up to `micro_batch_records` records (or 16 MiB),
-/// waiting at most `micro_batch_wait` after the first; `None` once cancelled.
+/// Consumes and counts a micro-batch; `None` once cancelled.
+///
+/// Adaptive: the batch takes what the consumer has buffered and closes as
+/// soon as it has nothing more at hand (after waiting `micro_batch_wait` for
+/// more, zero by default), or at `micro_batch_records` records or 16 MiB.
+/// An idle system checkpoints and publishes each event at once; under load
+/// records pile up while the previous batch is checkpointed, so batches grow
+/// and the fixed cost per batch (an fsync, a watermark) is shared.
 async fn next_batch(
     consumer: &StreamConsumer,
     view: &RealtimeView,
@@ -476,6 +508,9 @@ async fn next_batch(
         if batch.records >= config.micro_batch_records || batch.bytes >= MICRO_BATCH_MAX_BYTES {
             break;
         }
+        // A record already buffered is taken even past the deadline (tokio's
+        // timeout polls the future first), so a zero wait means "what the
+        // consumer has at hand".
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(m) => next = Some(m),
             Err(_) => break,
@@ -523,6 +558,7 @@ async fn checkpoint(
         view.positions.set(*p, *o);
     }
     metrics.micro_batches.inc();
+    metrics.checkpoint_stage.observe(started.elapsed());
     metrics
         .last_checkpoint_us
         .set(started.elapsed().as_micros() as i64);
@@ -625,11 +661,8 @@ impl Outbox<'_> {
 
     /// Closes a micro-batch on every realtime partition. Sent only after its
     /// upserts were acknowledged, so it follows them in each partition.
-    async fn watermark(&self, positions: &Cut, partitions: usize) -> bool {
-        let payload = serde_json::to_vec(&Watermark {
-            positions: positions.clone(),
-        })
-        .expect("a watermark always serialises");
+    async fn watermark(&self, watermark: &Watermark, partitions: usize) -> bool {
+        let payload = serde_json::to_vec(watermark).expect("a watermark always serialises");
         let records = (0..partitions as i32)
             .map(|r| (WATERMARK_KEY.to_owned(), payload.clone(), Some(r)))
             .collect();

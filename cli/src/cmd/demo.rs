@@ -123,7 +123,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 batch_url: Some(batch.http_addr.to_string()),
                 cut_poll_interval: Duration::from_secs(1),
                 micro_batch_records: 20_000,
-                micro_batch_wait: Duration::from_millis(50),
+                micro_batch_wait: Duration::ZERO,
             },
             token.clone(),
         )

@@ -295,6 +295,20 @@ pub struct StatusAnswer {
     pub realtime: RealtimeStatus,
     /// Records in the dead-letter topic.
     pub dead_letters: u64,
+    /// How long events took to become visible in answers lately.
+    pub visibility: VisibilityStatus,
+}
+
+/// Produce-to-visible latency over the last minute, as this serving layer
+/// observed it: from each release's oldest event's record timestamp (the
+/// producer's clock) to the moment its count was in answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VisibilityStatus {
+    /// Releases measured (each checkpointed micro-batch or several).
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 /// Each layer's position, lag, and the batch view's version and age.
@@ -334,6 +348,16 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
         stale: f.stale,
         events_end: h.ends.events,
         dead_letters: h.ends.dead_letters,
+        visibility: {
+            let v = state.health.recent_visibility();
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            VisibilityStatus {
+                samples: v.samples as u64,
+                p50_ms: ms(v.p50),
+                p99_ms: ms(v.p99),
+                max_ms: ms(v.max),
+            }
+        },
     })
 }
 
