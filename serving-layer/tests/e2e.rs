@@ -53,6 +53,7 @@ struct Stack {
     kafka: Connection,
     topic: String,
     batch: SocketAddr,
+    speed: SocketAddr,
     serving: SocketAddr,
     batch_token: CancellationToken,
     token: CancellationToken,
@@ -162,12 +163,12 @@ async fn start_stack_on(
         .await
         .expect("serving starts");
     let serving = running.http_addr;
-    drop(speed);
     Stack {
         broker,
         kafka,
         topic,
         batch: batch.http_addr,
+        speed: speed.http_addr,
         serving,
         batch_token,
         token,
@@ -376,6 +377,61 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
     assert!(checked > 10);
     let status = json(serving, "/v1/status");
     assert_eq!(status["batch"]["stale"], false, "{status}");
+    stack.token.cancel();
+    stack.batch_token.cancel();
+    stack.broker.stop().await;
+}
+
+/// The sum of a metric family's `_count` samples labelled `label`.
+fn histogram_count(addr: SocketAddr, family: &str, label: &str) -> u64 {
+    let text = get(addr, "/metrics").expect("/metrics").text();
+    let head = format!("{family}_count");
+    text.lines()
+        .filter(|l| l.starts_with(&head) && l.contains(label))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("a count")
+        })
+        .sum()
+}
+
+/// Each stage of an event's way to answers is measured where it happens,
+/// and the serving layer reports how long events took to become visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_stage_of_an_events_way_to_answers_is_measured() {
+    let stack = start_stack("stages").await;
+    let evs = events(7, 400);
+    produce(&stack.kafka, &stack.topic, evs.clone()).await;
+    let truth = Truth::read(&stack.kafka, &stack.topic, evs.len()).await;
+    let (serving, speed) = (stack.serving, stack.speed);
+    tokio::task::spawn_blocking(move || {
+        assert_exact(serving, &truth);
+        for stage in ["consume", "checkpoint", "publish"] {
+            let n = histogram_count(speed, "lambda_stage_seconds", &format!("stage=\"{stage}\""));
+            assert!(n >= 1, "speed stage {stage}: {n} observations");
+        }
+        let applied = histogram_count(serving, "lambda_stage_seconds", "stage=\"apply\"");
+        assert!(applied >= 1, "serving stage apply: {applied}");
+        let visible = histogram_count(serving, "lambda_serving_visible_seconds", "");
+        let v = json(serving, "/v1/status")["visibility"].clone();
+        let samples = v["samples"].as_u64().expect("samples");
+        assert!(
+            samples >= 1 && samples <= visible,
+            "{v} with {visible} observed"
+        );
+        let (p50, p99, max) = (
+            v["p50_ms"].as_f64().expect("p50"),
+            v["p99_ms"].as_f64().expect("p99"),
+            v["max_ms"].as_f64().expect("max"),
+        );
+        assert!(p50 <= p99 && p99 <= max, "{v}");
+        // Bounded by the test itself: every event was produced after it began.
+        assert!(max < 120_000.0, "{v}");
+    })
+    .await
+    .expect("measured");
     stack.token.cancel();
     stack.batch_token.cancel();
     stack.broker.stop().await;
