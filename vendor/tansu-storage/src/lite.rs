@@ -493,6 +493,23 @@ impl PoolConnection {
         rows
     }
 
+    /// Lambda patch: `query_one` through this connection's cached statement
+    /// for `sql`, for a row read before the same `sql` runs again here (see
+    /// `query_cached`). The fetch path runs the partition watermark query
+    /// for every poll of every partition.
+    #[instrument(skip_all)]
+    async fn query_one_cached<P>(&self, sql: &str, params: P) -> result::Result<Row, libsql::Error>
+    where
+        P: IntoParams,
+        P: Debug,
+    {
+        self.query_cached(sql, params)
+            .await?
+            .next()
+            .await?
+            .ok_or(libsql::Error::QueryReturnedNoRows)
+    }
+
     /// Lambda patch: ends whatever a cached statement left running.
     fn reset_statements(&self) {
         if let Ok(statements) = self.statements.lock() {
@@ -2425,7 +2442,7 @@ impl Storage for Delegate {
         let c = self.connection().await?;
 
         let mut records = c
-            .query(
+            .query_cached(
                 "record_fetch.sql",
                 (
                     self.cluster.as_str(),
@@ -2670,7 +2687,7 @@ impl Storage for Delegate {
         let c = self.connection().await?;
 
         let row = c
-            .query_one(
+            .query_one_cached(
                 "watermark_select.sql",
                 (
                     self.cluster.as_str(),
@@ -2697,6 +2714,12 @@ impl Storage for Delegate {
             .unwrap_or(high_watermark);
 
         debug!(cluster = self.cluster, ?topition, log_start, high_watermark,);
+
+        // Lambda patch: the cached statement has read its one row; end its
+        // read transaction now rather than when the pool hands the
+        // connection out again.
+        drop(row);
+        c.reset_statements();
 
         Ok(OffsetStage {
             last_stable,

@@ -12,7 +12,11 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, Mutex},
+    time::{Duration, Instant},
+};
 
 use rama::{Context, Service};
 use tansu_sans_io::{
@@ -29,13 +33,33 @@ use tracing::{debug, error, instrument};
 
 use crate::{Error, Result, Storage, Topition};
 
-/// Woken by every successful produce: fetches waiting on empty partitions
-/// poll the storage again (Lambda's patch, see vendor/README.md).
-static APPENDED: Notify = Notify::const_new();
+/// Lambda's patch (see vendor/README.md): fetches waiting for records wake
+/// when a produce appends to their topic. One notifier per topic name, for
+/// fetches of a single topic (what every Lambda consumer sends), and one
+/// for any produce, for fetches of several topics.
+static APPENDED_TO: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> = LazyLock::new(Default::default);
+static APPENDED_TO_ANY: Notify = Notify::const_new();
 
-/// Wakes the fetches waiting for new records.
-pub(crate) fn appended() {
-    APPENDED.notify_waiters();
+/// Wakes the fetches waiting for records of `topic`.
+pub(crate) fn appended(topic: &str) {
+    APPENDED_TO_ANY.notify_waiters();
+    let notify = APPENDED_TO
+        .lock()
+        .ok()
+        .and_then(|topics| topics.get(topic).cloned());
+    if let Some(notify) = notify {
+        notify.notify_waiters();
+    }
+}
+
+/// What a fetch of `topics` (resolved names) waits on.
+fn appended_to(topics: &[&str]) -> Option<Arc<Notify>> {
+    match topics {
+        [topic] => APPENDED_TO.lock().ok().map(|mut notifiers| {
+            Arc::clone(notifiers.entry((*topic).to_owned()).or_default())
+        }),
+        _ => None,
+    }
 }
 
 /// A [`Service`] using [`Storage`] as [`Context`] taking [`FetchRequest`] returning [`FetchResponse`].
@@ -248,6 +272,26 @@ impl FetchService {
             })))
     }
 
+    /// The topic id and name a fetched topic resolves to, if it exists.
+    async fn resolve<G>(
+        &self,
+        ctx: &Context<G>,
+        fetch: &FetchTopic,
+    ) -> Result<Option<(Option<[u8; 16]>, String)>>
+    where
+        G: Storage,
+    {
+        let metadata = ctx.state().metadata(Some(&[fetch.into()])).await?;
+        Ok(match metadata.topics().first() {
+            Some(MetadataResponseTopic {
+                topic_id,
+                name: Some(name),
+                ..
+            }) => Some((topic_id.to_owned(), name.to_owned())),
+            _ => None,
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn fetch_topic<G>(
         &self,
@@ -257,21 +301,14 @@ impl FetchService {
         max_bytes: &mut u32,
         isolation: IsolationLevel,
         fetch: &FetchTopic,
-        _is_first: bool,
+        resolved: Option<&(Option<[u8; 16]>, String)>,
     ) -> Result<FetchableTopicResponse>
     where
         G: Storage,
     {
         debug!(?max_wait_ms, ?min_bytes, ?isolation, ?fetch);
 
-        let metadata = ctx.state().metadata(Some(&[fetch.into()])).await?;
-
-        if let Some(MetadataResponseTopic {
-            topic_id,
-            name: Some(name),
-            ..
-        }) = metadata.topics().first()
-        {
+        if let Some((topic_id, name)) = resolved {
             let mut partitions = Vec::new();
 
             for fetch_partition in fetch.partitions.as_ref().unwrap_or(&Vec::new()) {
@@ -317,24 +354,34 @@ impl FetchService {
             Ok(vec![])
         } else {
             // Lambda's patch (see vendor/README.md): answer as soon as there
-            // is data, and while there is none, wait for a produce to any
-            // partition (or the end of `max_wait`) instead of sleeping
+            // is data, and while there is none, wait for a produce to the
+            // fetched topic (or the end of `max_wait`) instead of sleeping
             // through the rest of the wait. The waiter is registered before
             // each poll of the storage, so a record appended between the
-            // poll and the wait still wakes it.
+            // poll and the wait still wakes it. Topics are resolved once per
+            // request, not per poll: every storage call is serialised.
             let deadline = Instant::now() + max_wait;
             let budget = *max_bytes;
+            let mut resolved = Vec::with_capacity(topics.len());
+            for fetch in topics {
+                resolved.push(self.resolve(&ctx, fetch).await?);
+            }
+            let names: Vec<&str> = resolved.iter().flatten().map(|(_, name)| name.as_str()).collect();
+            let topic_notify = appended_to(&names);
             let mut responses = vec![];
 
             loop {
-                let appended = APPENDED.notified();
+                let appended = match &topic_notify {
+                    Some(notify) => notify.notified(),
+                    None => APPENDED_TO_ANY.notified(),
+                };
                 tokio::pin!(appended);
                 _ = appended.as_mut().enable();
 
                 responses.clear();
                 *max_bytes = budget;
 
-                for (i, fetch) in topics.iter().enumerate() {
+                for (fetch, resolved) in topics.iter().zip(&resolved) {
                     let fetch_response = self
                         .fetch_topic(
                             ctx.clone(),
@@ -343,7 +390,7 @@ impl FetchService {
                             max_bytes,
                             isolation,
                             fetch,
-                            i == 0,
+                            resolved.as_ref(),
                         )
                         .await?;
 

@@ -189,7 +189,7 @@ impl ProduceService {
             }
 
             if let Some(base_offset) = base_offset {
-                super::fetch::appended();
+                super::fetch::appended(name);
                 PartitionProduceResponse::default()
                     .index(partition.index)
                     .error_code(ErrorCode::None.into())
