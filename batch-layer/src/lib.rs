@@ -114,12 +114,13 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     tracing::info!(ends = %log.end_offsets(), "Master log recovered.");
     let log = Arc::new(Mutex::new(log));
     let store = Arc::new(ViewStore::open(&args.node.data_dir, args.keep_views)?);
-    let engine = Arc::new(
-        Engine::new(args.threads).map_err(|source| BatchError::Threads {
-            threads: args.threads,
-            source,
-        })?,
-    );
+    let engine =
+        Arc::new(
+            Engine::background(args.threads).map_err(|source| BatchError::Threads {
+                threads: args.threads,
+                source,
+            })?,
+        );
 
     let kafka = &args.kafka;
     ensure_layer_topics(kafka).await?;

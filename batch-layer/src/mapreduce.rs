@@ -229,9 +229,24 @@ pub struct Engine {
 impl Engine {
     /// `threads == 0` means one per CPU.
     pub fn new(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        Self::build(threads, false)
+    }
+
+    /// An engine whose threads run at a lower scheduling priority, for
+    /// recomputes beside latency-sensitive work (see [`common::background`]).
+    pub fn background(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        Self::build(threads, true)
+    }
+
+    fn build(threads: usize, background: bool) -> Result<Self, rayon::ThreadPoolBuildError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("mapreduce-{i}"))
+            .start_handler(move |_| {
+                if background {
+                    common::background::lower_this_threads_priority();
+                }
+            })
             .build()?;
         let threads = pool.current_num_threads();
         Ok(Self { pool, threads })
@@ -464,6 +479,19 @@ mod tests {
     fn run_text(data: &[u8], threads: usize, split: usize, order: Order) -> JobOutput {
         let engine = Engine::new(threads).expect("pool");
         TextInput::new(data.to_vec(), split).word_count(&engine, order, &AtomicU64::new(0))
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_background_engine_runs_its_threads_at_a_lower_priority() {
+        use common::background::{this_threads_nice, BACKGROUND_NICE};
+        let here = this_threads_nice();
+        let background = Engine::background(2).expect("pool");
+        let seen: Vec<i32> = background.install(|| rayon::broadcast(|_| this_threads_nice()));
+        assert_eq!(seen, vec![(here + BACKGROUND_NICE).min(19); 2]);
+        let normal = Engine::new(2).expect("pool");
+        let seen: Vec<i32> = normal.install(|| rayon::broadcast(|_| this_threads_nice()));
+        assert_eq!(seen, vec![here; 2]);
     }
 
     #[test]

@@ -34,6 +34,7 @@
 //!   drive real components.
 
 pub mod auth;
+pub mod background;
 pub mod client;
 pub mod config;
 pub mod cut;

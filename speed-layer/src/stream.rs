@@ -181,9 +181,13 @@ pub async fn run(
     consumer.assign(&tpl).map_err(kafka_err)?;
 
     // Publication runs beside consumption: a checkpointed micro-batch's
-    // upserts go out while the next one is counted. The channel is short, so
-    // a slow broker still slows consumption (backpressure, bounded memory).
-    let (publish_tx, mut publish_rx) = tokio::sync::mpsc::channel::<Publication>(2);
+    // upserts go out while the next one is counted, and whatever checkpoints
+    // queued up meanwhile go out together in the next round (one round of
+    // upserts and one of watermarks however many micro-batches it carries),
+    // so the publisher keeps up with small micro-batches. The channel is
+    // short, so a slow broker still slows consumption (backpressure, bounded
+    // memory).
+    let (publish_tx, mut publish_rx) = tokio::sync::mpsc::channel::<Publication>(8);
     let publisher = {
         let (topic, metrics, token) = (
             config.realtime_topic.clone(),
@@ -191,7 +195,12 @@ pub async fn run(
             token.clone(),
         );
         tokio::spawn(async move {
-            while let Some(publication) = publish_rx.recv().await {
+            while let Some(first) = publish_rx.recv().await {
+                let mut queued = Vec::new();
+                while let Ok(later) = publish_rx.try_recv() {
+                    queued.push(later);
+                }
+                let publication = first.coalesce(queued);
                 let out = Outbox {
                     producer: &producer,
                     topic: &topic,
@@ -218,6 +227,7 @@ pub async fn run(
 
     let mut tokenizer = Tokenizer::new();
     let mut last_cut_poll = Instant::now();
+    let mut last_commit = Instant::now();
     while !token.is_cancelled() {
         let ctx = Ctx {
             config: &config,
@@ -252,7 +262,10 @@ pub async fn run(
             if publish_tx.send(publication).await.is_err() {
                 tracing::error!("The publisher stopped; upserts will be re-published on restart.");
             }
-            commit_for_monitoring(&consumer, &config.topic, &view.positions);
+            if last_commit.elapsed() >= MONITORING_COMMIT_EVERY {
+                last_commit = Instant::now();
+                commit_for_monitoring(&consumer, &config.topic, &view.positions);
+            }
             update_status(&status, &view, &metrics);
         }
         if let Some(failure) = batch.unreadable.take() {
@@ -301,6 +314,7 @@ pub async fn run(
     }
     drop(publish_tx);
     let _ = publisher.await;
+    commit_for_monitoring(&consumer, &config.topic, &view.positions);
     tracing::info!(positions = %view.positions, "Speed layer stopped after its last checkpoint.");
     Ok(())
 }
@@ -325,6 +339,37 @@ struct Publication {
     /// re-publication).
     oldest_event_ms: Option<i64>,
     checkpointed_at: Instant,
+}
+
+impl Publication {
+    /// This publication with later ones folded in, to go out in one round.
+    /// Counts are absolute and only grow, so a key's latest count replaces
+    /// the earlier ones; the latest positions cover every checkpoint folded
+    /// in, and the watermark carrying them follows all of their upserts.
+    fn coalesce(self, later: Vec<Publication>) -> Publication {
+        if later.is_empty() {
+            return self;
+        }
+        let mut counts: FxHashMap<CountKey, u64> = self.upserts.into_iter().collect();
+        let (mut positions, mut oldest) = (self.positions, self.oldest_event_ms);
+        for p in later {
+            for (key, count) in p.upserts {
+                let c = counts.entry(key).or_insert(0);
+                *c = (*c).max(count);
+            }
+            positions = p.positions;
+            oldest = match (oldest, p.oldest_event_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Publication {
+            upserts: counts.into_iter().collect(),
+            positions,
+            oldest_event_ms: oldest,
+            checkpointed_at: self.checkpointed_at,
+        }
+    }
 }
 
 fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &SpeedMetrics) {
@@ -670,6 +715,11 @@ impl Outbox<'_> {
     }
 }
 
+/// How often the checkpointed positions are committed to the consumer group
+/// for monitoring (never more often: a commit is a broker write, and with
+/// adaptive micro-batches there can be hundreds of checkpoints a second).
+const MONITORING_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
 fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, positions: &Cut) {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in positions.iter() {
@@ -677,5 +727,50 @@ fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, positions: &Cut
     }
     if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
         tracing::debug!(%error, "Monitoring commit failed (harmless: positions come from the checkpoint).");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(word: &str, bucket: u64) -> CountKey {
+        CountKey {
+            bucket: BucketKey {
+                partition: 0,
+                bucket,
+            },
+            word: word.into(),
+        }
+    }
+
+    fn publication(upserts: &[(&str, u64)], next: Offset, oldest: Option<i64>) -> Publication {
+        Publication {
+            upserts: upserts.iter().map(|&(w, c)| (key(w, 0), c)).collect(),
+            positions: [(0, next)].into_iter().collect(),
+            oldest_event_ms: oldest,
+            checkpointed_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn queued_publications_go_out_as_one_with_the_latest_counts_and_positions() {
+        let first = publication(&[("a", 1), ("b", 2)], 3, Some(500));
+        let started = first.checkpointed_at;
+        let merged = first.coalesce(vec![
+            publication(&[("a", 4)], 7, Some(400)),
+            publication(&[("c", 1), ("a", 5)], 9, None),
+        ]);
+        let mut upserts = merged.upserts.clone();
+        upserts.sort_by(|x, y| x.0.word.cmp(&y.0.word));
+        assert_eq!(
+            upserts,
+            vec![(key("a", 0), 5), (key("b", 0), 2), (key("c", 0), 1)]
+        );
+        assert_eq!(merged.positions, [(0, 9)].into_iter().collect());
+        assert_eq!(merged.oldest_event_ms, Some(400));
+        assert_eq!(merged.checkpointed_at, started);
+        let alone = publication(&[("a", 1)], 3, None).coalesce(Vec::new());
+        assert_eq!(alone.upserts, vec![(key("a", 0), 1)]);
     }
 }

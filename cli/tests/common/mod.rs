@@ -13,8 +13,34 @@ pub fn free_addr() -> SocketAddr {
         .expect("free port")
 }
 
+/// A running `lambda` role, killed if it is dropped still running: a test
+/// that fails half-way must not leave a demo behind eating a core.
+pub struct RoleProcess(Child);
+
+impl std::ops::Deref for RoleProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RoleProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Spawns `lambda <role> <args…>` with its stderr appended to `log`.
-pub fn spawn_role(role: &str, args: &[String], log: &Path) -> Child {
+pub fn spawn_role(role: &str, args: &[String], log: &Path) -> RoleProcess {
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -27,11 +53,12 @@ pub fn spawn_role(role: &str, args: &[String], log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
+        .map(RoleProcess)
         .unwrap_or_else(|e| panic!("spawn lambda {role}: {e}"))
 }
 
 /// Sends SIGTERM and waits; true if the process exited 0.
-pub fn terminate(mut child: Child) -> bool {
+pub fn terminate(mut child: RoleProcess) -> bool {
     let pid = child.id().to_string();
     let sent = Command::new("kill")
         .args(["-TERM", &pid])
@@ -111,7 +138,7 @@ pub async fn kill_repeatedly(
     rounds: usize,
     rng: &mut Lcg,
     addr: SocketAddr,
-    spawn: impl Fn() -> Child,
+    spawn: impl Fn() -> RoleProcess,
 ) {
     for round in 0..rounds {
         let mut child = spawn();
@@ -135,7 +162,7 @@ pub async fn kill_repeatedly(
 /// restart resumed mid-stream (otherwise the kills proved nothing). Panics
 /// with the process log on failure.
 pub async fn finish_cleanly(
-    child: Child,
+    child: RoleProcess,
     addr: SocketAddr,
     family: &'static str,
     total: usize,

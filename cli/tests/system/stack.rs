@@ -2,14 +2,13 @@
 //! processes, a producer of events with unique, checkable content, and the
 //! ground truth computed independently of the layers' code.
 
-use crate::common::{free_addr, spawn_role, terminate, Lcg};
+use crate::common::{free_addr, spawn_role, terminate, Lcg, RoleProcess};
 use ::common::testkit::{get, http, unique, wait_for, Consumed};
 use ::common::Cut;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// The short profile runs in CI; `LAMBDA_SUITE=full` multiplies event counts
@@ -52,7 +51,7 @@ impl Role {
 }
 
 struct Proc {
-    child: Option<Child>,
+    child: Option<RoleProcess>,
     addr: SocketAddr,
     args: Vec<String>,
     log: PathBuf,
@@ -74,7 +73,7 @@ pub struct Stack {
     pub topic: String,
     pub rng: Lcg,
     broker_addr: SocketAddr,
-    broker: Option<Child>,
+    broker: Option<RoleProcess>,
     procs: BTreeMap<Role, Proc>,
 }
 

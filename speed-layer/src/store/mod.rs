@@ -406,6 +406,8 @@ impl RealtimeStore {
         let handle = std::thread::Builder::new()
             .name("realtime-compactor".into())
             .spawn(move || {
+                // Background work: see `common::background`.
+                common::background::lower_this_threads_priority();
                 while rx.recv().is_ok() {
                     let started = Instant::now();
                     match worker.compact(Some(&stop)) {
