@@ -6,10 +6,12 @@
 #   2. speed layer vs a plain rdkafka consumer, same topic       (issue 4)
 #   3. serving layer: merged word queries vs /healthz with wrk   (issue 5)
 #   4. the whole system under sustained load (bench/load.py)     (issue 7)
+#   5. produce-to-visible freshness under load (bench/freshness.py) (issue 14)
 #
 # Usage: bash bench/all.sh
 #   MR_MB=50 MR_RUNS=3 EVENTS=500000 LOAD_RATE=20000 LOAD_SECONDS=300 bash bench/all.sh
-#   LOAD_SECONDS=0 skips the load run.
+#   FRESH_RATES=100,5000,20000 FRESH_SECONDS=60 bash bench/all.sh
+#   LOAD_SECONDS=0 skips the load run, FRESH_SECONDS=0 the freshness run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${BENCH_DIR:-target/bench}
@@ -18,24 +20,31 @@ MR_MB=${MR_MB:-50}
 MR_RUNS=${MR_RUNS:-3}
 LOAD_RATE=${LOAD_RATE:-20000}
 LOAD_SECONDS=${LOAD_SECONDS:-300}
+FRESH_RATES=${FRESH_RATES:-100,5000,20000}
+FRESH_SECONDS=${FRESH_SECONDS:-60}
 
 python3 -c 'import duckdb, confluent_kafka' 2>/dev/null || python3 -m pip install -q -r bench/requirements.txt
 cargo build --release -q -p cli
 
 step() { printf '\n=== %s\n' "$*" >&2; }
 
-step "1/4 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
+step "1/5 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
 bash bench/mapreduce_vs_duckdb.sh "$MR_MB" "$MR_RUNS" | tee "$OUT/mapreduce.txt"
 
-step "2/4 speed layer vs plain consumer"
+step "2/5 speed layer vs plain consumer"
 cargo bench -q -p lambda-speed --bench throughput 2>/dev/null | tee "$OUT/speed.txt"
 
-step "3/4 serving layer (wrk)"
+step "3/5 serving layer (wrk)"
 bash bench/serving_wrk.sh | tee "$OUT/serving.txt"
 
 if [ "$LOAD_SECONDS" -gt 0 ]; then
-  step "4/4 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
+  step "4/5 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
   python3 bench/load.py --rate "$LOAD_RATE" --duration "$LOAD_SECONDS" 2>"$OUT/load.err" | tee "$OUT/load.txt" || true
+fi
+
+if [ "$FRESH_SECONDS" -gt 0 ]; then
+  step "5/5 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
+  python3 bench/freshness.py --rates "$FRESH_RATES" --seconds "$FRESH_SECONDS" | tee "$OUT/freshness.txt" || true
 fi
 
 python3 - "$OUT" <<'EOF'
@@ -48,17 +57,25 @@ def find(text, pattern, group=1):
     m = re.search(pattern, text, re.M)
     return m.group(group) if m else "?"
 mr, sp, sv, ld = read("mapreduce.txt"), read("speed.txt"), read("serving.txt"), read("load.txt")
+fr = read("freshness.txt")
+def fresh(rate):
+    # | rate | probes | p50 | p99 | max | missed | ...
+    m = re.search(r"^\| " + rate + r" \| \d+ \| (\S+) \| (\S+) \| (\S+) \| (\d+) \|", fr, re.M)
+    return f"{m.group(1)} / {m.group(2)} / {m.group(3)} ({m.group(4)} missed)" if m else "?"
 rows = [
     ("mapreduce MB/s (2 threads, warm cache)", find(mr, r"^lambda mapreduce\s+\S+\s+(\S+)"), ">= 300"),
     ("mapreduce speed vs DuckDB", find(mr, r"speed ratio.*: (\S+)"), ">= 5x"),
     ("mapreduce max RSS MB", find(mr, r"^lambda mapreduce\s+\S+\s+\S+\s+(\S+)"), "< 2 x (input + table)"),
-    ("speed layer / plain consumer", find(sp, r"ratio speed/plain: (\S+)"), ">= 0.7"),
+    ("speed layer / plain consumer", find(sp, r"ratio speed/plain: (\S+)"), ">= 0.8"),
     ("merged words / healthz req/s (round 2)", find(sv, r"^2\s+/v1/words/\{w\}\s+\S+\s+\S+\s+\S+\s+\S+\s+(\S+)"), ">= 0.5"),
     ("merged words p99 ms (round 2)", find(sv, r"^2\s+/v1/words/\{w\}\s+\S+\s+\S+\s+(\S+)"), "<= 5"),
     ("load: batch ingest events/s", find(ld, r"batch ingest, events/s during the run \| ([\d,]+)"), ">= 20,000 offered"),
     ("load: speed consume events/s", find(ld, r"speed consume, events/s during the run \| ([\d,]+)"), ">= 20,000 offered"),
     ("load: produce-to-visible p50/p99/max ms", find(ld, r"produce-to-visible p50 / p99 / max [^|]*\| ([^|]+) ms"), ""),
     ("load: HTTP p50/p99/max", find(ld, r"HTTP /v1/words at [^|]*\| ([^|,]+)"), ""),
+    ("freshness p50/p99/max ms at 100/s", fresh("100"), "p99 <= 100, 0 missed"),
+    ("freshness p50/p99/max ms at 5,000/s", fresh("5,000"), "p99 <= 100, 0 missed"),
+    ("freshness p50/p99/max ms at 20,000/s", fresh("20,000"), "p99 <= 100, 0 missed"),
 ]
 print(f"\nSummary ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release})\n")
 print("| measure | value | target |")
