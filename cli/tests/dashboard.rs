@@ -23,12 +23,24 @@ fn json(addr: SocketAddr, path: &str) -> Option<Value> {
 
 /// Runs headless chromium on `url`, returning the DOM after scripts ran.
 fn chromium(args: &[&str], url: &str) -> String {
-    let out = Command::new("chromium")
+    // A profile of its own and no background networking: this machine's
+    // network is closed, and a first start that phones home can stall.
+    // `timeout` turns a hung browser into a failure that says so.
+    let profile = tempfile::tempdir().expect("profile dir");
+    let profile_arg = format!("--user-data-dir={}", profile.path().display());
+    let out = Command::new("timeout")
+        .args(["120", "chromium"])
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
             "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            &profile_arg,
         ])
         .args([
             "--hide-scrollbars",
@@ -41,7 +53,8 @@ fn chromium(args: &[&str], url: &str) -> String {
         .expect("chromium runs (Debian package `chromium`; .ci/run installs it)");
     assert!(
         out.status.success(),
-        "chromium failed: {}",
+        "chromium failed ({}; 124 is a 120 s timeout): {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
