@@ -40,7 +40,8 @@ pub struct SpeedArgs {
     /// at most this long from its first record for more. The default, zero,
     /// makes batching adaptive: one event at a time when idle (lowest
     /// latency), large batches under load (records pile up while the
-    /// previous batch is checkpointed).
+    /// previous batch is checkpointed). A batch of events older than 100 ms
+    /// (catching up) waits up to 50 ms for more whatever this says.
     #[arg(long, env = env::MICRO_BATCH_WAIT, default_value = "0ms", value_parser = parse_duration)]
     pub micro_batch_wait: Duration,
 }

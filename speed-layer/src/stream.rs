@@ -409,6 +409,12 @@ struct MicroBatch {
 /// count, which bounds the memory it holds.
 const MICRO_BATCH_MAX_BYTES: usize = 16 << 20;
 
+/// A micro-batch whose oldest event is older than this is catching up …
+const CATCH_UP_LAG: Duration = Duration::from_millis(100);
+/// … and gathers records for this long rather than closing when the
+/// consumer's buffer runs dry for a moment.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(50);
+
 impl MicroBatch {
     /// Counts one record. Records are counted straight from the consumer's
     /// buffer; only dead letters are copied.
@@ -473,6 +479,13 @@ impl MicroBatch {
         }
     }
 
+    /// Whether the events being counted are old enough that the layer is
+    /// catching up rather than keeping up.
+    fn behind(&self) -> bool {
+        self.oldest_event_ms
+            .is_some_and(|t| since_timestamp(t) > CATCH_UP_LAG)
+    }
+
     /// Adds the deltas to the mirror; returns the changed keys.
     fn apply(&mut self, view: &mut RealtimeView) -> Vec<CountKey> {
         let mut changed = Vec::new();
@@ -518,7 +531,10 @@ async fn next_batch(
         _ = tokio::time::sleep(config.cut_poll_interval) => return Some(batch),
         m = consumer.recv() => m,
     };
-    let deadline = tokio::time::Instant::now() + config.micro_batch_wait;
+    let started = tokio::time::Instant::now();
+    let deadline = started + config.micro_batch_wait;
+    // Judged once per batch, after its first record (it reads the clock).
+    let mut catching_up: Option<bool> = None;
     let mut next = Some(first);
     loop {
         match next.take() {
@@ -555,8 +571,17 @@ async fn next_batch(
         }
         // A record already buffered is taken even past the deadline (tokio's
         // timeout polls the future first), so a zero wait means "what the
-        // consumer has at hand".
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+        // consumer has at hand". Behind the log (catching up after a
+        // restart or a burst), there is no one to answer sooner: gather for
+        // up to CATCH_UP_WAIT, so the fixed cost of a checkpoint and a
+        // publication is shared by many records.
+        let catching_up = *catching_up.get_or_insert_with(|| batch.behind());
+        let until = if catching_up {
+            deadline.max(started + CATCH_UP_WAIT)
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, consumer.recv()).await {
             Ok(m) => next = Some(m),
             Err(_) => break,
         }
