@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,24 +30,13 @@ import threading
 import time
 import urllib.request
 
+from load import free_port, get  # same directory: helpers shared with the load run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAMBDA = os.path.join(ROOT, "target", "release", "lambda")
 PROBE_EVERY = 0.25
 POLL_EVERY = 0.002
 MISSED_AFTER = 10.0
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
 
 
 def pct(values, p):
