@@ -91,7 +91,12 @@ async fn ingests_everything_once_and_recomputes_an_exact_view() {
             Duration::from_secs(60),
             || {
                 let m = get(addr, "/metrics").ok()?.text();
-                (metric_sum(&m, "lambda_batch_log_end_offset") as usize == total).then_some(m)
+                // The log's end is read live, the counter is added just after
+                // the append returns: wait for both, then check the count.
+                let logged = metric_sum(&m, "lambda_batch_log_end_offset") as usize == total;
+                let counted =
+                    metric_sum(&m, "lambda_batch_records_ingested_total") as usize >= total;
+                (logged && counted).then_some(m)
             },
         )
     })
