@@ -243,16 +243,13 @@ pub async fn run(
             if let Some(oldest) = batch.oldest_event_ms {
                 metrics.consume_stage.observe(since_timestamp(oldest));
             }
-            let changed = (batch.apply(&mut view), batch.next_offsets());
-            checkpoint(&mut view, changed.1, &changed.0, &metrics, &token).await;
-            let upserts: Vec<(CountKey, u64)> = changed
-                .0
-                .into_iter()
-                .map(|k| {
-                    let c = view.mirror.get(&k).copied().unwrap_or(0);
-                    (k, c)
-                })
-                .collect();
+            let counts = batch.apply(&mut view);
+            let next_offsets = batch.next_offsets();
+            let Some(upserts) =
+                checkpoint(&mut view, next_offsets, counts, &metrics, &token).await
+            else {
+                break;
+            };
             let publication = Publication {
                 upserts,
                 positions: view.positions.clone(),
@@ -489,14 +486,25 @@ impl MicroBatch {
             .is_some_and(|t| since_timestamp(t) > CATCH_UP_LAG)
     }
 
-    /// Adds the deltas to the mirror; returns the changed keys.
-    fn apply(&mut self, view: &mut RealtimeView) -> Vec<CountKey> {
-        let mut changed = Vec::new();
+    /// Adds the deltas to the mirror; returns the changed keys with their
+    /// new absolute counts (what is checkpointed and then published).
+    fn apply(&mut self, view: &mut RealtimeView) -> Vec<(CountKey, u64)> {
+        let mut changed = Vec::with_capacity(self.deltas.values().map(|w| w.len()).sum());
         for (bucket, words) in self.deltas.drain() {
             for (word, delta) in words {
                 let key = CountKey { bucket, word };
-                *view.mirror.entry(key.clone()).or_insert(0) += delta;
-                changed.push(key);
+                // A key seen before is updated in place, without a copy.
+                let count = match view.mirror.get_mut(&key) {
+                    Some(c) => {
+                        *c += delta;
+                        *c
+                    }
+                    None => {
+                        view.mirror.insert(key.clone(), delta);
+                        delta
+                    }
+                };
+                changed.push((key, count));
             }
         }
         changed
@@ -593,19 +601,18 @@ async fn next_batch(
 }
 
 /// Writes the changed counts and new offsets atomically, retrying until it
-/// succeeds (consumption waits meanwhile: backpressure, not loss).
+/// succeeds (consumption waits meanwhile: backpressure, not loss); gives the
+/// counts back for publication, or `None` when cancelled before they were
+/// durable: then nothing of the micro-batch may be published.
 async fn checkpoint(
     view: &mut RealtimeView,
     next_offsets: Vec<(Partition, Offset)>,
-    changed: &[CountKey],
+    counts: Vec<(CountKey, u64)>,
     metrics: &SpeedMetrics,
     token: &CancellationToken,
-) {
+) -> Option<Vec<(CountKey, u64)>> {
     let cp = Checkpoint {
-        counts: changed
-            .iter()
-            .map(|k| (k.clone(), view.mirror.get(k).copied().unwrap_or(0)))
-            .collect(),
+        counts,
         next_offsets,
         as_of: None,
     };
@@ -620,7 +627,7 @@ async fn checkpoint(
                 if token.is_cancelled() {
                     // The counts are not durable; the offsets were not advanced
                     // either, so a restart recounts this micro-batch.
-                    return;
+                    return None;
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -635,6 +642,7 @@ async fn checkpoint(
     metrics
         .last_checkpoint_us
         .set(started.elapsed().as_micros() as i64);
+    Some(cp.counts)
 }
 
 /// Deletes the buckets below a new batch cut (only ever moving forward).
