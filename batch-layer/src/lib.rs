@@ -197,8 +197,9 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     tracing::info!(%http_addr, topic = %kafka.topic, "Batch layer running.");
 
     let grace = args.node.shutdown_grace;
+    let slot = failure.clone();
     let handle = tokio::spawn(async move {
-        supervise(tasks, token, grace).await;
+        supervise(tasks, token, grace, &slot).await;
         tracing::info!("Batch layer stopped.");
     });
     Ok(RunningBatch {

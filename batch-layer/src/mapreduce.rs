@@ -14,6 +14,7 @@
 //! up to a cut ([`crate::recompute`]), or byte ranges of a text file
 //! ([`TextInput`]).
 
+use common::sync::LockOrStop;
 use common::Tokenizer;
 use compact_str::CompactString;
 use rayon::prelude::*;
@@ -100,12 +101,12 @@ where
         let worker = rayon::current_thread_index().unwrap_or(0) % workers;
         // Uncontended: a worker runs one split at a time, and map_split does
         // not re-enter rayon.
-        let mut combiner = tables[worker].lock().unwrap_or_else(|p| p.into_inner());
+        let mut combiner = tables[worker].lock_or_stop("a combiner");
         map_split(split, &mut combiner)
     })?;
     Ok(tables
         .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .map(|m| m.into_inner_or_stop("a combiner"))
         .filter(|c| c.bytes > 0 || c.events > 0 || c.skipped > 0 || !c.counts.is_empty())
         .collect())
 }

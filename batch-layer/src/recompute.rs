@@ -9,6 +9,7 @@
 use crate::mapreduce::{Combiner, Engine, JobOutput, Order};
 use crate::master_log::{LogError, MasterLog, RecordKind, SegmentRef};
 use crate::view::{BatchView, Manifest, ViewError, ViewHeader, ViewStore, FORMAT};
+use common::sync::LockOrStop;
 use common::{BucketSize, Cut};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -76,7 +77,7 @@ pub fn recompute(
     let started = Instant::now();
     let previous = store.latest()?;
     let (cut, segments) = {
-        let log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let log = log.lock_or_stop("the master log");
         let cut: Cut = log.end_offsets().align_down(bucket_size);
         let segments = log.segments_below(&cut);
         (cut, segments)

@@ -16,6 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::sync::LockOrStop;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -117,11 +118,7 @@ async fn recompute(State(state): State<BatchState>, headers: HeaderMap) -> Respo
 }
 
 async fn metrics(State(state): State<BatchState>) -> Response {
-    let ends = state
-        .log
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .end_offsets();
+    let ends = state.log.lock_or_stop("the batch status").end_offsets();
     common::server::prometheus(state.metrics.render(&ends, now_ms()))
 }
 

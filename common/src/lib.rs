@@ -22,6 +22,7 @@
 //! - [`telemetry`]: `tracing` set-up from `RUST_LOG`.
 //! - [`server`]: binding, serving until shutdown, JSON errors, Prometheus responses.
 //! - [`shutdown`]: ctrl-c/SIGTERM → cancellation token → grace period.
+//! - [`sync`]: locks that refuse a poisoned state (and so stop the role).
 //! - [`kafka`]: client configurations and idempotent topic creation.
 //! - [`unreadable`]: records a consumer cannot read: classify, locate the
 //!   partition, hold it.
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod realtime;
 pub mod server;
 pub mod shutdown;
+pub mod sync;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod unreadable;

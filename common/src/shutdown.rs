@@ -45,13 +45,16 @@ pub async fn wait_for_signal() -> &'static str {
 }
 
 /// Waits for every task in `tasks` once `token` is cancelled, for at most
-/// `grace`; aborts the rest. Returns whether all tasks finished on their own.
+/// `grace`; aborts the rest, and returns each task's result.
 /// A task that ends (or panics) before cancellation cancels the token, so one
-/// failed component stops the process instead of leaving it half alive.
+/// failed component stops the process instead of leaving it half alive, and
+/// it is recorded in `failure` (unless the component recorded its own reason
+/// first), as is any panic: the role then exits non-zero with the reason.
 pub async fn supervise<T: 'static>(
     mut tasks: JoinSet<T>,
     token: CancellationToken,
     grace: Duration,
+    failure: &FailureSlot,
 ) -> Vec<Result<T, tokio::task::JoinError>> {
     let mut results = Vec::new();
     tokio::select! {
@@ -59,6 +62,10 @@ pub async fn supervise<T: 'static>(
         Some(first) = tasks.join_next() => {
             if !token.is_cancelled() {
                 tracing::warn!("A component stopped; shutting down the others.");
+                if !first.as_ref().is_err_and(|e| e.is_panic()) {
+                    // (A panic is recorded with its message below.)
+                    failure.record("a component stopped before shutdown was asked for");
+                }
             }
             token.cancel();
             results.push(first);
@@ -78,6 +85,12 @@ pub async fn supervise<T: 'static>(
         tasks.abort_all();
         while let Some(r) = tasks.join_next().await {
             results.push(r);
+        }
+    }
+    for panic in results.iter().filter_map(|r| r.as_ref().err()) {
+        if panic.is_panic() {
+            tracing::error!(%panic, "A component panicked.");
+            failure.record(format!("a component panicked: {panic}"));
         }
     }
     results
@@ -124,7 +137,13 @@ mod tests {
             });
         }
         token.cancel();
-        let results = supervise(tasks, token, Duration::from_secs(5)).await;
+        let results = supervise(
+            tasks,
+            token,
+            Duration::from_secs(5),
+            &FailureSlot::default(),
+        )
+        .await;
         let mut values: Vec<i32> = results.into_iter().map(|r| r.expect("finished")).collect();
         values.sort();
         assert_eq!(values, [0, 1, 2]);
@@ -136,7 +155,13 @@ mod tests {
         let mut tasks = JoinSet::new();
         tasks.spawn(std::future::pending::<()>());
         token.cancel();
-        let results = supervise(tasks, token, Duration::from_millis(50)).await;
+        let results = supervise(
+            tasks,
+            token,
+            Duration::from_millis(50),
+            &FailureSlot::default(),
+        )
+        .await;
         assert_eq!(results.len(), 1);
         assert!(results[0].as_ref().is_err_and(|e| e.is_cancelled()));
     }
@@ -151,8 +176,38 @@ mod tests {
             t.cancelled().await;
             "stopped"
         });
-        let results = supervise(tasks, token.clone(), Duration::from_secs(5)).await;
+        let failure = FailureSlot::default();
+        let results = supervise(tasks, token.clone(), Duration::from_secs(5), &failure).await;
         assert!(token.is_cancelled());
         assert_eq!(results.len(), 2);
+        assert_eq!(
+            failure.get(),
+            Some("a component stopped before shutdown was asked for")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicked_component_is_the_roles_failure() {
+        let token = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async { panic!("the replica is inconsistent") });
+        let t = token.clone();
+        tasks.spawn(async move { t.cancelled().await });
+        let failure = FailureSlot::default();
+        supervise(tasks, token.clone(), Duration::from_secs(5), &failure).await;
+        assert!(token.is_cancelled());
+        let reason = failure.get().expect("a recorded failure");
+        assert!(reason.contains("the replica is inconsistent"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_components_own_reason_comes_first() {
+        let token = CancellationToken::new();
+        let failure = FailureSlot::default();
+        let mut tasks = JoinSet::new();
+        let own = failure.clone();
+        tasks.spawn(async move { own.record("ingestion failed: disk full") });
+        supervise(tasks, token, Duration::from_secs(5), &failure).await;
+        assert_eq!(failure.get(), Some("ingestion failed: disk full"));
     }
 }

@@ -6,6 +6,7 @@ use crate::health::{Ends, Health};
 use crate::replica::Replica;
 use common::kafka::client_config;
 use common::shutdown::CancellationToken;
+use common::sync::ReadWriteOrStop;
 use common::Cut;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::sync::{Arc, RwLock};
@@ -70,11 +71,7 @@ impl EndsWatcher {
             let asked_at = Instant::now();
             match self.fetch(&consumer) {
                 Ok(ends) => {
-                    let as_of = self
-                        .replica
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_of();
+                    let as_of = self.replica.read_or_stop("the replica").as_of();
                     self.health.kafka_ends(asked_at, ends, &as_of);
                 }
                 Err(error) => {

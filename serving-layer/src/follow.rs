@@ -16,6 +16,7 @@ use crate::replica::Replica;
 use common::kafka::{consumer_config, wait_for_partitions, Resume, ResumeCheck};
 use common::realtime::RealtimeMessage;
 use common::shutdown::CancellationToken;
+use common::sync::ReadWriteOrStop;
 use common::unreadable::ConsumeFailure;
 use common::Cut;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -150,7 +151,7 @@ impl Follower {
             if let Some(release) = gate.release() {
                 let released_at = std::time::Instant::now();
                 let counts = {
-                    let r = self.replica.read().unwrap_or_else(|p| p.into_inner());
+                    let r = self.replica.read_or_stop("the replica");
                     r.resolve(&release.upserts)
                 };
                 let checkpoint = Checkpoint {
@@ -158,14 +159,16 @@ impl Follower {
                     next_offsets: release.next_offsets.clone(),
                     as_of: Some(release.as_of.clone()),
                 };
-                self.commit(&checkpoint, &token).await;
+                if !self.commit(&checkpoint, &token).await {
+                    break;
+                }
                 for (r, next) in &release.next_offsets {
                     positions.set(*r, *next);
                 }
                 self.metrics
                     .upserts_applied
                     .add(release.upserts.len() as u64);
-                let mut r = self.replica.write().unwrap_or_else(|p| p.into_inner());
+                let mut r = self.replica.write_or_stop("the replica");
                 r.apply(checkpoint.counts, release.as_of);
                 drop(r);
                 self.metrics.apply_stage.observe(released_at.elapsed());
@@ -202,17 +205,18 @@ impl Follower {
     }
 
     /// Retries until durable: the replica must not run ahead of its store,
-    /// or a restart would resume past counts it never kept.
-    async fn commit(&self, checkpoint: &Checkpoint, token: &CancellationToken) {
+    /// or a restart would resume past counts it never kept. False when
+    /// cancelled first: then the counts must not be applied.
+    async fn commit(&self, checkpoint: &Checkpoint, token: &CancellationToken) -> bool {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.store.commit(checkpoint).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(error) => {
                     self.metrics.store_failures.inc();
                     tracing::error!(%error, "Cannot store realtime counts; retrying.");
                     if token.is_cancelled() {
-                        return;
+                        return false;
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -226,7 +230,7 @@ impl Follower {
 pub fn restore(store: &RealtimeStore, replica: &RwLock<Replica>) -> Result<Cut, FollowError> {
     let counts = store.load_counts()?;
     let as_of = store.as_of()?;
-    let mut r = replica.write().unwrap_or_else(|p| p.into_inner());
+    let mut r = replica.write_or_stop("the replica");
     r.restore(counts, as_of.clone());
     r.expire();
     Ok(as_of)

@@ -5,6 +5,7 @@
 //! Every answer carries these facts, so a client can tell an exact answer
 //! about old data from an exact answer about current data.
 
+use common::sync::LockOrStop;
 use common::Cut;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -84,7 +85,7 @@ impl Health {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_or_stop("the serving health")
     }
 
     pub fn batch_ok(&self) {

@@ -38,6 +38,7 @@ use batch_layer::view::{ViewError, ViewStore};
 use common::config::ConfigError;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
+use common::sync::ReadWriteOrStop;
 use speed_layer::store::{RealtimeStore, StoreError, StoreOptions};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -121,8 +122,7 @@ pub async fn start(
                 "Loaded the local batch view copy."
             );
             replica
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
+                .write_or_stop("the replica")
                 .swap_view(Arc::new(view));
         }
         let as_of = follow::restore(&store, &replica)?;
@@ -221,8 +221,9 @@ pub async fn start(
     ));
     tracing::info!(%http_addr, "Serving layer running.");
     let grace = args.node.shutdown_grace;
+    let slot = failure.clone();
     let handle = tokio::spawn(async move {
-        supervise(tasks, token, grace).await;
+        supervise(tasks, token, grace, &slot).await;
         tracing::info!("Serving layer stopped.");
     });
     Ok(RunningServing {

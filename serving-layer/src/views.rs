@@ -11,6 +11,7 @@ use crate::replica::{LoadedView, Replica};
 use batch_layer::view::{verify_and_decode, Manifest, ViewError, ViewStore};
 use common::http::{get, resolve};
 use common::shutdown::CancellationToken;
+use common::sync::ReadWriteOrStop;
 use common::BucketSize;
 use speed_layer::store::RealtimeStore;
 use std::sync::{Arc, RwLock};
@@ -91,7 +92,7 @@ impl Puller {
     }
 
     fn current(&self) -> Option<u64> {
-        let r = self.replica.read().unwrap_or_else(|p| p.into_inner());
+        let r = self.replica.read_or_stop("the replica");
         r.view().map(|v| v.version())
     }
 
@@ -117,11 +118,7 @@ impl Puller {
             return Ok(None);
         };
         let view = verify_and_decode(&manifest, &bytes)?;
-        let ours = self
-            .replica
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .bucket_size();
+        let ours = self.replica.read_or_stop("the replica").bucket_size();
         if view.header.bucket_size != ours {
             return Err(PullError::BucketSize {
                 version: manifest.version,
@@ -137,14 +134,14 @@ impl Puller {
     pub async fn install(&self, view: Arc<LoadedView>) -> Result<(), PullError> {
         let (version, cut) = (view.version(), view.cut().clone());
         let (swapped, size) = {
-            let mut r = self.replica.write().unwrap_or_else(|p| p.into_inner());
+            let mut r = self.replica.write_or_stop("the replica");
             (r.swap_view(view), r.bucket_size())
         };
         if !swapped {
             return Ok(());
         }
         let removed = {
-            let mut r = self.replica.write().unwrap_or_else(|p| p.into_inner());
+            let mut r = self.replica.write_or_stop("the replica");
             r.expire()
         };
         self.store.expire_below(&cut, size).await?;

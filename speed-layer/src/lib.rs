@@ -36,6 +36,7 @@ use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::server::{json_error, prometheus};
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
+use common::sync::LockOrStop;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -146,8 +147,9 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
     ));
     tracing::info!(%http_addr, topic = %kafka.topic, "Speed layer running.");
     let grace = args.node.shutdown_grace;
+    let slot = failure.clone();
     let handle = tokio::spawn(async move {
-        supervise(tasks, token, grace).await;
+        supervise(tasks, token, grace, &slot).await;
         tracing::info!("Speed layer stopped.");
     });
     Ok(RunningSpeed {
@@ -168,18 +170,14 @@ fn router(state: HttpState) -> Router {
 }
 
 async fn status(State(state): State<HttpState>) -> Response {
-    let s = state
-        .status
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let s = state.status.lock_or_stop("the speed status").clone();
     let ready = s.ready && s.held.is_empty();
     Json(json!({"positions": s.positions, "batch_cut": s.cut, "ready": ready, "held": s.held.snapshot()}))
         .into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let s = state.status.lock().unwrap_or_else(|p| p.into_inner());
+    let s = state.status.lock_or_stop("the speed status");
     match (s.held.not_ready_reason(), s.ready) {
         (Some(reason), _) => json_error(StatusCode::SERVICE_UNAVAILABLE, reason),
         (None, true) => Json(json!({"status": "ready"})).into_response(),
@@ -188,10 +186,6 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let s = state
-        .status
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let s = state.status.lock_or_stop("the speed status").clone();
     prometheus(state.metrics.render(&s.positions, &s.cut, &s.store))
 }

@@ -23,6 +23,7 @@ use common::kafka::{
 use common::metrics::since_timestamp;
 use common::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
 use common::shutdown::CancellationToken;
+use common::sync::LockOrStop;
 use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
 use common::{BucketKey, BucketSize, Cut, Offset, Partition, Tokenizer};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -245,8 +246,7 @@ pub async fn run(
             }
             let counts = batch.apply(&mut view);
             let next_offsets = batch.next_offsets();
-            let Some(upserts) =
-                checkpoint(&mut view, next_offsets, counts, &metrics, &token).await
+            let Some(upserts) = checkpoint(&mut view, next_offsets, counts, &metrics, &token).await
             else {
                 break;
             };
@@ -269,11 +269,7 @@ pub async fn run(
             // What was read before it is checkpointed and published above;
             // the unreadable records stay in Kafka, their partition held.
             metrics.unreadable_batches.inc();
-            let held = status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .held
-                .clone();
+            let held = status.lock_or_stop("the speed status").held.clone();
             let positions = (0..partitions as Partition)
                 .map(|p| (p, view.positions.get(p)))
                 .collect();
@@ -374,7 +370,7 @@ impl Publication {
 
 fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &SpeedMetrics) {
     metrics.live_counts.set(view.mirror.len() as i64);
-    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = status.lock_or_stop("the speed status");
     s.positions = view.positions.clone();
     s.cut = view.cut.clone();
     s.ready = true;

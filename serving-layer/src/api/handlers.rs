@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use common::sync::ReadWriteOrStop;
 use common::Cut;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -194,7 +195,7 @@ pub async fn word(
                 raw.chars().take(100).collect::<String>()
             ))
         })?;
-    let replica = state.replica.read().unwrap_or_else(|p| p.into_inner());
+    let replica = state.replica.read_or_stop("the replica");
     let merged = replica.word(&word);
     let mut f = freshness(&state, &replica);
     drop(replica);
@@ -232,7 +233,7 @@ pub async fn top(
     if !(1..=MAX_K).contains(&k) {
         return Err(bad_k());
     }
-    let replica = state.replica.read().unwrap_or_else(|p| p.into_inner());
+    let replica = state.replica.read_or_stop("the replica");
     let ranked = state.top_cache.get(&replica, MAX_K as usize);
     let f = freshness(&state, &replica);
     drop(replica);
@@ -318,7 +319,7 @@ pub struct VisibilityStatus {
     responses((status = 200, description = "Positions, lags and staleness", body = StatusAnswer))
 )]
 pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
-    let replica = state.replica.read().unwrap_or_else(|p| p.into_inner());
+    let replica = state.replica.read_or_stop("the replica");
     let f = freshness(&state, &replica);
     let (ready, entries) = (replica.is_ready(), replica.realtime_entries());
     drop(replica);
@@ -414,8 +415,7 @@ pub async fn recompute(
     let loaded = loop {
         let current = state
             .replica
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .read_or_stop("the replica")
             .view()
             .map(|v| v.version());
         if current.is_some_and(|v| v >= version) {
@@ -457,12 +457,7 @@ pub async fn healthz() -> Json<StatusOk> {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<StatusOk>, ApiError> {
-    if state
-        .replica
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_ready()
-    {
+    if state.replica.read_or_stop("the replica").is_ready() {
         Ok(Json(StatusOk {
             status: "ready".into(),
         }))
@@ -481,7 +476,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<StatusOk>, Api
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let facts = {
-        let r = state.replica.read().unwrap_or_else(|p| p.into_inner());
+        let r = state.replica.read_or_stop("the replica");
         crate::metrics::ReplicaFacts {
             batch_version: r.view().map(|v| v.version()),
             batch_computed_at_ms: r.view().map(|v| v.manifest.header.computed_at_ms),

@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
 use batch_layer::view::Manifest;
+use common::sync::LockOrStop;
 use error::ApiError;
 use handlers::RankedWord;
 use std::sync::{Arc, Mutex, RwLock};
@@ -102,7 +103,7 @@ struct TopCache(Mutex<Option<(u64, Arc<Vec<RankedWord>>)>>);
 impl TopCache {
     fn get(&self, replica: &Replica, k: usize) -> Arc<Vec<RankedWord>> {
         let generation = replica.generation();
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.0.lock_or_stop("the top-K cache");
         if let Some((g, top)) = slot.as_ref() {
             if *g == generation {
                 return Arc::clone(top);

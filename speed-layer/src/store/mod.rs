@@ -36,6 +36,7 @@
 pub mod codec;
 
 use codec::ChunkWriter;
+use common::sync::LockOrStop;
 use common::{BucketKey, BucketSize, Cut, Offset, Partition};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
@@ -228,7 +229,7 @@ impl Inner {
     }
 
     fn log(&self) -> MutexGuard<'_, LogState> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner())
+        self.log.lock_or_stop("the store log state")
     }
 
     fn meta<T: serde::de::DeserializeOwned + Default>(
@@ -302,7 +303,7 @@ impl Inner {
     /// Folds every delta written so far into a new snapshot, leaving out
     /// expired counts, and removes what it replaced, atomically.
     fn compact(&self, closing: Option<&AtomicBool>) -> Result<Option<Compaction>, StoreError> {
-        let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.compacting.lock_or_stop("the compaction slot");
         let stopping = || closing.is_some_and(|c| c.load(Ordering::Relaxed));
         if stopping() {
             return Ok(None);
@@ -470,11 +471,7 @@ impl RealtimeStore {
     pub fn load_counts(&self) -> Result<FxHashMap<CountKey, u64>, StoreError> {
         // Not while a compaction swaps the snapshot and drops the deltas
         // under the reader's feet.
-        let _no_compaction = self
-            .inner
-            .compacting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _no_compaction = self.inner.compacting.lock_or_stop("the compaction slot");
         let below = self.inner.log().next_seq;
         Ok(self.inner.read(below)?.counts)
     }
