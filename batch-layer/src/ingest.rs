@@ -15,8 +15,9 @@ use crate::master_log::{LogError, MasterLog, Record, RecordKind};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
-use common::kafka::{consumer_config, topic_partitions, Resume, ResumeCheck};
+use common::kafka::{bulk_consumer_config, topic_partitions, Resume, ResumeCheck};
 use common::shutdown::CancellationToken;
+use common::sync::LockOrStop;
 use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
 use common::{Offset, Partition};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -81,13 +82,12 @@ pub async fn run(
     held: HeldPartitions,
     token: CancellationToken,
 ) -> Result<(), IngestError> {
-    let consumer: StreamConsumer =
-        consumer_config(&config.kafka, GROUP)
-            .create()
-            .map_err(|source| IngestError::Consumer {
-                brokers: config.kafka.to_string(),
-                source,
-            })?;
+    let consumer: StreamConsumer = bulk_consumer_config(&config.kafka, GROUP)
+        .create()
+        .map_err(|source| IngestError::Consumer {
+            brokers: config.kafka.to_string(),
+            source,
+        })?;
     let (mut partitions, mut resume) = assign(&consumer, &config, &log).await?;
     let mut last_metadata_check = Instant::now();
 
@@ -113,7 +113,7 @@ pub async fn run(
             // What was read before it is in the master log; the unreadable
             // records stay in Kafka, unskipped, their partition held.
             metrics.unreadable_batches.inc();
-            let ends = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
+            let ends = log.lock_or_stop("the master log").end_offsets();
             let positions = (0..partitions as Partition)
                 .map(|p| (p, ends.get(p)))
                 .collect();
@@ -179,7 +179,7 @@ async fn assign(
         topic: config.topic.clone(),
         brokers: config.kafka.to_string(),
     })?;
-    let ends = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
+    let ends = log.lock_or_stop("the master log").end_offsets();
     let resume = Resume::new((0..count as Partition).map(|p| (p, ends.get(p))));
     let mut tpl = TopicPartitionList::new();
     for p in 0..count as Partition {
@@ -312,7 +312,7 @@ async fn append_with_retry(
     // written before another failed), which the retry then skips as already
     // there; so what the batch added is measured against the log's end before
     // the first attempt, not summed per attempt.
-    let before = log.lock().unwrap_or_else(|p| p.into_inner()).end_offsets();
+    let before = log.lock_or_stop("the master log").end_offsets();
     let mut delay = Duration::from_millis(200);
     loop {
         let log = Arc::clone(log);
@@ -331,8 +331,16 @@ async fn append_with_retry(
                 tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "Cannot append to the master log; retrying the batch.");
             }
             Err(join_error) => {
+                // A panic half-way through an append may have left the log
+                // half written (and its lock poisoned): the layer stops, and
+                // a restart recovers the log from disk.
                 metrics.log_write_errors.inc();
-                tracing::error!(error = %join_error, "Master log append panicked; retrying the batch.");
+                tracing::error!(error = %join_error, "Master log append did not finish; stopping.");
+                match join_error.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // The runtime is shutting down.
+                    Err(_) => return,
+                }
             }
         }
         if token.is_cancelled() {
@@ -355,7 +363,7 @@ fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<common::Cut
     for p in batch {
         by_partition.entry(p.partition).or_default().push(p);
     }
-    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    let mut log = log.lock_or_stop("the master log");
     for (partition, records) in by_partition {
         log.append(
             partition,

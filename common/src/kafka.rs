@@ -70,6 +70,23 @@ fn with_user_settings(mut config: ClientConfig, kafka: &Connection) -> ClientCon
 /// on the way is an error ([`crate::unreadable::ConsumeFailure`]) rather
 /// than wrong counts.
 pub fn consumer_config(kafka: &Connection, group: &str) -> ClientConfig {
+    with_user_settings(consumer_defaults(kafka, group), kafka)
+}
+
+/// [`consumer_config`] for a reader that wants throughput, not the newest
+/// record at once (batch ingestion: the speed layer answers for what it has
+/// not appended yet). Its fetches wait for 256 KiB or 250 ms, so the broker
+/// answers it a few times a second under load rather than at every produce,
+/// and its appends and fsyncs come in larger batches.
+pub fn bulk_consumer_config(kafka: &Connection, group: &str) -> ClientConfig {
+    let mut config = consumer_defaults(kafka, group);
+    config
+        .set("fetch.min.bytes", (256 << 10).to_string())
+        .set("fetch.wait.max.ms", "250");
+    with_user_settings(config, kafka)
+}
+
+fn consumer_defaults(kafka: &Connection, group: &str) -> ClientConfig {
     let mut config = base_config(kafka);
     config
         .set("group.id", group)
@@ -91,7 +108,7 @@ pub fn consumer_config(kafka: &Connection, group: &str) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "10")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
-    with_user_settings(config, kafka)
+    config
 }
 
 /// A producer that waits for the broker's acknowledgement of every record,
@@ -457,15 +474,24 @@ mod config_tests {
             ..ClientArgs::default()
         };
         let kafka = args.connection("b:9092");
-        let consumer = consumer_config(&kafka, "g");
-        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("7"));
-        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
-        assert_eq!(consumer.get("check.crcs"), Some("true"));
+        for consumer in [
+            consumer_config(&kafka, "g"),
+            bulk_consumer_config(&kafka, "g"),
+        ] {
+            assert_eq!(consumer.get("fetch.wait.max.ms"), Some("7"));
+            assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+            assert_eq!(consumer.get("check.crcs"), Some("true"));
+        }
+        let defaults = ClientArgs::default().connection("b:9092");
+        assert_eq!(
+            bulk_consumer_config(&defaults, "g").get("fetch.min.bytes"),
+            Some("262144")
+        );
+        assert_eq!(consumer_config(&defaults, "g").get("fetch.min.bytes"), None);
         for producer in [producer_config(&kafka), burst_producer_config(&kafka)] {
             assert_eq!(producer.get("linger.ms"), Some("20"));
             assert_eq!(producer.get("compression.type"), Some("lz4"));
         }
-        let defaults = ClientArgs::default().connection("b:9092");
         assert_eq!(producer_config(&defaults).get("linger.ms"), Some("5"));
         assert_eq!(burst_producer_config(&defaults).get("linger.ms"), Some("0"));
         assert_eq!(

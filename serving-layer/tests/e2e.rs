@@ -8,7 +8,7 @@ use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::client::{ClientArgs, Compression, Connection};
 use common::shutdown::CancellationToken;
 use common::testkit::secured_broker;
-use common::testkit::{consume_n, get, http, memory_broker, produce, wait_for};
+use common::testkit::{consume_n, get, http, memory_broker, metric_sum, produce, wait_for};
 use common::{Cut, Tokenizer};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -343,6 +343,17 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
         })
     };
 
+    // The batch layer fetches in bulk (up to 250 ms); a recompute before it
+    // has appended anything would rightly keep the version.
+    let (batch, total) = (stack.batch, first.len());
+    tokio::task::spawn_blocking(move || {
+        wait_for("the batch layer to ingest", Duration::from_secs(30), || {
+            let m = get(batch, "/metrics").ok()?.text();
+            (metric_sum(&m, "lambda_batch_log_end_offset") as usize >= total).then_some(())
+        })
+    })
+    .await
+    .expect("ingested");
     let before = json(serving, "/v1/status")["batch"]["version"].as_u64();
     let r = recompute(serving).await;
     assert!(r["version"].as_u64() > before, "{r} after {before:?}");

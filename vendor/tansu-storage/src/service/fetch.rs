@@ -406,9 +406,17 @@ impl FetchService {
                     break;
                 }
 
-                tokio::select! {
-                    _ = appended => {}
-                    _ = sleep(remaining) => {}
+                if min_bytes > 1 {
+                    // A consumer that asks for more than a byte has said it
+                    // would rather wait than get a little: poll again at the
+                    // end of its wait, not at every produce (each poll is a
+                    // storage call, and every storage call is serialised).
+                    sleep(remaining).await;
+                } else {
+                    tokio::select! {
+                        _ = appended => {}
+                        _ = sleep(remaining) => {}
+                    }
                 }
             }
 
