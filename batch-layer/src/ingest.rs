@@ -15,7 +15,9 @@ use crate::master_log::{LogError, MasterLog, Record, RecordKind};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
-use common::kafka::{bulk_consumer_config, topic_partitions, Resume, ResumeCheck};
+use common::kafka::{
+    bulk_consumer_config, close_off_runtime, topic_partitions, Resume, ResumeCheck,
+};
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
 use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
@@ -157,6 +159,7 @@ pub async fn run(
             }
         }
     }
+    close_off_runtime(consumer).await;
     tracing::info!("Ingestion stopped.");
     Ok(())
 }

@@ -111,6 +111,14 @@ fn consumer_defaults(kafka: &Connection, group: &str) -> ClientConfig {
     config
 }
 
+/// Drops a Kafka client on a blocking thread. Closing a consumer waits for
+/// the broker's answers (a fetch or commit in flight), and on a runtime
+/// worker that wait can starve a broker served by the same runtime
+/// (`lambda demo`, the in-process tests) until the close gives up.
+pub async fn close_off_runtime<C: Send + 'static>(client: C) {
+    let _ = tokio::task::spawn_blocking(move || drop(client)).await;
+}
+
 /// A producer that waits for the broker's acknowledgement of every record,
 /// compressing with the connection's codec. It lingers 5 ms to fill batches
 /// from a stream of records (`lambda produce`).

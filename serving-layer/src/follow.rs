@@ -13,7 +13,7 @@ use crate::gate::WatermarkGate;
 use crate::health::Health;
 use crate::metrics::ServingMetrics;
 use crate::replica::Replica;
-use common::kafka::{consumer_config, wait_for_partitions, Resume, ResumeCheck};
+use common::kafka::{close_off_runtime, consumer_config, wait_for_partitions, Resume, ResumeCheck};
 use common::realtime::RealtimeMessage;
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
@@ -180,6 +180,7 @@ impl Follower {
             }
             self.health.follower(positions.clone(), gate.held());
         }
+        close_off_runtime(consumer).await;
         tracing::info!(%positions, "Realtime follower stopped.");
         Ok(())
     }

@@ -18,7 +18,8 @@ use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use common::dead_letter::DeadLetterSink;
 use common::event::decode_message;
 use common::kafka::{
-    burst_producer_config, consumer_config, send_all, wait_for_partitions, Resume, ResumeCheck,
+    burst_producer_config, close_off_runtime, consumer_config, send_all, wait_for_partitions,
+    Resume, ResumeCheck,
 };
 use common::metrics::since_timestamp;
 use common::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
@@ -311,6 +312,7 @@ pub async fn run(
     // flight waits for the broker's answer, and in `lambda demo` the broker
     // runs on the same runtime threads the close blocks (a hang seen in
     // the demo's shutdown test).
+    close_off_runtime(consumer).await;
     tracing::info!(positions = %view.positions, "Speed layer stopped after its last checkpoint.");
     Ok(())
 }
