@@ -141,7 +141,7 @@ pub async fn produce_to_partitions(
     }
 }
 
-/// Consumes `topic` from the beginning with a fresh group until nothing new
+/// Consumes `topic` from the beginning until nothing new
 /// has arrived for `idle` after the first record (for topics whose record
 /// count a test cannot know); waits up to `first` for that first record.
 pub async fn consume_until_idle(
@@ -150,7 +150,7 @@ pub async fn consume_until_idle(
     first: Duration,
     idle: Duration,
 ) -> Vec<Consumed> {
-    let consumer = subscribe(kafka, topic);
+    let consumer = read_from_start(kafka, topic).await;
     let mut out = Vec::new();
     let mut wait = first;
     while let Ok(m) = tokio::time::timeout(wait, consumer.recv()).await {
@@ -160,13 +160,26 @@ pub async fn consume_until_idle(
     out
 }
 
-fn subscribe(kafka: impl Reach, topic: &str) -> rdkafka::consumer::StreamConsumer {
+/// A consumer of every partition of `topic` from its beginning. Assigned,
+/// not subscribed: reading a topic in a test must not depend on the group
+/// protocol (a rejoin after a missed heartbeat on a loaded machine can
+/// stall a subscribed consumer for longer than a test waits).
+async fn read_from_start(kafka: impl Reach, topic: &str) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::Consumer;
+    let connection = kafka.connection();
+    let partitions = crate::kafka::wait_for_partitions(&connection, topic, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("topic {topic} has no partitions"));
     let consumer: rdkafka::consumer::StreamConsumer =
-        crate::kafka::consumer_config(&kafka.connection(), &unique("testkit"))
+        crate::kafka::consumer_config(&connection, &unique("testkit"))
             .create()
             .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
     consumer
 }
 
@@ -194,7 +207,7 @@ fn consumed<M: rdkafka::message::Message>(m: &M) -> Consumed {
     }
 }
 
-/// Consumes `topic` from the beginning with a fresh group until `expected`
+/// Consumes `topic` from the beginning until `expected`
 /// records have arrived; panics after `timeout`.
 pub async fn consume_n(
     kafka: impl Reach,
@@ -229,7 +242,7 @@ async fn consume_kept(
     timeout: Duration,
     keep: impl Fn(&Consumed) -> bool,
 ) -> Vec<Consumed> {
-    let consumer = subscribe(kafka, topic);
+    let consumer = read_from_start(kafka, topic).await;
     let mut out = Vec::with_capacity(expected);
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < expected {
