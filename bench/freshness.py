@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.request
 
-from load import free_port, get  # same directory: helpers shared with the load run
+from load import free_port, get, wait_http  # same directory: helpers shared with the load run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAMBDA = os.path.join(ROOT, "target", "release", "lambda")
@@ -59,17 +59,6 @@ def stage_sums(urls):
                     stage = line[len(head):].split('stage="', 1)[1].split('"', 1)[0]
                     sums.setdefault(stage, [0.0, 0.0])[i] += float(line.rsplit(" ", 1)[1])
     return sums
-
-
-def wait_http(url, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            get(url + "/readyz", timeout=1)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not become ready")
 
 
 def corpus_for(work, events):
@@ -102,7 +91,7 @@ def run_rate(rate, seconds, work):
     load = None
     try:
         serve = "http://" + addr["serve"]
-        wait_http(serve)
+        wait_http(serve, "/readyz", timeout=120)
         corpus = corpus_for(work, rate * (seconds + 30))
         load = subprocess.Popen([LAMBDA, "produce", corpus, "--brokers", broker, "--rate", str(rate)],
                                 stdout=subprocess.DEVNULL, stderr=log)

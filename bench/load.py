@@ -75,15 +75,16 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def wait_http(url, timeout=60):
+def wait_http(url, path="/metrics", timeout=60):
+    """Waits until `url + path` answers; exits the script after `timeout`."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            get(url + "/metrics", timeout=1)
+            get(url + path, timeout=1)
             return
         except Exception:
             time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+    raise SystemExit(f"{url}{path} did not answer within {timeout} s")
 
 
 def main():

@@ -1,0 +1,224 @@
+//! Publication: a checkpointed micro-batch's counts go to the realtime
+//! topic as packed upserts, then a watermark on every realtime partition.
+//!
+//! It runs beside consumption: a checkpointed micro-batch's upserts go out
+//! while the next one is counted, and whatever checkpoints queued up
+//! meanwhile go out together in the next round (one round of upserts and
+//! one of watermarks however many micro-batches it carries), so the
+//! publisher keeps up with small micro-batches. The channel is short, so a
+//! slow broker still slows consumption (backpressure, bounded memory).
+
+use crate::metrics::SpeedMetrics;
+use crate::store::CountKey;
+use common::kafka::send_all;
+use common::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
+use common::shutdown::CancellationToken;
+use common::Cut;
+use rdkafka::producer::FutureProducer;
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// A checkpointed micro-batch's changed counts and the positions it reached.
+pub(super) struct Publication {
+    pub(super) upserts: Vec<(CountKey, u64)>,
+    pub(super) positions: Cut,
+    /// The oldest counted event's record timestamp (none for the start-up
+    /// re-publication).
+    pub(super) oldest_event_ms: Option<i64>,
+    pub(super) checkpointed_at: Instant,
+}
+
+impl Publication {
+    /// This publication with later ones folded in, to go out in one round.
+    /// Counts are absolute and only grow, so a key's latest count replaces
+    /// the earlier ones; the latest positions cover every checkpoint folded
+    /// in, and the watermark carrying them follows all of their upserts.
+    fn coalesce(self, later: Vec<Publication>) -> Publication {
+        if later.is_empty() {
+            return self;
+        }
+        let mut counts: FxHashMap<CountKey, u64> = self.upserts.into_iter().collect();
+        let (mut positions, mut oldest) = (self.positions, self.oldest_event_ms);
+        for p in later {
+            for (key, count) in p.upserts {
+                let c = counts.entry(key).or_insert(0);
+                *c = (*c).max(count);
+            }
+            positions = p.positions;
+            oldest = match (oldest, p.oldest_event_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Publication {
+            upserts: counts.into_iter().collect(),
+            positions,
+            oldest_event_ms: oldest,
+            checkpointed_at: self.checkpointed_at,
+        }
+    }
+}
+
+/// Starts the publisher: publications sent to the returned channel go out
+/// in order until it is closed; then the task ends.
+pub(super) fn spawn_publisher(
+    producer: FutureProducer,
+    topic: String,
+    realtime_partitions: usize,
+    metrics: Arc<SpeedMetrics>,
+    token: CancellationToken,
+) -> (mpsc::Sender<Publication>, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Publication>(8);
+    let task = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut queued = Vec::new();
+            while let Ok(later) = rx.try_recv() {
+                queued.push(later);
+            }
+            let publication = first.coalesce(queued);
+            let out = Outbox {
+                producer: &producer,
+                topic: &topic,
+                metrics: &metrics,
+                token: &token,
+            };
+            let watermark = Watermark {
+                positions: publication.positions,
+                oldest_event_ms: publication.oldest_event_ms,
+            };
+            if out.upserts(&publication.upserts, realtime_partitions).await
+                && out.watermark(&watermark, realtime_partitions).await
+            {
+                metrics
+                    .publish_stage
+                    .observe(publication.checkpointed_at.elapsed());
+            }
+        }
+    });
+    (tx, task)
+}
+
+/// Where publications go.
+struct Outbox<'a> {
+    producer: &'a FutureProducer,
+    topic: &'a str,
+    metrics: &'a SpeedMetrics,
+    token: &'a CancellationToken,
+}
+
+impl Outbox<'_> {
+    /// Sends `(key, payload, partition)` records until each is acknowledged.
+    /// Returns false if cancelled first (the checkpoint re-publishes them on
+    /// the next start).
+    async fn deliver(&self, mut pending: Vec<(String, Vec<u8>, Option<i32>)>) -> bool {
+        let mut delay = Duration::from_millis(100);
+        while !pending.is_empty() {
+            let results = send_all(self.producer, self.topic, &pending).await;
+            let mut failed = Vec::new();
+            for (record, r) in pending.into_iter().zip(results) {
+                match r {
+                    Ok(()) => self.metrics.realtime_records.inc(),
+                    Err(error) => {
+                        self.metrics.publish_failures.inc();
+                        tracing::warn!(%error, "Cannot publish to the realtime topic; retrying.");
+                        failed.push(record);
+                    }
+                }
+            }
+            pending = failed;
+            if !pending.is_empty() {
+                if self.token.is_cancelled() {
+                    return false;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+        true
+    }
+
+    /// Publishes a micro-batch's counts packed into records, each upsert on
+    /// the realtime partition its key routes to.
+    async fn upserts(&self, counts: &[(CountKey, u64)], partitions: usize) -> bool {
+        let mut packers: Vec<Packer> = (0..partitions).map(|_| Packer::default()).collect();
+        for (k, c) in counts {
+            let (word, partition, bucket) = (&*k.word, k.bucket.partition, k.bucket.bucket);
+            packers[route(word, partition, bucket, partitions) as usize]
+                .push(word, partition, bucket, *c);
+        }
+        let records = packers
+            .into_iter()
+            .enumerate()
+            .flat_map(|(r, packer)| {
+                packer
+                    .finish()
+                    .into_iter()
+                    .map(move |payload| (UPSERTS_KEY.to_owned(), payload, Some(r as i32)))
+            })
+            .collect();
+        let delivered = self.deliver(records).await;
+        if delivered {
+            self.metrics.upserts_published.add(counts.len() as u64);
+        }
+        delivered
+    }
+
+    /// Closes a micro-batch on every realtime partition. Sent only after its
+    /// upserts were acknowledged, so it follows them in each partition.
+    async fn watermark(&self, watermark: &Watermark, partitions: usize) -> bool {
+        let payload = serde_json::to_vec(watermark).expect("a watermark always serialises");
+        let records = (0..partitions as i32)
+            .map(|r| (WATERMARK_KEY.to_owned(), payload.clone(), Some(r)))
+            .collect();
+        self.deliver(records).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::{BucketKey, Offset};
+
+    fn key(word: &str, bucket: u64) -> CountKey {
+        CountKey {
+            bucket: BucketKey {
+                partition: 0,
+                bucket,
+            },
+            word: word.into(),
+        }
+    }
+
+    fn publication(upserts: &[(&str, u64)], next: Offset, oldest: Option<i64>) -> Publication {
+        Publication {
+            upserts: upserts.iter().map(|&(w, c)| (key(w, 0), c)).collect(),
+            positions: [(0, next)].into_iter().collect(),
+            oldest_event_ms: oldest,
+            checkpointed_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn queued_publications_go_out_as_one_with_the_latest_counts_and_positions() {
+        let first = publication(&[("a", 1), ("b", 2)], 3, Some(500));
+        let started = first.checkpointed_at;
+        let merged = first.coalesce(vec![
+            publication(&[("a", 4)], 7, Some(400)),
+            publication(&[("c", 1), ("a", 5)], 9, None),
+        ]);
+        let mut upserts = merged.upserts.clone();
+        upserts.sort_by(|x, y| x.0.word.cmp(&y.0.word));
+        assert_eq!(
+            upserts,
+            vec![(key("a", 0), 5), (key("b", 0), 2), (key("c", 0), 1)]
+        );
+        assert_eq!(merged.positions, [(0, 9)].into_iter().collect());
+        assert_eq!(merged.oldest_event_ms, Some(400));
+        assert_eq!(merged.checkpointed_at, started);
+        let alone = publication(&[("a", 1)], 3, None).coalesce(Vec::new());
+        assert_eq!(alone.upserts, vec![(key("a", 0), 1)]);
+    }
+}
