@@ -5,8 +5,8 @@
 //! Run: `cargo bench -p lambda-batch --bench mapreduce`
 
 use batch_layer::mapreduce::{Engine, Order, TextInput};
-use common::Tokenizer;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lambda_core::Tokenizer;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 

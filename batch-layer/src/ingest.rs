@@ -14,14 +14,14 @@
 use crate::master_log::{LogError, MasterLog, Record, RecordKind};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
-use common::event::decode_message;
+use common::kafka::decode_message;
 use common::kafka::{
     bulk_consumer_config, close_off_runtime, topic_partitions, Resume, ResumeCheck,
 };
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
 use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
-use common::{Offset, Partition};
+use lambda_core::{Offset, Partition};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
@@ -361,7 +361,7 @@ async fn append_with_retry(
 /// Appends a batch (grouped by partition, in offset order) and applies the
 /// fsync policy, under one hold of the lock, so that a cut taken by a
 /// recompute never includes records that are not durable.
-fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<common::Cut, LogError> {
+fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<lambda_core::Cut, LogError> {
     let mut by_partition: BTreeMap<Partition, Vec<&Pending>> = BTreeMap::new();
     for p in batch {
         by_partition.entry(p.partition).or_default().push(p);
@@ -384,14 +384,14 @@ fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<common::Cut
 
 /// How many records of `batch` lie between the log's ends `before` and
 /// `after`: the ones this batch added (the rest were already there).
-fn added_by(batch: &[Pending], before: &common::Cut, after: &common::Cut) -> usize {
+fn added_by(batch: &[Pending], before: &lambda_core::Cut, after: &lambda_core::Cut) -> usize {
     batch
         .iter()
         .filter(|r| (before.get(r.partition)..after.get(r.partition)).contains(&r.offset))
         .count()
 }
 
-fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, ends: &common::Cut) {
+fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, ends: &lambda_core::Cut) {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in ends.iter() {
         let _ = tpl.add_partition_offset(topic, p, KafkaOffset::Offset(o));
@@ -425,8 +425,8 @@ mod tests {
             .map(|o| pending(0, o))
             .chain((0..3).map(|o| pending(1, o)))
             .collect();
-        let before: common::Cut = [(0, 10)].into_iter().collect();
-        let after: common::Cut = [(0, 14), (1, 3)].into_iter().collect();
+        let before: lambda_core::Cut = [(0, 10)].into_iter().collect();
+        let after: lambda_core::Cut = [(0, 14), (1, 3)].into_iter().collect();
         assert_eq!(added_by(&batch, &before, &after), 7);
         assert_eq!(added_by(&batch, &after, &after), 0);
     }

@@ -15,7 +15,8 @@
 //!   [`word_table`] is its map-side combiner table.
 //! - [`recompute`]: chooses the bucket-aligned cut and runs the job over the
 //!   master log.
-//! - [`view`]: immutable versioned view files and their manifest.
+//! - views are written in `lambda_core::view`'s format to
+//!   `common::views::ViewStore`, the directory serving layers also use.
 //! - [`server`]: publishes views over HTTP for serving layers to pull.
 //! - [`config`], [`metrics`]: flags and Prometheus counters.
 //!
@@ -28,7 +29,6 @@ pub mod master_log;
 pub mod metrics;
 pub mod recompute;
 pub mod server;
-pub mod view;
 pub mod word_table;
 
 use crate::config::BatchArgs;
@@ -37,13 +37,14 @@ use crate::master_log::{LogError, MasterLog};
 use crate::metrics::BatchMetrics;
 use crate::recompute::{recompute, Outcome};
 use crate::server::{BatchState, RecomputeRequest};
-use crate::view::{ViewError, ViewStore};
 use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use common::unreadable::HeldPartitions;
-use common::BucketSize;
+use common::views::ViewStore;
+use lambda_core::view::ViewError;
+use lambda_core::BucketSize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

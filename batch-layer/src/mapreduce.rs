@@ -15,8 +15,7 @@
 //! ([`TextInput`]).
 
 use common::sync::LockOrStop;
-use common::Tokenizer;
-use compact_str::CompactString;
+use lambda_core::Tokenizer;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,13 +23,7 @@ use std::sync::Mutex;
 
 use crate::word_table::WordTable;
 
-/// A word. Words up to 24 bytes (nearly all) are stored inline, so a hash
-/// table compares keys without following a pointer to the heap: with boxed
-/// keys, a third of the map phase was `memcmp` waiting on cache misses.
-pub type Word = CompactString;
-
-/// One word and its count.
-pub type WordCount = (Word, u64);
+pub use lambda_core::view::{Word, WordCount};
 
 /// A map task's local table and tallies.
 #[derive(Debug, Default)]

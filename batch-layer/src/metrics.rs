@@ -2,7 +2,7 @@
 
 use common::dead_letter::DeadLetterCounts;
 use common::metrics::{Counter, Gauge, TextWriter};
-use common::Cut;
+use lambda_core::Cut;
 
 #[derive(Debug, Default)]
 pub struct BatchMetrics {

@@ -8,9 +8,10 @@
 
 use crate::mapreduce::{Combiner, Engine, JobOutput, Order};
 use crate::master_log::{LogError, MasterLog, RecordKind, SegmentRef};
-use crate::view::{BatchView, Manifest, ViewError, ViewHeader, ViewStore, FORMAT};
 use common::sync::LockOrStop;
-use common::{BucketSize, Cut};
+use common::views::ViewStore;
+use lambda_core::view::{BatchView, Manifest, ViewError, ViewOrigin};
+use lambda_core::{BucketSize, Cut};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -100,18 +101,14 @@ pub fn recompute(
         std::thread::sleep(pause);
     }
     let version = previous.as_ref().map_or(1, |m| m.version + 1);
-    let header = ViewHeader {
-        format: FORMAT.to_owned(),
-        version,
-        cut: cut.clone(),
-        bucket_size,
+    let origin = ViewOrigin {
         computed_at_ms: now_ms(),
         events: out.stats.events,
         skipped_records: out.stats.skipped,
-        total_words: out.stats.words,
-        distinct_words: out.counts.len() as u64,
+        ..ViewOrigin::new(version, cut.clone(), bucket_size)
     };
-    let view = BatchView::new(header, out.counts);
+    let view = BatchView::build(origin, out.counts);
+    debug_assert_eq!(view.header.total_words, out.stats.words);
     let manifest = store.publish(&view)?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(

@@ -10,13 +10,14 @@
 use crate::master_log::MasterLog;
 use crate::metrics::BatchMetrics;
 use crate::recompute::now_ms;
-use crate::view::{Manifest, ViewStore};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::sync::LockOrStop;
+use common::views::ViewStore;
+use lambda_core::view::Manifest;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};

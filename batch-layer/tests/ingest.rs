@@ -2,14 +2,12 @@
 //! master log, a recompute that matches a naive recount, dead letters.
 
 use batch_layer::config::BatchArgs;
-use batch_layer::view::{verify_and_decode, Manifest};
 use clap::Parser;
 use common::dead_letter::headers;
-use common::testkit::{consume_n, get, http, memory_broker, metric_sum, produce, wait_for};
-use common::Tokenizer;
-use std::collections::HashMap;
+use lambda_core::view::{verify_and_decode, Manifest};
 use std::net::SocketAddr;
 use std::time::Duration;
+use testkit::{consume_n, get, http, memory_broker, metric_sum, produce, recount, wait_for};
 
 #[derive(Parser)]
 struct Cli {
@@ -122,11 +120,7 @@ async fn ingests_everything_once_and_recomputes_an_exact_view() {
     .expect("join");
     let view = verify_and_decode(&manifest, &bytes).expect("verified");
 
-    let mut truth: HashMap<String, u64> = HashMap::new();
-    let mut t = Tokenizer::new();
-    for text in &good {
-        t.for_each_word(text, |w| *truth.entry(w.to_owned()).or_insert(0) += 1);
-    }
+    let truth = recount(&good);
     assert_eq!(view.words().len(), truth.len());
     for (w, c) in view.words() {
         assert_eq!(Some(c), truth.get(&**w), "word {w}");
@@ -225,7 +219,7 @@ async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
         assert!(manifest
             .header
             .cut
-            .is_aligned(common::BucketSize::new(16).expect("16")));
+            .is_aligned(lambda_core::BucketSize::new(16).expect("16")));
         for (_, o) in manifest.header.cut.iter() {
             assert_eq!(o % 16, 0);
         }
@@ -256,9 +250,9 @@ async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
 /// after the bad one included. The bad batch is not skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_batch_holds_its_partition_and_the_others_go_on() {
-    use common::testkit::{broker_behind_corrupting_proxy, produce_to_partitions, CORRUPT_MARKER};
+    use testkit::{broker_behind_corrupting_proxy, produce_to_partitions, CORRUPT_MARKER};
     let (broker, brokers) = broker_behind_corrupting_proxy().await;
-    let topic = common::testkit::unique("batch-unreadable");
+    let topic = testkit::unique("batch-unreadable");
     let dir = tempfile::tempdir().expect("tempdir");
     let token = common::shutdown::CancellationToken::new();
     let running = batch_layer::start(batch_args(&brokers, &topic, dir.path(), &[]), token.clone())

@@ -1,7 +1,7 @@
 //! Master log: appends, recovery from torn tails, refusal of mid-log corruption.
 
 use batch_layer::master_log::{LogError, LogOptions, MasterLog, Record, RecordKind};
-use common::Cut;
+use lambda_core::Cut;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -293,8 +293,8 @@ fn corruption_in_an_older_segment_refuses_and_repair_quarantines() {
 /// once space is back the retried batch lands exactly once.
 #[test]
 fn a_full_disk_leaves_no_partial_batch_and_the_retry_lands_exactly_once() {
-    let mount_point = std::env::temp_dir().join(common::testkit::unique("lambda-log-fs"));
-    let fs = common::testkit::Tmpfs::mount(mount_point, "64k");
+    let mount_point = std::env::temp_dir().join(testkit::unique("lambda-log-fs"));
+    let fs = testkit::Tmpfs::mount(mount_point, "64k");
     let payload = "x".repeat(1000);
     let batch = |log: &mut MasterLog, from: [i64; 2]| -> Result<(), LogError> {
         for (p, &start) in from.iter().enumerate() {

@@ -2,8 +2,9 @@
 //! events are produced, restart it each time, and check that the master log
 //! holds every produced record exactly once.
 
+use ::common::views::ViewStore;
 use batch_layer::master_log::{LogOptions, MasterLog};
-use batch_layer::view::{verify_and_decode, ViewStore};
+use lambda_core::view::verify_and_decode;
 use std::collections::{BTreeMap, HashSet};
 
 mod common;

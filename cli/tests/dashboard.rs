@@ -6,9 +6,9 @@
 
 mod common;
 
-use ::common::testkit::{consume_below, get, produce, top_words, wait_for};
-use ::common::{Cut, Tokenizer};
+use ::testkit::{consume_below, get, produce, top_words, wait_for};
 use common::{free_addr, spawn_role, terminate};
+use lambda_core::{Cut, Tokenizer};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;

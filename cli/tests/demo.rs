@@ -4,7 +4,7 @@
 
 mod common;
 
-use ::common::testkit::{get, metric_sum, wait_for};
+use ::testkit::{get, metric_sum, wait_for};
 use common::{free_addr, spawn_role, terminate};
 use std::time::Duration;
 

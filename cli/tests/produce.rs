@@ -3,7 +3,7 @@
 //! blank lines are skipped, and delivery failures make the exit code non-zero.
 
 use ::common::broker::{BrokerStorage, EmbeddedBroker};
-use ::common::testkit::{consume_n, unique};
+use ::testkit::{consume_n, unique};
 use std::process::{Command, Stdio};
 
 fn lambda(args: &[&str]) -> std::process::Output {
@@ -151,7 +151,7 @@ async fn produces_over_tls_and_sasl_from_the_environment_without_printing_the_pa
     const PASSWORD: &str = "produce-secret-4711";
     let dir = tempfile::tempdir().expect("tempdir");
     let (broker, brokers, certs) =
-        ::common::testkit::secured_broker(dir.path(), "lambda", PASSWORD, false).await;
+        ::testkit::secured_broker(dir.path(), "lambda", PASSWORD, false).await;
     let kafka = ClientArgs {
         security_protocol: Some(SecurityProtocol::SaslSsl),
         ssl_ca_location: Some(certs.ca.clone()),

@@ -6,9 +6,8 @@
 
 mod common;
 
-use ::common::Tokenizer;
 use common::{free_addr, spawn_role, terminate, CrashRig, Scenario};
-use speed_layer::store::RealtimeStore;
+use realtime_store::RealtimeStore;
 use std::collections::HashMap;
 
 const TOTAL: usize = 6000;
@@ -48,11 +47,7 @@ async fn sigkill_of_the_serving_layer_loses_and_duplicates_nothing() {
     .await;
     assert!(terminate(speed), "speed exits 0");
 
-    let mut truth: HashMap<String, u64> = HashMap::new();
-    let mut t = Tokenizer::new();
-    for i in 0..TOTAL {
-        t.for_each_word(&event(i), |w| *truth.entry(w.to_owned()).or_insert(0) += 1);
-    }
+    let truth = ::testkit::recount((0..TOTAL).map(event));
     let store = RealtimeStore::open(&rig.data_dir.join("realtime")).expect("store");
     assert!(
         store.stats().snapshot_bytes > 0,

@@ -5,11 +5,10 @@
 
 mod common;
 
-use ::common::realtime::RealtimeMessage;
-use ::common::testkit::consume_until_idle;
-use ::common::Tokenizer;
+use ::testkit::{consume_until_idle, recount};
 use common::{CrashRig, Scenario};
-use speed_layer::store::RealtimeStore;
+use lambda_core::realtime::RealtimeMessage;
+use realtime_store::RealtimeStore;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -41,11 +40,7 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     .await;
     let (brokers, topic, data_dir) = (rig.brokers.clone(), rig.topic.clone(), rig.data_dir.clone());
 
-    let mut truth: HashMap<String, u64> = HashMap::new();
-    let mut t = Tokenizer::new();
-    for i in 0..TOTAL {
-        t.for_each_word(&event(i), |w| *truth.entry(w.to_owned()).or_insert(0) += 1);
-    }
+    let truth = recount((0..TOTAL).map(event));
     let store = RealtimeStore::open(&data_dir.join("realtime")).expect("store");
     assert!(
         store.stats().snapshot_bytes > 0,

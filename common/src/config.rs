@@ -4,8 +4,8 @@
 //! Every environment variable name lives in [`env`], so the CLI, the
 //! docker-compose file and the docs can be checked against one list.
 
-use crate::cut::BucketSize;
 use clap::Args;
+use lambda_core::cut::BucketSize;
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
@@ -205,7 +205,7 @@ pub struct StreamArgs {
     pub bucket_size: BucketSize,
 
     /// The largest event payload in bytes; larger records are dead-lettered.
-    #[arg(long, env = env::MAX_EVENT_BYTES, default_value_t = crate::event::DEFAULT_MAX_EVENT_BYTES)]
+    #[arg(long, env = env::MAX_EVENT_BYTES, default_value_t = lambda_core::event::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
 }
 

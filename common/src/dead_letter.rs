@@ -2,10 +2,10 @@
 //! the reason in headers, so nothing that arrived is silently dropped.
 
 use crate::client::Connection;
-use crate::event::DecodeError;
 use crate::kafka::producer_config;
 use crate::metrics::{Counter, TextWriter};
 use crate::shutdown::CancellationToken;
+use lambda_core::event::DecodeError;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -1,12 +1,14 @@
 //! Kafka helpers: client configurations with this project's delivery settings,
-//! and idempotent topic creation.
+//! idempotent topic creation, and records decoded into events.
 
 use crate::client::Connection;
+use lambda_core::event::{decode, DecodeError, Event};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -458,6 +460,17 @@ impl Resume {
         );
         ResumeCheck::SeekBack(self.seek_offset(partition))
     }
+}
+
+/// Decodes a record as received from Kafka (`lambda_core::event::decode`).
+pub fn decode_message<M: Message>(message: &M, max_bytes: usize) -> Result<Event<'_>, DecodeError> {
+    decode(
+        message.partition(),
+        message.offset(),
+        message.timestamp().to_millis(),
+        message.payload(),
+        max_bytes,
+    )
 }
 
 #[cfg(test)]

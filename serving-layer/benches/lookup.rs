@@ -5,10 +5,10 @@
 //!
 //! Run: `cargo bench -p lambda-serving --bench lookup`
 
-use batch_layer::mapreduce::WordCount;
-use batch_layer::view::{BatchView, Manifest, ViewHeader, FORMAT};
-use common::{BucketSize, Cut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use lambda_core::view::WordCount;
+use lambda_core::view::{BatchView, ViewOrigin};
+use lambda_core::{BucketSize, Cut};
 use serving_layer::replica::LoadedView;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,26 +27,8 @@ fn words() -> Vec<WordCount> {
 }
 
 fn loaded(words: Vec<WordCount>) -> LoadedView {
-    let header = ViewHeader {
-        format: FORMAT.into(),
-        version: 1,
-        cut: Cut::new(),
-        bucket_size: BucketSize::DEFAULT,
-        computed_at_ms: 0,
-        events: 0,
-        skipped_records: 0,
-        total_words: words.iter().map(|(_, c)| c).sum(),
-        distinct_words: words.len() as u64,
-    };
-    let view = BatchView::new(header.clone(), words);
-    let manifest = Manifest {
-        version: 1,
-        file: String::new(),
-        checksum: 0,
-        bytes: 0,
-        header,
-    };
-    LoadedView::new(manifest, view)
+    let origin = ViewOrigin::new(1, Cut::new(), BucketSize::DEFAULT);
+    LoadedView::unstored(BatchView::build(origin, words))
 }
 
 fn load_sled(tree: &sled::Tree, words: &[WordCount]) {

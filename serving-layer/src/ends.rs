@@ -7,7 +7,7 @@ use crate::replica::Replica;
 use common::kafka::client_config;
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
-use common::Cut;
+use lambda_core::Cut;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};

@@ -14,15 +14,15 @@ use crate::health::Health;
 use crate::metrics::ServingMetrics;
 use crate::replica::Replica;
 use common::kafka::{close_off_runtime, consumer_config, wait_for_partitions, Resume, ResumeCheck};
-use common::realtime::RealtimeMessage;
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
 use common::unreadable::ConsumeFailure;
-use common::Cut;
+use lambda_core::realtime::RealtimeMessage;
+use lambda_core::Cut;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-use speed_layer::store::{Checkpoint, RealtimeStore};
+use realtime_store::{Checkpoint, RealtimeStore};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -44,7 +44,7 @@ pub enum FollowError {
     #[error("topic `{topic}` has no partitions visible on {brokers}")]
     NoTopic { topic: String, brokers: String },
     #[error(transparent)]
-    Store(#[from] speed_layer::store::StoreError),
+    Store(#[from] realtime_store::StoreError),
 }
 
 pub struct Follower {

@@ -2,7 +2,7 @@
 //!
 //! The speed layer spreads one micro-batch's upserts over every partition of
 //! the realtime topic, then closes it with a watermark on each partition (see
-//! [`common::realtime`]). Applying upserts as they come would expose half a
+//! [`lambda_core::realtime`]). Applying upserts as they come would expose half a
 //! micro-batch: a count that is exact at no position at all. The gate keeps,
 //! per topic partition, the upserts received since its last watermark and the
 //! closed segments not yet applied; a segment is released once every
@@ -10,8 +10,8 @@
 //! is then exactly the checkpoints up to the smallest latest watermark, and
 //! that is the replica's `as_of`.
 
-use common::realtime::{RealtimeUpsert, Watermark};
-use common::{Cut, Offset};
+use lambda_core::realtime::{RealtimeUpsert, Watermark};
+use lambda_core::{Cut, Offset};
 use std::collections::VecDeque;
 
 /// What may be applied now: the upserts, the topic position after them on each

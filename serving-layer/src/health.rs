@@ -6,7 +6,7 @@
 //! about old data from an exact answer about current data.
 
 use common::sync::LockOrStop;
-use common::Cut;
+use lambda_core::Cut;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

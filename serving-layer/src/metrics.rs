@@ -4,7 +4,7 @@
 
 use crate::health::Snapshot;
 use common::metrics::{render_stages, Counter, Histogram, TextWriter, LATENCY_BOUNDS};
-use common::Cut;
+use lambda_core::Cut;
 
 /// The routes requests are counted under (their templates, so the label set
 /// stays bounded whatever paths clients send).

@@ -4,15 +4,16 @@
 //! Both halves live behind one lock so a query always sees a view together
 //! with realtime counts that fit it: a view swap and the expiry of buckets
 //! below its cut can never be observed half done. The merge itself is
-//! [`common::merge`]'s rule; this module adds lookup structures and the exact
+//! [`lambda_core::merge`]'s rule; this module adds lookup structures and the exact
 //! top-K.
 
-use batch_layer::view::{BatchView, Manifest};
-use common::merge::realtime_count;
-use common::realtime::RealtimeUpsert;
-use common::{BucketKey, BucketSize, Cut};
+pub use lambda_core::merge::Merged;
+use lambda_core::merge::{merge, realtime_count};
+use lambda_core::realtime::RealtimeUpsert;
+use lambda_core::view::{BatchView, Manifest};
+use lambda_core::{BucketKey, BucketSize, Cut};
+use realtime_store::CountKey;
 use rustc_hash::{FxHashMap, FxHashSet};
-use speed_layer::store::CountKey;
 use std::sync::Arc;
 
 /// A verified batch view, loaded for queries.
@@ -31,6 +32,13 @@ pub struct LoadedView {
 }
 
 impl LoadedView {
+    /// A view that was never stored (tests, benchmarks): its manifest is
+    /// derived from its encoding.
+    pub fn unstored(view: BatchView) -> Self {
+        let manifest = view.manifest(&view.encode());
+        Self::new(manifest, view)
+    }
+
     pub fn new(manifest: Manifest, view: BatchView) -> Self {
         let words = view.words();
         let mut by_count: Vec<u32> = (0..words.len() as u32).collect();
@@ -65,19 +73,6 @@ impl LoadedView {
             let (w, c) = &words[i as usize];
             (&**w, *c)
         })
-    }
-}
-
-/// One word's merged count and its two halves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Merged {
-    pub batch: u64,
-    pub realtime: u64,
-}
-
-impl Merged {
-    pub fn total(&self) -> u64 {
-        self.batch + self.realtime
     }
 }
 
@@ -172,12 +167,11 @@ impl Replica {
         as_of
     }
 
+    /// One word's count, by the core's merge rule.
     pub fn word(&self, word: &str) -> Merged {
         let batch = self.view.as_ref().map_or(0, |v| v.get(word));
-        Merged {
-            batch,
-            realtime: self.realtime_of(word, self.cut()),
-        }
+        let buckets = self.realtime.get(word).map_or(&[][..], |b| &b[..]);
+        merge(batch, self.cut(), self.size, buckets.iter().copied())
     }
 
     fn realtime_of(&self, word: &str, cut: &Cut) -> u64 {
@@ -198,10 +192,12 @@ impl Replica {
         let mut candidates: Vec<(&str, u64)> = Vec::new();
         let mut moved: FxHashSet<&str> = FxHashSet::default();
         for word in self.realtime.keys() {
+            // The rule's two halves, the batch one looked up only for words
+            // whose realtime buckets are not all below the cut.
             let realtime = self.realtime_of(word, cut);
             if realtime > 0 {
                 let batch = self.view.as_ref().map_or(0, |v| v.get(word));
-                candidates.push((word, batch + realtime));
+                candidates.push((word, Merged { batch, realtime }.total()));
                 moved.insert(word);
             }
         }
@@ -303,8 +299,8 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use batch_layer::view::{ViewHeader, FORMAT};
-    use common::Tokenizer;
+    use lambda_core::view::ViewOrigin;
+    use lambda_core::Tokenizer;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -314,29 +310,8 @@ mod tests {
         size: BucketSize,
         words: &[(&str, u64)],
     ) -> LoadedView {
-        let mut sorted: Vec<batch_layer::mapreduce::WordCount> =
-            words.iter().map(|(w, c)| ((*w).into(), *c)).collect();
-        sorted.sort();
-        let header = ViewHeader {
-            format: FORMAT.into(),
-            version,
-            cut,
-            bucket_size: size,
-            computed_at_ms: 0,
-            events: 0,
-            skipped_records: 0,
-            total_words: sorted.iter().map(|(_, c)| c).sum(),
-            distinct_words: sorted.len() as u64,
-        };
-        let view = BatchView::new(header.clone(), sorted);
-        let manifest = Manifest {
-            version,
-            file: String::new(),
-            checksum: 0,
-            bytes: 0,
-            header,
-        };
-        LoadedView::new(manifest, view)
+        let words = words.iter().map(|(w, c)| ((*w).into(), *c)).collect();
+        LoadedView::unstored(BatchView::build(ViewOrigin::new(version, cut, size), words))
     }
 
     fn upsert(word: &str, partition: i32, bucket: u64, count: u64) -> RealtimeUpsert {

@@ -8,12 +8,13 @@
 
 use crate::health::Health;
 use crate::replica::{LoadedView, Replica};
-use batch_layer::view::{verify_and_decode, Manifest, ViewError, ViewStore};
 use common::http::{get, resolve};
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
-use common::BucketSize;
-use speed_layer::store::RealtimeStore;
+use common::views::ViewStore;
+use lambda_core::view::{verify_and_decode, Manifest, ViewError};
+use lambda_core::BucketSize;
+use realtime_store::RealtimeStore;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -43,7 +44,7 @@ pub enum PullError {
         ours: BucketSize,
     },
     #[error("realtime store: {0}")]
-    Store(#[from] speed_layer::store::StoreError),
+    Store(#[from] realtime_store::StoreError),
 }
 
 /// What the puller works with.

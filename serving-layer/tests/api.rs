@@ -4,10 +4,10 @@
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use batch_layer::view::{BatchView, Manifest, ViewHeader, FORMAT};
-use common::realtime::RealtimeUpsert;
-use common::{BucketSize, Cut};
 use http_body_util::BodyExt;
+use lambda_core::realtime::RealtimeUpsert;
+use lambda_core::view::{BatchView, ViewOrigin};
+use lambda_core::{BucketSize, Cut};
 use serde_json::Value;
 use serving_layer::api::{router, AppState, Limits};
 use serving_layer::health::Health;
@@ -21,30 +21,12 @@ use tower::ServiceExt;
 const SIZE: u64 = 10;
 
 fn loaded_view(version: u64, cut: Cut, words: &[(&str, u64)]) -> LoadedView {
-    let mut sorted: Vec<batch_layer::mapreduce::WordCount> =
-        words.iter().map(|(w, c)| ((*w).into(), *c)).collect();
-    sorted.sort();
-    let header = ViewHeader {
-        format: FORMAT.into(),
-        version,
-        cut,
-        bucket_size: BucketSize::new(SIZE).expect("positive"),
+    let words = words.iter().map(|(w, c)| ((*w).into(), *c)).collect();
+    let origin = ViewOrigin {
         computed_at_ms: 1_700_000_000_000,
-        events: 0,
-        skipped_records: 0,
-        total_words: sorted.iter().map(|(_, c)| c).sum(),
-        distinct_words: sorted.len() as u64,
+        ..ViewOrigin::new(version, cut, BucketSize::new(SIZE).expect("positive"))
     };
-    let view = BatchView::new(header.clone(), sorted);
-    let bytes = view.encode();
-    let manifest = Manifest {
-        version,
-        file: format!("view-{version:010}.tsv"),
-        checksum: 0,
-        bytes: bytes.len() as u64,
-        header,
-    };
-    LoadedView::new(manifest, view)
+    LoadedView::unstored(BatchView::build(origin, words))
 }
 
 /// A replica with batch view v1 (cut 20 on partition 0) and realtime counts

@@ -5,8 +5,8 @@
 
 use clap::Parser;
 use common::shutdown::CancellationToken;
-use common::testkit::{broker_behind_corrupting_proxy, produce, unique, CORRUPT_MARKER};
 use std::time::Duration;
+use testkit::{broker_behind_corrupting_proxy, produce, unique, CORRUPT_MARKER};
 
 #[derive(Parser)]
 struct ServeCli {

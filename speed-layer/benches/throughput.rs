@@ -12,9 +12,9 @@ use clap::Parser;
 use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::kafka::{consumer_config, ensure_topic, producer_config, send_all};
 use common::shutdown::CancellationToken;
-use common::testkit::{get, metric_sum, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::time::{Duration, Instant};
+use testkit::{get, metric_sum, unique};
 
 #[derive(Parser)]
 struct SpeedCli {

@@ -1,7 +1,8 @@
 //! Following the batch layer's cut: the manifest at `GET /views/latest`.
 
 use common::http::{get, resolve};
-use common::Cut;
+use lambda_core::view::Manifest;
+use lambda_core::Cut;
 
 /// The newest batch view's cut. `Ok(None)` when the batch layer has no view
 /// yet (404); an error when it cannot be reached or answers nonsense.
@@ -13,14 +14,6 @@ pub async fn fetch_batch_cut(batch_url: &str) -> Result<Option<Cut>, String> {
             .map_err(|e| format!("cannot reach the batch layer at {url}: {e}"))?;
         match response.status {
             200 => {
-                #[derive(serde::Deserialize)]
-                struct Header {
-                    cut: Cut,
-                }
-                #[derive(serde::Deserialize)]
-                struct Manifest {
-                    header: Header,
-                }
                 let m: Manifest = serde_json::from_slice(&response.body)
                     .map_err(|e| format!("malformed manifest from {url}: {e}"))?;
                 Ok(Some(m.header.cut))

@@ -10,7 +10,8 @@
 //! # Layout
 //!
 //! - [`stream`]: the consume → count → checkpoint → publish loop and expiry.
-//! - [`store`]: the sled realtime view; counts and offsets in one atomic batch.
+//! - the realtime store (counts and offsets in one atomic, durable batch) is
+//!   the `lambda-realtime-store` crate, shared with the serving replica.
 //! - [`cuts`]: following the batch layer's manifest.
 //! - [`config`], [`metrics`]: flags and Prometheus counters.
 //!
@@ -19,12 +20,10 @@
 pub mod config;
 pub mod cuts;
 pub mod metrics;
-pub mod store;
 pub mod stream;
 
 use crate::config::SpeedArgs;
 use crate::metrics::SpeedMetrics;
-use crate::store::{RealtimeStore, StoreError, StoreOptions};
 use crate::stream::{SpeedStatus, StreamConfig};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -37,6 +36,7 @@ use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::server::{json_error, prometheus};
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use common::sync::LockOrStop;
+use realtime_store::{RealtimeStore, StoreError, StoreOptions};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,9 @@
 //! The speed layer's metrics, rendered at `GET /metrics`.
 
-use crate::store::StoreStats;
 use common::dead_letter::DeadLetterCounts;
 use common::metrics::{render_stages, Counter, Gauge, Histogram, TextWriter};
-use common::Cut;
+use lambda_core::Cut;
+use realtime_store::StoreStats;
 
 #[derive(Debug, Default)]
 pub struct SpeedMetrics {

@@ -10,13 +10,13 @@
 
 use clap::Parser;
 use common::shutdown::CancellationToken;
-use common::testkit::{
-    broker_behind_corrupting_proxy, get, metric_sum, produce_to_partitions, unique, wait_for,
-    CORRUPT_MARKER,
-};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
+use testkit::{
+    broker_behind_corrupting_proxy, get, metric_sum, produce_to_partitions, unique, wait_for,
+    CORRUPT_MARKER,
+};
 
 use support::{common_flags, SpeedCli};
 
@@ -100,8 +100,8 @@ async fn an_unreadable_batch_holds_its_partition_and_the_others_go_on() {
         .expect("the speed layer stops cleanly when asked");
     // The checkpoint has the held partition where it stopped: the bad batch
     // and what follows it stay unread, not skipped.
-    let store = speed_layer::store::RealtimeStore::open(&dir.path().join("realtime"))
-        .expect("store reopens");
+    let store =
+        realtime_store::RealtimeStore::open(&dir.path().join("realtime")).expect("store reopens");
     let offsets = store.offsets().expect("offsets");
     assert_eq!(
         (offsets.get(0), offsets.get(1), offsets.get(2)),

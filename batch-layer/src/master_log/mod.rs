@@ -18,7 +18,7 @@ pub use partition::{sync_dir, PartitionLog, SegmentMeta};
 pub use record::{Record, RecordKind};
 pub use segments::{RecordIter, SegmentRef};
 
-use common::{Cut, Partition};
+use lambda_core::{Cut, Partition};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 
 use super::record::{parse, Parsed, Record};
 use super::{FsyncPolicy, LogError, LogOptions};
-use common::{Offset, Partition};
+use lambda_core::{Offset, Partition};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};

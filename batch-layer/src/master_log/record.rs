@@ -11,7 +11,7 @@
 //! `kind` keeps records that are not valid events (they are part of what
 //! arrived, so the master log keeps them) but marks them, so views skip them.
 
-use common::{DecodeError, Offset};
+use lambda_core::{DecodeError, Offset};
 
 /// Bytes before the checksummed body: length and CRC.
 pub const HEADER_LEN: usize = 8;
@@ -46,7 +46,7 @@ impl RecordKind {
         })
     }
 
-    pub fn of(decoded: &Result<common::Event<'_>, DecodeError>) -> Self {
+    pub fn of(decoded: &Result<lambda_core::Event<'_>, DecodeError>) -> Self {
         match decoded {
             Ok(_) => RecordKind::Event,
             Err(DecodeError::InvalidUtf8 { .. }) => RecordKind::InvalidUtf8,

@@ -2,7 +2,7 @@
 
 use super::record::{parse, Parsed, Record};
 use super::LogError;
-use common::{Offset, Partition};
+use lambda_core::{Offset, Partition};
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;

@@ -1,11 +1,11 @@
 //! Helpers for tests that run the real `lambda` binary as child processes.
 #![allow(dead_code)]
 
-use common::testkit::{get, metric_sum, wait_for};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use testkit::{get, metric_sum, wait_for};
 
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -125,7 +125,7 @@ pub fn produce_in_bursts(
             let records = chunk
                 .iter()
                 .map(|&i| (i.to_string(), event(i).into_bytes()));
-            ::common::testkit::produce(&brokers, &topic, records).await;
+            ::testkit::produce(&brokers, &topic, records).await;
             tokio::time::sleep(Duration::from_millis(120)).await;
         }
     })
@@ -271,7 +271,7 @@ impl CrashRig {
             .await
             .expect("broker");
         let brokers = broker.bootstrap();
-        let topic = ::common::testkit::unique(name);
+        let topic = ::testkit::unique(name);
         ::common::kafka::ensure_topic(
             &::common::client::Connection::plaintext(&brokers),
             &topic,

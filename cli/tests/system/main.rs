@@ -213,7 +213,7 @@ async fn poison_pills_are_dead_lettered_and_good_counts_exact() {
 
     // Both consuming layers dead-letter every bad record, naming its origin
     // and reason; no good record is dead-lettered.
-    let dlq = ::common::testkit::consume_n(
+    let dlq = ::testkit::consume_n(
         &s.brokers,
         &format!("{}.dlq", s.topic),
         2 * truth.bad.len(),
@@ -257,11 +257,11 @@ async fn poison_pills_are_dead_lettered_and_good_counts_exact() {
         (Role::Batch, "lambda_dead_letters_total"),
         (Role::Speed, "lambda_dead_letters_total"),
     ] {
-        let m = ::common::testkit::get(s.addr(role), "/metrics")
+        let m = ::testkit::get(s.addr(role), "/metrics")
             .expect("metrics")
             .text();
         assert_eq!(
-            ::common::testkit::metric_sum(&m, family),
+            ::testkit::metric_sum(&m, family),
             truth.bad.len() as f64,
             "{family}"
         );
@@ -271,8 +271,8 @@ async fn poison_pills_are_dead_lettered_and_good_counts_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_fails_writes_keeps_reads_and_loses_nothing() {
-    let mount_point = std::env::temp_dir().join(::common::testkit::unique("lambda-fs"));
-    let fs = ::common::testkit::Tmpfs::mount(mount_point.clone(), "512k");
+    let mount_point = std::env::temp_dir().join(::testkit::unique("lambda-fs"));
+    let fs = ::testkit::Tmpfs::mount(mount_point.clone(), "512k");
     let options = Options {
         batch_data_dir: Some(mount_point.join("batch")),
         ..Options::default()
@@ -291,16 +291,15 @@ async fn full_disk_fails_writes_keeps_reads_and_loses_nothing() {
         "the batch layer's disk to fill up",
         Duration::from_secs(120),
         move || {
-            let m = ::common::testkit::get(batch, "/metrics").ok()?.text();
-            (::common::testkit::metric_sum(&m, "lambda_batch_log_write_errors_total") > 0.0)
-                .then_some(())
+            let m = ::testkit::get(batch, "/metrics").ok()?.text();
+            (::testkit::metric_sum(&m, "lambda_batch_log_write_errors_total") > 0.0).then_some(())
         },
     )
     .await;
     eprintln!("batch: disk full");
     // Reads keep working: the batch layer publishes its last view, the
     // serving layer answers (from its own copy and the speed layer's counts).
-    let latest = ::common::testkit::get(batch, "/views/latest").expect("manifest");
+    let latest = ::testkit::get(batch, "/views/latest").expect("manifest");
     assert_eq!(latest.status, 200, "{}", latest.text());
     let a = json(serve, "/v1/words/w1").expect("serving answers while the batch disk is full");
     assert!(a["count"].as_u64().expect("count") > 0);
@@ -314,8 +313,8 @@ async fn full_disk_fails_writes_keeps_reads_and_loses_nothing() {
     // covering the tail; now the batch layer's own log must hold every record
     // once (it retries with a backoff of up to 5 s).
     let ingested = move || {
-        let m = ::common::testkit::get(batch, "/metrics").ok()?.text();
-        Some(::common::testkit::metric_sum(
+        let m = ::testkit::get(batch, "/metrics").ok()?.text();
+        Some(::testkit::metric_sum(
             &m,
             "lambda_batch_records_ingested_total",
         ))

@@ -86,7 +86,7 @@ async fn abusive_requests_get_clean_answers_and_the_server_stays_up() {
         let started = Instant::now();
         let mut answered = 0;
         while started.elapsed() < Duration::from_secs(3) {
-            let r = ::common::testkit::get(addr, "/v1/top?k=5").expect("a request beside 1,000 slow connections");
+            let r = ::testkit::get(addr, "/v1/top?k=5").expect("a request beside 1,000 slow connections");
             assert!(r.status == 200 || r.status == 503, "answered {}", r.status);
             answered += 1;
         }
@@ -108,11 +108,9 @@ async fn abusive_requests_get_clean_answers_and_the_server_stays_up() {
     .await
     .expect("abuse");
     assert_eq!(logs["status"], "ok");
-    let m = ::common::testkit::get(addr, "/metrics")
-        .expect("metrics")
-        .text();
+    let m = ::testkit::get(addr, "/metrics").expect("metrics").text();
     assert!(
-        ::common::testkit::metric_sum(&m, "lambda_serving_requests_total") > 0.0,
+        ::testkit::metric_sum(&m, "lambda_serving_requests_total") > 0.0,
         "requests are counted"
     );
     s.shutdown();

@@ -3,8 +3,8 @@
 //! ground truth computed independently of the layers' code.
 
 use crate::common::{free_addr, spawn_role, terminate, Lcg, RoleProcess};
-use ::common::testkit::{get, http, unique, wait_for, Consumed};
-use ::common::Cut;
+use ::testkit::{get, http, unique, wait_for, Consumed};
+use lambda_core::Cut;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -370,13 +370,9 @@ impl Stack {
     /// Every record of the events topic (read back with a plain consumer).
     pub async fn topic_records(&self) -> (Cut, Vec<Consumed>) {
         let ends = self.topic_ends().await;
-        let records = ::common::testkit::consume_below(
-            &self.brokers,
-            &self.topic,
-            &ends,
-            Duration::from_secs(120),
-        )
-        .await;
+        let records =
+            ::testkit::consume_below(&self.brokers, &self.topic, &ends, Duration::from_secs(120))
+                .await;
         (ends, records)
     }
 
@@ -433,7 +429,7 @@ impl Stack {
                 }
             }
             let top = json(addr, "/v1/top?k=100").expect("top answer");
-            let got_top = ::common::testkit::top_words(&top);
+            let got_top = ::testkit::top_words(&top);
             if got_top != want_top {
                 bad.push(format!(
                     "top-100 differs: served {got_top:?}, truth {want_top:?}"

@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::sync::ReadWriteOrStop;
-use common::Cut;
+use lambda_core::Cut;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -187,7 +187,7 @@ pub async fn word(
     let word = raw
         .chars()
         .all(char::is_alphanumeric)
-        .then(|| common::tokenizer::single_word(&raw))
+        .then(|| lambda_core::tokenizer::single_word(&raw))
         .flatten()
         .ok_or_else(|| {
             ApiError::NotFound(format!(

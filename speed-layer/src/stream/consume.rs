@@ -7,17 +7,17 @@
 
 use super::{RealtimeView, StreamConfig};
 use crate::metrics::SpeedMetrics;
-use crate::store::CountKey;
 use common::dead_letter::DeadLetterSink;
-use common::event::decode_message;
+use common::kafka::decode_message;
 use common::kafka::{Resume, ResumeCheck};
 use common::metrics::since_timestamp;
 use common::shutdown::CancellationToken;
 use common::unreadable::ConsumeFailure;
-use common::{BucketKey, Offset, Partition, Tokenizer};
+use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::Offset as KafkaOffset;
+use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! all live counts are re-published on start, so a publication lost in a crash
 //! is repaired and a published count never goes down. Once a micro-batch's
 //! upserts are all acknowledged, a watermark with the checkpointed positions
-//! goes to every realtime partition (see [`common::realtime`]), so serving
+//! goes to every realtime partition (see [`lambda_core::realtime`]), so serving
 //! layers know when they hold a whole checkpoint.
 //!
 //! # Layout
@@ -23,7 +23,6 @@ mod publish;
 
 use crate::cuts::fetch_batch_cut;
 use crate::metrics::SpeedMetrics;
-use crate::store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{
     burst_producer_config, close_off_runtime, consumer_config, wait_for_partitions, Resume,
@@ -32,12 +31,13 @@ use common::metrics::since_timestamp;
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
 use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
-use common::{BucketSize, Cut, Offset, Partition, Tokenizer};
 use consume::{next_batch, Ctx};
+use lambda_core::{BucketSize, Cut, Offset, Partition, Tokenizer};
 use publish::Publication;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use realtime_store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -9,12 +9,12 @@
 //! slow broker still slows consumption (backpressure, bounded memory).
 
 use crate::metrics::SpeedMetrics;
-use crate::store::CountKey;
 use common::kafka::send_all;
-use common::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
 use common::shutdown::CancellationToken;
-use common::Cut;
+use lambda_core::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
+use lambda_core::Cut;
 use rdkafka::producer::FutureProducer;
+use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,7 +180,7 @@ impl Outbox<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::{BucketKey, Offset};
+    use lambda_core::{BucketKey, Offset};
 
     fn key(word: &str, bucket: u64) -> CountKey {
         CountKey {

@@ -7,10 +7,9 @@
 //! ```
 //!
 //! with unsigned LEB128 varints. Chunks are cut at [`CHUNK_BYTES`] so that no
-//! sled value grows past what sled keeps inline in its log.
+//! store value grows past what the store (sled) keeps inline in its log.
 
-use crate::store::CountKey;
-use common::BucketKey;
+use crate::merge::{BucketKey, CountKey};
 
 /// A chunk is closed once it holds this many bytes (one entry may overrun it).
 pub const CHUNK_BYTES: usize = 64 << 10;

@@ -1,7 +1,7 @@
 //! Helpers shared by this crate's integration tests.
 #![allow(dead_code)]
 
-pub use ::common::testkit::{consume_n, produce, unique, Consumed};
+pub use ::testkit::{consume_n, produce, unique, Consumed};
 use std::collections::BTreeMap;
 
 /// Offsets per partition, in arrival order.

@@ -7,15 +7,15 @@ use clap::Parser;
 use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::client::{ClientArgs, Compression, Connection};
 use common::shutdown::CancellationToken;
-use common::testkit::secured_broker;
-use common::testkit::{consume_n, get, http, memory_broker, metric_sum, produce, wait_for};
-use common::{Cut, Tokenizer};
+use lambda_core::{Cut, Tokenizer};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::secured_broker;
+use testkit::{consume_n, get, http, memory_broker, metric_sum, produce, wait_for};
 
 #[derive(Parser)]
 struct BatchCli {
@@ -287,7 +287,7 @@ fn assert_exact(serving: SocketAddr, truth: &Truth) {
     expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     expected.truncate(10);
     let top = json(serving, "/v1/top?k=10");
-    let got = common::testkit::top_words(&top);
+    let got = testkit::top_words(&top);
     assert_eq!(got, expected);
 }
 
@@ -567,7 +567,7 @@ async fn every_codec_is_counted_exactly(
     dirs: Vec<tempfile::TempDir>,
 ) {
     let brokers = broker.bootstrap();
-    let topic = common::testkit::unique("codecs");
+    let topic = testkit::unique("codecs");
     let codec_flag = format!("{layer_codec:?}").to_lowercase();
     let stack = start_stack_on(
         broker,
@@ -661,7 +661,7 @@ async fn every_layer_reaches_a_broker_over_mutual_tls_and_sasl_scram_through_its
     let client = ClientCli::try_parse_from(cli).expect("flags").client;
     client.validate().expect("valid flags");
     let kafka = client.connection(&brokers);
-    let topic = common::testkit::unique("secured");
+    let topic = testkit::unique("secured");
     let stack = start_stack_on(broker, kafka, topic, &layer_flags, vec![dir]).await;
     let batch = events(7, 1000);
     produce(&stack.kafka, &stack.topic, batch.clone()).await;

@@ -22,22 +22,50 @@ pub struct BucketKey {
     pub bucket: u64,
 }
 
-/// Merges one word's batch count with its realtime counts per bucket.
+/// One word's merged count and its two halves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// What the batch view counts (events below its cut).
+    pub batch: u64,
+    /// What the realtime buckets at or above the cut add.
+    pub realtime: u64,
+}
+
+impl Merged {
+    pub fn total(&self) -> u64 {
+        self.batch + self.realtime
+    }
+}
+
+/// Merges one word's batch count with its realtime counts per bucket: the
+/// rule every answer of the serving layer goes through.
 ///
 /// `cut` must be aligned to `size` (batch views are), otherwise a bucket could
 /// straddle it.
+pub fn merge(
+    batch_count: u64,
+    cut: &Cut,
+    size: BucketSize,
+    realtime: impl IntoIterator<Item = (BucketKey, u64)>,
+) -> Merged {
+    debug_assert!(cut.is_aligned(size), "batch cuts are bucket-aligned");
+    Merged {
+        batch: batch_count,
+        realtime: realtime_count(cut, size, realtime),
+    }
+}
+
+/// [`merge`]'s total.
 pub fn merged_count(
     batch_count: u64,
     cut: &Cut,
     size: BucketSize,
     realtime: impl IntoIterator<Item = (BucketKey, u64)>,
 ) -> u64 {
-    debug_assert!(cut.is_aligned(size), "batch cuts are bucket-aligned");
-    batch_count + realtime_count(cut, size, realtime)
+    merge(batch_count, cut, size, realtime).total()
 }
 
-/// The realtime side of [`merged_count`]: the sum over buckets at or above
-/// the cut.
+/// The realtime side of [`merge`]: the sum over buckets at or above the cut.
 pub fn realtime_count(
     cut: &Cut,
     size: BucketSize,
@@ -48,6 +76,13 @@ pub fn realtime_count(
         .filter(|(key, _)| cut.is_realtime_bucket(size, key.partition, key.bucket))
         .map(|(_, count)| count)
         .sum()
+}
+
+/// A realtime count's identity: its bucket and its word.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountKey {
+    pub bucket: BucketKey,
+    pub word: Box<str>,
 }
 
 #[cfg(test)]

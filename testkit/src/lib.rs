@@ -2,6 +2,7 @@
 //! blocking HTTP/1.1 client, polling. Compiled with the `embedded-broker`
 //! feature, next to the broker the same tests start.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// A name unique within this machine's test run (process id + counter), so
@@ -16,7 +17,67 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-pub use crate::http::{get, http, HttpResponse};
+pub use common::http::{get, http, HttpResponse};
+
+/// The truth a test checks answers against: every word of `texts` counted
+/// by the tokenizer the layers use.
+pub fn recount<T: AsRef<str>>(texts: impl IntoIterator<Item = T>) -> HashMap<String, u64> {
+    let mut tokenizer = lambda_core::Tokenizer::new();
+    let mut counts = HashMap::new();
+    for text in texts {
+        tokenizer.for_each_word(text.as_ref(), |w| {
+            *counts.entry(w.to_owned()).or_insert(0) += 1
+        });
+    }
+    counts
+}
+
+/// The counts in the realtime store under `data_dir`, per word, summed over
+/// the buckets at or above `cut`; and how many counts lay below it.
+pub fn realtime_per_word(
+    data_dir: &std::path::Path,
+    cut: &lambda_core::Cut,
+    size: lambda_core::BucketSize,
+) -> (HashMap<String, u64>, usize) {
+    let store = realtime_store::RealtimeStore::open(&data_dir.join("realtime"))
+        .expect("the realtime store opens");
+    let mut below = 0;
+    let mut out = HashMap::new();
+    for (k, c) in store.load_counts().expect("counts") {
+        if cut.is_realtime_bucket(size, k.bucket.partition, k.bucket.bucket) {
+            *out.entry(k.word.to_string()).or_insert(0) += c;
+        } else {
+            below += 1;
+        }
+    }
+    (out, below)
+}
+
+/// `n` records keyed `k<i>`, 1 % of them poison pills in turn invalid UTF-8,
+/// over 500 bytes, or empty: (every record, the texts of the good ones).
+pub fn poisoned_events(n: usize) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+    let vocab = ["ant", "Bee", "cat", "dög", "eel", "fox", "gnu"];
+    let mut records = Vec::new();
+    let mut good = Vec::new();
+    for i in 0..n {
+        if i % 100 == 37 {
+            let bad = match (i / 100) % 3 {
+                0 => b"\xc3\x28 invalid".to_vec(),
+                1 => vec![b'y'; 501],
+                _ => Vec::new(),
+            };
+            records.push((format!("k{i}"), bad));
+            continue;
+        }
+        let text: Vec<&str> = (0..(i % 5) + 1)
+            .map(|j| vocab[(i * 13 + j * 5) % vocab.len()])
+            .collect();
+        let text = text.join(" ");
+        records.push((format!("k{i}"), text.clone().into_bytes()));
+        good.push(text);
+    }
+    (records, good)
+}
 
 mod wire;
 pub use wire::{
@@ -26,8 +87,8 @@ pub use wire::{
 
 /// A throw-away in-memory broker and a topic name unique to this test (not
 /// created: the layer under test creates its topics).
-pub async fn memory_broker(topic_prefix: &str) -> (crate::broker::EmbeddedBroker, String, String) {
-    let broker = crate::broker::EmbeddedBroker::start(crate::broker::BrokerStorage::Memory)
+pub async fn memory_broker(topic_prefix: &str) -> (common::broker::EmbeddedBroker, String, String) {
+    let broker = common::broker::EmbeddedBroker::start(common::broker::BrokerStorage::Memory)
         .await
         .expect("embedded broker starts");
     let brokers = broker.bootstrap();
@@ -81,25 +142,25 @@ impl Consumed {
 /// the embedded broker speaks by default) or a whole [`Connection`]
 /// (TLS, SASL).
 ///
-/// [`Connection`]: crate::client::Connection
+/// [`Connection`]: common::client::Connection
 pub trait Reach {
-    fn connection(self) -> crate::client::Connection;
+    fn connection(self) -> common::client::Connection;
 }
 
 impl Reach for &str {
-    fn connection(self) -> crate::client::Connection {
-        crate::client::Connection::plaintext(self)
+    fn connection(self) -> common::client::Connection {
+        common::client::Connection::plaintext(self)
     }
 }
 
 impl Reach for &String {
-    fn connection(self) -> crate::client::Connection {
-        crate::client::Connection::plaintext(self)
+    fn connection(self) -> common::client::Connection {
+        common::client::Connection::plaintext(self)
     }
 }
 
-impl Reach for &crate::client::Connection {
-    fn connection(self) -> crate::client::Connection {
+impl Reach for &common::client::Connection {
+    fn connection(self) -> common::client::Connection {
         self.clone()
     }
 }
@@ -111,11 +172,11 @@ pub async fn produce(
     records: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) {
     let producer: rdkafka::producer::FutureProducer =
-        crate::kafka::producer_config(&kafka.connection())
+        common::kafka::producer_config(&kafka.connection())
             .create()
             .expect("producer");
     let records: Vec<(String, Vec<u8>)> = records.into_iter().collect();
-    for result in crate::kafka::send_all(&producer, topic, &records).await {
+    for result in common::kafka::send_all(&producer, topic, &records).await {
         result.expect("delivered");
     }
 }
@@ -128,7 +189,7 @@ pub async fn produce_to_partitions(
     records: impl IntoIterator<Item = (i32, Vec<u8>)>,
 ) {
     let producer: rdkafka::producer::FutureProducer =
-        crate::kafka::producer_config(&kafka.connection())
+        common::kafka::producer_config(&kafka.connection())
             .create()
             .expect("producer");
     let records: Vec<(String, Vec<u8>, Option<i32>)> = records
@@ -136,7 +197,7 @@ pub async fn produce_to_partitions(
         .enumerate()
         .map(|(i, (p, payload))| (format!("k{i}"), payload, Some(p)))
         .collect();
-    for result in crate::kafka::send_all(&producer, topic, &records).await {
+    for result in common::kafka::send_all(&producer, topic, &records).await {
         result.expect("delivered");
     }
 }
@@ -167,11 +228,12 @@ pub async fn consume_until_idle(
 async fn read_from_start(kafka: impl Reach, topic: &str) -> rdkafka::consumer::StreamConsumer {
     use rdkafka::consumer::Consumer;
     let connection = kafka.connection();
-    let partitions = crate::kafka::wait_for_partitions(&connection, topic, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|| panic!("topic {topic} has no partitions"));
+    let partitions =
+        common::kafka::wait_for_partitions(&connection, topic, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("topic {topic} has no partitions"));
     let consumer: rdkafka::consumer::StreamConsumer =
-        crate::kafka::consumer_config(&connection, &unique("testkit"))
+        common::kafka::consumer_config(&connection, &unique("testkit"))
             .create()
             .expect("consumer");
     let mut tpl = rdkafka::TopicPartitionList::new();
@@ -224,7 +286,7 @@ pub async fn consume_n(
 pub async fn consume_below(
     kafka: impl Reach,
     topic: &str,
-    cut: &crate::Cut,
+    cut: &lambda_core::Cut,
     timeout: Duration,
 ) -> Vec<Consumed> {
     let expected = cut.total_offsets() as usize;

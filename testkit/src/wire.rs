@@ -3,7 +3,7 @@
 //! builds no TLS listener of its own), each advertised by the broker so that
 //! every client connection goes through it.
 
-use crate::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
+use common::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

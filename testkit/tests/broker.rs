@@ -5,7 +5,7 @@ mod common;
 use ::common::broker::{BrokerOptions, BrokerStorage, EmbeddedBroker};
 use ::common::client::{ClientArgs, Connection, SaslMechanism, SecurityProtocol};
 use ::common::kafka::ensure_topic;
-use ::common::testkit::{broker_behind_tls, secured_broker, TestCertificates};
+use ::testkit::{broker_behind_tls, secured_broker, TestCertificates};
 use common::{consume_n, offsets_by_partition, produce, unique};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -234,13 +234,8 @@ async fn every_record_keeps_its_own_headers_on_sqlite_storage() {
         send.await.expect("delivered");
     }
     for read in 0..2 {
-        let records = ::common::testkit::consume_until_idle(
-            &brokers,
-            &topic,
-            TIMEOUT,
-            Duration::from_secs(3),
-        )
-        .await;
+        let records =
+            ::testkit::consume_until_idle(&brokers, &topic, TIMEOUT, Duration::from_secs(3)).await;
         assert_eq!(records.len(), N, "read {read}");
         for r in &records {
             let i: usize = std::str::from_utf8(&r.payload)

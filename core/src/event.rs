@@ -5,7 +5,6 @@
 //! with [`DecodeError::reason`] in a header; they never stop a consumer.
 
 use crate::cut::{Offset, Partition};
-use rdkafka::message::Message;
 use thiserror::Error;
 
 /// The default largest event payload accepted, in bytes (1 MiB).
@@ -90,17 +89,6 @@ pub fn decode(
         timestamp_ms,
         text,
     })
-}
-
-/// Decodes a record as received from Kafka.
-pub fn decode_message<M: Message>(message: &M, max_bytes: usize) -> Result<Event<'_>, DecodeError> {
-    decode(
-        message.partition(),
-        message.offset(),
-        message.timestamp().to_millis(),
-        message.payload(),
-        max_bytes,
-    )
 }
 
 #[cfg(test)]

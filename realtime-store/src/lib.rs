@@ -6,7 +6,7 @@
 //! after a restart. So counts are not kept one sled key per count — sled
 //! spends microseconds per key, which at 20,000 changed counts per
 //! micro-batch was the speed layer's whole budget — but as a log of packed
-//! chunks (see [`codec`]): each checkpoint appends its changed counts as one
+//! chunks (see `lambda_core::chunk`): each checkpoint appends its changed counts as one
 //! delta, and a compaction folds the deltas into a snapshot.
 //!
 //! ```text
@@ -32,21 +32,34 @@
 //! The speed layer writes its events offsets under `o`. A serving layer's
 //! replica reuses the store for the counts it follows: its `o` entries are
 //! realtime-topic positions, and `asof` is the last complete watermark.
+//!
+//! # Layout
+//!
+//! - this file: [`RealtimeStore`] (open, commit a [`Checkpoint`], expire, read
+//!   offsets and cuts) and its shared state;
+//! - `keys`: the key layout above;
+//! - `replay`: reading the snapshot and deltas back into counts;
+//! - `compaction`: folding deltas into a snapshot, on a background thread.
 
-pub mod codec;
+mod compaction;
+mod keys;
+mod replay;
 
-use codec::ChunkWriter;
 use common::sync::LockOrStop;
-use common::{BucketKey, BucketSize, Cut, Offset, Partition};
+use compaction::Compactor;
+use keys::{
+    delta_key, delta_seq, offset_key, Floor, CACHE_BYTES, DELTA, LEGACY_COUNT, LOCK_WAIT,
+    META_AS_OF, META_CUT, META_FLOOR, OFFSET, SNAPSHOT,
+};
+use lambda_core::chunk::ChunkWriter;
+use lambda_core::{BucketSize, Cut, Offset, Partition};
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Instant;
 use thiserror::Error;
+
+pub use lambda_core::CountKey;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -64,51 +77,6 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// A realtime count's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CountKey {
-    pub bucket: BucketKey,
-    pub word: Box<str>,
-}
-
-const SNAPSHOT: u8 = b's';
-const DELTA: u8 = b'd';
-const OFFSET: u8 = b'o';
-const LEGACY_COUNT: u8 = b'c';
-const META_CUT: &[u8] = b"mcut";
-const META_FLOOR: &[u8] = b"mfloor";
-const META_AS_OF: &[u8] = b"masof";
-const CACHE_BYTES: u64 = 64 << 20;
-/// How long opening waits for a lock still held by a store closed in this
-/// process; another process holding it fails at once after this.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Deltas are compacted once they hold more bytes than the snapshot and at
-/// least this many.
-pub const COMPACT_MIN_BYTES: u64 = 32 << 20;
-
-fn offset_key(partition: Partition) -> [u8; 5] {
-    let mut k = [OFFSET; 5];
-    k[1..].copy_from_slice(&partition.to_be_bytes());
-    k
-}
-
-fn snapshot_key(chunk: u32) -> [u8; 5] {
-    let mut k = [SNAPSHOT; 5];
-    k[1..].copy_from_slice(&chunk.to_be_bytes());
-    k
-}
-
-fn delta_key(seq: u64, chunk: u32) -> [u8; 13] {
-    let mut k = [DELTA; 13];
-    k[1..9].copy_from_slice(&seq.to_be_bytes());
-    k[9..].copy_from_slice(&chunk.to_be_bytes());
-    k
-}
-
-fn delta_seq(key: &[u8]) -> Option<u64> {
-    (key.len() == 13).then(|| u64::from_be_bytes(key[1..9].try_into().expect("8 bytes")))
 }
 
 /// What a micro-batch changes: absolute counts and next offsets.
@@ -163,17 +131,6 @@ pub struct RealtimeStore {
     compactor: Option<Compactor>,
 }
 
-/// The background compaction thread and how to wake and stop it.
-#[derive(Debug)]
-struct Compactor {
-    trigger: SyncSender<()>,
-    closing: Arc<AtomicBool>,
-    handle: JoinHandle<()>,
-}
-
-/// The first live bucket per partition; counts below it are expired.
-type Floor = BTreeMap<Partition, u64>;
-
 /// Tuning for [`RealtimeStore::open_with`].
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
@@ -199,18 +156,6 @@ pub struct StoreStats {
     pub snapshot_bytes: u64,
     /// Compactions since the store was opened.
     pub compactions: u64,
-}
-
-/// The counts read back from the store, with the keys they came from.
-#[derive(Default)]
-struct Folded {
-    counts: FxHashMap<CountKey, u64>,
-    expired: u64,
-    legacy_keys: Vec<sled::IVec>,
-    snapshot_keys: Vec<sled::IVec>,
-    delta_keys: Vec<sled::IVec>,
-    deltas: u64,
-    delta_bytes: u64,
 }
 
 impl Inner {
@@ -243,107 +188,6 @@ impl Inner {
             }
             None => Ok(T::default()),
         }
-    }
-
-    fn decode_into(
-        &self,
-        chunk: &[u8],
-        counts: &mut FxHashMap<CountKey, u64>,
-    ) -> Result<(), StoreError> {
-        codec::decode(chunk, |k, c| {
-            counts.insert(k, c);
-        })
-        .map_err(|what| self.malformed(what))
-    }
-
-    /// Replays the old per-count entries, the snapshot, then every delta
-    /// below `below` in order, and drops what lies below the floor.
-    fn read(&self, below: u64) -> Result<Folded, StoreError> {
-        let mut f = Folded::default();
-        for item in self.tree.scan_prefix([LEGACY_COUNT]) {
-            let (k, v) = item.map_err(self.err())?;
-            if k.len() < 13 || v.len() != 8 {
-                return Err(self.malformed("count entry"));
-            }
-            let partition = i32::from_be_bytes(k[1..5].try_into().expect("4 bytes"));
-            let bucket = u64::from_be_bytes(k[5..13].try_into().expect("8 bytes"));
-            let word =
-                std::str::from_utf8(&k[13..]).map_err(|_| self.malformed("word is not UTF-8"))?;
-            let count = u64::from_le_bytes(v.as_ref().try_into().expect("8 bytes"));
-            let key = CountKey {
-                bucket: BucketKey { partition, bucket },
-                word: word.into(),
-            };
-            f.counts.insert(key, count);
-            f.legacy_keys.push(k);
-        }
-        for item in self.tree.scan_prefix([SNAPSHOT]) {
-            let (k, v) = item.map_err(self.err())?;
-            self.decode_into(&v, &mut f.counts)?;
-            f.snapshot_keys.push(k);
-        }
-        let mut last = None;
-        for item in self.tree.range(delta_key(0, 0)..delta_key(below, 0)) {
-            let (k, v) = item.map_err(self.err())?;
-            let seq = delta_seq(&k).ok_or_else(|| self.malformed("delta key"))?;
-            self.decode_into(&v, &mut f.counts)?;
-            f.deltas += u64::from(last != Some(seq));
-            last = Some(seq);
-            f.delta_bytes += v.len() as u64;
-            f.delta_keys.push(k);
-        }
-        let floor: Floor = self.meta(META_FLOOR, "floor")?;
-        let before = f.counts.len();
-        f.counts
-            .retain(|k, _| k.bucket.bucket >= floor.get(&k.bucket.partition).copied().unwrap_or(0));
-        f.expired = (before - f.counts.len()) as u64;
-        Ok(f)
-    }
-
-    /// Folds every delta written so far into a new snapshot, leaving out
-    /// expired counts, and removes what it replaced, atomically.
-    fn compact(&self, closing: Option<&AtomicBool>) -> Result<Option<Compaction>, StoreError> {
-        let _one = self.compacting.lock_or_stop("the compaction slot");
-        let stopping = || closing.is_some_and(|c| c.load(Ordering::Relaxed));
-        if stopping() {
-            return Ok(None);
-        }
-        let below = self.log().next_seq;
-        let folded = self.read(below)?;
-        let mut writer = ChunkWriter::default();
-        for (k, c) in &folded.counts {
-            writer.push(k, *c);
-        }
-        let snapshot_bytes = writer.bytes();
-        let chunks = writer.finish();
-        let kept = chunks.len();
-        let mut batch = sled::Batch::default();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            batch.insert(&snapshot_key(i as u32), chunk);
-        }
-        let stale = folded.snapshot_keys.into_iter().filter(|k| {
-            k.len() != 5
-                || u32::from_be_bytes(k[1..5].try_into().expect("4 bytes")) as usize >= kept
-        });
-        for k in stale.chain(folded.legacy_keys).chain(folded.delta_keys) {
-            batch.remove(k);
-        }
-        if stopping() {
-            return Ok(None);
-        }
-        self.tree.apply_batch(batch).map_err(self.err())?;
-        self.db.flush().map_err(self.err())?;
-        let mut log = self.log();
-        log.snapshot_bytes = snapshot_bytes;
-        log.delta_bytes = log.delta_bytes.saturating_sub(folded.delta_bytes);
-        log.deltas = log.deltas.saturating_sub(folded.deltas);
-        log.compactions += 1;
-        Ok(Some(Compaction {
-            deltas: folded.deltas,
-            counts: folded.counts.len() as u64,
-            expired: folded.expired,
-            snapshot_bytes,
-        }))
     }
 }
 
@@ -401,60 +245,11 @@ impl RealtimeStore {
             log: Mutex::new(log),
             compacting: Mutex::new(()),
         });
-        let closing = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = sync_channel::<()>(1);
-        let (worker, stop) = (Arc::clone(&inner), Arc::clone(&closing));
-        let handle = std::thread::Builder::new()
-            .name("realtime-compactor".into())
-            .spawn(move || {
-                // Background work: see `common::background`.
-                common::background::lower_this_threads_priority();
-                while rx.recv().is_ok() {
-                    let started = Instant::now();
-                    match worker.compact(Some(&stop)) {
-                        Ok(Some(c)) => tracing::info!(
-                            store = %worker.path,
-                            deltas = c.deltas,
-                            counts = c.counts,
-                            expired = c.expired,
-                            snapshot_bytes = c.snapshot_bytes,
-                            ms = started.elapsed().as_millis() as u64,
-                            "Compacted the realtime store."
-                        ),
-                        Ok(None) => break,
-                        Err(error) => tracing::error!(
-                            %error,
-                            "Cannot compact the realtime store; its deltas stay and the next trigger retries."
-                        ),
-                    }
-                }
-            })
-            .map_err(|source| StoreError::Thread { path, source })?;
+        let compactor = Compactor::start(&inner)?;
         Ok(Self {
             inner,
-            compactor: Some(Compactor {
-                trigger: tx,
-                closing,
-                handle,
-            }),
+            compactor: Some(compactor),
         })
-    }
-
-    /// Asks the background thread for a compaction (at most one waits).
-    fn request_compaction(&self) {
-        if let Some(c) = &self.compactor {
-            match c.trigger.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-            }
-        }
-    }
-
-    /// Compacts now, on the caller's thread.
-    pub fn compact(&self) -> Result<Compaction, StoreError> {
-        Ok(self
-            .inner
-            .compact(None)?
-            .expect("a compaction without a closing flag always runs"))
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -575,21 +370,10 @@ impl RealtimeStore {
     }
 }
 
-impl Drop for RealtimeStore {
-    /// Stops the compactor (a compaction under way finishes or is dropped
-    /// before its write) so the database is closed when this returns.
-    fn drop(&mut self) {
-        if let Some(c) = self.compactor.take() {
-            c.closing.store(true, Ordering::Relaxed);
-            drop(c.trigger);
-            let _ = c.handle.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lambda_core::BucketKey;
     use proptest::prelude::*;
 
     fn key(p: i32, b: u64, w: &str) -> CountKey {

@@ -1,0 +1,167 @@
+//! The speed layer's hand-off to a real batch layer: when a recompute moves
+//! the batch cut, every realtime bucket below it expires, and the batch view
+//! plus what remains of the realtime counts still equal a recount.
+
+use clap::Parser;
+use common::shutdown::CancellationToken;
+use lambda_core::view::{verify_and_decode, Manifest};
+use lambda_core::{BucketSize, Cut};
+use realtime_store::RealtimeStore;
+use std::net::SocketAddr;
+use std::time::Duration;
+use testkit::{
+    get, http, memory_broker, metric_sum, poisoned_events, produce, realtime_per_word, recount,
+    wait_for,
+};
+
+#[derive(Parser)]
+struct BatchCli {
+    #[command(flatten)]
+    args: batch_layer::config::BatchArgs,
+}
+
+#[derive(Parser)]
+struct SpeedCli {
+    #[command(flatten)]
+    args: speed_layer::config::SpeedArgs,
+}
+
+/// Flags both layers take: their topics and data directory, three
+/// partitions, buckets of 8, events of at most 500 bytes.
+fn flags<'a>(
+    brokers: &'a str,
+    topic: &'a str,
+    dlq: &'a str,
+    rt: &'a str,
+    dir: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "x",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--dead-letter-topic",
+        dlq,
+        "--realtime-topic",
+        rt,
+        "--data-dir",
+        dir,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--partitions",
+        "3",
+        "--max-event-bytes",
+        "500",
+        "--bucket-size",
+        "8",
+    ]
+}
+
+fn wait_position(addr: SocketAddr, total: usize) {
+    wait_for(
+        "the speed layer to checkpoint every record",
+        Duration::from_secs(90),
+        || {
+            let m = get(addr, "/metrics").ok()?.text();
+            (metric_sum(&m, "lambda_speed_position") as usize == total).then_some(())
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
+    let (broker, brokers, topic) = memory_broker("handoff").await;
+    let (dlq, rt) = (format!("{topic}.dlq"), format!("{topic}.rt"));
+    let batch_dir = tempfile::tempdir().expect("tempdir");
+    let speed_dir = tempfile::tempdir().expect("tempdir");
+    let (b_s, s_s) = (
+        batch_dir.path().to_str().expect("utf-8").to_owned(),
+        speed_dir.path().to_str().expect("utf-8").to_owned(),
+    );
+    let token = CancellationToken::new();
+
+    let mut flags = flags(&brokers, &topic, &dlq, &rt, &b_s);
+    flags.extend(["--interval", "1h"]);
+    let batch = batch_layer::start(
+        BatchCli::try_parse_from(flags).expect("flags").args,
+        token.clone(),
+    )
+    .await
+    .expect("batch starts");
+    let batch_addr = batch.http_addr.to_string();
+    let mut flags = self::flags(&brokers, &topic, &dlq, &rt, &s_s);
+    flags.extend(["--batch-url", &batch_addr, "--cut-poll-interval", "100ms"]);
+    let speed = speed_layer::start(
+        SpeedCli::try_parse_from(flags).expect("flags").args,
+        token.clone(),
+    )
+    .await
+    .expect("speed starts");
+    let (speed_addr, batch_addr) = (speed.http_addr, batch.http_addr);
+
+    let (records, good) = poisoned_events(1500);
+    let total = records.len();
+    produce(&brokers, &topic, records).await;
+
+    let manifest = tokio::task::spawn_blocking(move || {
+        wait_position(speed_addr, total);
+        wait_for(
+            "the batch layer to ingest everything",
+            Duration::from_secs(60),
+            || {
+                let m = get(batch_addr, "/metrics").ok()?.text();
+                (metric_sum(&m, "lambda_batch_log_end_offset") as usize == total).then_some(())
+            },
+        );
+        let r = http(batch_addr, "POST", "/recompute", &[], b"").expect("recompute");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let manifest: Manifest = serde_json::from_slice(&r.body).expect("manifest");
+        let cut = manifest.header.cut.clone();
+        wait_for(
+            "the speed layer to apply the new cut",
+            Duration::from_secs(30),
+            || {
+                let m = get(speed_addr, "/metrics").ok()?.text();
+                (metric_sum(&m, "lambda_speed_batch_cut") as u64 == cut.total_offsets())
+                    .then_some(())
+            },
+        );
+        let bytes = get(batch_addr, &format!("/views/{}", manifest.version))
+            .expect("view")
+            .body;
+        (manifest, bytes)
+    })
+    .await
+    .expect("join");
+    let (manifest, bytes) = manifest;
+    let view = verify_and_decode(&manifest, &bytes).expect("view verifies");
+    assert!(manifest.header.cut.total_offsets() > 0, "the cut moved");
+
+    token.cancel();
+    speed.wait().await.expect("the speed layer stops cleanly");
+    batch.wait().await.expect("the batch layer stops cleanly");
+
+    let size = BucketSize::new(8).expect("8");
+    let (realtime, below) = realtime_per_word(speed_dir.path(), &Cut::new(), size);
+    assert_eq!(below, 0);
+    let store = RealtimeStore::open(&speed_dir.path().join("realtime")).expect("store");
+    for (k, _) in store.load_counts().expect("counts") {
+        assert!(
+            manifest
+                .header
+                .cut
+                .is_realtime_bucket(size, k.bucket.partition, k.bucket.bucket),
+            "bucket {:?} below the cut {} survived",
+            k.bucket,
+            manifest.header.cut
+        );
+    }
+    // Merged totals equal the truth after the hand-off.
+    let truth = recount(&good);
+    for (word, count) in &truth {
+        let merged = view.get(word) + realtime.get(word).copied().unwrap_or(0);
+        assert_eq!(merged, *count, "word {word}");
+    }
+    broker.stop().await;
+}

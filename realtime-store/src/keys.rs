@@ -1,0 +1,42 @@
+//! The store's key layout (see the crate's overview for the whole table).
+
+use lambda_core::Partition;
+use std::collections::BTreeMap;
+
+pub(crate) const SNAPSHOT: u8 = b's';
+pub(crate) const DELTA: u8 = b'd';
+pub(crate) const OFFSET: u8 = b'o';
+pub(crate) const LEGACY_COUNT: u8 = b'c';
+pub(crate) const META_CUT: &[u8] = b"mcut";
+pub(crate) const META_FLOOR: &[u8] = b"mfloor";
+pub(crate) const META_AS_OF: &[u8] = b"masof";
+pub(crate) const CACHE_BYTES: u64 = 64 << 20;
+/// How long opening waits for a lock still held by a store closed in this
+/// process; another process holding it fails at once after this.
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub(crate) fn offset_key(partition: Partition) -> [u8; 5] {
+    let mut k = [OFFSET; 5];
+    k[1..].copy_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub(crate) fn snapshot_key(chunk: u32) -> [u8; 5] {
+    let mut k = [SNAPSHOT; 5];
+    k[1..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+pub(crate) fn delta_key(seq: u64, chunk: u32) -> [u8; 13] {
+    let mut k = [DELTA; 13];
+    k[1..9].copy_from_slice(&seq.to_be_bytes());
+    k[9..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+pub(crate) fn delta_seq(key: &[u8]) -> Option<u64> {
+    (key.len() == 13).then(|| u64::from_be_bytes(key[1..9].try_into().expect("8 bytes")))
+}
+
+/// The first live bucket per partition; counts below it are expired.
+pub(crate) type Floor = BTreeMap<Partition, u64>;
