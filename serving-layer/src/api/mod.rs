@@ -15,9 +15,21 @@
 //!
 //! Every error, including extractor rejections, unknown routes and wrong
 //! methods, answers with the same JSON body ([`error::ErrorBody`]).
+//!
+//! # Layout
+//!
+//! - this file: the router, its shared state and the layers around routes;
+//! - [`query`]: `/v1/words/{word}` and `/v1/top`, and freshness;
+//! - [`ops`]: `/v1/status`, `/v1/admin/recompute`, `/healthz`, `/readyz`,
+//!   `/metrics`;
+//! - [`schema`]: the JSON shapes of the answers;
+//! - [`error`]: errors and their JSON body; [`openapi`]: the document.
 
 pub mod error;
-pub mod handlers;
+pub mod openapi;
+pub mod ops;
+pub mod query;
+pub mod schema;
 
 use crate::health::Health;
 use crate::metrics::ServingMetrics;
@@ -31,8 +43,8 @@ use axum::routing::{get, post};
 use axum::{BoxError, Router};
 use common::sync::LockOrStop;
 use error::ApiError;
-use handlers::RankedWord;
 use lambda_core::view::Manifest;
+use schema::RankedWord;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
@@ -135,14 +147,14 @@ pub fn router(state: AppState) -> Router {
         .timeout(state.limits.timeout);
     Router::new()
         .route("/", get(crate::dashboard::page))
-        .route("/v1/words/{word}", get(handlers::word))
-        .route("/v1/top", get(handlers::top))
-        .route("/v1/status", get(handlers::status))
-        .route("/v1/admin/recompute", post(handlers::recompute))
-        .route("/metrics", get(handlers::metrics))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/openapi.json", get(handlers::openapi))
+        .route("/v1/words/{word}", get(query::word))
+        .route("/v1/top", get(query::top))
+        .route("/v1/status", get(ops::status))
+        .route("/v1/admin/recompute", post(ops::recompute))
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(|| async { ApiError::NotFound("no such route (see /openapi.json)".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(limits)

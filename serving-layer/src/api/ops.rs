@@ -1,0 +1,176 @@
+//! The operations routes: `/v1/status`, `/v1/admin/recompute`, `/healthz`,
+//! `/readyz` and `/metrics`.
+
+use super::error::{ApiError, ErrorBody};
+use super::query::{freshness, now_ms, rfc3339};
+use super::schema::{
+    BatchStatus, RealtimeStatus, RecomputeAnswer, StatusAnswer, StatusOk, VisibilityStatus,
+};
+use super::AppState;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Json;
+use common::sync::ReadWriteOrStop;
+use std::time::Duration;
+
+/// Each layer's position, lag, and the batch view's version and age.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    responses((status = 200, description = "Positions, lags and staleness", body = StatusAnswer))
+)]
+pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
+    let replica = state.replica.read_or_stop("the replica");
+    let f = freshness(&state, &replica);
+    let (ready, entries) = (replica.is_ready(), replica.realtime_entries());
+    drop(replica);
+    let h = f.health;
+    let end = &h.ends.events;
+    Json(StatusAnswer {
+        ready,
+        uptime_ms: h.uptime.as_millis() as u64,
+        lag: f.as_of.behind(end),
+        batch: BatchStatus {
+            lag: f.batch.cut.behind(end),
+            view: f.batch,
+            error: h.batch_error,
+        },
+        realtime: RealtimeStatus {
+            lag: f.realtime.as_of.behind(end),
+            as_of: f.realtime.as_of,
+            topic_lag: h.follower_positions.behind(&h.ends.realtime),
+            topic_position: h.follower_positions,
+            held_upserts: h.follower_held as u64,
+            entries: entries as u64,
+            stale: f.realtime.stale,
+            error: h.kafka_error,
+        },
+        as_of: f.as_of,
+        freshness_ms: f.freshness_ms,
+        stale: f.stale,
+        events_end: h.ends.events,
+        dead_letters: h.ends.dead_letters,
+        visibility: {
+            let v = state.health.recent_visibility();
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            VisibilityStatus {
+                samples: v.samples as u64,
+                p50_ms: ms(v.p50),
+                p99_ms: ms(v.p99),
+                max_ms: ms(v.max),
+            }
+        },
+    })
+}
+
+/// Recomputes the batch view now and waits until this layer serves it.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/recompute",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new batch view", body = RecomputeAnswer),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "No admin token configured: the endpoint is disabled", body = ErrorBody),
+        (status = 502, description = "The batch layer failed the recompute", body = ErrorBody),
+        (status = 503, description = "No batch layer configured or reachable", body = ErrorBody),
+    )
+)]
+pub async fn recompute(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<RecomputeAnswer>, ApiError> {
+    let Some(token) = state.admin_token.clone() else {
+        return Err(ApiError::Forbidden(
+            "admin endpoints are disabled: start the serving layer with LAMBDA_ADMIN_TOKEN set"
+                .into(),
+        ));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !common::auth::bearer_matches(&token, presented) {
+        return Err(ApiError::Unauthorized);
+    }
+    let Some(url) = state.batch_url.clone() else {
+        return Err(ApiError::Unavailable(
+            "no batch layer configured (set LAMBDA_BATCH_URL)".into(),
+        ));
+    };
+    let manifest = super::forward_recompute(url, token).await?;
+    state.pull_now.notify_one();
+    let version = manifest.version;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let loaded = loop {
+        let current = state
+            .replica
+            .read_or_stop("the replica")
+            .view()
+            .map(|v| v.version());
+        if current.is_some_and(|v| v >= version) {
+            break true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok(Json(RecomputeAnswer {
+        version,
+        computed_at: rfc3339(manifest.header.computed_at_ms),
+        cut: manifest.header.cut,
+        loaded,
+    }))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = StatusOk)))]
+pub async fn healthz() -> Json<StatusOk> {
+    Json(StatusOk {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: a batch view or realtime counts are loaded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, body = StatusOk),
+        (status = 503, description = "Nothing loaded yet", body = ErrorBody),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<StatusOk>, ApiError> {
+    if state.replica.read_or_stop("the replica").is_ready() {
+        Ok(Json(StatusOk {
+            status: "ready".into(),
+        }))
+    } else {
+        Err(ApiError::Unavailable(
+            "not ready: no batch view or realtime counts loaded yet".into(),
+        ))
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let facts = {
+        let r = state.replica.read_or_stop("the replica");
+        crate::metrics::ReplicaFacts {
+            batch_version: r.view().map(|v| v.version()),
+            batch_computed_at_ms: r.view().map(|v| v.manifest.header.computed_at_ms),
+            as_of: r.as_of(),
+            realtime_entries: r.realtime_entries(),
+        }
+    };
+    let text = state
+        .metrics
+        .render(&facts, &state.health.snapshot(), now_ms());
+    common::server::prometheus(text)
+}

@@ -1,0 +1,162 @@
+//! The JSON shapes of the API's answers, with their OpenAPI schemas.
+
+use lambda_core::Cut;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// A position per partition: `{"<partition>": <offset>}`.
+pub(crate) type PositionSchema = BTreeMap<String, i64>;
+
+/// The batch half of an answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchPart {
+    /// This word's count in the batch view (word answers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The batch view's version; null before the first view.
+    pub version: Option<u64>,
+    /// The view counts exactly the events below this position.
+    #[schema(value_type = PositionSchema)]
+    pub cut: Cut,
+    /// When the view was computed (RFC 3339).
+    pub computed_at: Option<String>,
+    pub age_ms: Option<u64>,
+    /// True when the batch layer has not answered lately: the view may be
+    /// older than the newest one.
+    pub stale: bool,
+}
+
+/// The realtime half of an answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RealtimePart {
+    /// This word's count in realtime buckets at or above the cut (word
+    /// answers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The speed layer's checkpoint the realtime counts are exact at.
+    #[schema(value_type = PositionSchema)]
+    pub as_of: Cut,
+    /// True when answers lag Kafka by more than the staleness limit.
+    pub stale: bool,
+}
+
+/// `GET /v1/words/{word}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WordAnswer {
+    /// The word as normalised by the tokenizer.
+    pub word: String,
+    /// batch.count + realtime.count: the occurrences in exactly the events
+    /// below `as_of`.
+    pub count: u64,
+    pub batch: BatchPart,
+    pub realtime: RealtimePart,
+    /// The position this answer is exact at, per events partition.
+    #[schema(value_type = PositionSchema)]
+    pub as_of: Cut,
+    /// Milliseconds since answers last covered every event in Kafka.
+    pub freshness_ms: u64,
+    /// The layers this answer is stale for (`batch`, `realtime`).
+    pub stale: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RankedWord {
+    pub word: String,
+    pub count: u64,
+}
+
+/// `GET /v1/top`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopAnswer {
+    pub k: u32,
+    /// The exact merged top k, count descending then word ascending.
+    pub words: Vec<RankedWord>,
+    pub batch: BatchPart,
+    pub realtime: RealtimePart,
+    #[schema(value_type = PositionSchema)]
+    pub as_of: Cut,
+    pub freshness_ms: u64,
+    pub stale: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchStatus {
+    #[serde(flatten)]
+    pub view: BatchPart,
+    /// Events in Kafka not in the batch view.
+    pub lag: u64,
+    /// The last error talking to the batch layer, if the last attempt failed.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RealtimeStatus {
+    #[schema(value_type = PositionSchema)]
+    pub as_of: Cut,
+    /// Events in Kafka not yet covered by the realtime counts.
+    pub lag: u64,
+    /// The follower's position in the realtime topic.
+    #[schema(value_type = PositionSchema)]
+    pub topic_position: Cut,
+    pub topic_lag: u64,
+    /// Upserts received but waiting for their micro-batch's watermark.
+    pub held_upserts: u64,
+    /// Realtime (word, bucket) counts held.
+    pub entries: u64,
+    pub stale: bool,
+    /// The last error talking to Kafka, if the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusAnswer {
+    pub ready: bool,
+    pub uptime_ms: u64,
+    /// Where answers are exact at, per events partition.
+    #[schema(value_type = PositionSchema)]
+    pub as_of: Cut,
+    pub freshness_ms: u64,
+    pub stale: Vec<String>,
+    /// End offsets of the events topic.
+    #[schema(value_type = PositionSchema)]
+    pub events_end: Cut,
+    /// Events in Kafka not yet covered by answers.
+    pub lag: u64,
+    pub batch: BatchStatus,
+    pub realtime: RealtimeStatus,
+    /// Records in the dead-letter topic.
+    pub dead_letters: u64,
+    /// How long events took to become visible in answers lately.
+    pub visibility: VisibilityStatus,
+}
+
+/// Produce-to-visible latency over the last minute, as this serving layer
+/// observed it: from each release's oldest event's record timestamp (the
+/// producer's clock) to the moment its count was in answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VisibilityStatus {
+    /// Releases measured (each checkpointed micro-batch or several).
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// `POST /v1/admin/recompute`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecomputeAnswer {
+    /// The batch view the recompute produced.
+    pub version: u64,
+    #[schema(value_type = PositionSchema)]
+    pub cut: Cut,
+    pub computed_at: String,
+    /// Whether this serving layer already answers from it.
+    pub loaded: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusOk {
+    pub status: String,
+}
