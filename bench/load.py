@@ -135,7 +135,7 @@ def main():
         time.sleep(1.5)
         common = ["--brokers", broker, "--partitions", "4"]
         start("batch", ["batch", *common, "--data-dir", os.path.join(work, "batch"),
-                        "--http-addr", addr["batch"], "--interval", args.interval])
+                        "--http-addr", addr["batch"], "--recompute-interval", args.interval])
         wait_http("http://" + addr["batch"])
         start("speed", ["speed", *common, "--data-dir", os.path.join(work, "speed"),
                         "--http-addr", addr["speed"], "--batch-url", addr["batch"]])

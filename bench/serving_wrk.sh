@@ -67,7 +67,7 @@ EOF
 RUST_LOG=warn "$LAMBDA" demo --no-sample --data-dir "$work/data" --admin-token bench \
     --http-addr "127.0.0.1:$http_port" --broker-addr "127.0.0.1:$broker_port" \
     --batch-addr "127.0.0.1:$batch_port" --speed-addr "127.0.0.1:$speed_port" \
-    --interval 1h >"$work/demo.log" 2>&1 &
+    --recompute-interval 1h >"$work/demo.log" 2>&1 &
 demo_pid=$!
 for _ in $(seq 300); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.2; done
 

@@ -19,14 +19,14 @@ pub struct BatchArgs {
     #[arg(long, env = env::HTTP_ADDR, default_value = "127.0.0.1:7071")]
     pub http_addr: SocketAddr,
 
-    /// Bearer token required by `POST /recompute`; unset leaves it open (bind
-    /// the batch layer to a private address then).
+    /// Bearer token required by `POST /recompute`; unset disables the
+    /// endpoint (as in every role). Serving layers forward recomputes with it.
     #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true)]
     pub admin_token: Option<String>,
 
     /// Time between recomputes (e.g. 30s, 5m).
     #[arg(long, env = env::RECOMPUTE_INTERVAL, default_value = "30s", value_parser = parse_duration)]
-    pub interval: Duration,
+    pub recompute_interval: Duration,
 
     /// How many batch view versions to keep on disk.
     #[arg(long, env = env::KEEP_VIEWS, default_value_t = 3)]
@@ -61,9 +61,9 @@ impl BatchArgs {
         self.kafka.validate()?;
         self.stream.validate()?;
         self.node.validate()?;
-        if self.interval < Duration::from_millis(100) {
+        if self.recompute_interval < Duration::from_millis(100) {
             return Err(ConfigError {
-                flag: "interval",
+                flag: "recompute-interval",
                 message: "must be at least 100ms".into(),
             });
         }

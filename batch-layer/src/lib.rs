@@ -176,7 +176,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         let token = token.clone();
         let schedule = Schedule {
             bucket_size: args.stream.bucket_size,
-            interval: args.interval,
+            interval: args.recompute_interval,
             fault_pause: args.fault_recompute_pause,
         };
         tasks.spawn(recompute_loop(

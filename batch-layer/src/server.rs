@@ -2,7 +2,8 @@
 //!
 //! - `GET /views/latest`: the manifest of the newest view (404 before the first).
 //! - `GET /views/{version}`: that view's file, verified by the manifest's CRC32C.
-//! - `POST /recompute`: recompute now; answers with the resulting manifest.
+//! - `POST /recompute`: recompute now; answers with the resulting manifest
+//!   (403 without an admin token configured, 401 without the right one).
 //! - `GET /readyz`: 503 with the reason while a partition is held (a
 //!   record in it cannot be read).
 //! - `GET /metrics`, `GET /healthz`.
@@ -93,13 +94,12 @@ async fn view_file(State(state): State<BatchState>, Path(version): Path<String>)
 }
 
 async fn recompute(State(state): State<BatchState>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &state.admin_token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !common::auth::bearer_matches(expected, presented) {
-            return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-        }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(refusal) = common::auth::authorize_admin(state.admin_token.as_deref(), presented) {
+        let status = StatusCode::from_u16(refusal.status()).expect("a valid status");
+        return error(status, refusal.message());
     }
     let (tx, rx) = oneshot::channel();
     if state.recompute.send(tx).await.is_err() {

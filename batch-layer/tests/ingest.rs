@@ -15,6 +15,9 @@ struct Cli {
     batch: BatchArgs,
 }
 
+/// The admin token every test's batch layer is started with.
+const TOKEN: &str = "s3cret";
+
 fn batch_args(brokers: &str, topic: &str, data_dir: &std::path::Path, extra: &[&str]) -> BatchArgs {
     let dlq = format!("{topic}.dlq");
     let dir = data_dir.to_str().expect("utf-8 path");
@@ -32,17 +35,20 @@ fn batch_args(brokers: &str, topic: &str, data_dir: &std::path::Path, extra: &[&
         "127.0.0.1:0",
         "--partitions",
         "3",
-        "--interval",
+        "--recompute-interval",
         "1h",
         "--max-event-bytes",
         "1000",
+        "--admin-token",
+        TOKEN,
     ];
     argv.extend_from_slice(extra);
     Cli::try_parse_from(argv).expect("valid flags").batch
 }
 
 fn recompute(addr: SocketAddr) -> Manifest {
-    let r = http(addr, "POST", "/recompute", &[], b"").expect("recompute");
+    let auth = format!("Bearer {TOKEN}");
+    let r = http(addr, "POST", "/recompute", &[("Authorization", &auth)], b"").expect("recompute");
     assert_eq!(r.status, 200, "{}", r.text());
     serde_json::from_slice(&r.body).expect("manifest")
 }
@@ -169,12 +175,7 @@ async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
     let (broker, brokers, topic) = memory_broker("batch-cut").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let token = common::shutdown::CancellationToken::new();
-    let args = batch_args(
-        &brokers,
-        &topic,
-        dir.path(),
-        &["--bucket-size", "16", "--admin-token", "s3cret"],
-    );
+    let args = batch_args(&brokers, &topic, dir.path(), &["--bucket-size", "16"]);
     let running = batch_layer::start(args, token.clone())
         .await
         .expect("starts");

@@ -51,3 +51,49 @@ fn main() -> anyhow::Result<()> {
         Command::Mapreduce(args) => cmd::mapreduce::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// One name per setting: every flag of every role reads the variable
+    /// named after it (`--recompute-interval` ↔ `LAMBDA_RECOMPUTE_INTERVAL`),
+    /// a repeatable flag the plural (`--kafka-option` ↔ `LAMBDA_KAFKA_OPTIONS`),
+    /// and only hidden test hooks have none.
+    #[test]
+    fn every_flag_of_every_role_reads_the_variable_named_after_it() {
+        let cli = Cli::command();
+        let (mut checked, mut wrong) = (0, Vec::new());
+        // `mapreduce` is a one-shot tool over a file, not a role: flags only.
+        for sub in cli
+            .get_subcommands()
+            .filter(|s| s.get_name() != "mapreduce")
+        {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let mut expected = format!("LAMBDA_{}", long.to_uppercase().replace('-', "_"));
+                if matches!(arg.get_action(), clap::ArgAction::Append) {
+                    expected.push('S');
+                }
+                let var = arg.get_env().and_then(|v| v.to_str());
+                let role = sub.get_name();
+                match var {
+                    Some(var) if var != expected => wrong.push(format!(
+                        "`lambda {role} --{long}` reads {var}, not {expected}"
+                    )),
+                    None if !arg.is_hide_set() => {
+                        wrong.push(format!("`lambda {role} --{long}` reads no variable"))
+                    }
+                    _ => {}
+                }
+                checked += 1;
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(checked > 60, "only {checked} flags seen");
+    }
+}

@@ -23,7 +23,7 @@ async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
     rig.run(&Scenario {
         role: "batch",
         flags: &[
-            "--interval",
+            "--recompute-interval",
             "300ms",
             "--bucket-size",
             "8",

@@ -76,7 +76,7 @@ async fn demo_answers_match_the_corpus_external_events_and_the_dashboard() {
         &free_addr().to_string(),
         "--http-addr",
         &serving.to_string(),
-        "--interval",
+        "--recompute-interval",
         "2s",
         "--rate",
         "200",

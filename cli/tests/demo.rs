@@ -32,7 +32,7 @@ fn demo_runs_stops_cleanly_and_resumes_without_loss() {
             &speed.to_string(),
             "--http-addr",
             &serving.to_string(),
-            "--interval",
+            "--recompute-interval",
             "1s",
             "--partitions",
             "2",

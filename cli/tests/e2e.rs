@@ -124,9 +124,12 @@ async fn start_stack_on(
     let batch_token = CancellationToken::new();
     let token = CancellationToken::new();
     let batch = batch_layer::start(
-        BatchCli::try_parse_from(flags(dir(0), &["--interval", "1h", "--admin-token", TOKEN]))
-            .expect("flags")
-            .args,
+        BatchCli::try_parse_from(flags(
+            dir(0),
+            &["--recompute-interval", "1h", "--admin-token", TOKEN],
+        ))
+        .expect("flags")
+        .args,
         batch_token.clone(),
     )
     .await

@@ -82,7 +82,7 @@ async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
     let token = CancellationToken::new();
 
     let mut flags = flags(&brokers, &topic, &dlq, &rt, &b_s);
-    flags.extend(["--interval", "1h"]);
+    flags.extend(["--recompute-interval", "1h", "--admin-token", "handoff"]);
     let batch = batch_layer::start(
         BatchCli::try_parse_from(flags).expect("flags").args,
         token.clone(),
@@ -114,7 +114,8 @@ async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
                 (metric_sum(&m, "lambda_batch_log_end_offset") as usize == total).then_some(())
             },
         );
-        let r = http(batch_addr, "POST", "/recompute", &[], b"").expect("recompute");
+        let auth = [("Authorization", "Bearer handoff")];
+        let r = http(batch_addr, "POST", "/recompute", &auth, b"").expect("recompute");
         assert_eq!(r.status, 200, "{}", r.text());
         let manifest: Manifest = serde_json::from_slice(&r.body).expect("manifest");
         let cut = manifest.header.cut.clone();

@@ -85,10 +85,27 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
     http(addr, "GET", path, &[], b"")
 }
 
-/// Resolves `host:port` (an optional `http://` prefix and trailing `/` are
-/// ignored) to a socket address.
+/// Resolves a layer's base URL, `http://host:port` (a bare `host:port` is
+/// accepted too, and a trailing `/` ignored), to a socket address. Another
+/// scheme or a path is an error that says so: the layers talk plain HTTP to
+/// each other's root.
 pub fn resolve(base: &str) -> std::io::Result<SocketAddr> {
-    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let rest = match base.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(invalid(format!(
+                "`{scheme}://` is not supported: the layers talk plain http:// to each other"
+            )))
+        }
+        None => base,
+    };
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    if host.contains('/') {
+        return Err(invalid(format!(
+            "`{base}` has a path; give the layer's root, http://host:port"
+        )));
+    }
     host.to_socket_addrs()?.next().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -113,6 +130,11 @@ mod tests {
     fn resolves_base_urls() {
         let a = resolve("http://127.0.0.1:7071/").expect("resolves");
         assert_eq!(a, SocketAddr::from(([127, 0, 0, 1], 7071)));
+        assert_eq!(resolve("127.0.0.1:7071").expect("bare host:port"), a);
         assert!(resolve("no-port").is_err());
+        let https = resolve("https://127.0.0.1:7071").expect_err("https");
+        assert!(https.to_string().contains("not supported"), "{https}");
+        let path = resolve("http://127.0.0.1:7071/views").expect_err("a path");
+        assert!(path.to_string().contains("has a path"), "{path}");
     }
 }

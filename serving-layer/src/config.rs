@@ -22,7 +22,7 @@ pub struct ServeArgs {
     #[arg(long, env = env::HTTP_ADDR, default_value = "127.0.0.1:7070")]
     pub http_addr: SocketAddr,
 
-    /// The batch layer's HTTP address (host:port) to pull views from and to
+    /// The batch layer's URL (`http://host:port`) to pull views from and to
     /// forward recomputes to. Without it, answers come from realtime counts
     /// alone.
     #[arg(long, env = env::BATCH_URL)]

@@ -22,7 +22,7 @@ pub struct SpeedArgs {
     #[arg(long, env = env::HTTP_ADDR, default_value = "127.0.0.1:7072")]
     pub http_addr: SocketAddr,
 
-    /// The batch layer's HTTP address (host:port), whose view manifest gives
+    /// The batch layer's URL (`http://host:port`), whose view manifest gives
     /// the cut below which buckets expire. Without it the speed layer counts
     /// everything from offset 0 and never expires.
     #[arg(long, env = env::BATCH_URL)]

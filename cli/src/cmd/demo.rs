@@ -53,7 +53,7 @@ pub struct DemoArgs {
     pub admin_token: Option<String>,
     /// Time between batch recomputes.
     #[arg(long, env = env::RECOMPUTE_INTERVAL, default_value = "10s", value_parser = common::config::parse_duration)]
-    pub interval: Duration,
+    pub recompute_interval: Duration,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -101,7 +101,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 node: node("batch"),
                 http_addr: args.batch_addr,
                 admin_token: args.admin_token.clone(),
-                interval: args.interval,
+                recompute_interval: args.recompute_interval,
                 keep_views: 3,
                 segment_bytes: 64 << 20,
                 fsync: Default::default(),

@@ -138,7 +138,7 @@ impl Stack {
             let extra: Vec<String> = match role {
                 Role::Batch => {
                     let mut f = vec![
-                        "--interval".into(),
+                        "--recompute-interval".into(),
                         "2s".into(),
                         "--admin-token".into(),
                         TOKEN.into(),

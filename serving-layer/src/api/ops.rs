@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
+use common::auth::AdminRefusal;
 use common::sync::ReadWriteOrStop;
 use std::time::Duration;
 
@@ -81,18 +82,19 @@ pub async fn recompute(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<RecomputeAnswer>, ApiError> {
-    let Some(token) = state.admin_token.clone() else {
-        return Err(ApiError::Forbidden(
-            "admin endpoints are disabled: start the serving layer with LAMBDA_ADMIN_TOKEN set"
-                .into(),
-        ));
-    };
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !common::auth::bearer_matches(&token, presented) {
-        return Err(ApiError::Unauthorized);
-    }
+    common::auth::authorize_admin(state.admin_token.as_deref(), presented).map_err(|refusal| {
+        match refusal {
+            AdminRefusal::Disabled => ApiError::Forbidden(refusal.message().into()),
+            AdminRefusal::Unauthorized => ApiError::Unauthorized,
+        }
+    })?;
+    let token = state
+        .admin_token
+        .clone()
+        .expect("authorized, so a token is set");
     let Some(url) = state.batch_url.clone() else {
         return Err(ApiError::Unavailable(
             "no batch layer configured (set LAMBDA_BATCH_URL)".into(),
