@@ -14,17 +14,14 @@
 use crate::master_log::{LogError, MasterLog, Record, RecordKind};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
-use common::kafka::decode_message;
-use common::kafka::{
-    bulk_consumer_config, close_off_runtime, topic_partitions, Resume, ResumeCheck,
-};
+use common::kafka::{bulk_consumer_config, decode_message, topic_partitions};
+use common::reader::{Limits, PartitionReader, ReaderError};
+use common::retry::until_durable;
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
-use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
+use common::unreadable::{ConsumeFailure, HeldPartitions};
 use lambda_core::{Offset, Partition};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use rdkafka::message::Message;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,20 +34,10 @@ pub const GROUP: &str = "lambda-batch";
 pub enum IngestError {
     #[error("{0}; no partition could be found to hold, so ingestion stops")]
     Unreadable(#[from] ConsumeFailure),
-    #[error("cannot create the batch consumer for {brokers}: {source}")]
-    Consumer {
-        brokers: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
     #[error("topic `{topic}` has no partitions visible on {brokers}")]
     NoTopic { topic: String, brokers: String },
-    #[error("cannot assign partitions of `{topic}`: {source}")]
-    Assign {
-        topic: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
 }
 
 #[derive(Debug, Clone)]
@@ -84,50 +71,41 @@ pub async fn run(
     held: HeldPartitions,
     token: CancellationToken,
 ) -> Result<(), IngestError> {
-    let consumer: StreamConsumer = bulk_consumer_config(&config.kafka, GROUP)
-        .create()
-        .map_err(|source| IngestError::Consumer {
-            brokers: config.kafka.to_string(),
-            source,
-        })?;
-    let (mut partitions, mut resume) = assign(&consumer, &config, &log).await?;
+    let (mut partitions, resume_at) = positions(&config, &log).await?;
+    let mut reader = PartitionReader::open(
+        bulk_consumer_config(&config.kafka, GROUP),
+        &config.kafka,
+        &config.topic,
+        resume_at,
+    )
+    .await?;
     let mut last_metadata_check = Instant::now();
+    let limits = Limits {
+        max_records: config.batch_records,
+        max_bytes: BATCH_MAX_BYTES,
+        linger: config.batch_wait,
+        catch_up: None,
+        idle: None,
+    };
 
-    let mut unreadable = None;
-    while !token.is_cancelled() {
-        let Some(batch) = next_batch(
-            &consumer,
-            &mut resume,
-            &config,
-            &dead_letters,
-            &metrics,
-            &token,
-            &mut unreadable,
-        )
-        .await
-        else {
+    loop {
+        let Some(read) = reader.next_batch(&limits, &token).await? else {
             break;
         };
-        if !batch.is_empty() {
-            append_with_retry(&log, batch, &metrics, &token, &consumer, &config.topic).await;
+        metrics.consumer_errors.add(read.transient_errors as u64);
+        let mut batch = Vec::with_capacity(read.records.len());
+        for m in &read.records {
+            batch.push(pending(m, &config, &dead_letters, &metrics, &token).await);
         }
-        if let Some(failure) = unreadable.take() {
+        let unreadable = read.unreadable;
+        if !batch.is_empty() {
+            append_with_retry(&log, batch, &metrics, &token, &reader).await;
+        }
+        if let Some(failure) = unreadable {
             // What was read before it is in the master log; the unreadable
             // records stay in Kafka, unskipped, their partition held.
             metrics.unreadable_batches.inc();
-            let ends = log.lock_or_stop("the master log").end_offsets();
-            let positions = (0..partitions as Partition)
-                .map(|p| (p, ends.get(p)))
-                .collect();
-            hold_unreadable(
-                &consumer,
-                &config.kafka,
-                &config.topic,
-                positions,
-                &held,
-                failure,
-            )
-            .await?;
+            reader.hold(&held, failure).await?;
             metrics.held_partitions.set(held.len() as i64);
         }
         if last_metadata_check.elapsed() > Duration::from_secs(30) {
@@ -143,33 +121,29 @@ pub async fn run(
             .unwrap_or(partitions);
             if now > partitions {
                 tracing::info!(before = partitions, now, "New partitions; reassigning.");
-                (partitions, resume) = assign(&consumer, &config, &log).await?;
+                let resume_at;
+                (partitions, resume_at) = positions(&config, &log).await?;
+                reader.assign(resume_at).await?;
                 // A new assignment resumes every partition: hold the held
                 // ones again.
-                let mut tpl = TopicPartitionList::new();
-                for p in held.snapshot().into_keys() {
-                    tpl.add_partition(&config.topic, p);
-                }
-                if tpl.count() > 0 {
-                    consumer.pause(&tpl).map_err(|source| IngestError::Assign {
-                        topic: config.topic.clone(),
-                        source,
-                    })?;
-                }
+                reader.pause(held.snapshot().into_keys())?;
             }
         }
     }
-    close_off_runtime(consumer).await;
+    reader.close().await;
     tracing::info!("Ingestion stopped.");
     Ok(())
 }
 
-/// Assigns every partition of the topic at the master log's end.
-async fn assign(
-    consumer: &StreamConsumer,
+/// A batch closes at this many payload bytes whatever its record count.
+const BATCH_MAX_BYTES: usize = 16 << 20;
+
+/// How many partitions the topic has, and where each resumes: the master
+/// log's end.
+async fn positions(
     config: &IngestConfig,
     log: &Mutex<MasterLog>,
-) -> Result<(usize, Resume), IngestError> {
+) -> Result<(usize, Vec<(Partition, Offset)>), IngestError> {
     let kafka = config.kafka.clone();
     let topic = config.topic.clone();
     let count = tokio::task::spawn_blocking(move || {
@@ -183,97 +157,14 @@ async fn assign(
         brokers: config.kafka.to_string(),
     })?;
     let ends = log.lock_or_stop("the master log").end_offsets();
-    let resume = Resume::new((0..count as Partition).map(|p| (p, ends.get(p))));
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..count as Partition {
-        let position = match resume.seek_offset(p) {
-            0 => KafkaOffset::Beginning,
-            o => KafkaOffset::Offset(o),
-        };
-        tpl.add_partition_offset(&config.topic, p, position)
-            .map_err(|source| IngestError::Assign {
-                topic: config.topic.clone(),
-                source,
-            })?;
-        tracing::info!(
-            partition = p,
-            offset = ends.get(p),
-            "Resuming ingestion from the master log's end."
-        );
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|source| IngestError::Assign {
-            topic: config.topic.clone(),
-            source,
-        })?;
-    Ok((count, resume))
+    Ok((
+        count,
+        (0..count as Partition).map(|p| (p, ends.get(p))).collect(),
+    ))
 }
 
-/// Receives up to `batch_records` records, waiting at most `batch_wait` after
-/// the first. `None` once cancelled.
-async fn next_batch(
-    consumer: &StreamConsumer,
-    resume: &mut Resume,
-    config: &IngestConfig,
-    dead_letters: &DeadLetterSink,
-    metrics: &BatchMetrics,
-    token: &CancellationToken,
-    unreadable: &mut Option<ConsumeFailure>,
-) -> Option<Vec<Pending>> {
-    let mut batch = Vec::new();
-    let first = tokio::select! {
-        _ = token.cancelled() => return None,
-        m = consumer.recv() => m,
-    };
-    let deadline = tokio::time::Instant::now() + config.batch_wait;
-    let mut next = Some(first);
-    loop {
-        match next.take() {
-            Some(Ok(message)) => match resume.check(message.partition(), message.offset()) {
-                ResumeCheck::Accept => {
-                    let message = message.detach();
-                    batch.push(pending(&message, config, dead_letters, metrics, token).await);
-                }
-                ResumeCheck::Skip => {}
-                ResumeCheck::SeekBack(offset) => {
-                    let (p, topic) = (message.partition(), message.topic().to_owned());
-                    drop(message);
-                    if let Err(error) = consumer.seek(
-                        &topic,
-                        p,
-                        KafkaOffset::Offset(offset),
-                        Duration::from_secs(10),
-                    ) {
-                        tracing::error!(%error, partition = p, "Cannot seek back; stopping rather than skip records.");
-                        token.cancel();
-                        return None;
-                    }
-                }
-            },
-            Some(Err(error)) => {
-                metrics.consumer_errors.inc();
-                if let Some(failure) = ConsumeFailure::classify(&error, &config.topic) {
-                    *unreadable = Some(failure);
-                    break;
-                }
-                tracing::warn!(%error, "Kafka consumer error.");
-            }
-            None => {}
-        }
-        if batch.len() >= config.batch_records {
-            break;
-        }
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(m) => next = Some(m),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
-}
-
-async fn pending(
-    message: &OwnedMessage,
+async fn pending<M: Message>(
+    message: &M,
     config: &IngestConfig,
     dead_letters: &DeadLetterSink,
     metrics: &BatchMetrics,
@@ -302,13 +193,20 @@ async fn pending(
     }
 }
 
+#[derive(Debug, Error)]
+enum AppendFailure {
+    #[error(transparent)]
+    Log(LogError),
+    #[error("the runtime is shutting down")]
+    RuntimeStopping,
+}
+
 async fn append_with_retry(
     log: &Arc<Mutex<MasterLog>>,
     batch: Vec<Pending>,
     metrics: &BatchMetrics,
     token: &CancellationToken,
-    consumer: &StreamConsumer,
-    topic: &str,
+    reader: &PartitionReader,
 ) {
     let batch = Arc::new(batch);
     // A failed attempt may leave part of the batch in the log (a partition
@@ -316,45 +214,36 @@ async fn append_with_retry(
     // there; so what the batch added is measured against the log's end before
     // the first attempt, not summed per attempt.
     let before = log.lock_or_stop("the master log").end_offsets();
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let log = Arc::clone(log);
-        let records = Arc::clone(&batch);
-        let result = tokio::task::spawn_blocking(move || append_batch(&log, &records)).await;
-        match result {
-            Ok(Ok(ends)) => {
-                let added = added_by(&batch, &before, &ends);
-                metrics.records_ingested.add(added as u64);
-                metrics.duplicates_skipped.add((batch.len() - added) as u64);
-                commit_for_monitoring(consumer, topic, &ends);
-                return;
-            }
-            Ok(Err(error)) => {
-                metrics.log_write_errors.inc();
-                tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "Cannot append to the master log; retrying the batch.");
-            }
-            Err(join_error) => {
+    let on_failure = |error: &AppendFailure, retry_in: Duration| {
+        metrics.log_write_errors.inc();
+        tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "Cannot append to the master log; retrying the batch.");
+    };
+    let attempt = || {
+        let (log, records) = (Arc::clone(log), Arc::clone(&batch));
+        async move {
+            match tokio::task::spawn_blocking(move || append_batch(&log, &records)).await {
+                Ok(appended) => appended.map_err(AppendFailure::Log),
                 // A panic half-way through an append may have left the log
                 // half written (and its lock poisoned): the layer stops, and
                 // a restart recovers the log from disk.
-                metrics.log_write_errors.inc();
-                tracing::error!(error = %join_error, "Master log append did not finish; stopping.");
-                match join_error.try_into_panic() {
+                Err(join_error) => match join_error.try_into_panic() {
                     Ok(panic) => std::panic::resume_unwind(panic),
-                    // The runtime is shutting down.
-                    Err(_) => return,
-                }
+                    Err(_) => Err(AppendFailure::RuntimeStopping),
+                },
             }
         }
-        if token.is_cancelled() {
-            tracing::warn!(
-                records = batch.len(),
-                "Stopping with an unwritten batch; it will be consumed again on restart."
-            );
-            return;
+    };
+    match until_durable(token, on_failure, attempt).await {
+        Some(ends) => {
+            let added = added_by(&batch, &before, &ends);
+            metrics.records_ingested.add(added as u64);
+            metrics.duplicates_skipped.add((batch.len() - added) as u64);
+            reader.commit_for_monitoring(&ends);
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        None => tracing::warn!(
+            records = batch.len(),
+            "Stopping with an unwritten batch; it will be consumed again on restart."
+        ),
     }
 }
 
@@ -389,16 +278,6 @@ fn added_by(batch: &[Pending], before: &lambda_core::Cut, after: &lambda_core::C
         .iter()
         .filter(|r| (before.get(r.partition)..after.get(r.partition)).contains(&r.offset))
         .count()
-}
-
-fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, ends: &lambda_core::Cut) {
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in ends.iter() {
-        let _ = tpl.add_partition_offset(topic, p, KafkaOffset::Offset(o));
-    }
-    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
-        tracing::debug!(%error, "Monitoring commit failed (harmless: positions come from the master log).");
-    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ async fn sigkill_during_ingestion_loses_and_duplicates_nothing() {
             "8192",
         ],
         done_metric: "lambda_batch_log_end_offset",
-        resume_marker: "Resuming ingestion",
+        resume_marker: "Resuming at a durable position",
         total: TOTAL,
         event: payload,
     })

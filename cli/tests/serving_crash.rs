@@ -40,7 +40,7 @@ async fn sigkill_of_the_serving_layer_loses_and_duplicates_nothing() {
         role: "serve",
         flags: &["--bucket-size", "16", "--realtime-compact-bytes", "2048"],
         done_metric: "lambda_serving_as_of_offsets",
-        resume_marker: "Resuming the realtime topic",
+        resume_marker: "Resuming at a durable position",
         total: TOTAL,
         event,
     })

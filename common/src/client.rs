@@ -174,6 +174,10 @@ const RESERVED_KEYS: &[(&str, &str)] = &[
         "enable.partition.eof",
         "the layers' consumer loops rely on it being off",
     ),
+    (
+        "auto.offset.reset",
+        "a position the topic no longer holds must stop the layer, not skip events",
+    ),
 ];
 
 /// Whether a setting's value is a secret (never logged).

@@ -94,7 +94,9 @@ fn consumer_defaults(kafka: &Connection, group: &str) -> ClientConfig {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        // A position the topic no longer holds is an error the reader
+        // reports (`reader`), never a silent jump to either end.
+        .set("auto.offset.reset", "error")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed")
         .set("check.crcs", "true")
@@ -365,103 +367,6 @@ pub async fn send_all<R: OutgoingRecord>(
     results
 }
 
-/// Where to resume each partition, robust to brokers that answer a fetch at
-/// an offset inside a record batch with the *next* batch (tansu does; Kafka
-/// returns the containing batch and the client drops the records before the
-/// offset).
-///
-/// A layer wants to resume at its checkpoint `p → want`. It seeks a margin
-/// earlier instead, skips records below `want`, and checks the first record
-/// it gets at or above `want`: if that is beyond `want` while records before
-/// it were never seen, the batch holding `want` was skipped, so it seeks
-/// further back (doubling the margin) rather than lose those records.
-///
-/// Offsets legitimately missing from the log (transaction markers, an
-/// aborted transaction's records, compaction) are recognised without going
-/// further back when the record just before `want` was seen: a checkpoint's
-/// `want` is always its last record's offset + 1, and a fetch that delivered
-/// `want - 1` delivers whatever the log holds after it. Otherwise the search
-/// ends once the seek reaches offset 0.
-#[derive(Debug, Clone)]
-pub struct Resume {
-    want: std::collections::BTreeMap<i32, i64>,
-    margin: std::collections::BTreeMap<i32, i64>,
-    verified: std::collections::BTreeSet<i32>,
-    /// Partitions whose record `want - 1` has arrived.
-    saw_previous: std::collections::BTreeSet<i32>,
-}
-
-/// What to do with a received record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResumeCheck {
-    /// Below the checkpoint: already processed.
-    Skip,
-    /// Process it.
-    Accept,
-    /// Records were skipped by the broker: seek this partition to the offset
-    /// and drop the record.
-    SeekBack(i64),
-}
-
-impl Resume {
-    /// The first margin: librdkafka's producers put at most 10,000 records
-    /// in a batch (`batch.num.messages`).
-    pub const INITIAL_MARGIN: i64 = 10_000;
-
-    pub fn new(want: impl IntoIterator<Item = (i32, i64)>) -> Self {
-        Self::with_margin(want, Self::INITIAL_MARGIN)
-    }
-
-    /// With a chosen first margin (tests use a small one).
-    pub fn with_margin(want: impl IntoIterator<Item = (i32, i64)>, margin: i64) -> Self {
-        let want: std::collections::BTreeMap<i32, i64> = want.into_iter().collect();
-        let margin = want.keys().map(|&p| (p, margin.max(1))).collect();
-        Self {
-            want,
-            margin,
-            verified: Default::default(),
-            saw_previous: Default::default(),
-        }
-    }
-
-    /// The offset to seek `partition` to.
-    pub fn seek_offset(&self, partition: i32) -> i64 {
-        let want = self.want.get(&partition).copied().unwrap_or(0);
-        (want - self.margin.get(&partition).copied().unwrap_or(0)).max(0)
-    }
-
-    pub fn check(&mut self, partition: i32, offset: i64) -> ResumeCheck {
-        if self.verified.contains(&partition) {
-            return ResumeCheck::Accept;
-        }
-        let want = self.want.get(&partition).copied().unwrap_or(0);
-        if offset < want {
-            if offset == want - 1 {
-                self.saw_previous.insert(partition);
-            }
-            return ResumeCheck::Skip;
-        }
-        let seeked = self.seek_offset(partition);
-        if offset == want || seeked == 0 || self.saw_previous.contains(&partition) {
-            // Exactly where we wanted to be, or the broker's log really has
-            // nothing between `want` and `offset` (a gap right after the
-            // record we saw last, or nothing earlier to seek to).
-            self.verified.insert(partition);
-            return ResumeCheck::Accept;
-        }
-        let margin = self.margin.entry(partition).or_insert(Self::INITIAL_MARGIN);
-        *margin = margin.saturating_mul(2);
-        tracing::warn!(
-            partition,
-            want,
-            got = offset,
-            seek = self.seek_offset(partition),
-            "The broker skipped records at the resume position; seeking further back."
-        );
-        ResumeCheck::SeekBack(self.seek_offset(partition))
-    }
-}
-
 /// Decodes a record as received from Kafka (`lambda_core::event::decode`).
 pub fn decode_message<M: Message>(message: &M, max_bytes: usize) -> Result<Event<'_>, DecodeError> {
     decode(
@@ -519,46 +424,5 @@ mod config_tests {
             client_config(&kafka).get("bootstrap.servers"),
             Some("b:9092")
         );
-    }
-}
-
-#[cfg(test)]
-mod resume_tests {
-    use super::*;
-
-    #[test]
-    fn skips_below_the_checkpoint_and_seeks_back_over_a_skipped_batch() {
-        let mut r = Resume::new([(0, 25_000), (1, 0)]);
-        assert_eq!(r.seek_offset(0), 15_000);
-        assert_eq!(r.seek_offset(1), 0);
-        assert_eq!(r.check(0, 15_000), ResumeCheck::Skip);
-        // The broker jumped from before 25,000 to 25,100: records were skipped.
-        assert_eq!(r.check(0, 25_100), ResumeCheck::SeekBack(5_000));
-        assert_eq!(r.check(0, 24_999), ResumeCheck::Skip);
-        assert_eq!(r.check(0, 25_000), ResumeCheck::Accept);
-        assert_eq!(r.check(0, 25_001), ResumeCheck::Accept);
-        // Seeking from 0, a gap is genuine.
-        assert_eq!(r.check(1, 3), ResumeCheck::Accept);
-    }
-
-    /// A transactional producer's commit marker (or an aborted
-    /// transaction) right at the checkpoint leaves a gap there: having seen
-    /// the checkpoint's own last record, the next record is accepted at once
-    /// instead of seeking back to the start of the partition.
-    #[test]
-    fn a_gap_right_after_the_last_checkpointed_record_is_accepted_at_once() {
-        // Checkpoint at 25,000: record 24,999 was the last one processed;
-        // 25,000 is a commit marker, 25,001..25,003 an aborted transaction
-        // and its marker; 25,004 is the next committed record.
-        let mut r = Resume::new([(0, 25_000)]);
-        assert_eq!(r.check(0, 15_000), ResumeCheck::Skip);
-        assert_eq!(r.check(0, 24_999), ResumeCheck::Skip);
-        assert_eq!(r.check(0, 25_004), ResumeCheck::Accept);
-        assert_eq!(r.check(0, 25_005), ResumeCheck::Accept);
-        // Without record 24,999 the jump is still a skipped batch.
-        let mut r = Resume::new([(0, 25_000)]);
-        assert_eq!(r.check(0, 30_000), ResumeCheck::SeekBack(5_000));
-        assert_eq!(r.check(0, 24_998), ResumeCheck::Skip);
-        assert_eq!(r.check(0, 30_000), ResumeCheck::SeekBack(0));
     }
 }

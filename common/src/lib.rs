@@ -13,6 +13,10 @@
 //!   pass-through settings), secrets redacted.
 //! - [`kafka`]: client configurations, idempotent topic creation, records
 //!   decoded into events, consumers closed off the runtime.
+//! - [`reader`]: one way to read partitions at durable positions (checked
+//!   against the topic, resumed exactly), in micro-batches.
+//! - [`retry`]: retrying a write until it is durable, or reporting that it
+//!   never was.
 //! - [`unreadable`]: records a consumer cannot read: classify, locate the
 //!   partition, hold it.
 //! - [`dead_letter`]: records that are not events, sent on with origin and reason.
@@ -38,6 +42,8 @@ pub mod dead_letter;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod reader;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod sync;

@@ -13,15 +13,15 @@ use crate::gate::WatermarkGate;
 use crate::health::Health;
 use crate::metrics::ServingMetrics;
 use crate::replica::Replica;
-use common::kafka::{close_off_runtime, consumer_config, wait_for_partitions, Resume, ResumeCheck};
+use common::kafka::{consumer_config, wait_for_partitions};
+use common::reader::{Limits, PartitionReader, ReaderError};
+use common::retry::until_durable;
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
 use common::unreadable::ConsumeFailure;
 use lambda_core::realtime::RealtimeMessage;
 use lambda_core::Cut;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use realtime_store::{Checkpoint, RealtimeStore};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -35,12 +35,8 @@ pub const GROUP: &str = "lambda-serving";
 pub enum FollowError {
     #[error(transparent)]
     Unreadable(#[from] ConsumeFailure),
-    #[error("kafka client for {brokers}: {source}")]
-    Kafka {
-        brokers: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
     #[error("topic `{topic}` has no partitions visible on {brokers}")]
     NoTopic { topic: String, brokers: String },
     #[error(transparent)]
@@ -56,18 +52,20 @@ pub struct Follower {
     pub metrics: Arc<ServingMetrics>,
 }
 
-/// Messages read before the gate is asked for a release, at most; it is
-/// asked as soon as the consumer has no more buffered (adaptive, like the
-/// speed layer's micro-batches: a release per checkpoint when idle, large
-/// ones under load).
-const READ_BATCH: usize = 20_000;
+/// How the follower reads: the gate is asked for a release after at most
+/// 20,000 messages, and as soon as the consumer has no more buffered
+/// (adaptive, like the speed layer's micro-batches: a release per checkpoint
+/// when idle, large ones under load).
+const READ: Limits = Limits {
+    max_records: 20_000,
+    max_bytes: 64 << 20,
+    linger: Duration::ZERO,
+    catch_up: None,
+    idle: None,
+};
 
 impl Follower {
     pub async fn run(self, token: CancellationToken) -> Result<(), FollowError> {
-        let kafka_err = |source| FollowError::Kafka {
-            brokers: self.kafka.to_string(),
-            source,
-        };
         let partitions = wait_for_partitions(&self.kafka, &self.topic, Duration::from_secs(30))
             .await
             .ok_or_else(|| FollowError::NoTopic {
@@ -82,72 +80,36 @@ impl Follower {
         for r in 0..partitions as i32 {
             positions.set(r, positions.get(r));
         }
-        for (r, offset) in positions.iter() {
-            tracing::info!(topic = %self.topic, partition = r, offset, "Resuming the realtime topic.");
-        }
-        let consumer: StreamConsumer = consumer_config(&self.kafka, GROUP)
-            .create()
-            .map_err(kafka_err)?;
-        let mut resume = Resume::new(positions.iter());
-        let mut tpl = TopicPartitionList::new();
-        for r in 0..partitions as i32 {
-            tpl.add_partition_offset(&self.topic, r, KafkaOffset::Offset(resume.seek_offset(r)))
-                .map_err(kafka_err)?;
-        }
-        consumer.assign(&tpl).map_err(kafka_err)?;
+        let mut reader = PartitionReader::open(
+            consumer_config(&self.kafka, GROUP),
+            &self.kafka,
+            &self.topic,
+            positions.iter(),
+        )
+        .await?;
         self.health.follower(positions.clone(), 0);
 
-        while !token.is_cancelled() {
-            let first = tokio::select! {
-                _ = token.cancelled() => break,
-                m = consumer.recv() => m,
+        loop {
+            let Some(read) = reader.next_batch(&READ, &token).await? else {
+                break;
             };
-            let mut next = Some(first);
-            let mut read = 0;
-            while let Some(m) = next.take() {
-                read += 1;
-                match m {
-                    Ok(m) => {
-                        let (r, offset) = (m.partition(), m.offset());
-                        match resume.check(r, offset) {
-                            ResumeCheck::Accept => self.accept(&mut gate, &m),
-                            ResumeCheck::Skip => {}
-                            ResumeCheck::SeekBack(to) => {
-                                drop(m);
-                                consumer
-                                    .seek(
-                                        &self.topic,
-                                        r,
-                                        KafkaOffset::Offset(to),
-                                        Duration::from_secs(10),
-                                    )
-                                    .map_err(kafka_err)?;
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        self.metrics.follower_errors.inc();
-                        if let Some(failure) = ConsumeFailure::classify(&error, &self.topic) {
-                            // Retrying would stall the replica for good while
-                            // answers claimed to be current: stop instead.
-                            // What the gate released before is already stored.
-                            self.metrics.unreadable_batches.inc();
-                            self.health.kafka_failed(failure.to_string());
-                            tracing::error!(topic = %self.topic, code = ?failure.code, "{failure}");
-                            return Err(failure.into());
-                        }
-                        tracing::warn!(%error, "Kafka consumer error on the realtime topic.");
-                    }
-                }
-                if read >= READ_BATCH {
-                    break;
-                }
-                // What the consumer has buffered, without waiting (tokio's
-                // timeout polls the future before its deadline).
-                if let Ok(m) = tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                    next = Some(m);
-                }
+            self.metrics
+                .follower_errors
+                .add(read.transient_errors as u64);
+            for m in &read.records {
+                self.accept(&mut gate, m);
             }
+            if let Some(failure) = read.unreadable {
+                // Retrying would stall the replica for good while answers
+                // claimed to be current: stop instead. What the gate
+                // released before is already stored.
+                self.metrics.follower_errors.inc();
+                self.metrics.unreadable_batches.inc();
+                self.health.kafka_failed(failure.to_string());
+                tracing::error!(topic = %self.topic, code = ?failure.code, "{failure}");
+                return Err(failure.into());
+            }
+            drop(read);
             if let Some(release) = gate.release() {
                 let released_at = std::time::Instant::now();
                 let counts = {
@@ -180,7 +142,7 @@ impl Follower {
             }
             self.health.follower(positions.clone(), gate.held());
         }
-        close_off_runtime(consumer).await;
+        reader.close().await;
         tracing::info!(%positions, "Realtime follower stopped.");
         Ok(())
     }
@@ -209,21 +171,13 @@ impl Follower {
     /// or a restart would resume past counts it never kept. False when
     /// cancelled first: then the counts must not be applied.
     async fn commit(&self, checkpoint: &Checkpoint, token: &CancellationToken) -> bool {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.store.commit(checkpoint).await {
-                Ok(()) => return true,
-                Err(error) => {
-                    self.metrics.store_failures.inc();
-                    tracing::error!(%error, "Cannot store realtime counts; retrying.");
-                    if token.is_cancelled() {
-                        return false;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let on_failure = |error: &realtime_store::StoreError, retry_in: Duration| {
+            self.metrics.store_failures.inc();
+            tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "Cannot store realtime counts; retrying.");
+        };
+        until_durable(token, on_failure, || self.store.commit(checkpoint))
+            .await
+            .is_some()
     }
 }
 

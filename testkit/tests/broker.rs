@@ -143,7 +143,8 @@ async fn a_taken_port_is_a_clear_error() {
 /// checkpointed offset first, or a resuming layer would lose records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_inside_a_record_batch_delivers_the_checkpointed_offset() {
-    use ::common::kafka::{consumer_config, Resume, ResumeCheck};
+    use ::common::kafka::consumer_config;
+    use ::common::reader::{Resume, ResumeCheck};
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
     let (broker, brokers, topic) = broker_with_topic(BrokerStorage::Memory, "mid-batch", 1).await;

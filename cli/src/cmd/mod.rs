@@ -20,7 +20,9 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs one role until ctrl-c or SIGTERM: `run` starts it with the shutdown
-/// token and waits for it to stop.
+/// token and waits for it to stop. A role that cannot start, or whose
+/// component fails while it runs, ends here with an error: `main` prints it
+/// with its causes and the process exits non-zero.
 pub fn run_role<F, E>(
     role: &str,
     data_dir: &Path,
@@ -34,7 +36,7 @@ where
         let token = common::shutdown::on_signals();
         run(token).await.with_context(|| {
             format!(
-                "cannot start the {role} layer (data dir {})",
+                "the {role} layer stopped on a failure (data dir {})",
                 data_dir.display()
             )
         })

@@ -122,11 +122,7 @@ async fn batch_layer_sigkilled_during_ingestion_and_recompute() {
     .await;
     let truth = s.assert_exact().await;
     sampler.finish(&truth).await;
-    assert_resumed_mid_stream(
-        &s,
-        Role::Batch,
-        "Resuming ingestion from the master log's end",
-    );
+    assert_resumed_mid_stream(&s, Role::Batch, "Resuming at a durable position");
     s.shutdown();
 }
 
@@ -142,7 +138,7 @@ async fn serving_layer_sigkilled_and_restarted() {
     producer.await.expect("producer");
     let truth = s.assert_exact().await;
     sampler.finish(&truth).await;
-    assert_resumed_mid_stream(&s, Role::Serve, "Resuming the realtime topic");
+    assert_resumed_mid_stream(&s, Role::Serve, "Resuming at a durable position");
     s.shutdown();
 }
 

@@ -9,14 +9,11 @@ use super::{RealtimeView, StreamConfig};
 use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::decode_message;
-use common::kafka::{Resume, ResumeCheck};
-use common::metrics::since_timestamp;
+use common::reader::{Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
 use common::unreadable::ConsumeFailure;
 use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::Offset as KafkaOffset;
 use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
 use std::time::Duration;
@@ -119,13 +116,6 @@ impl MicroBatch {
         }
     }
 
-    /// Whether the events being counted are old enough that the layer is
-    /// catching up rather than keeping up.
-    fn behind(&self) -> bool {
-        self.oldest_event_ms
-            .is_some_and(|t| since_timestamp(t) > CATCH_UP_LAG)
-    }
-
     /// Adds the deltas to the mirror; returns the changed keys with their
     /// new absolute counts (what is checkpointed and then published).
     pub(super) fn apply(&mut self, view: &mut RealtimeView) -> Vec<(CountKey, u64)> {
@@ -164,78 +154,32 @@ impl MicroBatch {
 /// records pile up while the previous batch is checkpointed, so batches grow
 /// and the fixed cost per batch (an fsync, a watermark) is shared.
 pub(super) async fn next_batch(
-    consumer: &StreamConsumer,
+    reader: &mut PartitionReader,
     view: &RealtimeView,
-    resume: &mut Resume,
     tokenizer: &mut Tokenizer,
     ctx: &Ctx<'_>,
-) -> Option<MicroBatch> {
-    let Ctx {
-        config,
-        metrics,
-        token,
-        ..
-    } = *ctx;
-    let mut batch = MicroBatch::default();
-    let first = tokio::select! {
-        _ = token.cancelled() => return None,
-        _ = tokio::time::sleep(config.cut_poll_interval) => return Some(batch),
-        m = consumer.recv() => m,
+) -> Result<Option<MicroBatch>, ReaderError> {
+    let limits = Limits {
+        max_records: ctx.config.micro_batch_records,
+        max_bytes: MICRO_BATCH_MAX_BYTES,
+        linger: ctx.config.micro_batch_wait,
+        catch_up: Some((CATCH_UP_LAG, CATCH_UP_WAIT)),
+        // The loop polls the batch cut in between.
+        idle: Some(ctx.config.cut_poll_interval),
     };
-    let started = tokio::time::Instant::now();
-    let deadline = started + config.micro_batch_wait;
-    // Judged once per batch, after its first record (it reads the clock).
-    let mut catching_up: Option<bool> = None;
-    let mut next = Some(first);
-    loop {
-        match next.take() {
-            Some(Ok(m)) => match resume.check(m.partition(), m.offset()) {
-                ResumeCheck::Accept => batch.add(&m, view, tokenizer, ctx).await,
-                ResumeCheck::Skip => batch.records += 1,
-                ResumeCheck::SeekBack(offset) => {
-                    let (p, topic) = (m.partition(), m.topic().to_owned());
-                    drop(m);
-                    if let Err(error) = consumer.seek(
-                        &topic,
-                        p,
-                        KafkaOffset::Offset(offset),
-                        Duration::from_secs(10),
-                    ) {
-                        tracing::error!(%error, partition = p, "Cannot seek back; stopping rather than skip records.");
-                        ctx.token.cancel();
-                        return None;
-                    }
-                }
-            },
-            Some(Err(error)) => {
-                metrics.consumer_errors.inc();
-                if let Some(failure) = ConsumeFailure::classify(&error, &config.topic) {
-                    batch.unreadable = Some(failure);
-                    break;
-                }
-                tracing::warn!(%error, "Kafka consumer error.");
-            }
-            None => {}
-        }
-        if batch.records >= config.micro_batch_records || batch.bytes >= MICRO_BATCH_MAX_BYTES {
-            break;
-        }
-        // A record already buffered is taken even past the deadline (tokio's
-        // timeout polls the future first), so a zero wait means "what the
-        // consumer has at hand". Behind the log (catching up after a
-        // restart or a burst), there is no one to answer sooner: gather for
-        // up to CATCH_UP_WAIT, so the fixed cost of a checkpoint and a
-        // publication is shared by many records.
-        let catching_up = *catching_up.get_or_insert_with(|| batch.behind());
-        let until = if catching_up {
-            deadline.max(started + CATCH_UP_WAIT)
-        } else {
-            deadline
-        };
-        match tokio::time::timeout_at(until, consumer.recv()).await {
-            Ok(m) => next = Some(m),
-            Err(_) => break,
-        }
+    let Some(read) = reader.next_batch(&limits, ctx.token).await? else {
+        return Ok(None);
+    };
+    let mut batch = MicroBatch {
+        records: read.skipped,
+        ..MicroBatch::default()
+    };
+    ctx.metrics
+        .consumer_errors
+        .add(read.transient_errors as u64);
+    for m in &read.records {
+        batch.add(m, view, tokenizer, ctx).await;
     }
-    Some(batch)
+    batch.unreadable = read.unreadable;
+    Ok(Some(batch))
 }

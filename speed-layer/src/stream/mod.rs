@@ -24,24 +24,24 @@ mod publish;
 use crate::cuts::fetch_batch_cut;
 use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
-use common::kafka::{
-    burst_producer_config, close_off_runtime, consumer_config, wait_for_partitions, Resume,
-};
+use common::kafka::{burst_producer_config, consumer_config, wait_for_partitions};
 use common::metrics::since_timestamp;
+use common::reader::{PartitionReader, ReaderError};
+use common::retry::until_durable;
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
-use common::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
+use common::unreadable::{ConsumeFailure, HeldPartitions};
 use consume::{next_batch, Ctx};
-use lambda_core::{BucketSize, Cut, Offset, Partition, Tokenizer};
+use lambda_core::{BucketSize, Cut, Partition, Tokenizer};
 use publish::Publication;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use realtime_store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use rustc_hash::FxHashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use tokio::sync::mpsc;
 
 /// The consumer group the speed layer reports its position under.
 pub const GROUP: &str = "lambda-speed";
@@ -60,6 +60,8 @@ pub enum StreamError {
     NoTopic { topic: String, brokers: String },
     #[error("{0}; no partition could be found to hold, so the speed layer stops")]
     Unreadable(#[from] ConsumeFailure),
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
 }
 
 #[derive(Debug, Clone)]
@@ -165,10 +167,6 @@ pub async fn run(
         }
     }
 
-    let consumer: StreamConsumer = consumer_config(&config.kafka, GROUP)
-        .set("queued.max.messages.kbytes", "65536")
-        .create()
-        .map_err(kafka_err)?;
     let producer: FutureProducer = burst_producer_config(&config.kafka)
         .create()
         .map_err(kafka_err)?;
@@ -181,13 +179,15 @@ pub async fn run(
             "Resuming from the checkpoint."
         );
     }
-    let mut resume = Resume::new(view.positions.iter());
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as Partition {
-        tpl.add_partition_offset(&config.topic, p, KafkaOffset::Offset(resume.seek_offset(p)))
-            .map_err(kafka_err)?;
-    }
-    consumer.assign(&tpl).map_err(kafka_err)?;
+    let mut consumer = consumer_config(&config.kafka, GROUP);
+    consumer.set("queued.max.messages.kbytes", "65536");
+    let mut reader = PartitionReader::open(
+        consumer,
+        &config.kafka,
+        &config.topic,
+        view.positions.iter(),
+    )
+    .await?;
 
     // Publication runs beside consumption (see `publish`).
     let (publish_tx, publisher) = publish::spawn_publisher(
@@ -211,32 +211,37 @@ pub async fn run(
             metrics: &metrics,
             token: &token,
         };
-        let Some(mut batch) = next_batch(&consumer, &view, &mut resume, &mut tokenizer, &ctx).await
-        else {
+        let Some(mut batch) = next_batch(&mut reader, &view, &mut tokenizer, &ctx).await? else {
             break;
         };
         if batch.records > 0 {
             if let Some(oldest) = batch.oldest_event_ms {
                 metrics.consume_stage.observe(since_timestamp(oldest));
             }
-            let counts = batch.apply(&mut view);
-            let next_offsets = batch.next_offsets();
-            let Some(upserts) = checkpoint(&mut view, next_offsets, counts, &metrics, &token).await
-            else {
+            let checkpoint = Checkpoint {
+                counts: batch.apply(&mut view),
+                next_offsets: batch.next_offsets(),
+                as_of: None,
+            };
+            let RealtimeView {
+                store, positions, ..
+            } = &mut view;
+            let durable = checkpoint_then_publish(
+                store,
+                positions,
+                checkpoint,
+                batch.oldest_event_ms,
+                &publish_tx,
+                &metrics,
+                &token,
+            )
+            .await;
+            if !durable {
                 break;
-            };
-            let publication = Publication {
-                upserts,
-                positions: view.positions.clone(),
-                oldest_event_ms: batch.oldest_event_ms,
-                checkpointed_at: Instant::now(),
-            };
-            if publish_tx.send(publication).await.is_err() {
-                tracing::error!("The publisher stopped; upserts will be re-published on restart.");
             }
             if last_commit.elapsed() >= MONITORING_COMMIT_EVERY {
                 last_commit = Instant::now();
-                commit_for_monitoring(&consumer, &config.topic, &view.positions);
+                reader.commit_for_monitoring(&view.positions);
             }
             update_status(&status, &view, &metrics);
         }
@@ -245,18 +250,7 @@ pub async fn run(
             // the unreadable records stay in Kafka, their partition held.
             metrics.unreadable_batches.inc();
             let held = status.lock_or_stop("the speed status").held.clone();
-            let positions = (0..partitions as Partition)
-                .map(|p| (p, view.positions.get(p)))
-                .collect();
-            let outcome = hold_unreadable(
-                &consumer,
-                &config.kafka,
-                &config.topic,
-                positions,
-                &held,
-                failure,
-            )
-            .await;
+            let outcome = reader.hold(&held, failure).await;
             metrics.held_partitions.set(held.len() as i64);
             if let Err(failure) = outcome {
                 drop(publish_tx);
@@ -286,7 +280,7 @@ pub async fn run(
     // flight waits for the broker's answer, and in `lambda demo` the broker
     // runs on the same runtime threads the close blocks (a hang seen in
     // the demo's shutdown test).
-    close_off_runtime(consumer).await;
+    reader.close().await;
     tracing::info!(positions = %view.positions, "Speed layer stopped after its last checkpoint.");
     Ok(())
 }
@@ -312,49 +306,66 @@ fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &Spe
     s.store = view.store.stats();
 }
 
-/// Writes the changed counts and new offsets atomically, retrying until it
-/// succeeds (consumption waits meanwhile: backpressure, not loss); gives the
-/// counts back for publication, or `None` when cancelled before they were
-/// durable: then nothing of the micro-batch may be published.
-async fn checkpoint(
-    view: &mut RealtimeView,
-    next_offsets: Vec<(Partition, Offset)>,
-    counts: Vec<(CountKey, u64)>,
+/// Where micro-batches are made durable: the realtime store (tests use
+/// one that fails).
+pub(crate) trait Durable {
+    fn commit(
+        &self,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl Durable for RealtimeStore {
+    fn commit(
+        &self,
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        RealtimeStore::commit(self, checkpoint)
+    }
+}
+
+/// Writes a micro-batch's changed counts and next offsets atomically,
+/// retrying until they are durable (consumption waits meanwhile:
+/// backpressure, not loss), then moves `positions` and hands the counts to
+/// the publisher — never the other way round. False when the role stopped
+/// before the checkpoint was durable: then nothing of the micro-batch is
+/// published and the positions stay, so a restart recounts it.
+async fn checkpoint_then_publish(
+    store: &impl Durable,
+    positions: &mut Cut,
+    checkpoint: Checkpoint,
+    oldest_event_ms: Option<i64>,
+    publish: &mpsc::Sender<Publication>,
     metrics: &SpeedMetrics,
     token: &CancellationToken,
-) -> Option<Vec<(CountKey, u64)>> {
-    let cp = Checkpoint {
-        counts,
-        next_offsets,
-        as_of: None,
-    };
+) -> bool {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match view.store.commit(&cp).await {
-            Ok(()) => break,
-            Err(error) => {
-                metrics.checkpoint_failures.inc();
-                tracing::error!(%error, "Checkpoint failed; retrying.");
-                if token.is_cancelled() {
-                    // The counts are not durable; the offsets were not advanced
-                    // either, so a restart recounts this micro-batch.
-                    return None;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+    let on_failure = |error: &StoreError, retry_in: Duration| {
+        metrics.checkpoint_failures.inc();
+        tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "Checkpoint failed; retrying.");
+    };
+    let durable = until_durable(token, on_failure, || store.commit(&checkpoint)).await;
+    if durable.is_none() {
+        return false;
     }
-    for (p, o) in &cp.next_offsets {
-        view.positions.set(*p, *o);
+    for (p, o) in &checkpoint.next_offsets {
+        positions.set(*p, *o);
     }
     metrics.micro_batches.inc();
     metrics.checkpoint_stage.observe(started.elapsed());
     metrics
         .last_checkpoint_us
         .set(started.elapsed().as_micros() as i64);
-    Some(cp.counts)
+    let publication = Publication {
+        upserts: checkpoint.counts,
+        positions: positions.clone(),
+        oldest_event_ms,
+        checkpointed_at: Instant::now(),
+    };
+    if publish.send(publication).await.is_err() {
+        tracing::error!("The publisher stopped; upserts will be re-published on restart.");
+    }
+    true
 }
 
 /// Deletes the buckets below a new batch cut (only ever moving forward).
@@ -392,12 +403,107 @@ async fn expire(
 /// adaptive micro-batches there can be hundreds of checkpoints a second).
 const MONITORING_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
-fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, positions: &Cut) {
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in positions.iter() {
-        let _ = tpl.add_partition_offset(topic, p, KafkaOffset::Offset(o));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_core::BucketKey;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::mpsc::error::TryRecvError;
+
+    /// A store whose first `failures` commits fail.
+    struct Flaky {
+        failures: usize,
+        attempts: AtomicUsize,
     }
-    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
-        tracing::debug!(%error, "Monitoring commit failed (harmless: positions come from the checkpoint).");
+
+    impl Durable for Flaky {
+        async fn commit(&self, _: &Checkpoint) -> Result<(), StoreError> {
+            if self.attempts.fetch_add(1, Ordering::Relaxed) < self.failures {
+                Err(StoreError::Malformed {
+                    path: "flaky".into(),
+                    what: "an injected failure".into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn checkpoint() -> Checkpoint {
+        let key = CountKey {
+            bucket: BucketKey {
+                partition: 0,
+                bucket: 3,
+            },
+            word: "lambda".into(),
+        };
+        Checkpoint {
+            counts: vec![(key, 7)],
+            next_offsets: vec![(0, 25)],
+            as_of: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_that_keeps_failing_and_is_cancelled_publishes_nothing() {
+        let store = Flaky {
+            failures: usize::MAX,
+            attempts: AtomicUsize::new(0),
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let (metrics, token) = (SpeedMetrics::default(), CancellationToken::new());
+        let mut positions: Cut = [(0, 20)].into_iter().collect();
+        let stop = async {
+            while metrics.checkpoint_failures.get() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            token.cancel();
+        };
+        let attempt = checkpoint_then_publish(
+            &store,
+            &mut positions,
+            checkpoint(),
+            None,
+            &tx,
+            &metrics,
+            &token,
+        );
+        let (durable, ()) = tokio::join!(attempt, stop);
+        assert!(!durable, "reported as not durable");
+        assert_eq!(
+            rx.try_recv().err(),
+            Some(TryRecvError::Empty),
+            "nothing published"
+        );
+        assert_eq!(positions.get(0), 20, "the positions did not move");
+        assert_eq!(metrics.micro_batches.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_that_succeeds_after_failures_is_published_once_durable() {
+        let store = Flaky {
+            failures: 2,
+            attempts: AtomicUsize::new(0),
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let (metrics, token) = (SpeedMetrics::default(), CancellationToken::new());
+        let mut positions: Cut = [(0, 20)].into_iter().collect();
+        let durable = checkpoint_then_publish(
+            &store,
+            &mut positions,
+            checkpoint(),
+            None,
+            &tx,
+            &metrics,
+            &token,
+        )
+        .await;
+        assert!(durable);
+        assert_eq!(store.attempts.load(Ordering::Relaxed), 3);
+        assert_eq!(metrics.checkpoint_failures.get(), 2);
+        let published = rx.try_recv().expect("published after the checkpoint");
+        assert_eq!(published.upserts, checkpoint().counts);
+        assert_eq!(published.positions.get(0), 25);
+        assert_eq!(positions.get(0), 25);
     }
 }

@@ -1,0 +1,413 @@
+//! One way to read Kafka partitions, shared by batch ingestion, the speed
+//! layer and the serving layer's follower.
+//!
+//! A [`PartitionReader`] owns a consumer assigned to partitions at positions
+//! its user keeps durably (the master log's end, a checkpoint, the replica's
+//! stored positions), never at a Kafka-committed offset. It
+//!
+//! - **checks the positions** against what the topic holds before reading: a
+//!   position past a partition's end (the topic was recreated) or before its
+//!   start (retention deleted records not yet read) would lose or duplicate
+//!   events whatever happens next, so it is an error, [`ReaderError::OutOfRange`],
+//!   never a silent reset (consumers run with `auto.offset.reset=error`);
+//! - **resumes exactly**, with the [`Resume`] guard against brokers that
+//!   skip the rest of a record batch at the resume offset;
+//! - **reads micro-batches** ([`Limits`]): a batch closes at a record or byte
+//!   bound, or as soon as nothing more is buffered — after lingering a while
+//!   from its first record if asked, longer when that record is old (the
+//!   reader is catching up, and nobody waits for an answer sooner);
+//! - **reports failures**: records that cannot be read end the batch with
+//!   [`ReadBatch::unreadable`] (the layer holds that partition or stops);
+//!   a failed seek or an out-of-range position is a [`ReaderError`];
+//!
+//! Partitions are assigned by the layer (every partition of the topic);
+//! assignment and revocation through a consumer group come with scale-out.
+//!
+//! # Layout
+//!
+//! - this file: the reader, its limits, batches and errors;
+//! - `resume`: the mid-batch resume guard.
+
+mod resume;
+
+pub use resume::{Resume, ResumeCheck};
+
+use crate::client::Connection;
+use crate::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
+use lambda_core::{Cut, Offset, Partition};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::time::Instant;
+
+/// Why a reader cannot go on.
+#[derive(Debug, Error)]
+pub enum ReaderError {
+    #[error("kafka consumer of `{topic}`: {source}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error(
+        "partition {partition} of `{topic}` resumes at offset {offset}, but the topic holds \
+         offsets {low}..{high}: it was recreated, or retention deleted records not yet read. \
+         Reading on would lose or duplicate events, so the reader stops"
+    )]
+    OutOfRange {
+        topic: String,
+        partition: Partition,
+        offset: Offset,
+        low: Offset,
+        high: Offset,
+    },
+    #[error("cannot read the offsets partition {partition} of `{topic}` holds: {source}")]
+    Watermarks {
+        topic: String,
+        partition: Partition,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot seek partition {partition} of `{topic}` back to {offset}: {source}; stopping rather than skip records")]
+    Seek {
+        topic: String,
+        partition: Partition,
+        offset: Offset,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// When a batch closes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// At this many records …
+    pub max_records: usize,
+    /// … or this many payload bytes …
+    pub max_bytes: usize,
+    /// … or when nothing more is buffered, after waiting this long from the
+    /// batch's first record for more (zero: what is at hand).
+    pub linger: Duration,
+    /// When the batch's first record is older than `.0`, the reader is
+    /// catching up: it lingers at least `.1`, so the fixed cost of a batch
+    /// (a checkpoint, a publication) is shared by many records.
+    pub catch_up: Option<(Duration, Duration)>,
+    /// With no record at all for this long, an empty batch (so the user can
+    /// do periodic work); `None` waits for a record or cancellation.
+    pub idle: Option<Duration>,
+}
+
+/// One batch of records, in the order each partition holds them.
+pub struct ReadBatch<'a> {
+    pub records: Vec<BorrowedMessage<'a>>,
+    /// Payload bytes of `records`.
+    pub bytes: usize,
+    /// Redelivered records below a resume position, dropped.
+    pub skipped: usize,
+    /// Consumer errors a retry fixes (librdkafka retries them itself).
+    pub transient_errors: usize,
+    /// Set when the consumer returned records it cannot read: the batch
+    /// ends before them, and the layer holds their partition or stops.
+    pub unreadable: Option<ConsumeFailure>,
+}
+
+/// A consumer assigned to partitions at known positions.
+pub struct PartitionReader {
+    consumer: StreamConsumer,
+    kafka: Connection,
+    topic: String,
+    resume: Resume,
+    /// Where each partition continues: its resume position, then the offset
+    /// after the last record delivered.
+    next: BTreeMap<Partition, Offset>,
+}
+
+impl PartitionReader {
+    /// Creates a consumer from `config` and assigns it `positions` of
+    /// `topic`, after checking that the topic still holds them.
+    pub async fn open(
+        config: ClientConfig,
+        kafka: &Connection,
+        topic: &str,
+        positions: impl IntoIterator<Item = (Partition, Offset)>,
+    ) -> Result<Self, ReaderError> {
+        let consumer: StreamConsumer = config.create().map_err(|source| ReaderError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        let mut reader = Self {
+            consumer,
+            kafka: kafka.clone(),
+            topic: topic.to_owned(),
+            resume: Resume::new([]),
+            next: BTreeMap::new(),
+        };
+        reader.assign(positions.into_iter().collect()).await?;
+        Ok(reader)
+    }
+
+    /// (Re)assigns every partition to read, each at its position: after
+    /// [`Self::open`], when the topic gained partitions.
+    pub async fn assign(&mut self, positions: Vec<(Partition, Offset)>) -> Result<(), ReaderError> {
+        let starts = check_positions(&self.kafka, &self.topic, &positions).await?;
+        let mut resume = Resume::new(positions.iter().copied());
+        let mut tpl = TopicPartitionList::new();
+        for &(p, offset) in &positions {
+            resume.set_log_start(p, starts.get(&p).copied().unwrap_or(0));
+            let seek = resume.seek_offset(p);
+            tpl.add_partition_offset(&self.topic, p, KafkaOffset::Offset(seek))
+                .map_err(|source| self.kafka_error(source))?;
+            tracing::info!(topic = %self.topic, partition = p, offset, "Resuming at a durable position.");
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|source| self.kafka_error(source))?;
+        self.resume = resume;
+        self.next = positions.into_iter().collect();
+        Ok(())
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Reads the next batch; `None` once `token` is cancelled.
+    pub async fn next_batch(
+        &mut self,
+        limits: &Limits,
+        token: &crate::shutdown::CancellationToken,
+    ) -> Result<Option<ReadBatch<'_>>, ReaderError> {
+        let mut batch = ReadBatch {
+            records: Vec::new(),
+            bytes: 0,
+            skipped: 0,
+            transient_errors: 0,
+            unreadable: None,
+        };
+        let consumer = &self.consumer;
+        let idle = async {
+            match limits.idle {
+                Some(idle) => tokio::time::sleep(idle).await,
+                None => std::future::pending().await,
+            }
+        };
+        let first = tokio::select! {
+            _ = token.cancelled() => return Ok(None),
+            _ = idle => return Ok(Some(batch)),
+            m = consumer.recv() => m,
+        };
+        let started = Instant::now();
+        // Judged once per batch, from its first record (it reads the clock).
+        let mut until: Option<Instant> = None;
+        let mut next = Some(first);
+        loop {
+            match next.take() {
+                Some(Ok(m)) => {
+                    let (p, offset) = (m.partition(), m.offset());
+                    match self.resume.check(p, offset) {
+                        ResumeCheck::Accept => {
+                            self.next.insert(p, offset + 1);
+                            batch.bytes += m.payload_len();
+                            if until.is_none() {
+                                until = Some(started + linger_for(limits, &m));
+                            }
+                            batch.records.push(m);
+                        }
+                        ResumeCheck::Skip => batch.skipped += 1,
+                        ResumeCheck::SeekBack(to) => {
+                            drop(m);
+                            consumer
+                                .seek(&self.topic, p, KafkaOffset::Offset(to), SEEK_TIMEOUT)
+                                .map_err(|source| ReaderError::Seek {
+                                    topic: self.topic.clone(),
+                                    partition: p,
+                                    offset: to,
+                                    source,
+                                })?;
+                        }
+                    }
+                }
+                Some(Err(error)) => {
+                    if let KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset) = error
+                    {
+                        // A position the topic no longer holds (retention
+                        // overtook the reader): name it, then stop.
+                        let positions: Vec<_> = self.next.iter().map(|(&p, &o)| (p, o)).collect();
+                        check_positions(&self.kafka, &self.topic, &positions).await?;
+                    }
+                    if let Some(failure) = ConsumeFailure::classify(&error, &self.topic) {
+                        batch.unreadable = Some(failure);
+                        break;
+                    }
+                    batch.transient_errors += 1;
+                    tracing::warn!(topic = %self.topic, %error, "Kafka consumer error; librdkafka retries.");
+                }
+                None => {}
+            }
+            if batch.records.len() >= limits.max_records || batch.bytes >= limits.max_bytes {
+                break;
+            }
+            // A record already buffered is taken even past the deadline
+            // (tokio's timeout polls the future first), so a zero linger
+            // means "what the consumer has at hand".
+            let deadline = until.unwrap_or(started);
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(m) => next = Some(m),
+                Err(_) => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    /// Holds the partition whose records cannot be read (see
+    /// [`crate::unreadable`]), probing from each partition's position; an
+    /// error when none could be found.
+    pub async fn hold(
+        &self,
+        held: &HeldPartitions,
+        failure: ConsumeFailure,
+    ) -> Result<(), ConsumeFailure> {
+        let positions = self.next.iter().map(|(&p, &o)| (p, o)).collect();
+        hold_unreadable(
+            &self.consumer,
+            &self.kafka,
+            &self.topic,
+            positions,
+            held,
+            failure,
+        )
+        .await
+    }
+
+    /// Pauses `partitions` (held ones, after a new assignment).
+    pub fn pause(
+        &self,
+        partitions: impl IntoIterator<Item = Partition>,
+    ) -> Result<(), ReaderError> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer
+            .pause(&tpl)
+            .map_err(|source| self.kafka_error(source))
+    }
+
+    /// Commits `positions` to the consumer group, for monitoring tools only:
+    /// the reader never resumes from them. Failures are harmless.
+    pub fn commit_for_monitoring(&self, positions: &Cut) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in positions.iter() {
+            let _ = tpl.add_partition_offset(&self.topic, p, KafkaOffset::Offset(o));
+        }
+        if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(%error, "Monitoring commit failed (harmless: positions are kept durably elsewhere).");
+        }
+    }
+
+    /// Closes the consumer off the runtime (see
+    /// [`crate::kafka::close_off_runtime`]).
+    pub async fn close(self) {
+        crate::kafka::close_off_runtime(self.consumer).await;
+    }
+
+    fn kafka_error(&self, source: KafkaError) -> ReaderError {
+        ReaderError::Kafka {
+            topic: self.topic.clone(),
+            source,
+        }
+    }
+}
+
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a batch whose first record is `m` waits for more.
+fn linger_for(limits: &Limits, m: &BorrowedMessage<'_>) -> Duration {
+    let catching_up = limits.catch_up.and_then(|(lag, wait)| {
+        let t = m.timestamp().to_millis()?;
+        (crate::metrics::since_timestamp(t) > lag).then_some(wait)
+    });
+    limits.linger.max(catching_up.unwrap_or_default())
+}
+
+/// Checks that `topic` holds every position (a position may equal the
+/// partition's end: nothing new yet); returns each partition's first offset.
+async fn check_positions(
+    kafka: &Connection,
+    topic: &str,
+    positions: &[(Partition, Offset)],
+) -> Result<BTreeMap<Partition, Offset>, ReaderError> {
+    let (kafka, topic, positions) = (kafka.clone(), topic.to_owned(), positions.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer =
+            crate::kafka::client_config(&kafka)
+                .create()
+                .map_err(|source| ReaderError::Kafka {
+                    topic: topic.clone(),
+                    source,
+                })?;
+        let mut starts = BTreeMap::new();
+        for (partition, offset) in positions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
+                .map_err(|source| ReaderError::Watermarks {
+                    topic: topic.clone(),
+                    partition,
+                    source,
+                })?;
+            if !position_is_held(offset, low, high) {
+                return Err(ReaderError::OutOfRange {
+                    topic,
+                    partition,
+                    offset,
+                    low,
+                    high,
+                });
+            }
+            starts.insert(partition, low);
+        }
+        Ok(starts)
+    })
+    .await
+    .expect("the position check does not panic")
+}
+
+/// Whether a reader may resume at `offset` of a partition holding offsets
+/// `low..high`: anywhere from its first record to its end (nothing new yet).
+/// Below `low` lie records deleted before the reader saw them; past `high`,
+/// offsets this topic never had (it was recreated).
+fn position_is_held(offset: Offset, low: Offset, high: Offset) -> bool {
+    (low..=high).contains(&offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_must_lie_within_what_the_partition_holds() {
+        assert!(
+            position_is_held(0, 0, 0),
+            "an empty partition, from its start"
+        );
+        assert!(position_is_held(5, 0, 5), "at the end: nothing new yet");
+        assert!(position_is_held(3, 2, 9));
+        assert!(
+            !position_is_held(6, 0, 5),
+            "past the end: the topic was recreated"
+        );
+        assert!(
+            !position_is_held(1, 2, 9),
+            "before the start: records deleted unread"
+        );
+    }
+}
