@@ -20,7 +20,7 @@ use common::retry::until_durable;
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
 use common::unreadable::{ConsumeFailure, HeldPartitions};
-use lambda_core::{Offset, Partition};
+use lambda_core::{Offset, Partition, Positions};
 use rdkafka::message::Message;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -250,7 +250,7 @@ async fn append_with_retry(
 /// Appends a batch (grouped by partition, in offset order) and applies the
 /// fsync policy, under one hold of the lock, so that a cut taken by a
 /// recompute never includes records that are not durable.
-fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<lambda_core::Cut, LogError> {
+fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<Positions, LogError> {
     let mut by_partition: BTreeMap<Partition, Vec<&Pending>> = BTreeMap::new();
     for p in batch {
         by_partition.entry(p.partition).or_default().push(p);
@@ -273,7 +273,7 @@ fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<lambda_core
 
 /// How many records of `batch` lie between the log's ends `before` and
 /// `after`: the ones this batch added (the rest were already there).
-fn added_by(batch: &[Pending], before: &lambda_core::Cut, after: &lambda_core::Cut) -> usize {
+fn added_by(batch: &[Pending], before: &Positions, after: &Positions) -> usize {
     batch
         .iter()
         .filter(|r| (before.get(r.partition)..after.get(r.partition)).contains(&r.offset))
@@ -304,8 +304,8 @@ mod tests {
             .map(|o| pending(0, o))
             .chain((0..3).map(|o| pending(1, o)))
             .collect();
-        let before: lambda_core::Cut = [(0, 10)].into_iter().collect();
-        let after: lambda_core::Cut = [(0, 14), (1, 3)].into_iter().collect();
+        let before: Positions = [(0, 10)].into_iter().collect();
+        let after: Positions = [(0, 14), (1, 3)].into_iter().collect();
         assert_eq!(added_by(&batch, &before, &after), 7);
         assert_eq!(added_by(&batch, &after, &after), 0);
     }

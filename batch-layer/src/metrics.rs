@@ -2,7 +2,7 @@
 
 use common::dead_letter::DeadLetterCounts;
 use common::metrics::{Counter, Gauge, TextWriter};
-use lambda_core::Cut;
+use lambda_core::Positions;
 
 #[derive(Debug, Default)]
 pub struct BatchMetrics {
@@ -23,7 +23,7 @@ pub struct BatchMetrics {
 
 impl BatchMetrics {
     /// Prometheus text, with the master log's end offsets.
-    pub fn render(&self, log_end: &Cut, now_ms: i64) -> String {
+    pub fn render(&self, log_end: &Positions, now_ms: i64) -> String {
         let mut w = TextWriter::new();
         w.single(
             "lambda_batch_records_ingested_total",

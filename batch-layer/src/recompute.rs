@@ -79,7 +79,7 @@ pub fn recompute(
     let previous = store.latest()?;
     let (cut, segments) = {
         let log = log.lock_or_stop("the master log");
-        let cut: Cut = log.end_offsets().align_down(bucket_size);
+        let cut: Cut = log.end_offsets().aligned_cut(bucket_size);
         let segments = log.segments_below(&cut);
         (cut, segments)
     };

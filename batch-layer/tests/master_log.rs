@@ -1,7 +1,7 @@
 //! Master log: appends, recovery from torn tails, refusal of mid-log corruption.
 
 use batch_layer::master_log::{LogError, LogOptions, MasterLog, Record, RecordKind};
-use lambda_core::Cut;
+use lambda_core::{Cut, Positions};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -76,7 +76,7 @@ fn appends_survive_reopen_and_redeliveries_are_skipped() {
     let log = MasterLog::open(dir.path(), options(1 << 20)).expect("reopen");
     let ends = log.end_offsets();
     assert_eq!(ends, [(0, 10), (3, 8)].into_iter().collect());
-    let records = read_all(&log, &ends);
+    let records = read_all(&log, &ends.as_cut());
     assert_eq!(records.len(), 11);
     let p0: Vec<i64> = records.iter().filter(|r| r.0 == 0).map(|r| r.1).collect();
     assert_eq!(p0, (0..10).collect::<Vec<_>>(), "each offset exactly once");
@@ -190,7 +190,7 @@ fn a_torn_last_record_is_truncated_at_every_byte_position() {
             last_start,
             "torn at {len}: tail cut off"
         );
-        assert_eq!(read_all(&log, &log.end_offsets()).len(), 4);
+        assert_eq!(read_all(&log, &log.end_offsets().as_cut()).len(), 4);
     }
 }
 
@@ -322,7 +322,7 @@ fn a_full_disk_leaves_no_partial_batch_and_the_retry_lands_exactly_once() {
         );
     }
     let offsets = |log: &MasterLog| -> Vec<(i32, i64)> {
-        read_all(log, &log.end_offsets())
+        read_all(log, &log.end_offsets().as_cut())
             .into_iter()
             .map(|(p, o, text)| {
                 assert_eq!(text, payload);
@@ -330,7 +330,7 @@ fn a_full_disk_leaves_no_partial_batch_and_the_retry_lands_exactly_once() {
             })
             .collect()
     };
-    let contiguous = |ends: &Cut| -> Vec<(i32, i64)> {
+    let contiguous = |ends: &Positions| -> Vec<(i32, i64)> {
         (0..2)
             .flat_map(|p| (0..ends.get(p)).map(move |o| (p, o)))
             .collect()
@@ -341,7 +341,7 @@ fn a_full_disk_leaves_no_partial_batch_and_the_retry_lands_exactly_once() {
     batch(&mut log, next).expect("the retry succeeds once space is back");
     drop(log);
     let log = MasterLog::open(fs.path(), options(8 * 1024)).expect("reopen: no torn tail");
-    let want: Cut = [(0, next[0] + 4), (1, next[1] + 4)].into_iter().collect();
+    let want: Positions = [(0, next[0] + 4), (1, next[1] + 4)].into_iter().collect();
     assert_eq!(log.end_offsets(), want);
     assert_eq!(
         offsets(&log),

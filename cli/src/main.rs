@@ -3,6 +3,16 @@
 //! The layers are libraries; this crate only parses flags (each also a
 //! `LAMBDA_*` environment variable), sets up logging and shutdown, and wires
 //! them together.
+//!
+//! # Layout
+//!
+//! - this file: the subcommands;
+//! - `cmd`: one module per subcommand (`demo`, `broker`, `batch`, `speed`,
+//!   `serve`, `produce`, `mapreduce`) and the shared role runner;
+//! - `tests/`: the whole-stack tests (the only crate that sees every layer):
+//!   in-process end to end (`e2e`, `handoff`), processes killed and restarted
+//!   (`*_crash`), failures that stop a role (`failures`), and the reliability
+//!   suite (`system/`).
 
 mod cmd;
 

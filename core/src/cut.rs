@@ -1,9 +1,18 @@
-//! Offsets, cuts and realtime buckets: how the batch and speed layers divide
-//! the event stream between them.
+//! Offsets, positions, cuts and realtime buckets: how the batch and speed
+//! layers divide the event stream between them.
 //!
-//! A [`Cut`] maps each partition to the first offset it does *not* include:
-//! a batch view with cut `c` counts exactly the events with
-//! `offset < c[partition]`. The speed layer counts per (word, partition,
+//! Two maps from partition to offset look alike and mean different things:
+//!
+//! - [`Positions`]: where a reader or a log *is*, the next offset per
+//!   partition (the master log's ends, the speed layer's checkpoint, a
+//!   replica's place in the realtime topic, a topic's end offsets);
+//! - [`Cut`]: what a result *covers*, the first offset per partition it does
+//!   not include: a batch view with cut `c` counts exactly the events with
+//!   `offset < c[partition]`, and an answer's `as_of` is a cut too.
+//!
+//! A reader at some positions has seen everything below them
+//! ([`Positions::as_cut`]); a batch view's cut is the master log's ends
+//! aligned down to a bucket boundary ([`Positions::aligned_cut`]). The speed layer counts per (word, partition,
 //! bucket) with `bucket = offset / B`. Batch cuts are aligned to `B`, so every
 //! bucket lies wholly below a cut (the batch view has it) or wholly at or above
 //! it (the realtime view has it); nothing straddles the hand-off.
@@ -78,26 +87,86 @@ impl FromStr for BucketSize {
     }
 }
 
-/// Per partition, the first offset not included. Partitions that are absent
-/// include nothing (their cut is 0).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Cut(BTreeMap<Partition, Offset>);
+/// The representation both [`Cut`] and [`Positions`] share: an offset per
+/// partition, 0 for partitions that are absent.
+macro_rules! offset_map {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(BTreeMap<Partition, Offset>);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self::default()
+            }
+
+            /// The offset of `partition` (0 when absent).
+            pub fn get(&self, partition: Partition) -> Offset {
+                self.0.get(&partition).copied().unwrap_or(0)
+            }
+
+            pub fn set(&mut self, partition: Partition, offset: Offset) {
+                self.0.insert(partition, offset);
+            }
+
+            /// How many offsets this is behind `end`, summed over `end`'s
+            /// partitions (0 where it is at or past it).
+            pub fn behind(&self, end: &Positions) -> u64 {
+                end.iter()
+                    .map(|(p, o)| (o - self.get(p)).max(0) as u64)
+                    .sum()
+            }
+
+            /// The offsets summed over partitions (for a cut or positions
+            /// from offset 0: the records below it).
+            pub fn total_offsets(&self) -> u64 {
+                self.0.values().map(|&o| o.max(0) as u64).sum()
+            }
+
+            pub fn iter(&self) -> impl Iterator<Item = (Partition, Offset)> + '_ {
+                self.0.iter().map(|(&p, &o)| (p, o))
+            }
+
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl FromIterator<(Partition, Offset)> for $name {
+            fn from_iter<I: IntoIterator<Item = (Partition, Offset)>>(iter: I) -> Self {
+                Self(iter.into_iter().collect())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("{")?;
+                for (i, (p, o)) in self.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{p}: {o}")?;
+                }
+                f.write_str("}")
+            }
+        }
+    };
+}
+
+offset_map! {
+    /// What a result covers: per partition, the first offset *not*
+    /// included. Partitions that are absent include nothing (their cut is 0).
+    Cut
+}
+
+offset_map! {
+    /// Where a reader or a log is: per partition, the next offset (to read,
+    /// or to append). Partitions that are absent are at 0.
+    Positions
+}
 
 impl Cut {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The first offset of `partition` that is not included.
-    pub fn get(&self, partition: Partition) -> Offset {
-        self.0.get(&partition).copied().unwrap_or(0)
-    }
-
-    pub fn set(&mut self, partition: Partition, offset: Offset) {
-        self.0.insert(partition, offset);
-    }
-
     /// Whether the event at (`partition`, `offset`) is included.
     pub fn includes(&self, partition: Partition, offset: Offset) -> bool {
         offset < self.get(partition)
@@ -107,16 +176,6 @@ impl Cut {
     /// realtime side of the merge.
     pub fn is_realtime_bucket(&self, size: BucketSize, partition: Partition, bucket: u64) -> bool {
         size.bucket_start(bucket) >= self.get(partition)
-    }
-
-    /// The bucket-aligned cut at or below these end offsets: what a batch view
-    /// may absorb when its master log ends at `self`.
-    pub fn align_down(&self, size: BucketSize) -> Cut {
-        Cut(self
-            .0
-            .iter()
-            .map(|(&p, &end)| (p, size.align_down(end)))
-            .collect())
     }
 
     /// Whether every partition's offset is a multiple of the bucket size.
@@ -134,45 +193,22 @@ impl Cut {
             .chain(self.0.keys())
             .all(|&p| self.get(p) >= other.get(p))
     }
-
-    /// How many offsets this position is behind `end`, summed over `end`'s
-    /// partitions (0 where it is at or past it).
-    pub fn behind(&self, end: &Cut) -> u64 {
-        end.iter()
-            .map(|(p, o)| (o - self.get(p)).max(0) as u64)
-            .sum()
-    }
-
-    /// The number of events included, summed over partitions.
-    pub fn total_offsets(&self) -> u64 {
-        self.0.values().map(|&o| o.max(0) as u64).sum()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (Partition, Offset)> + '_ {
-        self.0.iter().map(|(&p, &o)| (p, o))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
-impl FromIterator<(Partition, Offset)> for Cut {
-    fn from_iter<I: IntoIterator<Item = (Partition, Offset)>>(iter: I) -> Self {
-        Cut(iter.into_iter().collect())
+impl Positions {
+    /// What a reader at these positions has seen: everything below them.
+    pub fn as_cut(&self) -> Cut {
+        Cut(self.0.clone())
     }
-}
 
-impl fmt::Display for Cut {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("{")?;
-        for (i, (p, o)) in self.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{p}: {o}")?;
-        }
-        f.write_str("}")
+    /// The bucket-aligned cut at or below these positions: what a batch view
+    /// may absorb when its master log ends here.
+    pub fn aligned_cut(&self, size: BucketSize) -> Cut {
+        Cut(self
+            .0
+            .iter()
+            .map(|(&p, &end)| (p, size.align_down(end)))
+            .collect())
     }
 }
 
@@ -198,19 +234,24 @@ mod tests {
     #[test]
     fn cut_includes_offsets_below_it_and_aligns_down() {
         let b = BucketSize::new(10).expect("non-zero");
-        let ends: Cut = [(0, 25), (1, 10), (2, 9)].into_iter().collect();
-        let cut = ends.align_down(b);
+        let ends: Positions = [(0, 25), (1, 10), (2, 9)].into_iter().collect();
+        let cut = ends.aligned_cut(b);
         assert_eq!(cut, [(0, 20), (1, 10), (2, 0)].into_iter().collect());
         assert!(cut.is_aligned(b));
-        assert!(!ends.is_aligned(b));
+        assert!(!ends.as_cut().is_aligned(b));
         assert!(cut.includes(0, 19));
         assert!(!cut.includes(0, 20));
         assert!(!cut.includes(7, 0), "an absent partition includes nothing");
         assert!(cut.is_realtime_bucket(b, 0, 2));
         assert!(!cut.is_realtime_bucket(b, 0, 1));
-        assert!(ends.dominates(&cut));
-        assert!(!cut.dominates(&ends));
+        assert!(ends.as_cut().dominates(&cut));
+        assert!(!cut.dominates(&ends.as_cut()));
         assert_eq!(cut.total_offsets(), 30);
+        assert_eq!(
+            cut.behind(&ends),
+            14,
+            "5 + 0 + 9 offsets between the cut and the ends"
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!   allocation-free ASCII fast path.
 //! - [`event`]: a record's payload decoded into an [`event::Event`], or a typed
 //!   [`event::DecodeError`] that says why it goes to the dead-letter topic.
-//! - [`cut`]: partitions, offsets, [`cut::Cut`]s and realtime bucket arithmetic.
+//! - [`cut`]: partitions, offsets, [`cut::Positions`] (where a reader is),
+//!   [`cut::Cut`]s (what a result covers) and realtime bucket arithmetic.
 //! - [`merge`]: the merge rule `batch(w) + Σ realtime(w, p, b ≥ cut[p])`, and
 //!   the identity of a realtime count ([`merge::CountKey`]).
 //! - [`realtime`]: the realtime topic's messages (absolute-count upserts and
@@ -33,7 +34,7 @@ pub mod realtime;
 pub mod tokenizer;
 pub mod view;
 
-pub use cut::{BucketSize, Cut, Offset, Partition};
+pub use cut::{BucketSize, Cut, Offset, Partition, Positions};
 pub use event::{DecodeError, Event};
 pub use merge::{merged_count, BucketKey, CountKey};
 pub use tokenizer::Tokenizer;

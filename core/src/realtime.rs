@@ -19,7 +19,7 @@
 //!   all upserts of every checkpoint up to `W`; applying exactly those makes
 //!   its counts exact at `W`, which is what its answers' `as_of` reports.
 
-use crate::cut::{Cut, Partition};
+use crate::cut::{Partition, Positions};
 use serde::{Deserialize, Serialize};
 
 /// The key of watermark messages.
@@ -95,7 +95,7 @@ impl Packer {
 /// every events partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watermark {
-    pub positions: Cut,
+    pub positions: Positions,
     /// The record timestamp (ms since the epoch) of the oldest event the
     /// micro-batch counted, if it counted any: serving layers measure how
     /// long events took to become visible from it. Absent in watermarks of

@@ -52,7 +52,7 @@ use keys::{
     META_AS_OF, META_CUT, META_FLOOR, OFFSET, SNAPSHOT,
 };
 use lambda_core::chunk::ChunkWriter;
-use lambda_core::{BucketSize, Cut, Offset, Partition};
+use lambda_core::{BucketSize, Cut, Offset, Partition, Positions};
 use rustc_hash::FxHashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -272,9 +272,9 @@ impl RealtimeStore {
     }
 
     /// The checkpointed next offset of every partition seen so far.
-    pub fn offsets(&self) -> Result<Cut, StoreError> {
+    pub fn offsets(&self) -> Result<Positions, StoreError> {
         let inner = &self.inner;
-        let mut cut = Cut::new();
+        let mut cut = Positions::new();
         for item in inner.tree.scan_prefix([OFFSET]) {
             let (k, v) = item.map_err(inner.err())?;
             if k.len() != 5 || v.len() != 8 {

@@ -7,7 +7,7 @@ use crate::replica::Replica;
 use common::kafka::client_config;
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
-use lambda_core::Cut;
+use lambda_core::Positions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ pub struct EndsWatcher {
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-fn topic_ends(consumer: &BaseConsumer, topic: &str) -> Result<Cut, String> {
+fn topic_ends(consumer: &BaseConsumer, topic: &str) -> Result<Positions, String> {
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
         .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
@@ -34,7 +34,7 @@ fn topic_ends(consumer: &BaseConsumer, topic: &str) -> Result<Cut, String> {
         .find(|t| t.name() == topic)
         .map(|t| t.partitions().len())
         .unwrap_or(0);
-    let mut ends = Cut::new();
+    let mut ends = Positions::new();
     for p in 0..partitions as i32 {
         let (_, high) = consumer
             .fetch_watermarks(topic, p, TIMEOUT)

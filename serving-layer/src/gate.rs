@@ -77,12 +77,13 @@ impl WatermarkGate {
     pub fn watermark(&mut self, partition: i32, offset: Offset, watermark: Watermark) {
         if let Some(lane) = self.lanes.get_mut(partition as usize) {
             lane.closed.push_back(Segment {
-                watermark: watermark.positions.clone(),
+                // A checkpoint at these positions counts the events below them.
+                watermark: watermark.positions.as_cut(),
                 upserts: std::mem::take(&mut lane.open),
                 next_offset: offset + 1,
                 oldest_event_ms: watermark.oldest_event_ms,
             });
-            lane.latest = Some(watermark.positions);
+            lane.latest = Some(watermark.positions.as_cut());
         }
     }
 
@@ -138,7 +139,7 @@ mod tests {
 
     fn mark(pairs: &[(i32, i64)]) -> Watermark {
         Watermark {
-            positions: cut(pairs),
+            positions: pairs.iter().copied().collect(),
             oldest_event_ms: None,
         }
     }
@@ -190,7 +191,7 @@ mod tests {
     #[test]
     fn a_release_carries_the_oldest_event_time_of_what_it_releases() {
         let at = |pairs: &[(i32, i64)], ms| Watermark {
-            positions: cut(pairs),
+            positions: pairs.iter().copied().collect(),
             oldest_event_ms: Some(ms),
         };
         let mut gate = WatermarkGate::new(1, None);

@@ -6,7 +6,7 @@
 //! about old data from an exact answer about current data.
 
 use common::sync::LockOrStop;
-use lambda_core::Cut;
+use lambda_core::{Cut, Positions};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,9 +34,9 @@ struct Inner {
     kafka_error: Option<String>,
     caught_up_at: Option<Instant>,
     /// Recent (time asked, events ends) samples, oldest first.
-    history: std::collections::VecDeque<(Instant, Cut)>,
+    history: std::collections::VecDeque<(Instant, Positions)>,
     ends: Ends,
-    follower_positions: Cut,
+    follower_positions: Positions,
     follower_held: usize,
     /// Recent (applied at, produce-to-visible) latencies, oldest first.
     visible: std::collections::VecDeque<(Instant, Duration)>,
@@ -54,8 +54,8 @@ pub struct Visibility {
 /// End offsets of the topics the serving layer watches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ends {
-    pub events: Cut,
-    pub realtime: Cut,
+    pub events: Positions,
+    pub realtime: Positions,
     /// Records in the dead-letter topic.
     pub dead_letters: u64,
 }
@@ -71,7 +71,7 @@ pub struct Snapshot {
     pub realtime_stale: bool,
     pub kafka_error: Option<String>,
     pub ends: Ends,
-    pub follower_positions: Cut,
+    pub follower_positions: Positions,
     pub follower_held: usize,
 }
 
@@ -111,7 +111,12 @@ impl Health {
         while i.history.len() > HISTORY {
             i.history.pop_front();
         }
-        if let Some(&(t, _)) = i.history.iter().rev().find(|(_, e)| as_of.dominates(e)) {
+        if let Some(&(t, _)) = i
+            .history
+            .iter()
+            .rev()
+            .find(|(_, e)| as_of.dominates(&e.as_cut()))
+        {
             i.caught_up_at = Some(i.caught_up_at.map_or(t, |c| c.max(t)));
         }
         i.ends = ends;
@@ -121,7 +126,7 @@ impl Health {
         self.lock().kafka_error = Some(error);
     }
 
-    pub fn follower(&self, positions: Cut, held: usize) {
+    pub fn follower(&self, positions: Positions, held: usize) {
         let mut i = self.lock();
         i.follower_positions = positions;
         i.follower_held = held;

@@ -10,10 +10,12 @@
 //!
 //! - [`replica`]: the merged state, per-word merge and exact top-K.
 //! - [`gate`]: releases realtime upserts a whole checkpoint at a time.
-//! - [`follow`]: the realtime-topic follower (sled, with its topic position).
+//! - [`follow`]: the realtime-topic follower (into the realtime store, with
+//!   its topic positions).
 //! - [`views`]: pulling, verifying, keeping and swapping batch views.
 //! - [`ends`], [`health`]: topic ends, freshness, which layer is stale.
-//! - [`api`]: the axum router, limits and handlers; [`dashboard`]: `GET /`.
+//! - [`api`]: the axum router and limits, route groups, answer schemas;
+//!   [`dashboard`]: `GET /`.
 //! - [`config`], [`metrics`]: flags and Prometheus metrics.
 //!
 //! [`start`] wires them into the running role (`lambda serve`).

@@ -2,7 +2,7 @@
 
 use common::dead_letter::DeadLetterCounts;
 use common::metrics::{render_stages, Counter, Gauge, Histogram, TextWriter};
-use lambda_core::Cut;
+use lambda_core::{Cut, Positions};
 use realtime_store::StoreStats;
 
 #[derive(Debug, Default)]
@@ -34,7 +34,7 @@ pub struct SpeedMetrics {
 }
 
 impl SpeedMetrics {
-    pub fn render(&self, positions: &Cut, cut: &Cut, store: &StoreStats) -> String {
+    pub fn render(&self, positions: &Positions, cut: &Cut, store: &StoreStats) -> String {
         let mut w = TextWriter::new();
         w.single(
             "lambda_speed_records_consumed_total",

@@ -6,7 +6,7 @@ use clap::Parser;
 use common::dead_letter::headers;
 use common::shutdown::CancellationToken;
 use lambda_core::realtime::{route, RealtimeMessage};
-use lambda_core::{BucketSize, Cut};
+use lambda_core::{BucketSize, Cut, Positions};
 use realtime_store::RealtimeStore;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -103,7 +103,7 @@ async fn counts_are_exact_and_poison_pills_are_dead_lettered() {
     )
     .await;
     let mut published: HashMap<String, u64> = HashMap::new();
-    let mut last_watermark: BTreeMap<i32, Cut> = BTreeMap::new();
+    let mut last_watermark: BTreeMap<i32, Positions> = BTreeMap::new();
     let mut open_upserts: BTreeMap<i32, usize> = BTreeMap::new();
     for m in &upserts {
         match RealtimeMessage::decode(m.key.as_deref(), Some(&m.payload)).expect("realtime message")

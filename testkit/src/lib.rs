@@ -1,6 +1,13 @@
-//! Helpers for tests that drive real components: unique names, a minimal
-//! blocking HTTP/1.1 client, polling. Compiled with the `embedded-broker`
-//! feature, next to the broker the same tests start.
+//! Helpers for tests that drive real components. A dev-dependency only: the
+//! `lambda` binary does not link it.
+//!
+//! # Layout
+//!
+//! - this file: unique names, polling, metrics scraping, producing and
+//!   consuming on the embedded broker, recounts (the truth answers are
+//!   checked against), poisoned event streams, a tmpfs for full-disk tests;
+//! - `wire`: brokers behind TLS, SASL or a proxy that corrupts records on
+//!   the wire, and the test certificates.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -18,7 +18,7 @@ pub use partition::{sync_dir, PartitionLog, SegmentMeta};
 pub use record::{Record, RecordKind};
 pub use segments::{RecordIter, SegmentRef};
 
-use lambda_core::{Cut, Partition};
+use lambda_core::{Cut, Partition, Positions};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -170,7 +170,7 @@ impl MasterLog {
     /// Per partition, the offset after the last record: where ingestion resumes
     /// and the largest cut a view may take. Partitions without records are
     /// absent.
-    pub fn end_offsets(&self) -> Cut {
+    pub fn end_offsets(&self) -> Positions {
         self.partitions
             .iter()
             .filter_map(|(&p, log)| log.next_offset().map(|o| (p, o)))

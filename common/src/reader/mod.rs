@@ -34,7 +34,7 @@ pub use resume::{Resume, ResumeCheck};
 
 use crate::client::Connection;
 use crate::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
-use lambda_core::{Cut, Offset, Partition};
+use lambda_core::{Offset, Partition, Positions};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -303,7 +303,7 @@ impl PartitionReader {
 
     /// Commits `positions` to the consumer group, for monitoring tools only:
     /// the reader never resumes from them. Failures are harmless.
-    pub fn commit_for_monitoring(&self, positions: &Cut) {
+    pub fn commit_for_monitoring(&self, positions: &Positions) {
         let mut tpl = TopicPartitionList::new();
         for (p, o) in positions.iter() {
             let _ = tpl.add_partition_offset(&self.topic, p, KafkaOffset::Offset(o));

@@ -1,6 +1,6 @@
 //! The JSON shapes of the API's answers, with their OpenAPI schemas.
 
-use lambda_core::Cut;
+use lambda_core::{Cut, Positions};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -98,7 +98,7 @@ pub struct RealtimeStatus {
     pub lag: u64,
     /// The follower's position in the realtime topic.
     #[schema(value_type = PositionSchema)]
-    pub topic_position: Cut,
+    pub topic_position: Positions,
     pub topic_lag: u64,
     /// Upserts received but waiting for their micro-batch's watermark.
     pub held_upserts: u64,
@@ -121,7 +121,7 @@ pub struct StatusAnswer {
     pub stale: Vec<String>,
     /// End offsets of the events topic.
     #[schema(value_type = PositionSchema)]
-    pub events_end: Cut,
+    pub events_end: Positions,
     /// Events in Kafka not yet covered by answers.
     pub lag: u64,
     pub batch: BatchStatus,

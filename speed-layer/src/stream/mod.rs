@@ -32,7 +32,7 @@ use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
 use common::unreadable::{ConsumeFailure, HeldPartitions};
 use consume::{next_batch, Ctx};
-use lambda_core::{BucketSize, Cut, Partition, Tokenizer};
+use lambda_core::{BucketSize, Cut, Partition, Positions, Tokenizer};
 use publish::Publication;
 use rdkafka::producer::FutureProducer;
 use realtime_store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
@@ -81,7 +81,7 @@ pub struct StreamConfig {
 #[derive(Debug, Default, Clone)]
 pub struct SpeedStatus {
     /// Checkpointed next offset per partition.
-    pub positions: Cut,
+    pub positions: Positions,
     /// The batch cut below which buckets have been expired.
     pub cut: Cut,
     pub ready: bool,
@@ -95,7 +95,7 @@ pub struct SpeedStatus {
 struct RealtimeView {
     store: RealtimeStore,
     mirror: FxHashMap<CountKey, u64>,
-    positions: Cut,
+    positions: Positions,
     cut: Cut,
 }
 
@@ -332,7 +332,7 @@ impl Durable for RealtimeStore {
 /// published and the positions stay, so a restart recounts it.
 async fn checkpoint_then_publish(
     store: &impl Durable,
-    positions: &mut Cut,
+    positions: &mut Positions,
     checkpoint: Checkpoint,
     oldest_event_ms: Option<i64>,
     publish: &mpsc::Sender<Publication>,
@@ -452,7 +452,7 @@ mod tests {
         };
         let (tx, mut rx) = mpsc::channel(4);
         let (metrics, token) = (SpeedMetrics::default(), CancellationToken::new());
-        let mut positions: Cut = [(0, 20)].into_iter().collect();
+        let mut positions: Positions = [(0, 20)].into_iter().collect();
         let stop = async {
             while metrics.checkpoint_failures.get() < 3 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -487,7 +487,7 @@ mod tests {
         };
         let (tx, mut rx) = mpsc::channel(4);
         let (metrics, token) = (SpeedMetrics::default(), CancellationToken::new());
-        let mut positions: Cut = [(0, 20)].into_iter().collect();
+        let mut positions: Positions = [(0, 20)].into_iter().collect();
         let durable = checkpoint_then_publish(
             &store,
             &mut positions,

@@ -12,7 +12,7 @@ use crate::metrics::SpeedMetrics;
 use common::kafka::send_all;
 use common::shutdown::CancellationToken;
 use lambda_core::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
-use lambda_core::Cut;
+use lambda_core::Positions;
 use rdkafka::producer::FutureProducer;
 use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 /// A checkpointed micro-batch's changed counts and the positions it reached.
 pub(super) struct Publication {
     pub(super) upserts: Vec<(CountKey, u64)>,
-    pub(super) positions: Cut,
+    pub(super) positions: Positions,
     /// The oldest counted event's record timestamp (none for the start-up
     /// re-publication).
     pub(super) oldest_event_ms: Option<i64>,
