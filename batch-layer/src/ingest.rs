@@ -19,6 +19,7 @@ use common::reader::{Limits, PartitionReader, ReaderError};
 use common::retry::until_durable;
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
+use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::{ConsumeFailure, HeldPartitions};
 use lambda_core::{Offset, Partition, Positions};
 use rdkafka::message::Message;
@@ -173,15 +174,15 @@ async fn pending<M: Message>(
     let decoded = decode_message(message, config.max_event_bytes);
     let kind = RecordKind::of(&decoded);
     if let Err(error) = &decoded {
-        metrics.dead_letters.inc(error.reason());
-        tracing::warn!(
-            partition = message.partition(),
-            offset = message.offset(),
-            reason = error.reason(),
-            "Record is not an event; keeping it marked and dead-lettering it."
-        );
+        RecordDeadLettered {
+            partition: message.partition(),
+            offset: message.offset(),
+            error,
+            kept: true,
+        }
+        .emit(&metrics.dead_letters);
         dead_letters
-            .send_until_delivered(message, error, token, || metrics.dead_letter_failures.inc())
+            .send_until_delivered(message, error, token, &metrics.dead_letter_failures)
             .await;
     }
     Pending {
@@ -214,10 +215,6 @@ async fn append_with_retry(
     // there; so what the batch added is measured against the log's end before
     // the first attempt, not summed per attempt.
     let before = log.lock_or_stop("the master log").end_offsets();
-    let on_failure = |error: &AppendFailure, retry_in: Duration| {
-        metrics.log_write_errors.inc();
-        tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "Cannot append to the master log; retrying the batch.");
-    };
     let attempt = || {
         let (log, records) = (Arc::clone(log), Arc::clone(&batch));
         async move {
@@ -233,7 +230,7 @@ async fn append_with_retry(
             }
         }
     };
-    match until_durable(token, on_failure, attempt).await {
+    match until_durable(token, "the master log", &metrics.log_write_errors, attempt).await {
         Some(ends) => {
             let added = added_by(&batch, &before, &ends);
             metrics.records_ingested.add(added as u64);

@@ -4,6 +4,7 @@
 use crate::client::Connection;
 use crate::kafka::producer_config;
 use crate::metrics::{Counter, TextWriter};
+use crate::retry::until_durable;
 use crate::shutdown::CancellationToken;
 use lambda_core::event::DecodeError;
 use rdkafka::error::KafkaError;
@@ -114,24 +115,16 @@ impl DeadLetterSink {
 impl DeadLetterSink {
     /// Sends a dead letter, retrying with backoff until the broker has it (it
     /// must exist before the record counts as processed) or `token` is
-    /// cancelled. `on_failure` is called for every failed attempt (a metric).
+    /// cancelled; `failures` counts the failed attempts.
     pub async fn send_until_delivered<M: Message>(
         &self,
         message: &M,
         error: &DecodeError,
         token: &CancellationToken,
-        on_failure: impl Fn(),
+        failures: &Counter,
     ) {
-        let mut delay = Duration::from_millis(100);
-        while let Err(send_error) = self.send(message, error).await {
-            on_failure();
-            tracing::error!(error = %send_error, topic = %self.topic, "Cannot send a dead letter; retrying.");
-            if token.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        let what = format!("a dead letter to `{}`", self.topic);
+        until_durable(token, &what, failures, || self.send(message, error)).await;
     }
 }
 

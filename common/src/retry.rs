@@ -8,7 +8,10 @@
 //! — and then the caller learns that it did **not** happen, so nothing that
 //! depends on it may happen either.
 
+use crate::metrics::Counter;
 use crate::shutdown::CancellationToken;
+use crate::telemetry::events::WriteNotDurable;
+use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
@@ -18,15 +21,18 @@ pub const FIRST_DELAY: Duration = Duration::from_millis(100);
 pub const MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Runs `attempt` until it succeeds and returns its value, or `None` once
-/// `token` is cancelled while it still fails. `on_failure` sees every
-/// failed attempt (count it, log it); the pause between attempts ends early
-/// when the role stops.
+/// `token` is cancelled while it still fails. Every failed attempt is a
+/// [`WriteNotDurable`] event (`failures` counts them, the log says `what`
+/// failed and why); the pause between attempts ends early when the role
+/// stops.
 pub async fn until_durable<T, E, Fut>(
     token: &CancellationToken,
-    mut on_failure: impl FnMut(&E, Duration),
+    what: &str,
+    failures: &Counter,
     mut attempt: impl FnMut() -> Fut,
 ) -> Option<T>
 where
+    E: Display,
     Fut: Future<Output = Result<T, E>>,
 {
     let mut delay = FIRST_DELAY;
@@ -34,7 +40,12 @@ where
         match attempt().await {
             Ok(value) => return Some(value),
             Err(error) => {
-                on_failure(&error, delay);
+                WriteNotDurable {
+                    what,
+                    error: &error,
+                    retry_in: delay,
+                }
+                .emit(failures);
                 if token.is_cancelled() {
                     return None;
                 }
@@ -57,43 +68,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_until_an_attempt_succeeds() {
         let token = CancellationToken::new();
-        let (attempts, failures) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let value = until_durable(
-            &token,
-            |_: &&str, _| {
-                failures.fetch_add(1, Ordering::Relaxed);
-            },
-            || async {
-                match attempts.fetch_add(1, Ordering::Relaxed) {
-                    0..=2 => Err("disk full"),
-                    n => Ok(n),
-                }
-            },
-        )
+        let (attempts, failures) = (AtomicUsize::new(0), Counter::default());
+        let value = until_durable(&token, "a test write", &failures, || async {
+            match attempts.fetch_add(1, Ordering::Relaxed) {
+                0..=2 => Err("disk full"),
+                n => Ok(n),
+            }
+        })
         .await;
         assert_eq!(value, Some(3));
-        assert_eq!(failures.load(Ordering::Relaxed), 3);
+        assert_eq!(failures.get(), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_that_keeps_failing_is_reported_undone_once_cancelled() {
         let token = CancellationToken::new();
-        let failures = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Counter::default());
         let counted = Arc::clone(&failures);
         let retrying = tokio::spawn({
             let token = token.clone();
             async move {
-                until_durable(
-                    &token,
-                    move |_: &&str, _| {
-                        counted.fetch_add(1, Ordering::Relaxed);
-                    },
-                    || async { Err::<(), _>("disk full") },
-                )
+                until_durable(&token, "a test write", &counted, || async {
+                    Err::<(), _>("disk full")
+                })
                 .await
             }
         });
-        while failures.load(Ordering::Relaxed) < 4 {
+        while failures.get() < 4 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         token.cancel();

@@ -18,6 +18,7 @@ use common::reader::{Limits, PartitionReader, ReaderError};
 use common::retry::until_durable;
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
+use common::telemetry::events::MalformedRealtimeMessage;
 use common::unreadable::ConsumeFailure;
 use lambda_core::realtime::RealtimeMessage;
 use lambda_core::Cut;
@@ -155,15 +156,12 @@ impl Follower {
                 }
             }
             Ok(RealtimeMessage::Watermark(w)) => gate.watermark(m.partition(), m.offset(), w),
-            Err(reason) => {
-                self.metrics.malformed_realtime.inc();
-                tracing::warn!(
-                    partition = m.partition(),
-                    offset = m.offset(),
-                    %reason,
-                    "Skipping a malformed realtime message."
-                );
+            Err(reason) => MalformedRealtimeMessage {
+                partition: m.partition(),
+                offset: m.offset(),
+                reason: &reason,
             }
+            .emit(&self.metrics.malformed_realtime),
         }
     }
 
@@ -171,11 +169,11 @@ impl Follower {
     /// or a restart would resume past counts it never kept. False when
     /// cancelled first: then the counts must not be applied.
     async fn commit(&self, checkpoint: &Checkpoint, token: &CancellationToken) -> bool {
-        let on_failure = |error: &realtime_store::StoreError, retry_in: Duration| {
-            self.metrics.store_failures.inc();
-            tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "Cannot store realtime counts; retrying.");
-        };
-        until_durable(token, on_failure, || self.store.commit(checkpoint))
+        let (what, failures) = (
+            "the replica's realtime counts",
+            &self.metrics.store_failures,
+        );
+        until_durable(token, what, failures, || self.store.commit(checkpoint))
             .await
             .is_some()
     }

@@ -33,6 +33,7 @@ mod resume;
 pub use resume::{Resume, ResumeCheck};
 
 use crate::client::Connection;
+use crate::telemetry::events::ConsumerErrorRetried;
 use crate::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
 use lambda_core::{Offset, Partition, Positions};
 use rdkafka::config::ClientConfig;
@@ -245,7 +246,11 @@ impl PartitionReader {
                         break;
                     }
                     batch.transient_errors += 1;
-                    tracing::warn!(topic = %self.topic, %error, "Kafka consumer error; librdkafka retries.");
+                    ConsumerErrorRetried {
+                        topic: &self.topic,
+                        error: &error,
+                    }
+                    .emit();
                 }
                 None => {}
             }

@@ -3,6 +3,7 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use common::telemetry::limit::{Allowed, LogLimit};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -67,7 +68,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::Internal(detail) = &self {
-            tracing::error!(error = %detail, "Request failed.");
+            // One per request at worst: rate-limited.
+            static LIMIT: LogLimit = LogLimit::new();
+            if let Allowed::Log { suppressed } = LIMIT.allow() {
+                tracing::error!(error = %detail, suppressed_since_last = suppressed, "Request failed.");
+            }
         }
         let mut response = common::server::json_error(self.status(), self.message());
         if matches!(self, Self::Unauthorized) {

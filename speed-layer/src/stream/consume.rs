@@ -11,6 +11,7 @@ use common::dead_letter::DeadLetterSink;
 use common::kafka::decode_message;
 use common::reader::{Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
+use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::ConsumeFailure;
 use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
 use rdkafka::message::Message;
@@ -102,15 +103,15 @@ impl MicroBatch {
                 });
             }
             Err(error) => {
-                metrics.dead_letters.inc(error.reason());
-                tracing::warn!(
-                    partition = p,
-                    offset = o,
-                    reason = error.reason(),
-                    "Record is not an event; dead-lettering it."
-                );
+                RecordDeadLettered {
+                    partition: p,
+                    offset: o,
+                    error: &error,
+                    kept: false,
+                }
+                .emit(&metrics.dead_letters);
                 dead_letters
-                    .send_until_delivered(m, &error, token, || metrics.dead_letter_failures.inc())
+                    .send_until_delivered(m, &error, token, &metrics.dead_letter_failures)
                     .await;
             }
         }

@@ -340,11 +340,13 @@ async fn checkpoint_then_publish(
     token: &CancellationToken,
 ) -> bool {
     let started = Instant::now();
-    let on_failure = |error: &StoreError, retry_in: Duration| {
-        metrics.checkpoint_failures.inc();
-        tracing::error!(%error, retry_in_ms = retry_in.as_millis() as u64, "Checkpoint failed; retrying.");
-    };
-    let durable = until_durable(token, on_failure, || store.commit(&checkpoint)).await;
+    let durable = until_durable(
+        token,
+        "the checkpoint",
+        &metrics.checkpoint_failures,
+        || store.commit(&checkpoint),
+    )
+    .await;
     if durable.is_none() {
         return false;
     }

@@ -1,4 +1,14 @@
-//! Logging setup: `tracing` with an `EnvFilter` read from `RUST_LOG`.
+//! Telemetry: `tracing` set-up from `RUST_LOG`, typed events that pair a
+//! metric with its log line, and rate limits for per-record log lines.
+//!
+//! # Layout
+//!
+//! - this file: [`init`], the subscriber and its default filter;
+//! - [`events`]: the typed events;
+//! - [`limit`]: [`limit::LogLimit`], a burst of lines per window.
+
+pub mod events;
+pub mod limit;
 
 use tracing_subscriber::EnvFilter;
 
