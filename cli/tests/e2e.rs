@@ -3,10 +3,10 @@
 //! down during the swap, every sample is exact at its own `as_of`, and with
 //! the batch layer stopped the answers keep coming, marked stale.
 
+use ::common::broker::{BrokerStorage, EmbeddedBroker};
+use ::common::client::{ClientArgs, Compression, Connection};
+use ::common::shutdown::CancellationToken;
 use clap::Parser;
-use common::broker::{BrokerStorage, EmbeddedBroker};
-use common::client::{ClientArgs, Compression, Connection};
-use common::shutdown::CancellationToken;
 use lambda_core::{Cut, Tokenizer};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +14,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod common;
+
+use common::spec::{Role, StackSpec};
 use testkit::secured_broker;
 use testkit::{consume_n, get, http, memory_broker, metric_sum, produce, wait_for};
 
@@ -87,80 +91,39 @@ async fn start_stack_on(
     let first_dir = dirs.len();
     dirs.extend((0..3).map(|_| tempfile::tempdir().expect("tempdir")));
     let dirs = dirs;
-    let dir = |i: usize| {
-        dirs[first_dir + i]
-            .path()
-            .to_str()
-            .expect("utf-8")
-            .to_owned()
+    let spec = StackSpec {
+        admin_token: TOKEN.to_owned(),
+        stale_after: Some("2s".to_owned()),
+        extra: layer_flags.iter().map(|f| f.to_string()).collect(),
+        ..StackSpec::new(kafka.brokers(), &topic)
     };
-    let (dlq, rt) = (format!("{topic}.dlq"), format!("{topic}.rt"));
-    let flags = |dir: String, extra: &[&str]| -> Vec<String> {
-        let mut f: Vec<String> = [
-            "x",
-            "--brokers",
-            kafka.brokers(),
-            "--topic",
-            &topic,
-            "--dead-letter-topic",
-            &dlq,
-            "--realtime-topic",
-            &rt,
-            "--data-dir",
-            &dir,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--partitions",
-            "3",
-            "--bucket-size",
-            "16",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        f.extend(extra.iter().chain(layer_flags).map(|s| s.to_string()));
-        f
+    // In this process: each role's flags parsed as `lambda <role>` would.
+    let flags = |role: Role, batch_url: Option<&str>| {
+        let dir = dirs[first_dir + role as usize].path();
+        std::iter::once("lambda".to_owned()).chain(spec.flags(role, dir, "127.0.0.1:0", batch_url))
     };
     let batch_token = CancellationToken::new();
     let token = CancellationToken::new();
     let batch = batch_layer::start(
-        BatchCli::try_parse_from(flags(
-            dir(0),
-            &["--recompute-interval", "1h", "--admin-token", TOKEN],
-        ))
-        .expect("flags")
-        .args,
+        BatchCli::try_parse_from(flags(Role::Batch, None))
+            .expect("flags")
+            .args,
         batch_token.clone(),
     )
     .await
     .expect("batch starts");
-    let batch_url = batch.http_addr.to_string();
+    let batch_url = format!("http://{}", batch.http_addr);
     let speed = speed_layer::start(
-        SpeedCli::try_parse_from(flags(
-            dir(1),
-            &["--batch-url", &batch_url, "--cut-poll-interval", "100ms"],
-        ))
-        .expect("flags")
-        .args,
+        SpeedCli::try_parse_from(flags(Role::Speed, Some(&batch_url)))
+            .expect("flags")
+            .args,
         token.clone(),
     )
     .await
     .expect("speed starts");
-    let serve_args = ServeCli::try_parse_from(flags(
-        dir(2),
-        &[
-            "--batch-url",
-            &batch_url,
-            "--admin-token",
-            TOKEN,
-            "--view-poll-interval",
-            "100ms",
-            "--stale-after",
-            "2s",
-        ],
-    ))
-    .expect("flags")
-    .args;
+    let serve_args = ServeCli::try_parse_from(flags(Role::Serve, Some(&batch_url)))
+        .expect("flags")
+        .args;
     let serving_token = token.child_token();
     let running = serving_layer::start(serve_args.clone(), serving_token.clone())
         .await
@@ -546,11 +509,11 @@ async fn produce_with(
     records: &[(String, Vec<u8>)],
 ) {
     let kafka = kafka.clone().with_compression(codec);
-    let producer: rdkafka::producer::FutureProducer = common::kafka::producer_config(&kafka)
+    let producer: rdkafka::producer::FutureProducer = ::common::kafka::producer_config(&kafka)
         .set("linger.ms", "20")
         .create()
         .expect("producer");
-    for (i, result) in common::kafka::send_all(&producer, topic, records)
+    for (i, result) in ::common::kafka::send_all(&producer, topic, records)
         .await
         .into_iter()
         .enumerate()

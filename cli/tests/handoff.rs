@@ -2,13 +2,16 @@
 //! the batch cut, every realtime bucket below it expires, and the batch view
 //! plus what remains of the realtime counts still equal a recount.
 
+use ::common::shutdown::CancellationToken;
 use clap::Parser;
-use common::shutdown::CancellationToken;
 use lambda_core::view::{verify_and_decode, Manifest};
 use lambda_core::{BucketSize, Cut};
 use realtime_store::RealtimeStore;
 use std::net::SocketAddr;
 use std::time::Duration;
+mod common;
+
+use common::spec::{Role, StackSpec};
 use testkit::{
     get, http, memory_broker, metric_sum, poisoned_events, produce, realtime_per_word, recount,
     wait_for,
@@ -26,38 +29,6 @@ struct SpeedCli {
     args: speed_layer::config::SpeedArgs,
 }
 
-/// Flags both layers take: their topics and data directory, three
-/// partitions, buckets of 8, events of at most 500 bytes.
-fn flags<'a>(
-    brokers: &'a str,
-    topic: &'a str,
-    dlq: &'a str,
-    rt: &'a str,
-    dir: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "x",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--dead-letter-topic",
-        dlq,
-        "--realtime-topic",
-        rt,
-        "--data-dir",
-        dir,
-        "--http-addr",
-        "127.0.0.1:0",
-        "--partitions",
-        "3",
-        "--max-event-bytes",
-        "500",
-        "--bucket-size",
-        "8",
-    ]
-}
-
 fn wait_position(addr: SocketAddr, total: usize) {
     wait_for(
         "the speed layer to checkpoint every record",
@@ -72,33 +43,43 @@ fn wait_position(addr: SocketAddr, total: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
     let (broker, brokers, topic) = memory_broker("handoff").await;
-    let (dlq, rt) = (format!("{topic}.dlq"), format!("{topic}.rt"));
     let batch_dir = tempfile::tempdir().expect("tempdir");
     let speed_dir = tempfile::tempdir().expect("tempdir");
-    let (b_s, s_s) = (
-        batch_dir.path().to_str().expect("utf-8").to_owned(),
-        speed_dir.path().to_str().expect("utf-8").to_owned(),
-    );
     let token = CancellationToken::new();
 
-    let mut flags = flags(&brokers, &topic, &dlq, &rt, &b_s);
-    flags.extend(["--recompute-interval", "1h", "--admin-token", "handoff"]);
+    // Buckets of 8, and records over 500 bytes (1 % of them) dead-lettered.
+    let spec = StackSpec {
+        bucket_size: 8,
+        max_event_bytes: 500,
+        ..StackSpec::new(&brokers, &topic)
+    };
+    let flags = |role, dir: &tempfile::TempDir, batch_url| {
+        std::iter::once("lambda".to_owned()).chain(spec.flags(
+            role,
+            dir.path(),
+            "127.0.0.1:0",
+            batch_url,
+        ))
+    };
     let batch = batch_layer::start(
-        BatchCli::try_parse_from(flags).expect("flags").args,
+        BatchCli::try_parse_from(flags(Role::Batch, &batch_dir, None))
+            .expect("flags")
+            .args,
         token.clone(),
     )
     .await
     .expect("batch starts");
-    let batch_addr = batch.http_addr.to_string();
-    let mut flags = self::flags(&brokers, &topic, &dlq, &rt, &s_s);
-    flags.extend(["--batch-url", &batch_addr, "--cut-poll-interval", "100ms"]);
+    let batch_url = format!("http://{}", batch.http_addr);
     let speed = speed_layer::start(
-        SpeedCli::try_parse_from(flags).expect("flags").args,
+        SpeedCli::try_parse_from(flags(Role::Speed, &speed_dir, Some(&batch_url)))
+            .expect("flags")
+            .args,
         token.clone(),
     )
     .await
     .expect("speed starts");
     let (speed_addr, batch_addr) = (speed.http_addr, batch.http_addr);
+    let auth = format!("Bearer {}", spec.admin_token);
 
     let (records, good) = poisoned_events(1500);
     let total = records.len();
@@ -114,7 +95,7 @@ async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
                 (metric_sum(&m, "lambda_batch_log_end_offset") as usize == total).then_some(())
             },
         );
-        let auth = [("Authorization", "Bearer handoff")];
+        let auth = [("Authorization", auth.as_str())];
         let r = http(batch_addr, "POST", "/recompute", &auth, b"").expect("recompute");
         assert_eq!(r.status, 200, "{}", r.text());
         let manifest: Manifest = serde_json::from_slice(&r.body).expect("manifest");

@@ -1,5 +1,8 @@
-//! Helpers for tests that run the real `lambda` binary as child processes.
+//! Helpers for the whole-stack tests: the stack's description ([`spec`]),
+//! and the real `lambda` binary run as child processes.
 #![allow(dead_code)]
+
+pub mod spec;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;

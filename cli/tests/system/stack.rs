@@ -2,6 +2,8 @@
 //! processes, a producer of events with unique, checkable content, and the
 //! ground truth computed independently of the layers' code.
 
+pub use crate::common::spec::Role;
+use crate::common::spec::StackSpec;
 use crate::common::{free_addr, spawn_role, terminate, Lcg, RoleProcess};
 use ::testkit::{get, http, unique, wait_for, Consumed};
 use lambda_core::Cut;
@@ -27,28 +29,7 @@ pub fn scaled(short: usize) -> usize {
 }
 
 pub const TOKEN: &str = "suite-admin-token";
-/// Small buckets so that every recompute moves the cut and hands counts over.
-const BUCKET_SIZE: &str = "16";
 pub const MAX_EVENT_BYTES: usize = 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Batch,
-    Speed,
-    Serve,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Batch, Role::Speed, Role::Serve];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Batch => "batch",
-            Role::Speed => "speed",
-            Role::Serve => "serve",
-        }
-    }
-}
 
 struct Proc {
     child: Option<RoleProcess>,
@@ -106,64 +87,25 @@ impl Stack {
         }
         let addrs: BTreeMap<Role, SocketAddr> =
             Role::ALL.iter().map(|&r| (r, free_addr())).collect();
+        let spec = StackSpec {
+            admin_token: TOKEN.to_owned(),
+            max_event_bytes: MAX_EVENT_BYTES,
+            recompute_interval: "2s".to_owned(),
+            poll_interval: "200ms".to_owned(),
+            micro_batch_records: Some(500),
+            ..StackSpec::new(&stack.brokers, &topic)
+        };
+        let batch_url = format!("http://{}", addrs[&Role::Batch]);
         for role in Role::ALL {
             let data_dir = match (role, &options.batch_data_dir) {
                 (Role::Batch, Some(d)) => d.clone(),
                 _ => stack.dir.path().join(role.name()),
             };
-            let mut args: Vec<String> = [
-                "--brokers",
-                &stack.brokers,
-                "--topic",
-                &topic,
-                "--dead-letter-topic",
-                &format!("{topic}.dlq"),
-                "--realtime-topic",
-                &format!("{topic}.rt"),
-                "--partitions",
-                "3",
-                "--bucket-size",
-                BUCKET_SIZE,
-                "--max-event-bytes",
-                &MAX_EVENT_BYTES.to_string(),
-                "--data-dir",
-                data_dir.to_str().expect("utf-8 path"),
-                "--http-addr",
-                &addrs[&role].to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let batch = addrs[&Role::Batch].to_string();
-            let extra: Vec<String> = match role {
-                Role::Batch => {
-                    let mut f = vec![
-                        "--recompute-interval".into(),
-                        "2s".into(),
-                        "--admin-token".into(),
-                        TOKEN.into(),
-                    ];
-                    f.extend(options.batch_flags.iter().cloned());
-                    f
-                }
-                Role::Speed => vec![
-                    "--batch-url".into(),
-                    batch,
-                    "--cut-poll-interval".into(),
-                    "200ms".into(),
-                    "--micro-batch-records".into(),
-                    "500".into(),
-                ],
-                Role::Serve => vec![
-                    "--batch-url".into(),
-                    batch,
-                    "--view-poll-interval".into(),
-                    "200ms".into(),
-                    "--admin-token".into(),
-                    TOKEN.into(),
-                ],
-            };
-            args.extend(extra);
+            let http = addrs[&role].to_string();
+            let mut args = spec.flags(role, &data_dir, &http, Some(&batch_url));
+            if role == Role::Batch {
+                args.extend(options.batch_flags.iter().cloned());
+            }
             let log = stack.dir.path().join(format!("{}.log", role.name()));
             stack.procs.insert(
                 role,
