@@ -16,7 +16,7 @@ use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{bulk_consumer_config, decode_message, topic_partitions};
 use common::reader::{Limits, PartitionReader, ReaderError};
-use common::retry::until_durable;
+use common::retry::{until_durable, DurableWrite, Stalls};
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
 use common::telemetry::events::RecordDeadLettered;
@@ -70,6 +70,7 @@ pub async fn run(
     dead_letters: DeadLetterSink,
     metrics: Arc<BatchMetrics>,
     held: HeldPartitions,
+    stalls: Stalls,
     token: CancellationToken,
 ) -> Result<(), IngestError> {
     let (mut partitions, resume_at) = positions(&config, &log).await?;
@@ -100,7 +101,7 @@ pub async fn run(
         }
         let unreadable = read.unreadable;
         if !batch.is_empty() {
-            append_with_retry(&log, batch, &metrics, &token, &reader).await;
+            append_with_retry(&log, batch, &metrics, &stalls, &token, &reader).await;
         }
         if let Some(failure) = unreadable {
             // What was read before it is in the master log; the unreadable
@@ -206,6 +207,7 @@ async fn append_with_retry(
     log: &Arc<Mutex<MasterLog>>,
     batch: Vec<Pending>,
     metrics: &BatchMetrics,
+    stalls: &Stalls,
     token: &CancellationToken,
     reader: &PartitionReader,
 ) {
@@ -230,7 +232,12 @@ async fn append_with_retry(
             }
         }
     };
-    match until_durable(token, "the master log", &metrics.log_write_errors, attempt).await {
+    let write = DurableWrite {
+        what: "the master log",
+        failures: &metrics.log_write_errors,
+        stalls,
+    };
+    match until_durable(token, write, attempt).await {
         Some(ends) => {
             let added = added_by(&batch, &before, &ends);
             metrics.records_ingested.add(added as u64);

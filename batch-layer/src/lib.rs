@@ -40,6 +40,7 @@ use crate::server::{BatchState, RecomputeRequest};
 use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
+use common::retry::Stalls;
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use common::unreadable::HeldPartitions;
 use common::views::ViewStore;
@@ -125,8 +126,14 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
 
     let kafka = &args.kafka;
     ensure_layer_topics(kafka).await?;
-    let dead_letters = DeadLetterSink::new(&kafka.connection(), &kafka.dead_letter_topic, "batch")
-        .map_err(BatchError::DeadLetter)?;
+    let stalls = Stalls::default();
+    let dead_letters = DeadLetterSink::new(
+        &kafka.connection(),
+        &kafka.dead_letter_topic,
+        "batch",
+        stalls.clone(),
+    )
+    .map_err(BatchError::DeadLetter)?;
 
     let metrics = Arc::new(BatchMetrics::default());
     if let Some(m) = store.latest()? {
@@ -149,6 +156,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         recompute: recompute_tx,
         admin_token: args.admin_token.as_deref().map(Arc::from),
         held: HeldPartitions::default(),
+        stalls: stalls.clone(),
     };
 
     let mut tasks = JoinSet::new();
@@ -164,8 +172,16 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         let (log, metrics, token) = (Arc::clone(&log), Arc::clone(&metrics), token.clone());
         let (failure, held) = (failure.clone(), state.held.clone());
         tasks.spawn(async move {
-            if let Err(error) =
-                ingest::run(ingest_config, log, dead_letters, metrics, held, token).await
+            if let Err(error) = ingest::run(
+                ingest_config,
+                log,
+                dead_letters,
+                metrics,
+                held,
+                stalls,
+                token,
+            )
+            .await
             {
                 tracing::error!(%error, "Ingestion failed.");
                 failure.record(error);

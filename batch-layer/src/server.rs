@@ -5,7 +5,7 @@
 //! - `POST /recompute`: recompute now; answers with the resulting manifest
 //!   (403 without an admin token configured, 401 without the right one).
 //! - `GET /readyz`: 503 with the reason while a partition is held (a
-//!   record in it cannot be read).
+//!   record in it cannot be read) or a durable write keeps failing.
 //! - `GET /metrics`, `GET /healthz`.
 
 use crate::master_log::MasterLog;
@@ -34,6 +34,8 @@ pub struct BatchState {
     pub recompute: mpsc::Sender<RecomputeRequest>,
     pub admin_token: Option<Arc<str>>,
     pub held: common::unreadable::HeldPartitions,
+    /// Durable writes failing right now (readiness).
+    pub stalls: common::retry::Stalls,
 }
 
 pub fn router(state: BatchState) -> Router {
@@ -42,7 +44,7 @@ pub fn router(state: BatchState) -> Router {
         .route("/views/{version}", get(view_file))
         .route("/recompute", post(recompute))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
@@ -123,8 +125,16 @@ async fn metrics(State(state): State<BatchState>) -> Response {
     common::server::prometheus(state.metrics.render(&ends, now_ms()))
 }
 
+async fn healthz(State(state): State<BatchState>) -> Response {
+    common::server::healthz(&state.stalls)
+}
+
 async fn readyz(State(state): State<BatchState>) -> Response {
-    match state.held.not_ready_reason() {
+    match state
+        .held
+        .not_ready_reason()
+        .or_else(|| state.stalls.reason())
+    {
         Some(reason) => common::server::json_error(StatusCode::SERVICE_UNAVAILABLE, reason),
         None => Json(json!({"status": "ready", "held": state.held.snapshot()})).into_response(),
     }

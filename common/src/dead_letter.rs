@@ -4,7 +4,7 @@
 use crate::client::Connection;
 use crate::kafka::producer_config;
 use crate::metrics::{Counter, TextWriter};
-use crate::retry::until_durable;
+use crate::retry::{until_durable, DurableWrite, Stalls};
 use crate::shutdown::CancellationToken;
 use lambda_core::event::DecodeError;
 use rdkafka::error::KafkaError;
@@ -33,6 +33,9 @@ pub struct DeadLetterSink {
     producer: FutureProducer,
     topic: String,
     layer: &'static str,
+    /// What a failed send is reported as ("a dead letter to `…`").
+    what: String,
+    stalls: Stalls,
 }
 
 impl std::fmt::Debug for DeadLetterSink {
@@ -47,11 +50,19 @@ impl std::fmt::Debug for DeadLetterSink {
 impl DeadLetterSink {
     /// `layer` names the layer that found the record (`batch`, `speed`): both
     /// see every record, so each dead letter says who sent it.
-    pub fn new(kafka: &Connection, topic: &str, layer: &'static str) -> Result<Self, KafkaError> {
+    /// A dead letter that cannot be sent is one of the layer's `stalls`.
+    pub fn new(
+        kafka: &Connection,
+        topic: &str,
+        layer: &'static str,
+        stalls: Stalls,
+    ) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: producer_config(kafka).create()?,
+            what: format!("a dead letter to `{topic}`"),
             topic: topic.to_owned(),
             layer,
+            stalls,
         })
     }
 
@@ -123,8 +134,12 @@ impl DeadLetterSink {
         token: &CancellationToken,
         failures: &Counter,
     ) {
-        let what = format!("a dead letter to `{}`", self.topic);
-        until_durable(token, &what, failures, || self.send(message, error)).await;
+        let write = DurableWrite {
+            what: &self.what,
+            failures,
+            stalls: &self.stalls,
+        };
+        until_durable(token, write, || self.send(message, error)).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The pieces every layer's HTTP server shares: binding, serving until the
-//! shutdown token fires, the JSON error body and the Prometheus response.
+//! shutdown token fires, the JSON error body, the Prometheus response and
+//! the health answer.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -87,4 +88,16 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
 /// A Prometheus text-format response.
 pub fn prometheus(text: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// `GET /healthz` of a role: 200 while the process answers (liveness), with
+/// `"status": "degraded"` and the reason while one of its durable writes
+/// keeps failing (`/readyz` is 503 meanwhile).
+pub fn healthz(stalls: &crate::retry::Stalls) -> Response {
+    match stalls.reason() {
+        None => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Some(reason) => {
+            Json(serde_json::json!({"status": "degraded", "reason": reason})).into_response()
+        }
+    }
 }

@@ -15,7 +15,7 @@
 //! aligned down to a bucket boundary ([`Positions::aligned_cut`]). The speed layer counts per (word, partition,
 //! bucket) with `bucket = offset / B`. Batch cuts are aligned to `B`, so every
 //! bucket lies wholly below a cut (the batch view has it) or wholly at or above
-//! it (the realtime view has it); nothing straddles the hand-off.
+//! it (the realtime counts have it); nothing straddles the hand-off.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! The realtime view in sled: counts per (partition, bucket, word) and the
+//! The realtime store: the realtime counts in sled, per (partition, bucket, word), and the
 //! next offset of every partition, always written together.
 //!
 //! Both users of the store (the speed layer and a serving layer's replica)
@@ -124,7 +124,7 @@ struct Inner {
     compacting: Mutex<()>,
 }
 
-/// The durable realtime view.
+/// The realtime counts, durable.
 #[derive(Debug)]
 pub struct RealtimeStore {
     inner: Arc<Inner>,
@@ -202,7 +202,7 @@ impl RealtimeStore {
             path: path.clone(),
             source,
         };
-        // sled's default page cache is 1 GiB per database; the realtime view
+        // sled's default page cache is 1 GiB per database; the realtime counts
         // is a small working set (only the tail above the batch cut), so a
         // much smaller cache keeps memory flat without costing throughput.
         let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);

@@ -15,7 +15,7 @@ use crate::metrics::ServingMetrics;
 use crate::replica::Replica;
 use common::kafka::{consumer_config, wait_for_partitions};
 use common::reader::{Limits, PartitionReader, ReaderError};
-use common::retry::until_durable;
+use common::retry::{until_durable, DurableWrite};
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
 use common::telemetry::events::MalformedRealtimeMessage;
@@ -169,11 +169,12 @@ impl Follower {
     /// or a restart would resume past counts it never kept. False when
     /// cancelled first: then the counts must not be applied.
     async fn commit(&self, checkpoint: &Checkpoint, token: &CancellationToken) -> bool {
-        let (what, failures) = (
-            "the replica's realtime counts",
-            &self.metrics.store_failures,
-        );
-        until_durable(token, what, failures, || self.store.commit(checkpoint))
+        let write = DurableWrite {
+            what: "the replica's realtime counts",
+            failures: &self.metrics.store_failures,
+            stalls: &self.health.stalls,
+        };
+        until_durable(token, write, || self.store.commit(checkpoint))
             .await
             .is_some()
     }

@@ -5,6 +5,7 @@
 //! Every answer carries these facts, so a client can tell an exact answer
 //! about old data from an exact answer about current data.
 
+use common::retry::Stalls;
 use common::sync::LockOrStop;
 use lambda_core::{Cut, Positions};
 use std::sync::Mutex;
@@ -24,6 +25,8 @@ pub struct Health {
     started: Instant,
     stale_after: Duration,
     inner: Mutex<Inner>,
+    /// Durable writes failing right now (readiness then says no).
+    pub stalls: Stalls,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +84,7 @@ impl Health {
             started: Instant::now(),
             stale_after,
             inner: Mutex::new(Inner::default()),
+            stalls: Stalls::default(),
         }
     }
 

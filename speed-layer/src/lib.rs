@@ -101,8 +101,15 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
     )?;
     let kafka = &args.kafka;
     ensure_layer_topics(kafka).await?;
-    let dead_letters = DeadLetterSink::new(&kafka.connection(), &kafka.dead_letter_topic, "speed")
-        .map_err(SpeedError::DeadLetter)?;
+    let status = Arc::new(Mutex::new(SpeedStatus::default()));
+    let stalls = status.lock_or_stop("the speed status").stalls.clone();
+    let dead_letters = DeadLetterSink::new(
+        &kafka.connection(),
+        &kafka.dead_letter_topic,
+        "speed",
+        stalls,
+    )
+    .map_err(SpeedError::DeadLetter)?;
 
     let (listener, http_addr) = common::server::bind(args.http_addr)
         .await
@@ -112,7 +119,6 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
         })?;
 
     let metrics = Arc::new(SpeedMetrics::default());
-    let status = Arc::new(Mutex::new(SpeedStatus::default()));
     let config = StreamConfig {
         kafka: kafka.connection(),
         topic: kafka.topic.clone(),
@@ -163,7 +169,7 @@ fn router(state: HttpState) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
@@ -176,9 +182,17 @@ async fn status(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
+async fn healthz(State(state): State<HttpState>) -> Response {
+    let stalls = state.status.lock_or_stop("the speed status").stalls.clone();
+    common::server::healthz(&stalls)
+}
+
 async fn readyz(State(state): State<HttpState>) -> Response {
     let s = state.status.lock_or_stop("the speed status");
-    match (s.held.not_ready_reason(), s.ready) {
+    match (
+        s.held.not_ready_reason().or_else(|| s.stalls.reason()),
+        s.ready,
+    ) {
         (Some(reason), _) => json_error(StatusCode::SERVICE_UNAVAILABLE, reason),
         (None, true) => Json(json!({"status": "ready"})).into_response(),
         (None, false) => json_error(StatusCode::SERVICE_UNAVAILABLE, "not ready"),

@@ -293,6 +293,19 @@ async fn full_disk_fails_writes_keeps_reads_and_loses_nothing() {
     )
     .await;
     eprintln!("batch: disk full");
+    // The stalled write surfaces: not ready, degraded, with the reason.
+    until(
+        "the batch layer's readiness to name the failing master-log write",
+        Duration::from_secs(30),
+        move || {
+            let r = ::testkit::get(batch, "/readyz").ok()?;
+            (r.status == 503 && r.text().contains("cannot write the master log")).then_some(())
+        },
+    )
+    .await;
+    let health = ::testkit::get(batch, "/healthz").expect("healthz");
+    assert_eq!(health.status, 200, "alive while degraded");
+    assert!(health.text().contains("degraded"), "{}", health.text());
     // Reads keep working: the batch layer publishes its last view, the
     // serving layer answers (from its own copy and the speed layer's counts).
     let latest = ::testkit::get(batch, "/views/latest").expect("manifest");
@@ -304,6 +317,12 @@ async fn full_disk_fails_writes_keeps_reads_and_loses_nothing() {
 
     fs.resize("64m");
     eprintln!("batch: space is back");
+    until(
+        "the batch layer to be ready again",
+        Duration::from_secs(60),
+        move || (::testkit::get(batch, "/readyz").ok()?.status == 200).then_some(()),
+    )
+    .await;
     s.assert_exact().await;
     // The serving layer's answers were exact, but the speed layer may be
     // covering the tail; now the batch layer's own log must hold every record

@@ -126,27 +126,35 @@ pub async fn recompute(
     }))
 }
 
-/// Liveness: the process answers.
+/// Liveness: the process answers; `degraded`, with the reason, while a
+/// durable write keeps failing.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = StatusOk)))]
-pub async fn healthz() -> Json<StatusOk> {
+pub async fn healthz(State(state): State<AppState>) -> Json<StatusOk> {
+    let reason = state.health.stalls.reason();
     Json(StatusOk {
-        status: "ok".into(),
+        status: if reason.is_some() { "degraded" } else { "ok" }.into(),
+        reason,
     })
 }
 
-/// Readiness: a batch view or realtime counts are loaded.
+/// Readiness: a batch view or realtime counts are loaded, and no durable
+/// write is failing.
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = 200, body = StatusOk),
-        (status = 503, description = "Nothing loaded yet", body = ErrorBody),
+        (status = 503, description = "Nothing loaded yet, or the replica's store cannot be written", body = ErrorBody),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<StatusOk>, ApiError> {
+    if let Some(reason) = state.health.stalls.reason() {
+        return Err(ApiError::Unavailable(format!("not ready: {reason}")));
+    }
     if state.replica.read_or_stop("the replica").is_ready() {
         Ok(Json(StatusOk {
             status: "ready".into(),
+            reason: None,
         }))
     } else {
         Err(ApiError::Unavailable(

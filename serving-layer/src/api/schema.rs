@@ -158,5 +158,9 @@ pub struct RecomputeAnswer {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatusOk {
+    /// `ok` or `degraded` (liveness), `ready` (readiness).
     pub status: String,
+    /// Why the role is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }

@@ -5,7 +5,7 @@
 //! and publishes each event at once and a loaded one shares the fixed cost
 //! per batch (an fsync, a watermark) among many records.
 
-use super::{RealtimeView, StreamConfig};
+use super::{RealtimeCounts, StreamConfig};
 use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::decode_message;
@@ -59,7 +59,7 @@ impl MicroBatch {
     async fn add<M: Message>(
         &mut self,
         m: &M,
-        view: &RealtimeView,
+        view: &RealtimeCounts,
         tokenizer: &mut Tokenizer,
         ctx: &Ctx<'_>,
     ) {
@@ -119,7 +119,7 @@ impl MicroBatch {
 
     /// Adds the deltas to the mirror; returns the changed keys with their
     /// new absolute counts (what is checkpointed and then published).
-    pub(super) fn apply(&mut self, view: &mut RealtimeView) -> Vec<(CountKey, u64)> {
+    pub(super) fn apply(&mut self, view: &mut RealtimeCounts) -> Vec<(CountKey, u64)> {
         let mut changed = Vec::with_capacity(self.deltas.values().map(|w| w.len()).sum());
         for (bucket, words) in self.deltas.drain() {
             for (word, delta) in words {
@@ -156,7 +156,7 @@ impl MicroBatch {
 /// and the fixed cost per batch (an fsync, a watermark) is shared.
 pub(super) async fn next_batch(
     reader: &mut PartitionReader,
-    view: &RealtimeView,
+    view: &RealtimeCounts,
     tokenizer: &mut Tokenizer,
     ctx: &Ctx<'_>,
 ) -> Result<Option<MicroBatch>, ReaderError> {

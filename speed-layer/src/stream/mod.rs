@@ -27,7 +27,7 @@ use common::dead_letter::DeadLetterSink;
 use common::kafka::{burst_producer_config, consumer_config, wait_for_partitions};
 use common::metrics::since_timestamp;
 use common::reader::{PartitionReader, ReaderError};
-use common::retry::until_durable;
+use common::retry::{until_durable, DurableWrite, Stalls};
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
 use common::unreadable::{ConsumeFailure, HeldPartitions};
@@ -89,10 +89,13 @@ pub struct SpeedStatus {
     /// Partitions no longer read because a record in them cannot be
     /// (readiness then says no).
     pub held: HeldPartitions,
+    /// Durable writes failing right now (readiness then says no).
+    pub stalls: Stalls,
 }
 
-/// The speed layer's state: the durable store and its in-memory mirror.
-struct RealtimeView {
+/// The speed layer's realtime counts: the durable store, its in-memory
+/// mirror, the positions they are exact at and the batch cut they start at.
+struct RealtimeCounts {
     store: RealtimeStore,
     mirror: FxHashMap<CountKey, u64>,
     positions: Positions,
@@ -111,7 +114,7 @@ pub async fn run(
         brokers: config.kafka.to_string(),
         source,
     };
-    let mut view = RealtimeView {
+    let mut view = RealtimeCounts {
         mirror: store.load_counts()?,
         positions: store.offsets()?,
         cut: store.applied_cut()?,
@@ -202,6 +205,7 @@ pub async fn run(
     update_status(&status, &view, &metrics);
 
     let mut tokenizer = Tokenizer::new();
+    let stalls = status.lock_or_stop("the speed status").stalls.clone();
     let mut last_cut_poll = Instant::now();
     let mut last_commit = Instant::now();
     while !token.is_cancelled() {
@@ -223,16 +227,20 @@ pub async fn run(
                 next_offsets: batch.next_offsets(),
                 as_of: None,
             };
-            let RealtimeView {
+            let RealtimeCounts {
                 store, positions, ..
             } = &mut view;
+            let outlets = Outlets {
+                publish: &publish_tx,
+                metrics: &metrics,
+                stalls: &stalls,
+            };
             let durable = checkpoint_then_publish(
                 store,
                 positions,
                 checkpoint,
                 batch.oldest_event_ms,
-                &publish_tx,
-                &metrics,
+                &outlets,
                 &token,
             )
             .await;
@@ -297,7 +305,7 @@ async fn partition_count(
         })
 }
 
-fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeView, metrics: &SpeedMetrics) {
+fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeCounts, metrics: &SpeedMetrics) {
     metrics.live_counts.set(view.mirror.len() as i64);
     let mut s = status.lock_or_stop("the speed status");
     s.positions = view.positions.clone();
@@ -324,6 +332,14 @@ impl Durable for RealtimeStore {
     }
 }
 
+/// Where a checkpointed micro-batch goes, and what reports on its checkpoint.
+#[derive(Clone, Copy)]
+struct Outlets<'a> {
+    publish: &'a mpsc::Sender<Publication>,
+    metrics: &'a SpeedMetrics,
+    stalls: &'a Stalls,
+}
+
 /// Writes a micro-batch's changed counts and next offsets atomically,
 /// retrying until they are durable (consumption waits meanwhile:
 /// backpressure, not loss), then moves `positions` and hands the counts to
@@ -335,18 +351,21 @@ async fn checkpoint_then_publish(
     positions: &mut Positions,
     checkpoint: Checkpoint,
     oldest_event_ms: Option<i64>,
-    publish: &mpsc::Sender<Publication>,
-    metrics: &SpeedMetrics,
+    outlets: &Outlets<'_>,
     token: &CancellationToken,
 ) -> bool {
+    let Outlets {
+        publish,
+        metrics,
+        stalls,
+    } = *outlets;
     let started = Instant::now();
-    let durable = until_durable(
-        token,
-        "the checkpoint",
-        &metrics.checkpoint_failures,
-        || store.commit(&checkpoint),
-    )
-    .await;
+    let write = DurableWrite {
+        what: "the checkpoint",
+        failures: &metrics.checkpoint_failures,
+        stalls,
+    };
+    let durable = until_durable(token, write, || store.commit(&checkpoint)).await;
     if durable.is_none() {
         return false;
     }
@@ -372,7 +391,7 @@ async fn checkpoint_then_publish(
 
 /// Deletes the buckets below a new batch cut (only ever moving forward).
 async fn expire(
-    view: &mut RealtimeView,
+    view: &mut RealtimeCounts,
     cut: &Cut,
     size: BucketSize,
     metrics: &SpeedMetrics,
@@ -461,15 +480,14 @@ mod tests {
             }
             token.cancel();
         };
-        let attempt = checkpoint_then_publish(
-            &store,
-            &mut positions,
-            checkpoint(),
-            None,
-            &tx,
-            &metrics,
-            &token,
-        );
+        let stalls = Stalls::default();
+        let outlets = Outlets {
+            publish: &tx,
+            metrics: &metrics,
+            stalls: &stalls,
+        };
+        let attempt =
+            checkpoint_then_publish(&store, &mut positions, checkpoint(), None, &outlets, &token);
         let (durable, ()) = tokio::join!(attempt, stop);
         assert!(!durable, "reported as not durable");
         assert_eq!(
@@ -490,16 +508,15 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         let (metrics, token) = (SpeedMetrics::default(), CancellationToken::new());
         let mut positions: Positions = [(0, 20)].into_iter().collect();
-        let durable = checkpoint_then_publish(
-            &store,
-            &mut positions,
-            checkpoint(),
-            None,
-            &tx,
-            &metrics,
-            &token,
-        )
-        .await;
+        let stalls = Stalls::default();
+        let outlets = Outlets {
+            publish: &tx,
+            metrics: &metrics,
+            stalls: &stalls,
+        };
+        let durable =
+            checkpoint_then_publish(&store, &mut positions, checkpoint(), None, &outlets, &token)
+                .await;
         assert!(durable);
         assert_eq!(store.attempts.load(Ordering::Relaxed), 3);
         assert_eq!(metrics.checkpoint_failures.get(), 2);
