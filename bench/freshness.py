@@ -33,7 +33,8 @@ import urllib.request
 from load import free_port, get, wait_http  # same directory: helpers shared with the load run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAMBDA = os.path.join(ROOT, "target", "release", "lambda")
+# LAMBDA_BIN picks another binary (bench/compare.sh runs two side by side).
+LAMBDA = os.environ.get("LAMBDA_BIN") or os.path.join(ROOT, "target", "release", "lambda")
 PROBE_EVERY = 0.25
 POLL_EVERY = 0.002
 MISSED_AFTER = 10.0

@@ -33,7 +33,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAMBDA = os.path.join(ROOT, "target", "release", "lambda")
+# LAMBDA_BIN picks another binary (bench/compare.sh runs two side by side).
+LAMBDA = os.environ.get("LAMBDA_BIN") or os.path.join(ROOT, "target", "release", "lambda")
 
 
 def free_port():

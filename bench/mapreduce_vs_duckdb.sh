@@ -16,7 +16,7 @@ CORPUS="$WORK/corpus-${MB}MB.txt"
 python3 -c 'import duckdb' 2>/dev/null || pip install -q duckdb
 [ -f "$CORPUS" ] || python3 bench/gen_corpus.py --bytes $((MB * 1000 * 1000)) --seed 42 --output "$CORPUS"
 cargo build --release -q -p cli
-BIN=target/release/lambda
+BIN=${LAMBDA_BIN:-target/release/lambda}
 BYTES=$(stat -c %s "$CORPUS")
 cat "$CORPUS" > /dev/null  # warm the page cache
 

@@ -20,8 +20,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-cargo build --release -q -p cli
-LAMBDA=target/release/lambda
+[ -n "${LAMBDA_BIN:-}" ] || cargo build --release -q -p cli
+LAMBDA=${LAMBDA_BIN:-target/release/lambda}
 
 work=$(mktemp -d)
 demo_pid=
@@ -67,7 +67,7 @@ EOF
 RUST_LOG=warn "$LAMBDA" demo --no-sample --data-dir "$work/data" --admin-token bench \
     --http-addr "127.0.0.1:$http_port" --broker-addr "127.0.0.1:$broker_port" \
     --batch-addr "127.0.0.1:$batch_port" --speed-addr "127.0.0.1:$speed_port" \
-    --recompute-interval 1h >"$work/demo.log" 2>&1 &
+    ${DEMO_FLAGS:---recompute-interval 1h} >"$work/demo.log" 2>&1 &
 demo_pid=$!
 for _ in $(seq 300); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.2; done
 

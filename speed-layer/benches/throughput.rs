@@ -64,7 +64,13 @@ fn main() {
         eprintln!("pre-filled {events} events in {:.1} s", started.elapsed().as_secs_f64());
 
         // 1. Plain consumer: read every record, nothing else.
-        let consumer: StreamConsumer = consumer_config(&::common::client::Connection::plaintext(&brokers), &unique("plain")).create().expect("consumer");
+        // A plain group consumer starts where a new group does: at the
+        // earliest offset (our layers assign explicit positions and treat a
+        // reset as an error instead).
+        let consumer: StreamConsumer = consumer_config(&::common::client::Connection::plaintext(&brokers), &unique("plain"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
         consumer.subscribe(&[&topic]).expect("subscribe");
         let first = consumer.recv().await.expect("first record");
         drop(first);
