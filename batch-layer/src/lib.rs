@@ -42,6 +42,7 @@ use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::retry::Stalls;
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
+use common::telemetry::events::RecomputeFailed;
 use common::unreadable::HeldPartitions;
 use common::views::ViewStore;
 use lambda_core::view::ViewError;
@@ -277,13 +278,13 @@ async fn recompute_loop(
                 Ok(outcome.manifest().clone())
             }
             Ok(Err(error)) => {
-                metrics.recompute_failures.inc();
-                tracing::error!(%error, "Recompute failed; the previous view keeps serving.");
+                let (error, panicked) = (&error, false);
+                RecomputeFailed { error, panicked }.emit(&metrics.recompute_failures);
                 Err(error.to_string())
             }
             Err(error) => {
-                metrics.recompute_failures.inc();
-                tracing::error!(%error, "Recompute panicked; the previous view keeps serving.");
+                let (error, panicked) = (&error, true);
+                RecomputeFailed { error, panicked }.emit(&metrics.recompute_failures);
                 Err(error.to_string())
             }
         };

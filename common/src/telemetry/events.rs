@@ -103,3 +103,45 @@ impl WriteNotDurable<'_> {
         );
     }
 }
+
+/// A realtime-topic record (an upsert or a watermark) was not acknowledged
+/// and will be sent again.
+pub struct PublishRetried<'a> {
+    pub topic: &'a str,
+    pub error: &'a dyn Display,
+}
+
+impl PublishRetried<'_> {
+    /// Counted per record; logged rate-limited (a broker outage fails every
+    /// record of a micro-batch).
+    pub fn emit(&self, failures: &Counter) {
+        static LIMIT: LogLimit = LogLimit::new();
+        failures.inc();
+        if let Allowed::Log { suppressed } = LIMIT.allow() {
+            tracing::warn!(
+                topic = self.topic,
+                error = %self.error,
+                suppressed_since_last = suppressed,
+                "Cannot publish to the realtime topic; retrying."
+            );
+        }
+    }
+}
+
+/// A recompute did not produce a view; the previous one keeps serving.
+pub struct RecomputeFailed<'a> {
+    pub error: &'a dyn Display,
+    /// It panicked rather than returned an error.
+    pub panicked: bool,
+}
+
+impl RecomputeFailed<'_> {
+    pub fn emit(&self, failures: &Counter) {
+        failures.inc();
+        tracing::error!(
+            error = %self.error,
+            panicked = self.panicked,
+            "Recompute failed; the previous view keeps serving."
+        );
+    }
+}

@@ -11,6 +11,7 @@
 use crate::metrics::SpeedMetrics;
 use common::kafka::send_all;
 use common::shutdown::CancellationToken;
+use common::telemetry::events::PublishRetried;
 use lambda_core::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
 use lambda_core::Positions;
 use rdkafka::producer::FutureProducer;
@@ -122,8 +123,8 @@ impl Outbox<'_> {
                 match r {
                     Ok(()) => self.metrics.realtime_records.inc(),
                     Err(error) => {
-                        self.metrics.publish_failures.inc();
-                        tracing::warn!(%error, "Cannot publish to the realtime topic; retrying.");
+                        let (topic, error) = (self.topic, &error);
+                        PublishRetried { topic, error }.emit(&self.metrics.publish_failures);
                         failed.push(record);
                     }
                 }
