@@ -255,6 +255,10 @@ fn assert_exact(serving: SocketAddr, truth: &Truth) {
     let top = json(serving, "/v1/top?k=10");
     let got = testkit::top_words(&top);
     assert_eq!(got, expected);
+    // Every view swap so far, checked against the realtime counts.
+    let status = json(serving, "/v1/status");
+    let reconciliation = &status["reconciliation"];
+    assert_eq!(reconciliation["mismatches"], 0, "{reconciliation}");
 }
 
 /// Forces a recompute through the serving layer's admin endpoint and checks
@@ -325,7 +329,38 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
     assert!(r["version"].as_u64() > before, "{r} after {before:?}");
     let second = events(2, 2000);
     produce(&stack.kafka, &stack.topic, second.clone()).await;
+    // With the realtime counts covering every event, the next swap is
+    // reconciled (not skipped): new − old must equal them between the cuts.
+    let total = first.len() + second.len();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "the realtime counts to cover every event",
+            Duration::from_secs(60),
+            || {
+                let s = json(serving, "/v1/status");
+                let covered = cut_of(&s["realtime"]["as_of"]).total_offsets();
+                (covered == total as u64).then_some(())
+            },
+        );
+        wait_for("the batch layer to ingest", Duration::from_secs(30), || {
+            let m = get(batch, "/metrics").ok()?.text();
+            (metric_sum(&m, "lambda_batch_log_end_offset") as usize >= total).then_some(())
+        });
+    })
+    .await
+    .expect("covered");
+    let checked_before = json(serving, "/v1/status")["reconciliation"]["checked_swaps"].as_u64();
     recompute(serving).await;
+    let reconciliation = json(serving, "/v1/status")["reconciliation"].clone();
+    assert!(
+        reconciliation["checked_swaps"].as_u64() > checked_before,
+        "the swap was reconciled: {reconciliation}"
+    );
+    assert_eq!(reconciliation["mismatches"], 0, "{reconciliation}");
+    assert!(
+        reconciliation["last"]["words"].as_u64() > Some(0),
+        "words were compared: {reconciliation}"
+    );
 
     let truth = Truth::read(&stack.kafka, &stack.topic, first.len() + second.len()).await;
     let truth = tokio::task::spawn_blocking(move || {

@@ -5,6 +5,7 @@
 //! Every answer carries these facts, so a client can tell an exact answer
 //! about old data from an exact answer about current data.
 
+use crate::reconcile::Reconciliation;
 use common::retry::Stalls;
 use common::sync::LockOrStop;
 use lambda_core::{Cut, Positions};
@@ -27,6 +28,8 @@ pub struct Health {
     inner: Mutex<Inner>,
     /// Durable writes failing right now (readiness then says no).
     pub stalls: Stalls,
+    /// Every view swap checked against the realtime counts.
+    pub reconciliation: Reconciliation,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +88,7 @@ impl Health {
             stale_after,
             inner: Mutex::new(Inner::default()),
             stalls: Stalls::default(),
+            reconciliation: Reconciliation::default(),
         }
     }
 

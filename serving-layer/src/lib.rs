@@ -28,6 +28,7 @@ pub mod follow;
 pub mod gate;
 pub mod health;
 pub mod metrics;
+pub mod reconcile;
 pub mod replica;
 pub mod views;
 

@@ -3,6 +3,7 @@
 //! dead-letter counts.
 
 use crate::health::Snapshot;
+use crate::reconcile::ReconciliationStatus;
 use common::metrics::{render_stages, Counter, Histogram, TextWriter, LATENCY_BOUNDS};
 use lambda_core::Cut;
 
@@ -76,6 +77,8 @@ pub struct ReplicaFacts {
     pub batch_computed_at_ms: Option<i64>,
     pub as_of: Cut,
     pub realtime_entries: usize,
+    /// View swaps checked against the realtime counts.
+    pub reconciliation: ReconciliationStatus,
 }
 
 impl ServingMetrics {
@@ -228,6 +231,24 @@ impl ServingMetrics {
             "gauge",
             "1 when answers lag Kafka by more than --stale-after.",
             u8::from(health.realtime_stale),
+        )
+        .single(
+            "lambda_serving_reconciled_swaps_total",
+            "counter",
+            "Batch view swaps whose new − old counts were compared with the realtime counts between the cuts.",
+            facts.reconciliation.checked_swaps,
+        )
+        .single(
+            "lambda_serving_unreconciled_swaps_total",
+            "counter",
+            "Batch view swaps not compared: the realtime counts did not cover the new cut.",
+            facts.reconciliation.skipped_swaps,
+        )
+        .single(
+            "lambda_serving_reconciliation_mismatches_total",
+            "counter",
+            "Words on which the batch and speed layers disagreed at a swap (0 while they agree).",
+            facts.reconciliation.mismatches,
         );
         render_stages(&mut w, &[("apply", &self.apply_stage)]);
         w.family(

@@ -58,6 +58,11 @@ impl LoadedView {
         self.manifest.version
     }
 
+    /// The counts themselves.
+    pub fn batch_view(&self) -> &BatchView {
+        &self.view
+    }
+
     pub fn cut(&self) -> &Cut {
         &self.manifest.header.cut
     }
@@ -269,6 +274,27 @@ impl Replica {
         self.view = Some(view);
         self.generation += 1;
         true
+    }
+
+    /// Per word, the realtime counts of the buckets between two cuts
+    /// (`old ≤ bucket start < new`): what a view swap from `old` to `new`
+    /// hands over (see `reconcile`).
+    pub fn realtime_between(&self, old: &Cut, new: &Cut) -> FxHashMap<Box<str>, u64> {
+        let size = self.size;
+        self.realtime
+            .iter()
+            .filter_map(|(word, buckets)| {
+                let sum: u64 = buckets
+                    .iter()
+                    .filter(|(k, _)| {
+                        old.is_realtime_bucket(size, k.partition, k.bucket)
+                            && !new.is_realtime_bucket(size, k.partition, k.bucket)
+                    })
+                    .map(|(_, c)| c)
+                    .sum();
+                (sum > 0).then(|| (word.clone(), sum))
+            })
+            .collect()
     }
 
     /// Drops realtime buckets the current view covers; returns how many.

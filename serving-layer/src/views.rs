@@ -7,6 +7,7 @@
 //! realtime counts that were already dropped for a newer one.
 
 use crate::health::Health;
+use crate::reconcile;
 use crate::replica::{LoadedView, Replica};
 use common::http::{get, resolve};
 use common::shutdown::CancellationToken;
@@ -131,8 +132,11 @@ impl Puller {
         Ok(Some(LoadedView::new(manifest, view)))
     }
 
-    /// Swaps `view` in, then expires the realtime buckets it covers.
+    /// Swaps `view` in, then expires the realtime buckets it covers. First,
+    /// while the replica still holds the realtime buckets between the two
+    /// cuts, reconciles the swap (see [`crate::reconcile`]).
     pub async fn install(&self, view: Arc<LoadedView>) -> Result<(), PullError> {
+        self.reconcile(&view).await;
         let (version, cut) = (view.version(), view.cut().clone());
         let (swapped, size) = {
             let mut r = self.replica.write_or_stop("the replica");
@@ -148,6 +152,47 @@ impl Puller {
         self.store.expire_below(&cut, size).await?;
         tracing::info!(version, %cut, expired = removed, "Batch view swapped in.");
         Ok(())
+    }
+}
+
+impl Puller {
+    async fn reconcile(&self, new: &Arc<LoadedView>) {
+        let taken = {
+            let r = self.replica.read_or_stop("the replica");
+            r.view()
+                .filter(|old| old.version() < new.version())
+                .map(|old| {
+                    let skipped = reconcile::uncovered(old.cut(), new.cut(), r.realtime_as_of());
+                    let between = if skipped.is_empty() {
+                        r.realtime_between(old.cut(), new.cut())
+                    } else {
+                        Default::default()
+                    };
+                    (Arc::clone(old), skipped, between)
+                })
+        };
+        let Some((old, skipped, between)) = taken else {
+            return;
+        };
+        let new = Arc::clone(new);
+        // A merge join over both views: off the runtime's threads.
+        let checked = tokio::task::spawn_blocking(move || {
+            if skipped.is_empty() {
+                reconcile::check(old.batch_view(), new.batch_view(), between)
+            } else {
+                reconcile::SwapCheck {
+                    from_version: old.version(),
+                    to_version: new.version(),
+                    words: 0,
+                    mismatches: 0,
+                    examples: Vec::new(),
+                    skipped_partitions: skipped,
+                }
+            }
+        })
+        .await
+        .expect("the reconciliation does not panic");
+        self.health.reconciliation.record(checked);
     }
 }
 

@@ -377,6 +377,12 @@ impl Stack {
                     "top-100 differs: served {got_top:?}, truth {want_top:?}"
                 ));
             }
+            // Every view swap so far, checked against the realtime counts.
+            let status = json(addr, "/v1/status").expect("status");
+            let reconciliation = &status["reconciliation"];
+            if reconciliation["mismatches"].as_u64() != Some(0) {
+                bad.push(format!("the layers disagreed at a swap: {reconciliation}"));
+            }
             bad
         })
         .await

@@ -52,6 +52,7 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
         stale: f.stale,
         events_end: h.ends.events,
         dead_letters: h.ends.dead_letters,
+        reconciliation: state.health.reconciliation.status(),
         visibility: {
             let v = state.health.recent_visibility();
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -177,6 +178,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             batch_computed_at_ms: r.view().map(|v| v.manifest.header.computed_at_ms),
             as_of: r.as_of(),
             realtime_entries: r.realtime_entries(),
+            reconciliation: state.health.reconciliation.status(),
         }
     };
     let text = state

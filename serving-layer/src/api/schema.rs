@@ -1,5 +1,6 @@
 //! The JSON shapes of the API's answers, with their OpenAPI schemas.
 
+use crate::reconcile::ReconciliationStatus;
 use lambda_core::{Cut, Positions};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -130,6 +131,10 @@ pub struct StatusAnswer {
     pub dead_letters: u64,
     /// How long events took to become visible in answers lately.
     pub visibility: VisibilityStatus,
+    /// Every batch view swap checked against the realtime counts between
+    /// the two cuts: the batch and speed layers agree while `mismatches`
+    /// is 0.
+    pub reconciliation: ReconciliationStatus,
 }
 
 /// Produce-to-visible latency over the last minute, as this serving layer
