@@ -6,7 +6,6 @@
 use ::common::broker::{BrokerStorage, EmbeddedBroker};
 use ::common::client::{ClientArgs, Compression, Connection};
 use ::common::shutdown::CancellationToken;
-use clap::Parser;
 use lambda_core::{Cut, Tokenizer};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -17,33 +16,9 @@ use std::time::Duration;
 
 mod common;
 
-use common::spec::{Role, StackSpec};
+use common::spec::{parse, Role, StackSpec};
 use testkit::secured_broker;
-use testkit::{consume_n, get, http, memory_broker, metric_sum, produce, wait_for};
-
-#[derive(Parser)]
-struct BatchCli {
-    #[command(flatten)]
-    args: batch_layer::config::BatchArgs,
-}
-
-#[derive(Parser)]
-struct SpeedCli {
-    #[command(flatten)]
-    args: speed_layer::config::SpeedArgs,
-}
-
-#[derive(Parser)]
-struct ClientCli {
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-#[derive(Parser)]
-struct ServeCli {
-    #[command(flatten)]
-    args: serving_layer::config::ServeArgs,
-}
+use testkit::{consume_n, get, http, memory_broker, produce, wait_for, wait_metric};
 
 const TOKEN: &str = "e2e-token";
 const WORDS: &[&str] = &[
@@ -97,33 +72,20 @@ async fn start_stack_on(
         extra: layer_flags.iter().map(|f| f.to_string()).collect(),
         ..StackSpec::new(kafka.brokers(), &topic)
     };
-    // In this process: each role's flags parsed as `lambda <role>` would.
     let flags = |role: Role, batch_url: Option<&str>| {
         let dir = dirs[first_dir + role as usize].path();
-        std::iter::once("lambda".to_owned()).chain(spec.flags(role, dir, "127.0.0.1:0", batch_url))
+        spec.flags(role, dir, "127.0.0.1:0", batch_url)
     };
     let batch_token = CancellationToken::new();
     let token = CancellationToken::new();
-    let batch = batch_layer::start(
-        BatchCli::try_parse_from(flags(Role::Batch, None))
-            .expect("flags")
-            .args,
-        batch_token.clone(),
-    )
-    .await
-    .expect("batch starts");
+    let batch = batch_layer::start(parse(flags(Role::Batch, None)), batch_token.clone())
+        .await
+        .expect("batch starts");
     let batch_url = format!("http://{}", batch.http_addr);
-    let speed = speed_layer::start(
-        SpeedCli::try_parse_from(flags(Role::Speed, Some(&batch_url)))
-            .expect("flags")
-            .args,
-        token.clone(),
-    )
-    .await
-    .expect("speed starts");
-    let serve_args = ServeCli::try_parse_from(flags(Role::Serve, Some(&batch_url)))
-        .expect("flags")
-        .args;
+    let speed = speed_layer::start(parse(flags(Role::Speed, Some(&batch_url))), token.clone())
+        .await
+        .expect("speed starts");
+    let serve_args: serving_layer::config::ServeArgs = parse(flags(Role::Serve, Some(&batch_url)));
     let serving_token = token.child_token();
     let running = serving_layer::start(serve_args.clone(), serving_token.clone())
         .await
@@ -317,10 +279,8 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
     // has appended anything would rightly keep the version.
     let (batch, total) = (stack.batch, first.len());
     tokio::task::spawn_blocking(move || {
-        wait_for("the batch layer to ingest", Duration::from_secs(30), || {
-            let m = get(batch, "/metrics").ok()?.text();
-            (metric_sum(&m, "lambda_batch_log_end_offset") as usize >= total).then_some(())
-        })
+        let timeout = Duration::from_secs(30);
+        wait_metric(batch, "lambda_batch_log_end_offset", total as f64, timeout)
     })
     .await
     .expect("ingested");
@@ -342,10 +302,8 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
                 (covered == total as u64).then_some(())
             },
         );
-        wait_for("the batch layer to ingest", Duration::from_secs(30), || {
-            let m = get(batch, "/metrics").ok()?.text();
-            (metric_sum(&m, "lambda_batch_log_end_offset") as usize >= total).then_some(())
-        });
+        let timeout = Duration::from_secs(30);
+        wait_metric(batch, "lambda_batch_log_end_offset", total as f64, timeout);
     })
     .await
     .expect("covered");
@@ -657,9 +615,7 @@ async fn every_layer_reaches_a_broker_over_mutual_tls_and_sasl_scram_through_its
         "--sasl-password",
         PASSWORD,
     ];
-    let mut cli = vec!["x"];
-    cli.extend(layer_flags);
-    let client = ClientCli::try_parse_from(cli).expect("flags").client;
+    let client: ClientArgs = parse(layer_flags.iter().map(|f| f.to_string()));
     client.validate().expect("valid flags");
     let kafka = client.connection(&brokers);
     let topic = testkit::unique("secured");

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use testkit::{get, memory_broker, metric_sum, produce, wait_for};
+use testkit::{memory_broker, produce, wait_metric};
 
 mod common;
 
@@ -56,13 +56,11 @@ async fn a_batch_layer_whose_topic_no_longer_holds_its_position_exits_non_zero_a
     )
     .await;
     tokio::task::spawn_blocking(move || {
-        wait_for(
-            "40 records in the master log",
+        wait_metric(
+            http,
+            "lambda_batch_log_end_offset",
+            40.0,
             Duration::from_secs(60),
-            || {
-                let m = get(http, "/metrics").ok()?.text();
-                (metric_sum(&m, "lambda_batch_log_end_offset") == 40.0).then_some(())
-            },
         )
     })
     .await

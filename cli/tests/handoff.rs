@@ -3,42 +3,17 @@
 //! plus what remains of the realtime counts still equal a recount.
 
 use ::common::shutdown::CancellationToken;
-use clap::Parser;
 use lambda_core::view::{verify_and_decode, Manifest};
 use lambda_core::{BucketSize, Cut};
 use realtime_store::RealtimeStore;
-use std::net::SocketAddr;
 use std::time::Duration;
 mod common;
 
-use common::spec::{Role, StackSpec};
+use common::spec::{parse, Role, StackSpec};
 use testkit::{
     get, http, memory_broker, metric_sum, poisoned_events, produce, realtime_per_word, recount,
-    wait_for,
+    wait_for, wait_metric,
 };
-
-#[derive(Parser)]
-struct BatchCli {
-    #[command(flatten)]
-    args: batch_layer::config::BatchArgs,
-}
-
-#[derive(Parser)]
-struct SpeedCli {
-    #[command(flatten)]
-    args: speed_layer::config::SpeedArgs,
-}
-
-fn wait_position(addr: SocketAddr, total: usize) {
-    wait_for(
-        "the speed layer to checkpoint every record",
-        Duration::from_secs(90),
-        || {
-            let m = get(addr, "/metrics").ok()?.text();
-            (metric_sum(&m, "lambda_speed_position") as usize == total).then_some(())
-        },
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
@@ -54,26 +29,14 @@ async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
         ..StackSpec::new(&brokers, &topic)
     };
     let flags = |role, dir: &tempfile::TempDir, batch_url| {
-        std::iter::once("lambda".to_owned()).chain(spec.flags(
-            role,
-            dir.path(),
-            "127.0.0.1:0",
-            batch_url,
-        ))
+        spec.flags(role, dir.path(), "127.0.0.1:0", batch_url)
     };
-    let batch = batch_layer::start(
-        BatchCli::try_parse_from(flags(Role::Batch, &batch_dir, None))
-            .expect("flags")
-            .args,
-        token.clone(),
-    )
-    .await
-    .expect("batch starts");
+    let batch = batch_layer::start(parse(flags(Role::Batch, &batch_dir, None)), token.clone())
+        .await
+        .expect("batch starts");
     let batch_url = format!("http://{}", batch.http_addr);
     let speed = speed_layer::start(
-        SpeedCli::try_parse_from(flags(Role::Speed, &speed_dir, Some(&batch_url)))
-            .expect("flags")
-            .args,
+        parse(flags(Role::Speed, &speed_dir, Some(&batch_url))),
         token.clone(),
     )
     .await
@@ -86,15 +49,9 @@ async fn buckets_below_a_new_batch_cut_expire_and_the_merge_stays_exact() {
     produce(&brokers, &topic, records).await;
 
     let manifest = tokio::task::spawn_blocking(move || {
-        wait_position(speed_addr, total);
-        wait_for(
-            "the batch layer to ingest everything",
-            Duration::from_secs(60),
-            || {
-                let m = get(batch_addr, "/metrics").ok()?.text();
-                (metric_sum(&m, "lambda_batch_log_end_offset") as usize == total).then_some(())
-            },
-        );
+        let (total, timeout) = (total as f64, Duration::from_secs(90));
+        wait_metric(speed_addr, "lambda_speed_position", total, timeout);
+        wait_metric(batch_addr, "lambda_batch_log_end_offset", total, timeout);
         let auth = [("Authorization", auth.as_str())];
         let r = http(batch_addr, "POST", "/recompute", &auth, b"").expect("recompute");
         assert_eq!(r.status, 200, "{}", r.text());

@@ -104,13 +104,7 @@ mod tests {
     use super::*;
 
     fn key(p: i32, b: u64, w: &str) -> CountKey {
-        CountKey {
-            bucket: BucketKey {
-                partition: p,
-                bucket: b,
-            },
-            word: w.into(),
-        }
+        CountKey::new(p, b, w)
     }
 
     #[test]

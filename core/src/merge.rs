@@ -85,6 +85,15 @@ pub struct CountKey {
     pub word: Box<str>,
 }
 
+impl CountKey {
+    pub fn new(partition: Partition, bucket: u64, word: &str) -> Self {
+        Self {
+            bucket: BucketKey { partition, bucket },
+            word: word.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

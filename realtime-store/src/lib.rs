@@ -373,17 +373,10 @@ impl RealtimeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lambda_core::BucketKey;
     use proptest::prelude::*;
 
     fn key(p: i32, b: u64, w: &str) -> CountKey {
-        CountKey {
-            bucket: BucketKey {
-                partition: p,
-                bucket: b,
-            },
-            word: w.into(),
-        }
+        CountKey::new(p, b, w)
     }
 
     fn sorted(counts: FxHashMap<CountKey, u64>) -> Vec<(CountKey, u64)> {

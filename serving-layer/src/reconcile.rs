@@ -56,6 +56,21 @@ pub struct SwapCheck {
     pub skipped_partitions: Vec<Partition>,
 }
 
+impl SwapCheck {
+    /// The check of the swap from one version to the next, before anything
+    /// was compared.
+    pub fn new(from_version: u64, to_version: u64) -> Self {
+        Self {
+            from_version,
+            to_version,
+            words: 0,
+            mismatches: 0,
+            examples: Vec::new(),
+            skipped_partitions: Vec::new(),
+        }
+    }
+}
+
 /// The partitions whose cut moved from `old` to `new` but whose realtime
 /// counts (exact at `as_of`) do not reach `new`.
 pub fn uncovered(old: &Cut, new: &Cut, as_of: &Cut) -> Vec<Partition> {
@@ -68,14 +83,7 @@ pub fn uncovered(old: &Cut, new: &Cut, as_of: &Cut) -> Vec<Partition> {
 /// Compares `new − old` with `between` (per word, the realtime counts of the
 /// buckets between the two cuts) over every word of either.
 pub fn check(old: &BatchView, new: &BatchView, mut between: FxHashMap<Box<str>, u64>) -> SwapCheck {
-    let mut result = SwapCheck {
-        from_version: old.header.version,
-        to_version: new.header.version,
-        words: 0,
-        mismatches: 0,
-        examples: Vec::new(),
-        skipped_partitions: Vec::new(),
-    };
+    let mut result = SwapCheck::new(old.header.version, new.header.version);
     let mut compare = |word: &str, batch_delta: i64, realtime: u64| {
         result.words += 1;
         if batch_delta != realtime as i64 {

@@ -181,12 +181,8 @@ impl Puller {
                 reconcile::check(old.batch_view(), new.batch_view(), between)
             } else {
                 reconcile::SwapCheck {
-                    from_version: old.version(),
-                    to_version: new.version(),
-                    words: 0,
-                    mismatches: 0,
-                    examples: Vec::new(),
                     skipped_partitions: skipped,
+                    ..reconcile::SwapCheck::new(old.version(), new.version())
                 }
             }
         })

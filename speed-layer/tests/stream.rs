@@ -14,20 +14,15 @@ use std::time::Duration;
 use support::{common_flags, SpeedCli};
 use testkit::{
     consume_n, consume_until_idle, get, memory_broker, metric_sum, poisoned_events, produce,
-    realtime_per_word, recount, wait_for,
+    realtime_per_word, recount, wait_metric,
 };
 
 mod support;
 
+/// Waits until the speed layer has checkpointed `total` records.
 fn wait_position(addr: SocketAddr, total: usize) {
-    wait_for(
-        "the speed layer to checkpoint every record",
-        Duration::from_secs(90),
-        || {
-            let m = get(addr, "/metrics").ok()?.text();
-            (metric_sum(&m, "lambda_speed_position") as usize == total).then_some(())
-        },
-    );
+    let timeout = Duration::from_secs(90);
+    wait_metric(addr, "lambda_speed_position", total as f64, timeout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

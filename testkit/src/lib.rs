@@ -117,6 +117,16 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// Waits until the metric family sums to at least `reaches` at `addr`'s
+/// `/metrics` (a layer's position reaching a count of records); panics after
+/// `timeout`. Blocking: call from a blocking thread.
+pub fn wait_metric(addr: std::net::SocketAddr, family: &str, reaches: f64, timeout: Duration) {
+    wait_for(&format!("{family} to reach {reaches}"), timeout, || {
+        let m = get(addr, "/metrics").ok()?.text();
+        (metric_sum(&m, family) >= reaches).then_some(())
+    })
+}
+
 /// Sums the samples of a Prometheus metric family in `text`.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()

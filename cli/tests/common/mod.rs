@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use testkit::{get, metric_sum, wait_for};
+use testkit::get;
 
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -71,15 +71,9 @@ pub fn terminate(mut child: RoleProcess) -> bool {
     child.wait().expect("exit").success()
 }
 
-/// Waits until the metric family sums to `expected` at `addr`'s /metrics.
+/// Whether the metric family reaches `expected` at `addr`'s /metrics in time.
 pub fn wait_metric(addr: SocketAddr, family: &str, expected: f64, timeout: Duration) -> bool {
-    std::panic::catch_unwind(|| {
-        wait_for(family, timeout, || {
-            let m = get(addr, "/metrics").ok()?.text();
-            (metric_sum(&m, family) == expected).then_some(())
-        })
-    })
-    .is_ok()
+    std::panic::catch_unwind(|| testkit::wait_metric(addr, family, expected, timeout)).is_ok()
 }
 
 /// A small deterministic generator; the seed is printed so a failure can be replayed.

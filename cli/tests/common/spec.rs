@@ -136,3 +136,17 @@ impl StackSpec {
         f
     }
 }
+
+/// A role's flags parsed as `lambda <role>` would, for the tests that run
+/// the layers in their own process.
+pub fn parse<A: clap::Args>(flags: impl IntoIterator<Item = String>) -> A {
+    #[derive(clap::Parser)]
+    struct Role<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    let argv = std::iter::once("lambda".to_owned()).chain(flags);
+    <Role<A> as clap::Parser>::try_parse_from(argv)
+        .expect("valid flags")
+        .args
+}

@@ -427,7 +427,6 @@ const MONITORING_COMMIT_EVERY: Duration = Duration::from_secs(1);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lambda_core::BucketKey;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::mpsc::error::TryRecvError;
 
@@ -451,15 +450,8 @@ mod tests {
     }
 
     fn checkpoint() -> Checkpoint {
-        let key = CountKey {
-            bucket: BucketKey {
-                partition: 0,
-                bucket: 3,
-            },
-            word: "lambda".into(),
-        };
         Checkpoint {
-            counts: vec![(key, 7)],
+            counts: vec![(CountKey::new(0, 3, "lambda"), 7)],
             next_offsets: vec![(0, 25)],
             as_of: None,
         }
