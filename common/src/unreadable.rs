@@ -171,8 +171,8 @@ const LOCATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// `held`, so the other partitions go on. An error from a partition already
 /// held (librdkafka may have queued more than one) changes nothing. When no
 /// partition can be found, the failure is returned: the layer must stop.
-pub async fn hold_unreadable(
-    consumer: &StreamConsumer,
+pub async fn hold_unreadable<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &StreamConsumer<C>,
     kafka: &Connection,
     topic: &str,
     positions: Vec<(i32, i64)>,

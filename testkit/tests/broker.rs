@@ -81,6 +81,46 @@ async fn ten_thousand_keyed_records_come_back_dense_and_in_order() {
     broker.stop().await;
 }
 
+/// A partition's end (its high watermark) counts every record, whether
+/// the producer batched them or not: readers check their durable positions
+/// against it. The in-memory engine used to answer the newest batch's base
+/// offset + 1 (see `vendor/README.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_end_counts_every_record_of_a_batched_produce() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let dir = tempfile::tempdir().expect("tempdir");
+    for storage in [
+        BrokerStorage::Memory,
+        BrokerStorage::Sqlite(dir.path().join("tansu.db")),
+    ] {
+        let (broker, brokers, topic) = broker_with_topic(storage.clone(), "ends", 2).await;
+        // One producer burst: librdkafka puts the records of a partition in
+        // as few batches as it can.
+        produce(
+            &brokers,
+            &topic,
+            (0..100).map(|i| (format!("k{i}"), format!("record {i}").into_bytes())),
+        )
+        .await;
+        let per_partition = offsets_by_partition(&consume_n(&brokers, &topic, 100, TIMEOUT).await);
+        let kafka = Connection::plaintext(&brokers);
+        let client: BaseConsumer = ::common::kafka::client_config(&kafka)
+            .create()
+            .expect("client");
+        for (p, offsets) in per_partition {
+            let watermarks = client
+                .fetch_watermarks(&topic, p, TIMEOUT)
+                .expect("watermarks");
+            assert_eq!(
+                watermarks,
+                (0, offsets.len() as i64),
+                "{storage:?}, partition {p}: from the first record to after the last"
+            );
+        }
+        broker.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_storage_survives_a_broker_restart() {
     let dir = tempfile::tempdir().expect("tempdir");

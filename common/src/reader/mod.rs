@@ -20,16 +20,23 @@
 //!   [`ReadBatch::unreadable`] (the layer holds that partition or stops);
 //!   a failed seek or an out-of-range position is a [`ReaderError`];
 //!
-//! Partitions are assigned by the layer (every partition of the topic);
-//! assignment and revocation through a consumer group come with scale-out.
+//! Partitions are assigned either by the layer ([`PartitionReader::open`]:
+//! every partition of the topic, at the layer's positions) or by a Kafka
+//! consumer group ([`PartitionReader::join`]: the group decides which
+//! partitions, the layer still decides where each resumes). Either way a
+//! change in what the reader owns is an event, [`Assignment`], reported in
+//! [`ReadBatch::changes`] before any record read after it.
 //!
 //! # Layout
 //!
 //! - this file: the reader, its limits, batches and errors;
+//! - `group`: assignment and revocation by a consumer group;
 //! - `resume`: the mid-batch resume guard.
 
+mod group;
 mod resume;
 
+pub use group::{Assignment, ReaderContext, ResumeAt};
 pub use resume::{Resume, ResumeCheck};
 
 use crate::client::Connection;
@@ -38,7 +45,7 @@ use crate::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
 use lambda_core::{Offset, Partition, Positions};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use std::collections::BTreeMap;
@@ -105,6 +112,10 @@ pub struct Limits {
 
 /// One batch of records, in the order each partition holds them.
 pub struct ReadBatch<'a> {
+    /// Changes in the partitions the reader owns, in order, that took
+    /// effect before `records` (always empty for [`PartitionReader::open`]).
+    /// Every record comes from a partition owned for the whole batch.
+    pub changes: Vec<Assignment>,
     pub records: Vec<BorrowedMessage<'a>>,
     /// Payload bytes of `records`.
     pub bytes: usize,
@@ -119,7 +130,7 @@ pub struct ReadBatch<'a> {
 
 /// A consumer assigned to partitions at known positions.
 pub struct PartitionReader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<ReaderContext>,
     kafka: Connection,
     topic: String,
     resume: Resume,
@@ -137,19 +148,58 @@ impl PartitionReader {
         topic: &str,
         positions: impl IntoIterator<Item = (Partition, Offset)>,
     ) -> Result<Self, ReaderError> {
-        let consumer: StreamConsumer = config.create().map_err(|source| ReaderError::Kafka {
-            topic: topic.to_owned(),
-            source,
-        })?;
-        let mut reader = Self {
+        let mut reader =
+            Self::create(config, kafka, topic, ReaderContext::assigned_by_user(topic))?;
+        reader.assign(positions.into_iter().collect()).await?;
+        Ok(reader)
+    }
+
+    /// Creates a consumer from `config` that joins its consumer group
+    /// (`group.id`) for `topic`: the group assigns partitions, each resumes
+    /// where `resume_at` says, and every assignment and revocation comes as
+    /// an [`Assignment`] in [`ReadBatch::changes`].
+    pub async fn join(
+        config: ClientConfig,
+        kafka: &Connection,
+        topic: &str,
+        resume_at: ResumeAt,
+    ) -> Result<Self, ReaderError> {
+        let watermarks = watermark_client(kafka, topic)?;
+        let context = ReaderContext::group(topic, resume_at, watermarks);
+        let reader = Self::create(config, kafka, topic, context)?;
+        reader
+            .consumer
+            .subscribe(&[topic])
+            .map_err(|source| reader.kafka_error(source))?;
+        Ok(reader)
+    }
+
+    fn create(
+        config: ClientConfig,
+        kafka: &Connection,
+        topic: &str,
+        context: ReaderContext,
+    ) -> Result<Self, ReaderError> {
+        let consumer =
+            config
+                .create_with_context(context)
+                .map_err(|source| ReaderError::Kafka {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+        Ok(Self {
             consumer,
             kafka: kafka.clone(),
             topic: topic.to_owned(),
             resume: Resume::new([]),
             next: BTreeMap::new(),
-        };
-        reader.assign(positions.into_iter().collect()).await?;
-        Ok(reader)
+        })
+    }
+
+    /// The partitions the reader reads, each with the offset it continues
+    /// at.
+    pub fn positions(&self) -> &BTreeMap<Partition, Offset> {
+        &self.next
     }
 
     /// (Re)assigns every partition to read, each at its position: after
@@ -184,6 +234,7 @@ impl PartitionReader {
         token: &crate::shutdown::CancellationToken,
     ) -> Result<Option<ReadBatch<'_>>, ReaderError> {
         let mut batch = ReadBatch {
+            changes: Vec::new(),
             records: Vec::new(),
             bytes: 0,
             skipped: 0,
@@ -191,16 +242,33 @@ impl PartitionReader {
             unreadable: None,
         };
         let consumer = &self.consumer;
-        let idle = async {
-            match limits.idle {
-                Some(idle) => tokio::time::sleep(idle).await,
-                None => std::future::pending().await,
+        let context = consumer.context();
+        let idle = tokio::time::sleep(limits.idle.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(idle);
+        let first = loop {
+            // Changes queued by a rebalance come first, in a batch of their
+            // own: the layer learns of them before it is handed a record.
+            for change in context.take()? {
+                batch
+                    .changes
+                    .push(change.apply(&mut self.resume, &mut self.next));
             }
-        };
-        let first = tokio::select! {
-            _ = token.cancelled() => return Ok(None),
-            _ = idle => return Ok(Some(batch)),
-            m = consumer.recv() => m,
+            if !batch.changes.is_empty() {
+                return Ok(Some(batch));
+            }
+            tokio::select! {
+                _ = token.cancelled() => return Ok(None),
+                _ = &mut idle, if limits.idle.is_some() => return Ok(Some(batch)),
+                _ = context.wake.notified() => continue,
+                m = consumer.recv() => {
+                    if !context.has_queued() {
+                        break m;
+                    }
+                    // A rebalance ran inside this `recv`: a record that came
+                    // with it is read again after the change is reported.
+                    self.read_again(&m)?;
+                }
+            }
         };
         let started = Instant::now();
         // Judged once per batch, from its first record (it reads the clock).
@@ -222,14 +290,7 @@ impl PartitionReader {
                         ResumeCheck::Skip => batch.skipped += 1,
                         ResumeCheck::SeekBack(to) => {
                             drop(m);
-                            consumer
-                                .seek(&self.topic, p, KafkaOffset::Offset(to), SEEK_TIMEOUT)
-                                .map_err(|source| ReaderError::Seek {
-                                    topic: self.topic.clone(),
-                                    partition: p,
-                                    offset: to,
-                                    source,
-                                })?;
+                            self.seek_back(p, to)?;
                         }
                     }
                 }
@@ -262,6 +323,11 @@ impl PartitionReader {
             // means "what the consumer has at hand".
             let deadline = until.unwrap_or(started);
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(m) if context.has_queued() => {
+                    // A rebalance: the batch ends before it (see above).
+                    self.read_again(&m)?;
+                    break;
+                }
                 Ok(m) => next = Some(m),
                 Err(_) => break,
             }
@@ -324,6 +390,42 @@ impl PartitionReader {
         crate::kafka::close_off_runtime(self.consumer).await;
     }
 
+    /// Seeks the partition of `m`, received with a rebalance not yet
+    /// reported, back to it, if the reader still owns that partition after
+    /// the rebalance (a revoked partition's record is not its to read).
+    fn read_again(&self, m: &KafkaResult<BorrowedMessage<'_>>) -> Result<(), ReaderError> {
+        let Ok(m) = m else {
+            // An error is met again when the partition is fetched again.
+            return Ok(());
+        };
+        let p = m.partition();
+        if self
+            .consumer
+            .context()
+            .owns_after_queued(p, self.next.contains_key(&p))
+        {
+            self.seek_back(p, m.offset())?;
+        }
+        Ok(())
+    }
+
+    /// Seeks `partition` back to `offset`, to read it again.
+    fn seek_back(&self, partition: Partition, offset: Offset) -> Result<(), ReaderError> {
+        self.consumer
+            .seek(
+                &self.topic,
+                partition,
+                KafkaOffset::Offset(offset),
+                SEEK_TIMEOUT,
+            )
+            .map_err(|source| ReaderError::Seek {
+                topic: self.topic.clone(),
+                partition,
+                offset,
+                source,
+            })
+    }
+
     fn kafka_error(&self, source: KafkaError) -> ReaderError {
         ReaderError::Kafka {
             topic: self.topic.clone(),
@@ -353,37 +455,51 @@ async fn check_positions(
 ) -> Result<BTreeMap<Partition, Offset>, ReaderError> {
     let (kafka, topic, positions) = (kafka.clone(), topic.to_owned(), positions.to_vec());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer =
-            crate::kafka::client_config(&kafka)
-                .create()
-                .map_err(|source| ReaderError::Kafka {
-                    topic: topic.clone(),
-                    source,
-                })?;
-        let mut starts = BTreeMap::new();
-        for (partition, offset) in positions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
-                .map_err(|source| ReaderError::Watermarks {
-                    topic: topic.clone(),
-                    partition,
-                    source,
-                })?;
-            if !position_is_held(offset, low, high) {
-                return Err(ReaderError::OutOfRange {
-                    topic,
-                    partition,
-                    offset,
-                    low,
-                    high,
-                });
-            }
-            starts.insert(partition, low);
-        }
-        Ok(starts)
+        let consumer = watermark_client(&kafka, &topic)?;
+        check_positions_with(&consumer, &topic, &positions)
     })
     .await
     .expect("the position check does not panic")
+}
+
+/// A client to read partitions' watermarks with: their high watermark,
+/// whatever isolation level the reader reads at.
+fn watermark_client(kafka: &Connection, topic: &str) -> Result<BaseConsumer, ReaderError> {
+    crate::kafka::client_config(kafka)
+        .create()
+        .map_err(|source| ReaderError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        })
+}
+
+/// [`check_positions`] with a client at hand, blocking.
+fn check_positions_with(
+    consumer: &BaseConsumer,
+    topic: &str,
+    positions: &[(Partition, Offset)],
+) -> Result<BTreeMap<Partition, Offset>, ReaderError> {
+    let mut starts = BTreeMap::new();
+    for &(partition, offset) in positions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
+            .map_err(|source| ReaderError::Watermarks {
+                topic: topic.to_owned(),
+                partition,
+                source,
+            })?;
+        if !position_is_held(offset, low, high) {
+            return Err(ReaderError::OutOfRange {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                low,
+                high,
+            });
+        }
+        starts.insert(partition, low);
+    }
+    Ok(starts)
 }
 
 /// Whether a reader may resume at `offset` of a partition holding offsets

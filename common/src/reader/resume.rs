@@ -70,6 +70,24 @@ impl Resume {
         self.log_start.insert(partition, offset.max(0));
     }
 
+    /// Starts guarding `partition`, newly assigned: it resumes at `want`,
+    /// and its log starts at `log_start`.
+    pub fn add(&mut self, partition: i32, want: i64, log_start: i64) {
+        self.remove(partition);
+        self.want.insert(partition, want);
+        self.margin.insert(partition, Self::INITIAL_MARGIN);
+        self.set_log_start(partition, log_start);
+    }
+
+    /// Forgets `partition`, no longer read.
+    pub fn remove(&mut self, partition: i32) {
+        self.want.remove(&partition);
+        self.margin.remove(&partition);
+        self.verified.remove(&partition);
+        self.saw_previous.remove(&partition);
+        self.log_start.remove(&partition);
+    }
+
     fn log_start(&self, partition: i32) -> i64 {
         self.log_start.get(&partition).copied().unwrap_or(0)
     }
@@ -133,6 +151,22 @@ mod tests {
         assert_eq!(r.check(0, 25_001), ResumeCheck::Accept);
         // Seeking from 0, a gap is genuine.
         assert_eq!(r.check(1, 3), ResumeCheck::Accept);
+    }
+
+    /// A partition assigned again starts unverified, at its new position.
+    #[test]
+    fn a_partition_added_again_is_checked_again_from_its_new_position() {
+        let mut r = Resume::new([(0, 100)]);
+        r.set_log_start(0, 0);
+        assert_eq!(r.check(0, 100), ResumeCheck::Accept);
+        r.remove(0);
+        r.add(0, 30_000, 25_000);
+        assert_eq!(r.seek_offset(0), 25_000, "never below the log's start");
+        assert_eq!(r.check(0, 29_999), ResumeCheck::Skip);
+        assert_eq!(r.check(0, 30_000), ResumeCheck::Accept);
+        r.add(0, 50_000, 0);
+        assert_eq!(r.check(0, 30_001), ResumeCheck::Skip, "verified no longer");
+        assert_eq!(r.check(0, 50_100), ResumeCheck::SeekBack(30_000));
     }
 
     /// A transactional producer's commit marker (or an aborted

@@ -1184,6 +1184,28 @@ impl Storage for DynoStore {
         let mut responses = vec![];
 
         for (topition, offset_request) in offsets {
+            // Lambda: the latest offset is the partition's end (the high
+            // watermark, or the last stable offset when reading committed
+            // records). Derived from the newest record batch's name below, it
+            // was that batch's base offset + 1, short of the end whenever the
+            // batch held more than one record.
+            if offset_request == &ListOffset::Latest {
+                let stage = self.offset_stage(topition).await?;
+                responses.push((
+                    topition.to_owned(),
+                    ListOffsetResponse {
+                        error_code: ErrorCode::None,
+                        offset: Some(if isolation_level == IsolationLevel::ReadCommitted {
+                            stage.last_stable()
+                        } else {
+                            stage.high_watermark()
+                        }),
+                        timestamp: None,
+                    },
+                ));
+                continue;
+            }
+
             let location = Path::from(format!(
                 "clusters/{}/topics/{}/partitions/{:0>10}/records",
                 self.cluster, topition.topic, topition.partition,
