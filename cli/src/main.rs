@@ -10,9 +10,10 @@
 //! - `cmd`: one module per subcommand (`demo`, `broker`, `batch`, `speed`,
 //!   `serve`, `produce`, `mapreduce`) and the shared role runner;
 //! - `tests/`: the whole-stack tests (the only crate that sees every layer):
-//!   in-process end to end (`e2e`, `handoff`), processes killed and restarted
-//!   (`*_crash`), failures that stop a role (`failures`), and the reliability
-//!   suite (`system/`).
+//!   end to end (`e2e`) and the reliability suite (`system/`) on one harness
+//!   (`common/stack.rs`: the layers as processes), two layers in-process
+//!   (`handoff`), processes killed and restarted (`*_crash`), and failures
+//!   that stop a role (`failures`).
 
 mod cmd;
 

@@ -1,8 +1,10 @@
 //! Helpers for the whole-stack tests: the stack's description ([`spec`]),
-//! and the real `lambda` binary run as child processes.
+//! the harness of the end-to-end and reliability suites ([`stack`]), and the
+//! real `lambda` binary run as child processes.
 #![allow(dead_code)]
 
 pub mod spec;
+pub mod stack;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;

@@ -11,7 +11,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod robustness;
-mod stack;
+
+use common::stack;
 
 use ::common::dead_letter::headers;
 use stack::{admin_recompute, cut_of, event, json, scaled, until, Options, Role, Sampler, Stack};
@@ -210,7 +211,7 @@ async fn poison_pills_are_dead_lettered_and_good_counts_exact() {
     // Both consuming layers dead-letter every bad record, naming its origin
     // and reason; no good record is dead-lettered.
     let dlq = ::testkit::consume_n(
-        &s.brokers,
+        &s.kafka,
         &format!("{}.dlq", s.topic),
         2 * truth.bad.len(),
         Duration::from_secs(60),

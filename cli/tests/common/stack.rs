@@ -1,10 +1,15 @@
-//! The harness: the broker and the three layers as separate `lambda`
-//! processes, a producer of events with unique, checkable content, and the
-//! ground truth computed independently of the layers' code.
+//! The whole-stack harness of the end-to-end and reliability suites: the
+//! three layers as separate `lambda` processes, on a broker that is a
+//! process too (the reliability suite restarts it) or one the test started
+//! in-process (in-memory storage, or behind TLS and SASL); a producer of
+//! events with unique, checkable content; and the ground truth, computed
+//! independently of the layers' code, with the checks against it.
 
 pub use crate::common::spec::Role;
 use crate::common::spec::StackSpec;
 use crate::common::{free_addr, spawn_role, terminate, Lcg, RoleProcess};
+use ::common::broker::EmbeddedBroker;
+use ::common::client::Connection;
 use ::testkit::{get, http, unique, wait_for, Consumed};
 use lambda_core::Cut;
 use serde_json::Value;
@@ -39,61 +44,108 @@ struct Proc {
 }
 
 /// What a scenario changes about the stack.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct Options {
+    /// The broker: a `lambda broker` process on SQLite storage (default),
+    /// or one the test started, with how to reach it.
+    pub broker: Option<(EmbeddedBroker, Connection)>,
     /// The batch layer's data directory (default: under the stack's temp dir).
     pub batch_data_dir: Option<PathBuf>,
     /// Extra flags for the batch layer.
     pub batch_flags: Vec<String>,
+    /// Extra flags for every layer (e.g. how to reach a secured broker).
+    pub layer_flags: Vec<String>,
+    /// Recompute only when asked (`POST /v1/admin/recompute`), not every 2 s.
+    pub recompute_on_demand: bool,
+    /// The serving layer's `--stale-after` (default: the layer's).
+    pub stale_after: Option<String>,
+    /// Things the stack's temp dir must outlive (certificates, a database).
+    pub keep: Vec<tempfile::TempDir>,
+}
+
+impl Options {
+    /// On a broker the test started, recomputing only when asked, answers
+    /// stale 2 s after the batch layer stops answering: the end-to-end
+    /// suite's stack.
+    pub fn on(broker: EmbeddedBroker, kafka: Connection) -> Options {
+        Options {
+            broker: Some((broker, kafka)),
+            recompute_on_demand: true,
+            stale_after: Some("2s".to_owned()),
+            ..Options::default()
+        }
+    }
+}
+
+/// Where the broker runs.
+enum Broker {
+    Process {
+        addr: SocketAddr,
+        child: Option<RoleProcess>,
+    },
+    /// Held so that it runs as long as the stack.
+    InProcess { _broker: EmbeddedBroker },
 }
 
 /// The running system.
 pub struct Stack {
     pub dir: tempfile::TempDir,
-    pub brokers: String,
+    /// How the test's own clients reach the broker (as the layers do).
+    pub kafka: Connection,
     pub topic: String,
     pub rng: Lcg,
-    broker_addr: SocketAddr,
-    broker: Option<RoleProcess>,
+    broker: Broker,
     procs: BTreeMap<Role, Proc>,
+    _keep: Vec<tempfile::TempDir>,
 }
 
 impl Stack {
-    /// Starts the broker process, creates the topics, starts the three roles
-    /// and waits until each answers HTTP.
+    /// Starts the broker (unless given one), creates the topics, starts the
+    /// three roles and waits until each answers HTTP.
     pub async fn start(name: &str, options: Options) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker_addr = free_addr();
         let topic = unique(name);
+        let (broker, kafka) = match options.broker {
+            Some((broker, kafka)) => (Broker::InProcess { _broker: broker }, kafka),
+            None => {
+                let addr = free_addr();
+                let broker = Broker::Process { addr, child: None };
+                (broker, Connection::plaintext(&addr.to_string()))
+            }
+        };
         let mut stack = Stack {
-            brokers: broker_addr.to_string(),
+            kafka,
             topic: topic.clone(),
             rng: Lcg::from_clock(),
-            broker_addr,
-            broker: None,
+            broker,
             procs: BTreeMap::new(),
             dir,
+            _keep: options.keep,
         };
-        stack.start_broker().await;
+        if matches!(stack.broker, Broker::Process { .. }) {
+            stack.start_broker().await;
+        }
         for t in [topic.clone(), format!("{topic}.dlq"), format!("{topic}.rt")] {
-            ::common::kafka::ensure_topic(
-                &::common::client::Connection::plaintext(&stack.brokers),
-                &t,
-                3,
-                Duration::from_secs(60),
-            )
-            .await
-            .expect("topic");
+            ::common::kafka::ensure_topic(&stack.kafka, &t, 3, Duration::from_secs(60))
+                .await
+                .expect("topic");
         }
         let addrs: BTreeMap<Role, SocketAddr> =
             Role::ALL.iter().map(|&r| (r, free_addr())).collect();
         let spec = StackSpec {
             admin_token: TOKEN.to_owned(),
             max_event_bytes: MAX_EVENT_BYTES,
-            recompute_interval: "2s".to_owned(),
+            recompute_interval: if options.recompute_on_demand {
+                "1h"
+            } else {
+                "2s"
+            }
+            .to_owned(),
             poll_interval: "200ms".to_owned(),
             micro_batch_records: Some(500),
-            ..StackSpec::new(&stack.brokers, &topic)
+            stale_after: options.stale_after.clone(),
+            extra: options.layer_flags.clone(),
+            ..StackSpec::new(stack.kafka.brokers(), &topic)
         };
         let batch_url = format!("http://{}", addrs[&Role::Batch]);
         for role in Role::ALL {
@@ -150,28 +202,26 @@ impl Stack {
         out
     }
 
-    /// Starts (or restarts) the broker on the same address and data
-    /// directory, and waits until it accepts connections.
+    /// Starts (or restarts) the broker process on the same address and
+    /// data directory, and waits until it accepts connections.
     pub async fn start_broker(&mut self) {
-        assert!(self.broker.is_none(), "broker already running");
-        let child = spawn_role(
+        let log = self.broker_log();
+        let data_dir = self.dir.path().join("broker");
+        let Broker::Process { addr, child } = &mut self.broker else {
+            panic!("the test started the broker; it restarts it");
+        };
+        assert!(child.is_none(), "broker already running");
+        let addr = *addr;
+        *child = Some(spawn_role(
             "broker",
             &[
                 "--broker-addr".into(),
-                self.broker_addr.to_string(),
+                addr.to_string(),
                 "--data-dir".into(),
-                self.dir
-                    .path()
-                    .join("broker")
-                    .to_str()
-                    .expect("utf-8")
-                    .into(),
+                data_dir.to_str().expect("utf-8").into(),
             ],
-            &self.broker_log(),
-        );
-        self.broker = Some(child);
-        let addr = self.broker_addr;
-        let log = self.broker_log();
+            &log,
+        ));
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(60);
             while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
@@ -187,9 +237,12 @@ impl Stack {
         .expect("join");
     }
 
-    /// Stops the broker with SIGTERM (a clean stop) and waits for it.
+    /// Stops the broker process with SIGTERM (a clean stop) and waits for it.
     pub fn stop_broker(&mut self) {
-        let child = self.broker.take().expect("broker running");
+        let Broker::Process { child, .. } = &mut self.broker else {
+            panic!("the test started the broker; it stops it");
+        };
+        let child = child.take().expect("broker running");
         assert!(terminate(child), "broker did not exit cleanly");
     }
 
@@ -261,7 +314,7 @@ impl Stack {
 
     fn producer(&self) -> Producer {
         Producer {
-            brokers: self.brokers.clone(),
+            kafka: self.kafka.clone(),
             topic: self.topic.clone(),
         }
     }
@@ -287,15 +340,12 @@ impl Stack {
 
     /// The events topic's end offsets.
     pub async fn topic_ends(&self) -> Cut {
-        let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
+        let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
             use rdkafka::consumer::{BaseConsumer, Consumer};
-            let consumer: BaseConsumer = ::common::kafka::consumer_config(
-                &::common::client::Connection::plaintext(&brokers),
-                &unique("ends"),
-            )
-            .create()
-            .expect("consumer");
+            let consumer: BaseConsumer = ::common::kafka::client_config(&kafka)
+                .create()
+                .expect("consumer");
             let mut cut = Cut::new();
             for p in 0..3 {
                 let (_, high) = consumer
@@ -313,7 +363,7 @@ impl Stack {
     pub async fn topic_records(&self) -> (Cut, Vec<Consumed>) {
         let ends = self.topic_ends().await;
         let records =
-            ::testkit::consume_below(&self.brokers, &self.topic, &ends, Duration::from_secs(120))
+            ::testkit::consume_below(&self.kafka, &self.topic, &ends, Duration::from_secs(120))
                 .await;
         (ends, records)
     }
@@ -416,7 +466,8 @@ impl Stack {
                 self.stop(role);
             }
         }
-        if self.broker.is_some() {
+        // A broker the test started goes with the stack.
+        if let Broker::Process { child: Some(_), .. } = self.broker {
             self.stop_broker();
         }
     }
@@ -434,7 +485,7 @@ impl Drop for Stack {
                 let _ = c.wait();
             }
         }
-        if let Some(mut c) = self.broker.take() {
+        if let Broker::Process { child: Some(c), .. } = &mut self.broker {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -443,18 +494,17 @@ impl Drop for Stack {
 
 /// A producer usable from a background task.
 struct Producer {
-    brokers: String,
+    kafka: Connection,
     topic: String,
 }
 
 impl Producer {
     async fn send(&self, events: Vec<Vec<u8>>) -> usize {
-        let producer: rdkafka::producer::FutureProducer = ::common::kafka::producer_config(
-            &::common::client::Connection::plaintext(&self.brokers),
-        )
-        .set("message.timeout.ms", "5000")
-        .create()
-        .expect("producer");
+        let producer: rdkafka::producer::FutureProducer =
+            ::common::kafka::producer_config(&self.kafka)
+                .set("message.timeout.ms", "5000")
+                .create()
+                .expect("producer");
         let mut pending: Vec<(Option<String>, Vec<u8>)> =
             events.into_iter().map(|e| (None, e)).collect();
         let mut retried = 0;
@@ -482,6 +532,24 @@ impl Producer {
 pub fn json(addr: SocketAddr, path: &str) -> Option<Value> {
     let r = get(addr, path).ok()?;
     (r.status == 200).then(|| serde_json::from_slice(&r.body).ok())?
+}
+
+/// Forces a recompute through the serving layer's admin endpoint; asserts
+/// it succeeded and the serving layer answers from the new view on return.
+pub fn recompute(addr: SocketAddr) -> Value {
+    let auth = format!("Bearer {TOKEN}");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/admin/recompute",
+        &[("Authorization", auth.as_str())],
+        b"",
+    )
+    .expect("POST /v1/admin/recompute");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r: Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(r["loaded"], true, "{r}");
+    r
 }
 
 /// POST the admin recompute to the serving layer; true on 200.
