@@ -19,7 +19,7 @@ use common::reader::{Limits, PartitionReader, ReaderError};
 use common::retry::{until_durable, DurableWrite, Stalls};
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
-use common::telemetry::events::RecordDeadLettered;
+use common::telemetry::events::{RecordDeadLettered, RecordsUnreadable};
 use common::unreadable::{ConsumeFailure, HeldPartitions};
 use lambda_core::{Offset, Partition, Positions};
 use rdkafka::message::Message;
@@ -106,7 +106,11 @@ pub async fn run(
         if let Some(failure) = unreadable {
             // What was read before it is in the master log; the unreadable
             // records stay in Kafka, unskipped, their partition held.
-            metrics.unreadable_batches.inc();
+            RecordsUnreadable {
+                topic: reader.topic(),
+                failure: &failure,
+            }
+            .emit(&metrics.unreadable_batches);
             reader.hold(&held, failure).await?;
             metrics.held_partitions.set(held.len() as i64);
         }

@@ -18,7 +18,7 @@ use common::reader::{Limits, PartitionReader, ReaderError};
 use common::retry::{until_durable, DurableWrite};
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
-use common::telemetry::events::MalformedRealtimeMessage;
+use common::telemetry::events::{MalformedRealtimeMessage, RecordsUnreadable};
 use common::unreadable::ConsumeFailure;
 use lambda_core::realtime::RealtimeMessage;
 use lambda_core::Cut;
@@ -105,9 +105,12 @@ impl Follower {
                 // claimed to be current: stop instead. What the gate
                 // released before is already stored.
                 self.metrics.follower_errors.inc();
-                self.metrics.unreadable_batches.inc();
+                RecordsUnreadable {
+                    topic: &self.topic,
+                    failure: &failure,
+                }
+                .emit(&self.metrics.unreadable_batches);
                 self.health.kafka_failed(failure.to_string());
-                tracing::error!(topic = %self.topic, code = ?failure.code, "{failure}");
                 return Err(failure.into());
             }
             drop(read);

@@ -145,3 +145,23 @@ impl RecomputeFailed<'_> {
         );
     }
 }
+
+/// The consumer returned records it cannot read (a corrupt batch, an
+/// unknown codec): the batch ends before them, and the layer holds their
+/// partition or stops (it says which).
+pub struct RecordsUnreadable<'a> {
+    pub topic: &'a str,
+    pub failure: &'a crate::unreadable::ConsumeFailure,
+}
+
+impl RecordsUnreadable<'_> {
+    pub fn emit(&self, unreadable_batches: &Counter) {
+        unreadable_batches.inc();
+        tracing::error!(
+            topic = self.topic,
+            code = ?self.failure.code,
+            "{}",
+            self.failure
+        );
+    }
+}

@@ -30,6 +30,7 @@ use common::reader::{PartitionReader, ReaderError};
 use common::retry::{until_durable, DurableWrite, Stalls};
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
+use common::telemetry::events::RecordsUnreadable;
 use common::unreadable::{ConsumeFailure, HeldPartitions};
 use consume::{next_batch, Ctx};
 use lambda_core::{BucketSize, Cut, Partition, Positions, Tokenizer};
@@ -256,7 +257,11 @@ pub async fn run(
         if let Some(failure) = batch.unreadable.take() {
             // What was read before it is checkpointed and published above;
             // the unreadable records stay in Kafka, their partition held.
-            metrics.unreadable_batches.inc();
+            RecordsUnreadable {
+                topic: reader.topic(),
+                failure: &failure,
+            }
+            .emit(&metrics.unreadable_batches);
             let held = status.lock_or_stop("the speed status").held.clone();
             let outcome = reader.hold(&held, failure).await;
             metrics.held_partitions.set(held.len() as i64);
