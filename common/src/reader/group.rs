@@ -14,7 +14,8 @@
 //! The protocol is the eager one (librdkafka's default range/round-robin
 //! assignors): a rebalance revokes every partition, then assigns the new set.
 
-use super::{check_positions_with, ReaderError, Resume};
+use super::positions::check_positions_with;
+use super::{ReaderError, Resume};
 use crate::sync::LockOrStop;
 use lambda_core::{Offset, Partition};
 use rdkafka::client::ClientContext;
@@ -22,6 +23,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A change in the partitions a reader owns, reported in
@@ -90,6 +92,9 @@ pub struct ReaderContext {
     /// records, and its watermark query would answer the last stable offset).
     group: Option<(ResumeAt, BaseConsumer)>,
     queued: Mutex<Queued>,
+    /// Whether `queued` holds anything: checked after every record, so it
+    /// must not cost a lock.
+    any_queued: AtomicBool,
     /// Woken when a change is queued, so a reader waiting for records
     /// reports it at once.
     pub(super) wake: tokio::sync::Notify,
@@ -116,6 +121,7 @@ impl ReaderContext {
             topic: topic.to_owned(),
             group,
             queued: Mutex::new(Queued::default()),
+            any_queued: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -124,6 +130,7 @@ impl ReaderContext {
     /// reader's membership.
     pub(super) fn take(&self) -> Result<Vec<Change>, ReaderError> {
         let mut queued = self.lock();
+        self.any_queued.store(false, Ordering::Release);
         match queued.error.take() {
             Some(error) => Err(error),
             None => Ok(std::mem::take(&mut queued.changes)),
@@ -131,8 +138,7 @@ impl ReaderContext {
     }
 
     pub(super) fn has_queued(&self) -> bool {
-        let queued = self.lock();
-        queued.error.is_some() || !queued.changes.is_empty()
+        self.any_queued.load(Ordering::Acquire)
     }
 
     /// Whether the reader owns `partition` once the queued changes apply,
@@ -162,6 +168,7 @@ impl ReaderContext {
                     queued.error.get_or_insert(error);
                 }
             }
+            self.any_queued.store(true, Ordering::Release);
         }
         self.wake.notify_one();
     }

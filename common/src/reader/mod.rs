@@ -31,20 +31,24 @@
 //!
 //! - this file: the reader, its limits, batches and errors;
 //! - `group`: assignment and revocation by a consumer group;
+//! - `positions`: the check that a partition still holds a position;
 //! - `resume`: the mid-batch resume guard.
 
 mod group;
+mod positions;
 mod resume;
 
 pub use group::{Assignment, ReaderContext, ResumeAt};
 pub use resume::{Resume, ResumeCheck};
+
+use positions::{check_positions, watermark_client};
 
 use crate::client::Connection;
 use crate::telemetry::events::ConsumerErrorRetried;
 use crate::unreadable::{hold_unreadable, ConsumeFailure, HeldPartitions};
 use lambda_core::{Offset, Partition, Positions};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
@@ -435,7 +439,6 @@ impl PartitionReader {
 }
 
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a batch whose first record is `m` waits for more.
 fn linger_for(limits: &Limits, m: &BorrowedMessage<'_>) -> Duration {
@@ -444,91 +447,4 @@ fn linger_for(limits: &Limits, m: &BorrowedMessage<'_>) -> Duration {
         (crate::metrics::since_timestamp(t) > lag).then_some(wait)
     });
     limits.linger.max(catching_up.unwrap_or_default())
-}
-
-/// Checks that `topic` holds every position (a position may equal the
-/// partition's end: nothing new yet); returns each partition's first offset.
-async fn check_positions(
-    kafka: &Connection,
-    topic: &str,
-    positions: &[(Partition, Offset)],
-) -> Result<BTreeMap<Partition, Offset>, ReaderError> {
-    let (kafka, topic, positions) = (kafka.clone(), topic.to_owned(), positions.to_vec());
-    tokio::task::spawn_blocking(move || {
-        let consumer = watermark_client(&kafka, &topic)?;
-        check_positions_with(&consumer, &topic, &positions)
-    })
-    .await
-    .expect("the position check does not panic")
-}
-
-/// A client to read partitions' watermarks with: their high watermark,
-/// whatever isolation level the reader reads at.
-fn watermark_client(kafka: &Connection, topic: &str) -> Result<BaseConsumer, ReaderError> {
-    crate::kafka::client_config(kafka)
-        .create()
-        .map_err(|source| ReaderError::Kafka {
-            topic: topic.to_owned(),
-            source,
-        })
-}
-
-/// [`check_positions`] with a client at hand, blocking.
-fn check_positions_with(
-    consumer: &BaseConsumer,
-    topic: &str,
-    positions: &[(Partition, Offset)],
-) -> Result<BTreeMap<Partition, Offset>, ReaderError> {
-    let mut starts = BTreeMap::new();
-    for &(partition, offset) in positions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)
-            .map_err(|source| ReaderError::Watermarks {
-                topic: topic.to_owned(),
-                partition,
-                source,
-            })?;
-        if !position_is_held(offset, low, high) {
-            return Err(ReaderError::OutOfRange {
-                topic: topic.to_owned(),
-                partition,
-                offset,
-                low,
-                high,
-            });
-        }
-        starts.insert(partition, low);
-    }
-    Ok(starts)
-}
-
-/// Whether a reader may resume at `offset` of a partition holding offsets
-/// `low..high`: anywhere from its first record to its end (nothing new yet).
-/// Below `low` lie records deleted before the reader saw them; past `high`,
-/// offsets this topic never had (it was recreated).
-fn position_is_held(offset: Offset, low: Offset, high: Offset) -> bool {
-    (low..=high).contains(&offset)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_position_must_lie_within_what_the_partition_holds() {
-        assert!(
-            position_is_held(0, 0, 0),
-            "an empty partition, from its start"
-        );
-        assert!(position_is_held(5, 0, 5), "at the end: nothing new yet");
-        assert!(position_is_held(3, 2, 9));
-        assert!(
-            !position_is_held(6, 0, 5),
-            "past the end: the topic was recreated"
-        );
-        assert!(
-            !position_is_held(1, 2, 9),
-            "before the start: records deleted unread"
-        );
-    }
 }
