@@ -3,6 +3,7 @@
 use crate::master_log::{FsyncPolicy, LogOptions};
 use clap::Args;
 use common::config::{env, parse_duration, ConfigError, KafkaArgs, NodeArgs, StreamArgs};
+use lambda_core::lineage::RecomputeMode;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,6 +28,17 @@ pub struct BatchArgs {
     /// Time between recomputes (e.g. 30s, 5m).
     #[arg(long, env = env::RECOMPUTE_INTERVAL, default_value = "30s", value_parser = parse_duration)]
     pub recompute_interval: Duration,
+
+    /// How the periodic recompute builds a view: `incremental` (the previous
+    /// view plus the events since its cut; its cost follows the new events)
+    /// or `full` (every event again).
+    #[arg(long, env = env::RECOMPUTE_MODE, default_value = "incremental")]
+    pub recompute_mode: RecomputeMode,
+
+    /// A full recompute at least this often whatever the mode (e.g. 24h),
+    /// checked against the incremental chain; `0s` turns it off.
+    #[arg(long, env = env::FULL_RECOMPUTE_EVERY, default_value = "24h", value_parser = parse_duration)]
+    pub full_recompute_every: Duration,
 
     /// How many batch view versions to keep on disk.
     #[arg(long, env = env::KEEP_VIEWS, default_value_t = 3)]

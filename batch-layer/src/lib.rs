@@ -45,7 +45,8 @@ use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use common::telemetry::events::RecomputeFailed;
 use common::unreadable::HeldPartitions;
 use common::views::ViewStore;
-use lambda_core::view::ViewError;
+use lambda_core::lineage::RecomputeMode;
+use lambda_core::view::{Manifest, ViewError};
 use lambda_core::BucketSize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -194,6 +195,8 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         let schedule = Schedule {
             bucket_size: args.stream.bucket_size,
             interval: args.recompute_interval,
+            mode: args.recompute_mode,
+            full_every: (!args.full_recompute_every.is_zero()).then_some(args.full_recompute_every),
             fault_pause: args.fault_recompute_pause,
         };
         tasks.spawn(recompute_loop(
@@ -232,8 +235,31 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
 struct Schedule {
     bucket_size: BucketSize,
     interval: Duration,
+    /// The mode of a recompute nobody asked a mode for.
+    mode: RecomputeMode,
+    /// A full recompute at least this often.
+    full_every: Option<Duration>,
     /// See `BatchArgs::fault_recompute_pause`.
     fault_pause: Option<Duration>,
+}
+
+impl Schedule {
+    /// The mode of the next recompute: the one asked for, else full if the
+    /// newest view's chain had no full recompute for `full_every`, else the
+    /// configured one.
+    fn mode(&self, asked: Option<RecomputeMode>, latest: Option<&Manifest>) -> RecomputeMode {
+        let full_due = |every: Duration| {
+            latest.is_some_and(|m| {
+                let since_full = recompute::now_ms() - m.header.lineage.last_full_ms;
+                since_full >= every.as_millis() as i64
+            })
+        };
+        match asked {
+            Some(mode) => mode,
+            None if self.full_every.is_some_and(full_due) => RecomputeMode::Full,
+            None => self.mode,
+        }
+    }
 }
 
 async fn recompute_loop(
@@ -248,31 +274,29 @@ async fn recompute_loop(
     let mut ticker = tokio::time::interval(schedule.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let reply = tokio::select! {
+        let request = tokio::select! {
             _ = token.cancelled() => break,
             _ = ticker.tick() => None,
-            Some(reply) = requests.recv() => Some(reply),
+            Some(request) = requests.recv() => Some(request),
         };
+        let asked = request.as_ref().and_then(|r| r.mode);
         let (log, store, engine) = (Arc::clone(&log), Arc::clone(&store), Arc::clone(&engine));
         let result = tokio::task::spawn_blocking(move || {
-            recompute(
-                &log,
-                &store,
-                &engine,
-                schedule.bucket_size,
-                false,
-                schedule.fault_pause,
-            )
+            let mode = schedule.mode(asked, store.latest()?.as_ref());
+            let request = recompute::Request {
+                // A full recompute asked for is done even if the cut has not
+                // moved: it is how an operator fixes a view.
+                force: asked == Some(RecomputeMode::Full),
+                fault_pause: schedule.fault_pause,
+                ..recompute::Request::new(mode)
+            };
+            recompute(&log, &store, &engine, schedule.bucket_size, request)
         })
         .await;
         let answer = match result {
             Ok(Ok(outcome)) => {
                 if let Outcome::Published { manifest, seconds } = &outcome {
-                    metrics.recomputes.inc();
-                    metrics.view_version.set(manifest.version as i64);
-                    metrics
-                        .view_computed_at_ms
-                        .set(manifest.header.computed_at_ms);
+                    metrics.published(manifest);
                     metrics.last_recompute_ms.set((seconds * 1000.0) as i64);
                 }
                 Ok(outcome.manifest().clone())
@@ -288,8 +312,8 @@ async fn recompute_loop(
                 Err(error.to_string())
             }
         };
-        if let Some(reply) = reply {
-            let _ = reply.send(answer);
+        if let Some(request) = request {
+            let _ = request.reply.send(answer);
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use common::dead_letter::DeadLetterCounts;
 use common::metrics::{Counter, Gauge, TextWriter};
+use lambda_core::lineage::RecomputeMode;
+use lambda_core::view::Manifest;
 use lambda_core::Positions;
 
 #[derive(Debug, Default)]
@@ -15,6 +17,10 @@ pub struct BatchMetrics {
     pub dead_letter_failures: Counter,
     pub dead_letters: DeadLetterCounts,
     pub recomputes: Counter,
+    pub incremental_recomputes: Counter,
+    pub full_checks: Counter,
+    pub full_check_failures: Counter,
+    pub last_full_check_differing_words: Gauge,
     pub recompute_failures: Counter,
     pub view_version: Gauge,
     pub view_computed_at_ms: Gauge,
@@ -22,6 +28,25 @@ pub struct BatchMetrics {
 }
 
 impl BatchMetrics {
+    /// Records a published view.
+    pub fn published(&self, manifest: &Manifest) {
+        self.recomputes.inc();
+        let lineage = &manifest.header.lineage;
+        if lineage.mode == RecomputeMode::Incremental {
+            self.incremental_recomputes.inc();
+        }
+        if let Some(check) = &lineage.check {
+            self.full_checks.inc();
+            if !check.agreed {
+                self.full_check_failures.inc();
+            }
+            self.last_full_check_differing_words
+                .set(check.differing_words as i64);
+        }
+        self.view_version.set(manifest.version as i64);
+        self.view_computed_at_ms.set(manifest.header.computed_at_ms);
+    }
+
     /// Prometheus text, with the master log's end offsets.
     pub fn render(&self, log_end: &Positions, now_ms: i64) -> String {
         let mut w = TextWriter::new();
@@ -73,6 +98,30 @@ impl BatchMetrics {
             "counter",
             "Batch views published.",
             self.recomputes.get(),
+        )
+        .single(
+            "lambda_batch_incremental_recomputes_total",
+            "counter",
+            "Batch views published as the previous view plus the events since its cut.",
+            self.incremental_recomputes.get(),
+        )
+        .single(
+            "lambda_batch_full_checks_total",
+            "counter",
+            "Full recomputes compared with the incremental chain at the same cut.",
+            self.full_checks.get(),
+        )
+        .single(
+            "lambda_batch_full_check_failures_total",
+            "counter",
+            "Full recomputes that differed from the incremental chain (an error: the full view wins).",
+            self.full_check_failures.get(),
+        )
+        .single(
+            "lambda_batch_last_full_check_differing_words",
+            "gauge",
+            "Words whose counts differed in the last full check.",
+            self.last_full_check_differing_words.get(),
         )
         .single(
             "lambda_batch_recompute_failures_total",

@@ -11,20 +11,32 @@
 use crate::master_log::MasterLog;
 use crate::metrics::BatchMetrics;
 use crate::recompute::now_ms;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::sync::LockOrStop;
 use common::views::ViewStore;
+use lambda_core::lineage::RecomputeMode;
 use lambda_core::view::Manifest;
+use serde::Deserialize;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// A request for an on-demand recompute, answered with the manifest.
-pub type RecomputeRequest = oneshot::Sender<Result<Manifest, String>>;
+/// A recompute asked for over HTTP: in the mode given (`?mode=full`), or the
+/// schedule's; answered with the manifest of the view it left newest.
+pub struct RecomputeRequest {
+    pub mode: Option<RecomputeMode>,
+    pub reply: oneshot::Sender<Result<Manifest, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecomputeQuery {
+    mode: Option<String>,
+}
 
 #[derive(Clone)]
 pub struct BatchState {
@@ -95,7 +107,11 @@ async fn view_file(State(state): State<BatchState>, Path(version): Path<String>)
     }
 }
 
-async fn recompute(State(state): State<BatchState>, headers: HeaderMap) -> Response {
+async fn recompute(
+    State(state): State<BatchState>,
+    headers: HeaderMap,
+    Query(query): Query<RecomputeQuery>,
+) -> Response {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -103,8 +119,18 @@ async fn recompute(State(state): State<BatchState>, headers: HeaderMap) -> Respo
         let status = StatusCode::from_u16(refusal.status()).expect("a valid status");
         return error(status, refusal.message());
     }
-    let (tx, rx) = oneshot::channel();
-    if state.recompute.send(tx).await.is_err() {
+    let mode = match query.mode.as_deref().map(str::parse::<RecomputeMode>) {
+        None => None,
+        Some(Ok(mode)) => Some(mode),
+        Some(Err(message)) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let (reply, rx) = oneshot::channel();
+    if state
+        .recompute
+        .send(RecomputeRequest { mode, reply })
+        .await
+        .is_err()
+    {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the batch layer is shutting down",

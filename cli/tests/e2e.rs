@@ -38,9 +38,10 @@ fn answer(addr: SocketAddr, path: &str) -> Value {
     json(addr, path).unwrap_or_else(|| panic!("GET {path}: no 200 answer"))
 }
 
-/// [`recompute`] off the runtime (it waits for the batch layer).
+/// [`recompute`] off the runtime (it waits for the batch layer), in the
+/// batch layer's mode.
 async fn recompute_now(serving: SocketAddr) -> Value {
-    tokio::task::spawn_blocking(move || recompute(serving))
+    tokio::task::spawn_blocking(move || recompute(serving, None))
         .await
         .expect("recompute")
 }
@@ -95,6 +96,38 @@ async fn answers_equal_a_recount_across_a_recompute_and_never_decrease() {
         reconciliation["last"]["words"].as_u64() > Some(0),
         "words were compared: {reconciliation}"
     );
+    // The first view was computed in full (nothing to build on), the second
+    // as the first plus the events since its cut.
+    let batch_status = answer(serving, "/v1/status")["batch"].clone();
+    assert_eq!(
+        batch_status["recompute"]["mode"], "incremental",
+        "{batch_status}"
+    );
+    let base = batch_status["version"].as_u64().expect("version") - 1;
+    assert_eq!(
+        batch_status["recompute"]["base_version"], base,
+        "{batch_status}"
+    );
+    // A full recompute asked for through the serving layer is compared with
+    // the incremental chain at its cut: they agree.
+    tokio::task::spawn_blocking(move || recompute(serving, Some("full")))
+        .await
+        .expect("full recompute");
+    let batch_status = answer(serving, "/v1/status")["batch"].clone();
+    let recomputed = &batch_status["recompute"];
+    assert_eq!(recomputed["mode"], "full", "{batch_status}");
+    assert_eq!(recomputed["check"]["agreed"], true, "{batch_status}");
+    assert_eq!(recomputed["check"]["differing_words"], 0, "{batch_status}");
+    assert_eq!(
+        recomputed["check"]["chain_version"],
+        base + 1,
+        "{batch_status}"
+    );
+    let checks = ::testkit::metric_sum(
+        &get(batch, "/metrics").expect("/metrics").text(),
+        "lambda_batch_full_checks_total",
+    );
+    assert_eq!(checks, 1.0);
 
     let truth = stack.assert_exact().await;
     // Every sample is exact at the position it reported; none decreased.

@@ -24,6 +24,8 @@ pub mod env {
     pub const MAX_EVENT_BYTES: &str = "LAMBDA_MAX_EVENT_BYTES";
     pub const SHUTDOWN_GRACE: &str = "LAMBDA_SHUTDOWN_GRACE";
     pub const RECOMPUTE_INTERVAL: &str = "LAMBDA_RECOMPUTE_INTERVAL";
+    pub const RECOMPUTE_MODE: &str = "LAMBDA_RECOMPUTE_MODE";
+    pub const FULL_RECOMPUTE_EVERY: &str = "LAMBDA_FULL_RECOMPUTE_EVERY";
     pub const KEEP_VIEWS: &str = "LAMBDA_KEEP_VIEWS";
     pub const SEGMENT_BYTES: &str = "LAMBDA_SEGMENT_BYTES";
     pub const FSYNC: &str = "LAMBDA_FSYNC";
@@ -71,6 +73,8 @@ pub mod env {
         MAX_EVENT_BYTES,
         SHUTDOWN_GRACE,
         RECOMPUTE_INTERVAL,
+        RECOMPUTE_MODE,
+        FULL_RECOMPUTE_EVERY,
         KEEP_VIEWS,
         SEGMENT_BYTES,
         FSYNC,

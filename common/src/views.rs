@@ -108,14 +108,19 @@ impl ViewStore {
         let Some(manifest) = self.latest()? else {
             return Ok(None);
         };
+        let view = self.load(&manifest)?;
+        Ok(Some((manifest, view)))
+    }
+
+    /// The view `manifest` describes, verified against it.
+    pub fn load(&self, manifest: &Manifest) -> Result<BatchView, ViewError> {
         let bytes = self
             .read(manifest.version)?
             .ok_or_else(|| ViewError::Malformed {
                 what: self.dir.join(&manifest.file).display().to_string(),
                 reason: "the manifest points at a missing file".into(),
             })?;
-        let view = verify_and_decode(&manifest, &bytes)?;
-        Ok(Some((manifest, view)))
+        verify_and_decode(manifest, &bytes)
     }
 
     fn write_atomically(&self, name: &str, bytes: &[u8]) -> Result<(), ViewError> {

@@ -23,12 +23,15 @@
 //! - [`realtime`]: the realtime topic's messages (absolute-count upserts and
 //!   watermarks) that the speed layer publishes and serving replicas apply.
 //! - [`view`]: the batch view file and its manifest.
+//! - [`lineage`]: how a view was computed (full or incremental), and the
+//!   count arithmetic of the two: adding a delta, comparing two views.
 //! - [`chunk`]: the binary form of a set of counts, as the realtime store
 //!   keeps them.
 
 pub mod chunk;
 pub mod cut;
 pub mod event;
+pub mod lineage;
 pub mod merge;
 pub mod realtime;
 pub mod tokenizer;

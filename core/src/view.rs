@@ -8,6 +8,7 @@
 //! live and how they are replaced atomically is `lambda_common::views`.
 
 use crate::cut::{BucketSize, Cut};
+use crate::lineage::Lineage;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ pub struct ViewHeader {
     /// Word occurrences (the sum of all counts).
     pub total_words: u64,
     pub distinct_words: u64,
+    /// How it was computed (views older than incremental recomputes: full).
+    #[serde(default)]
+    pub lineage: Lineage,
 }
 
 /// The pointer to the newest view, also what `GET /views/latest` returns.
@@ -100,6 +104,7 @@ pub struct ViewOrigin {
     pub computed_at_ms: i64,
     pub events: u64,
     pub skipped_records: u64,
+    pub lineage: Lineage,
 }
 
 impl ViewOrigin {
@@ -113,6 +118,7 @@ impl ViewOrigin {
             computed_at_ms: 0,
             events: 0,
             skipped_records: 0,
+            lineage: Lineage::default(),
         }
     }
 }
@@ -140,6 +146,7 @@ impl BatchView {
             skipped_records: origin.skipped_records,
             total_words: words.iter().map(|(_, c)| c).sum(),
             distinct_words: words.len() as u64,
+            lineage: origin.lineage,
         };
         Self::new(header, words)
     }

@@ -390,6 +390,17 @@ async fn admin_recompute_needs_the_right_token() {
     assert_eq!(body["cut"], serde_json::json!({"0": 40}));
     // No puller runs in this test, so the new view is not loaded here.
     assert_eq!(body["loaded"], false);
+    // A mode is checked before anything is forwarded.
+    let bad = Request::post("/v1/admin/recompute?mode=sometimes")
+        .header(header::AUTHORIZATION, "Bearer s3cret")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = send(&app.router, bad).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("full")),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -181,16 +181,29 @@ impl MasterLog {
     /// for readers. Taken under the caller's lock; reading needs no lock, since
     /// records below a cut taken after `commit` never change.
     pub fn segments_below(&self, cut: &Cut) -> Vec<SegmentRef> {
+        self.segments_between(&Cut::new(), cut)
+    }
+
+    /// The segments holding records at or above `from` and below `to`, each
+    /// read only within those bounds (an incremental recompute's new
+    /// events). Locking as [`Self::segments_below`].
+    pub fn segments_between(&self, from: &Cut, to: &Cut) -> Vec<SegmentRef> {
         let mut out = Vec::new();
         for (&partition, log) in &self.partitions {
-            let limit = cut.get(partition);
-            for seg in log.segments() {
-                if seg.base_offset < limit && seg.len > 0 {
+            let (start, limit) = (from.get(partition), to.get(partition));
+            let segments = log.segments();
+            for (i, seg) in segments.iter().enumerate() {
+                // A segment holds the offsets up to the next one's base.
+                let ends_after_start = segments
+                    .get(i + 1)
+                    .is_none_or(|next| next.base_offset > start);
+                if seg.base_offset < limit && ends_after_start && seg.len > 0 {
                     out.push(SegmentRef {
                         partition,
                         base_offset: seg.base_offset,
                         path: seg.path.clone(),
                         len: seg.len,
+                        start,
                         limit,
                     });
                 }

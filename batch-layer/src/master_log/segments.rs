@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 
-/// A segment to read, up to (not including) `limit`.
+/// A segment to read, from `start` up to (not including) `limit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentRef {
     pub partition: Partition,
@@ -15,6 +15,8 @@ pub struct SegmentRef {
     pub path: PathBuf,
     /// Bytes known to be valid when the reference was taken.
     pub len: u64,
+    /// Records below this offset are skipped.
+    pub start: Offset,
     /// Records at or above this offset are not read.
     pub limit: Offset,
 }
@@ -32,8 +34,8 @@ impl SegmentRef {
         Ok(buf)
     }
 
-    /// Iterates over the records of `bytes` (from [`SegmentRef::load`]) below
-    /// the limit.
+    /// Iterates over the records of `bytes` (from [`SegmentRef::load`]) from
+    /// the start, below the limit.
     pub fn records<'a>(&'a self, bytes: &'a [u8]) -> RecordIter<'a> {
         RecordIter {
             segment: self,
@@ -43,7 +45,8 @@ impl SegmentRef {
     }
 }
 
-/// Records of a loaded segment, in offset order, below its limit.
+/// Records of a loaded segment, in offset order, from its start, below its
+/// limit.
 #[derive(Debug)]
 pub struct RecordIter<'a> {
     segment: &'a SegmentRef,
@@ -55,27 +58,29 @@ impl<'a> Iterator for RecordIter<'a> {
     type Item = Result<Record<'a>, LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.bytes.len() {
-            return None;
-        }
-        match parse(&self.bytes[self.pos..]) {
-            Parsed::Record(record, len) => {
-                if record.offset >= self.segment.limit {
-                    self.pos = self.bytes.len();
-                    return None;
+        while self.pos < self.bytes.len() {
+            match parse(&self.bytes[self.pos..]) {
+                Parsed::Record(record, len) => {
+                    if record.offset >= self.segment.limit {
+                        break;
+                    }
+                    self.pos += len;
+                    if record.offset >= self.segment.start {
+                        return Some(Ok(record));
+                    }
                 }
-                self.pos += len;
-                Some(Ok(record))
-            }
-            Parsed::Short | Parsed::Corrupt(_) => {
-                let position = self.pos as u64;
-                self.pos = self.bytes.len();
-                Some(Err(LogError::Corrupt {
-                    path: self.segment.path.clone(),
-                    position,
-                    reason: "unreadable record below the cut",
-                }))
+                Parsed::Short | Parsed::Corrupt(_) => {
+                    let position = self.pos as u64;
+                    self.pos = self.bytes.len();
+                    return Some(Err(LogError::Corrupt {
+                        path: self.segment.path.clone(),
+                        position,
+                        reason: "unreadable record below the cut",
+                    }));
+                }
             }
         }
+        self.pos = self.bytes.len();
+        None
     }
 }

@@ -54,6 +54,13 @@ pub struct DemoArgs {
     /// Time between batch recomputes.
     #[arg(long, env = env::RECOMPUTE_INTERVAL, default_value = "10s", value_parser = common::config::parse_duration)]
     pub recompute_interval: Duration,
+    /// How recomputes build a view: incremental or full.
+    #[arg(long, env = env::RECOMPUTE_MODE, default_value = "incremental")]
+    pub recompute_mode: lambda_core::lineage::RecomputeMode,
+    /// A full recompute, checked against the incremental chain, at least
+    /// this often (short in the demo, so both roads show; `0s`: never).
+    #[arg(long, env = env::FULL_RECOMPUTE_EVERY, default_value = "2m", value_parser = common::config::parse_duration)]
+    pub full_recompute_every: Duration,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -102,6 +109,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 http_addr: args.batch_addr,
                 admin_token: args.admin_token.clone(),
                 recompute_interval: args.recompute_interval,
+                recompute_mode: args.recompute_mode,
+                full_recompute_every: args.full_recompute_every,
                 keep_views: 3,
                 segment_bytes: 64 << 20,
                 fsync: Default::default(),

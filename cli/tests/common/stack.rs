@@ -534,14 +534,19 @@ pub fn json(addr: SocketAddr, path: &str) -> Option<Value> {
     (r.status == 200).then(|| serde_json::from_slice(&r.body).ok())?
 }
 
-/// Forces a recompute through the serving layer's admin endpoint; asserts
-/// it succeeded and the serving layer answers from the new view on return.
-pub fn recompute(addr: SocketAddr) -> Value {
+/// Forces a recompute through the serving layer's admin endpoint, in `mode`
+/// (`full`, `incremental`) or the batch layer's; asserts it succeeded and
+/// the serving layer answers from the new view on return.
+pub fn recompute(addr: SocketAddr, mode: Option<&str>) -> Value {
     let auth = format!("Bearer {TOKEN}");
+    let path = match mode {
+        Some(mode) => format!("/v1/admin/recompute?mode={mode}"),
+        None => "/v1/admin/recompute".to_owned(),
+    };
     let r = http(
         addr,
         "POST",
-        "/v1/admin/recompute",
+        &path,
         &[("Authorization", auth.as_str())],
         b"",
     )

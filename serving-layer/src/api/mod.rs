@@ -214,16 +214,23 @@ async fn limit_request(State(state): State<AppState>, request: Request, next: Ne
 }
 
 /// Forwards a recompute to the batch layer with the admin token.
-async fn forward_recompute(url: String, token: Arc<str>) -> Result<Manifest, ApiError> {
+async fn forward_recompute(
+    url: String,
+    token: Arc<str>,
+    mode: Option<lambda_core::lineage::RecomputeMode>,
+) -> Result<Manifest, ApiError> {
     tokio::task::spawn_blocking(move || {
         let unreachable = |e: std::io::Error| {
             ApiError::Unavailable(format!("batch layer at {url} unreachable: {e}"))
         };
         let addr = common::http::resolve(&url).map_err(unreachable)?;
         let auth = format!("Bearer {token}");
-        let response =
-            common::http::http(addr, "POST", "/recompute", &[("Authorization", &auth)], b"")
-                .map_err(unreachable)?;
+        let path = match mode {
+            Some(mode) => format!("/recompute?mode={mode}"),
+            None => "/recompute".to_owned(),
+        };
+        let response = common::http::http(addr, "POST", &path, &[("Authorization", &auth)], b"")
+            .map_err(unreachable)?;
         if response.status != 200 {
             return Err(ApiError::BadGateway(format!(
                 "the batch layer answered {}: {}",

@@ -4,15 +4,18 @@
 use super::error::{ApiError, ErrorBody};
 use super::query::{freshness, now_ms, rfc3339};
 use super::schema::{
-    BatchStatus, RealtimeStatus, RecomputeAnswer, StatusAnswer, StatusOk, VisibilityStatus,
+    BatchStatus, RealtimeStatus, RecomputeAnswer, RecomputeStatus, StatusAnswer, StatusOk,
+    VisibilityStatus,
 };
 use super::AppState;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use common::auth::AdminRefusal;
 use common::sync::ReadWriteOrStop;
+use lambda_core::lineage::RecomputeMode;
 use std::time::Duration;
 
 /// Each layer's position, lag, and the batch view's version and age.
@@ -25,6 +28,9 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
     let replica = state.replica.read_or_stop("the replica");
     let f = freshness(&state, &replica);
     let (ready, entries) = (replica.is_ready(), replica.realtime_entries());
+    let recompute = replica
+        .view()
+        .map(|v| RecomputeStatus::of(&v.manifest.header.lineage));
     drop(replica);
     let h = f.health;
     let end = &h.ends.events;
@@ -36,6 +42,7 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
             lag: f.batch.cut.behind(end),
             view: f.batch,
             error: h.batch_error,
+            recompute,
         },
         realtime: RealtimeStatus {
             lag: f.realtime.as_of.behind(end),
@@ -66,13 +73,23 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
     })
 }
 
+/// `?mode=` of `POST /v1/admin/recompute`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct RecomputeQuery {
+    /// `full` (every event again, checked against the incremental chain) or
+    /// `incremental`; default: the batch layer's schedule.
+    mode: Option<String>,
+}
+
 /// Recomputes the batch view now and waits until this layer serves it.
 #[utoipa::path(
     post,
     path = "/v1/admin/recompute",
     security(("bearer" = [])),
+    params(RecomputeQuery),
     responses(
         (status = 200, description = "The new batch view", body = RecomputeAnswer),
+        (status = 400, description = "An unknown mode", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 403, description = "No admin token configured: the endpoint is disabled", body = ErrorBody),
         (status = 502, description = "The batch layer failed the recompute", body = ErrorBody),
@@ -82,6 +99,7 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
 pub async fn recompute(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<RecomputeQuery>, QueryRejection>,
 ) -> Result<Json<RecomputeAnswer>, ApiError> {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -101,7 +119,15 @@ pub async fn recompute(
             "no batch layer configured (set LAMBDA_BATCH_URL)".into(),
         ));
     };
-    let manifest = super::forward_recompute(url, token).await?;
+    let bad_mode = || ApiError::BadRequest("mode must be `full` or `incremental`".into());
+    let Query(query) = query.map_err(|_| bad_mode())?;
+    let mode = query
+        .mode
+        .as_deref()
+        .map(str::parse::<RecomputeMode>)
+        .transpose()
+        .map_err(|_| bad_mode())?;
+    let manifest = super::forward_recompute(url, token, mode).await?;
     state.pull_now.notify_one();
     let version = manifest.version;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -89,6 +89,50 @@ pub struct BatchStatus {
     pub lag: u64,
     /// The last error talking to the batch layer, if the last attempt failed.
     pub error: Option<String>,
+    /// How the view served was computed; null before the first view.
+    pub recompute: Option<RecomputeStatus>,
+}
+
+/// How a batch view was computed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecomputeStatus {
+    /// `full` (every event below the cut) or `incremental` (the previous
+    /// view plus the events since its cut).
+    pub mode: String,
+    /// The view an incremental recompute added to.
+    pub base_version: Option<u64>,
+    /// When the newest full recompute of the view's chain ran (RFC 3339).
+    pub last_full_at: Option<String>,
+    /// For a full view: its comparison with the incremental chain at the
+    /// same cut (a difference is an error; the full view wins).
+    pub check: Option<FullCheckStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FullCheckStatus {
+    /// The incremental chain's view, extended to the full view's cut.
+    pub chain_version: u64,
+    pub agreed: bool,
+    pub differing_words: u64,
+    /// A few differing words, `word: full N, incremental M`.
+    pub examples: Vec<String>,
+}
+
+impl RecomputeStatus {
+    pub fn of(lineage: &lambda_core::lineage::Lineage) -> Self {
+        Self {
+            mode: lineage.mode.to_string(),
+            base_version: lineage.base_version,
+            last_full_at: (lineage.last_full_ms > 0)
+                .then(|| super::query::rfc3339(lineage.last_full_ms)),
+            check: lineage.check.as_ref().map(|c| FullCheckStatus {
+                chain_version: c.chain_version,
+                agreed: c.agreed,
+                differing_words: c.differing_words,
+                examples: c.examples.clone(),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
