@@ -1,9 +1,9 @@
 //! The batch layer: the source of truth.
 //!
 //! It keeps every event that ever arrived in an immutable master log and
-//! recomputes word-count views from scratch, so a bug in a view is fixed by
-//! recomputing. It must never lose or duplicate an event and must survive a
-//! crash at any point.
+//! recomputes word-count views from it — incrementally, and from scratch at
+//! least daily — so a bug in a view is fixed by recomputing. It must never
+//! lose or duplicate an event and must survive a crash at any point.
 //!
 //! # Layout
 //!
@@ -14,7 +14,8 @@
 //! - [`mapreduce`]: map → shuffle → reduce → sort on rayon, over any splits;
 //!   [`word_table`] is its map-side combiner table.
 //! - [`recompute`]: chooses the bucket-aligned cut and runs the job over the
-//!   master log.
+//!   master log: in full, or over the new segments only, added to the
+//!   previous view (incremental); a full one checks the incremental chain.
 //! - views are written in `lambda_core::view`'s format to
 //!   `common::views::ViewStore`, the directory serving layers also use.
 //! - [`server`]: publishes views over HTTP for serving layers to pull.
