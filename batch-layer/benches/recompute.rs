@@ -1,0 +1,182 @@
+//! Recompute time against the size of history, full and incremental, side
+//! by side in one run: a master log of 1×, 2× and 4× `BENCH_HISTORY`
+//! events, then a fixed batch of `BENCH_NEW` new events, recomputed
+//! incrementally (the previous view plus the new events) and in full (every
+//! event). Incremental should stay flat as history grows; full grows with
+//! it. Prints one line per size (median of `BENCH_RUNS`).
+//!
+//! Run: `cargo bench -p lambda-batch --bench recompute`
+//!   BENCH_HISTORY=500000 BENCH_NEW=20000 BENCH_RUNS=3 cargo bench -p lambda-batch --bench recompute
+
+use batch_layer::mapreduce::Engine;
+use batch_layer::master_log::{FsyncPolicy, LogOptions, MasterLog, Record, RecordKind};
+use batch_layer::recompute::{recompute, Outcome, Request};
+use common::views::ViewStore;
+use lambda_core::lineage::RecomputeMode;
+use lambda_core::BucketSize;
+use std::sync::Mutex;
+use std::time::Instant;
+
+const PARTITIONS: i32 = 4;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Events of 4–15 words, Zipf-ish over a vocabulary of ~100k words: the
+/// vocabulary (and so the view) stops growing long before history does, as
+/// with natural text.
+struct Events(u64);
+
+impl Events {
+    fn next_text(&mut self) -> String {
+        const COMMON: [&str; 16] = [
+            "the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for",
+            "on", "are", "with",
+        ];
+        let mut next = |bound: u64| {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % bound
+        };
+        let words = 4 + next(12);
+        let mut text = String::new();
+        for i in 0..words {
+            if i > 0 {
+                text.push(' ');
+            }
+            if next(10) < 6 {
+                text.push_str(COMMON[next(COMMON.len() as u64) as usize]);
+            } else {
+                text.push_str(&format!("w{:x}", next(100_000)));
+            }
+        }
+        text
+    }
+}
+
+/// Appends `n` events spread over the partitions, then commits.
+fn append(log: &Mutex<MasterLog>, events: &mut Events, n: usize) {
+    let mut log = log.lock().expect("log");
+    let per_partition = n / PARTITIONS as usize;
+    for p in 0..PARTITIONS {
+        let start = log.end_offsets().get(p);
+        let texts: Vec<String> = (0..per_partition).map(|_| events.next_text()).collect();
+        let records = texts.iter().enumerate().map(|(i, t)| Record {
+            offset: start + i as i64,
+            timestamp_ms: Some(0),
+            kind: RecordKind::Event,
+            payload: t.as_bytes(),
+        });
+        log.append(p, records).expect("append");
+    }
+    log.commit().expect("commit");
+}
+
+fn timed(
+    log: &Mutex<MasterLog>,
+    store: &ViewStore,
+    engine: &Engine,
+    bucket: BucketSize,
+    mode: RecomputeMode,
+) -> f64 {
+    let started = Instant::now();
+    let request = Request {
+        force: true,
+        ..Request::new(mode)
+    };
+    let outcome = recompute(log, store, engine, bucket, request).expect("recompute");
+    let seconds = started.elapsed().as_secs_f64();
+    let Outcome::Published { manifest, .. } = outcome else {
+        panic!("forced, so published");
+    };
+    assert_eq!(manifest.header.lineage.mode, mode, "ran in the mode asked");
+    seconds
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let history = env("BENCH_HISTORY", 500_000);
+    let new = env("BENCH_NEW", 20_000);
+    let runs = env("BENCH_RUNS", 3).max(1);
+    let engine = Engine::new(0).expect("engine");
+    let bucket = BucketSize::new(1).expect("non-zero");
+    println!(
+        "recompute: history of 1x/2x/4x {history} events, then {new} new events; median of {runs}; {} MapReduce threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "{:>10} {:>9} {:>10} {:>16} {:>10}",
+        "history", "log MB", "full s", "incremental s", "full/incr"
+    );
+    let mut rows = Vec::new();
+    for multiple in [1, 2, 4] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = LogOptions {
+            fsync: FsyncPolicy::Never,
+            ..LogOptions::default()
+        };
+        let log = Mutex::new(MasterLog::open(dir.path(), options).expect("log"));
+        let store = ViewStore::open(dir.path(), 2).expect("store");
+        let mut events = Events(0x2545_f491_4f6c_dd1d);
+        append(&log, &mut events, history * multiple);
+        timed(&log, &store, &engine, bucket, RecomputeMode::Full);
+        let (mut full, mut incremental) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            // The same new events counted both ways: first incrementally
+            // onto the view before them, then in full at the same cut.
+            append(&log, &mut events, new);
+            incremental.push(timed(
+                &log,
+                &store,
+                &engine,
+                bucket,
+                RecomputeMode::Incremental,
+            ));
+            full.push(timed(&log, &store, &engine, bucket, RecomputeMode::Full));
+        }
+        let log_mb = dir_bytes(&dir.path().join("master-log")) as f64 / 1e6;
+        let (full, incremental) = (median(full), median(incremental));
+        rows.push((full, incremental));
+        println!(
+            "{:>10} {:>9.1} {:>10.3} {:>16.3} {:>10.1}",
+            history * multiple,
+            log_mb,
+            full,
+            incremental,
+            full / incremental
+        );
+    }
+    let (first, last) = (rows[0], rows[rows.len() - 1]);
+    println!(
+        "4x history / 1x history: full {:.2}x, incremental {:.2}x",
+        last.0 / first.0,
+        last.1 / first.1
+    );
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    let meta = e.metadata().expect("metadata");
+                    if meta.is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        meta.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
