@@ -203,6 +203,7 @@ impl MasterLog {
                         base_offset: seg.base_offset,
                         path: seg.path.clone(),
                         len: seg.len,
+                        from_byte: seg.index.position_before(start),
                         start,
                         limit,
                     });

@@ -17,6 +17,43 @@ pub struct SegmentMeta {
     pub path: PathBuf,
     /// Valid bytes in the file.
     pub len: u64,
+    /// Where some of its records start, to read from an offset without
+    /// reading the segment from its start.
+    pub index: SparseIndex,
+}
+
+/// A record's offset and byte position about every [`SparseIndex::INTERVAL`]
+/// bytes of a segment (Kafka keeps such an index per segment too). Built
+/// in memory while appending and by the recovery scan, never stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SparseIndex(Vec<(Offset, u64)>);
+
+impl SparseIndex {
+    pub const INTERVAL: u64 = 256 << 10;
+
+    /// Notes that the record at `offset` starts at byte `position`, if it is
+    /// far enough from the last entry.
+    fn note(&mut self, offset: Offset, position: u64) {
+        let due = match self.0.last() {
+            Some(&(_, last)) => position >= last + Self::INTERVAL,
+            None => position >= Self::INTERVAL,
+        };
+        if due {
+            self.0.push((offset, position));
+        }
+    }
+
+    /// Forgets entries at or past byte `len` (the segment was cut back).
+    fn truncate(&mut self, len: u64) {
+        self.0.retain(|&(_, position)| position < len);
+    }
+
+    /// A byte position at which a record at or before `offset` starts: where
+    /// to start reading for the records from `offset` on.
+    pub fn position_before(&self, offset: Offset) -> u64 {
+        let i = self.0.partition_point(|&(o, _)| o <= offset);
+        i.checked_sub(1).map_or(0, |i| self.0[i].1)
+    }
 }
 
 pub fn segment_file_name(base_offset: Offset) -> String {
@@ -80,7 +117,11 @@ impl PartitionLog {
             let path = dir.join(segment_file_name(base));
             let is_last = i + 1 == count;
             match scan_segment(&path, base, next_offset)? {
-                Scan::Clean { len, last_offset } => {
+                Scan::Clean {
+                    len,
+                    last_offset,
+                    index,
+                } => {
                     if let Some(last) = last_offset {
                         next_offset = Some(last + 1);
                     }
@@ -88,6 +129,7 @@ impl PartitionLog {
                         base_offset: base,
                         path,
                         len,
+                        index,
                     });
                 }
                 Scan::Damaged {
@@ -96,6 +138,7 @@ impl PartitionLog {
                     torn_tail,
                     last_offset,
                     file_len,
+                    index,
                 } => {
                     if is_last && torn_tail {
                         truncate(&path, position)?;
@@ -113,6 +156,7 @@ impl PartitionLog {
                             base_offset: base,
                             path,
                             len: position,
+                            index,
                         });
                     } else if options.repair {
                         quarantine(partition, &bases[i..], dir, quarantine_dir)?;
@@ -192,6 +236,9 @@ impl PartitionLog {
                 self.flush_buf(next)?;
                 self.roll(record.offset)?;
             }
+            let seg = self.segments.last_mut().expect("rolled above");
+            seg.index
+                .note(record.offset, seg.len + self.buf.len() as u64);
             record.encode_into(&mut self.buf);
             next = Some(record.offset + 1);
             appended += 1;
@@ -245,6 +292,7 @@ impl PartitionLog {
         match file.set_len(self.mark.len) {
             Ok(()) => {
                 seg.len = self.mark.len;
+                seg.index.truncate(seg.len);
                 self.next_offset = self.mark.next_offset;
                 // The shorter length itself must reach the disk.
                 self.dirty = true;
@@ -277,6 +325,7 @@ impl PartitionLog {
             base_offset,
             path,
             len: 0,
+            index: SparseIndex::default(),
         });
         self.mark = Mark {
             len: 0,
@@ -318,6 +367,7 @@ enum Scan {
     Clean {
         len: u64,
         last_offset: Option<Offset>,
+        index: SparseIndex,
     },
     Damaged {
         position: u64,
@@ -326,6 +376,8 @@ enum Scan {
         torn_tail: bool,
         last_offset: Option<Offset>,
         file_len: u64,
+        /// Of the valid part before `position`.
+        index: SparseIndex,
     },
 }
 
@@ -338,6 +390,7 @@ fn scan_segment(
     let mut pos = 0usize;
     let mut last_offset: Option<Offset> = None;
     let mut expected_min = previous_next.unwrap_or(0).max(base);
+    let mut index = SparseIndex::default();
     while pos < bytes.len() {
         let rest = &bytes[pos..];
         let damage = match parse(rest) {
@@ -347,6 +400,7 @@ fn scan_segment(
                 } else {
                     last_offset = Some(record.offset);
                     expected_min = record.offset + 1;
+                    index.note(record.offset, pos as u64);
                     pos += len;
                     None
                 }
@@ -371,12 +425,14 @@ fn scan_segment(
                 torn_tail,
                 last_offset,
                 file_len: bytes.len() as u64,
+                index,
             });
         }
     }
     Ok(Scan::Clean {
         len: bytes.len() as u64,
         last_offset,
+        index,
     })
 }
 

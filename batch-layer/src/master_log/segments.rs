@@ -4,7 +4,7 @@ use super::record::{parse, Parsed, Record};
 use super::LogError;
 use lambda_core::{Offset, Partition};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 /// A segment to read, from `start` up to (not including) `limit`.
@@ -15,6 +15,8 @@ pub struct SegmentRef {
     pub path: PathBuf,
     /// Bytes known to be valid when the reference was taken.
     pub len: u64,
+    /// Where reading starts: a record at or before `start` begins here.
+    pub from_byte: u64,
     /// Records below this offset are skipped.
     pub start: Offset,
     /// Records at or above this offset are not read.
@@ -22,15 +24,15 @@ pub struct SegmentRef {
 }
 
 impl SegmentRef {
-    /// Reads the segment's valid bytes (a segment is at most a few tens of MiB).
+    /// Reads the segment's valid bytes from `from_byte` (a segment is at
+    /// most a few tens of MiB).
     pub fn load(&self) -> Result<Vec<u8>, LogError> {
         let io = |e| LogError::io(&self.path, e);
-        let mut buf = Vec::with_capacity(self.len as usize);
-        File::open(&self.path)
-            .map_err(io)?
-            .take(self.len)
-            .read_to_end(&mut buf)
-            .map_err(io)?;
+        let want = self.len.saturating_sub(self.from_byte);
+        let mut buf = Vec::with_capacity(want as usize);
+        let mut file = File::open(&self.path).map_err(io)?;
+        file.seek(SeekFrom::Start(self.from_byte)).map_err(io)?;
+        file.take(want).read_to_end(&mut buf).map_err(io)?;
         Ok(buf)
     }
 
@@ -70,7 +72,7 @@ impl<'a> Iterator for RecordIter<'a> {
                     }
                 }
                 Parsed::Short | Parsed::Corrupt(_) => {
-                    let position = self.pos as u64;
+                    let position = self.segment.from_byte + self.pos as u64;
                     self.pos = self.bytes.len();
                     return Some(Err(LogError::Corrupt {
                         path: self.segment.path.clone(),
