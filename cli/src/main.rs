@@ -8,7 +8,7 @@
 //!
 //! - this file: the subcommands;
 //! - `cmd`: one module per subcommand (`demo`, `broker`, `batch`, `speed`,
-//!   `serve`, `produce`, `mapreduce`) and the shared role runner;
+//!   `serve`, `produce`, `mapreduce`, `replay`) and the shared role runner;
 //! - `tests/`: the whole-stack tests (the only crate that sees every layer):
 //!   end to end (`e2e`) and the reliability suite (`system/`) on one harness
 //!   (`common/stack.rs`: the layers as processes), two layers in-process
@@ -47,6 +47,9 @@ enum Command {
     Produce(Box<cmd::produce::ProduceArgs>),
     /// Count words in a text file (one event per line) with the batch engine.
     Mapreduce(cmd::mapreduce::MapreduceArgs),
+    /// Reprocess the events topic from its start the Kappa way (a speed layer
+    /// into a fresh store), compare with the batch view, then run on.
+    Replay(Box<cmd::replay::ReplayArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::run(*args),
         Command::Produce(args) => cmd::produce::run(*args),
         Command::Mapreduce(args) => cmd::mapreduce::run(args),
+        Command::Replay(args) => cmd::replay::run(*args),
     }
 }
 

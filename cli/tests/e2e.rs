@@ -364,3 +364,93 @@ async fn every_layer_reaches_a_broker_over_mutual_tls_and_sasl_scram_through_its
     stack.assert_exact().await;
     stack.shutdown();
 }
+
+/// The Kappa architecture: no batch layer; the speed layer counts every
+/// event from offset 0 and the serving layer answers from it alone, with
+/// the same API, exactly (every word, the top 100, every sample at its own
+/// `as_of`, none decreasing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kappa_architecture_answers_exactly_from_the_speed_layer_alone() {
+    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
+        .await
+        .expect("broker starts");
+    let kafka = Connection::plaintext(&broker.bootstrap());
+    let options = Options {
+        kappa: true,
+        ..Options::on(broker, kafka)
+    };
+    let stack = Stack::start("kappa", options).await;
+    assert_eq!(stack.roles(), [Role::Speed, Role::Serve]);
+    let sampler = Sampler::start(&stack, 2000);
+    stack.produce(events(0..1000)).await;
+    stack.assert_exact().await;
+    stack.produce(events(1000..2000)).await;
+    let truth = stack.assert_exact().await;
+    sampler.finish(&truth).await;
+    let serving = stack.addr(Role::Serve);
+    let status = answer(serving, "/v1/status");
+    assert_eq!(status["batch"]["version"], Value::Null, "{status}");
+    assert_eq!(status["stale"], serde_json::json!([]), "{status}");
+    stack.shutdown();
+}
+
+/// `lambda replay` reads the events topic from its start into its own store
+/// and realtime topic, catches up past the batch view's cut, and reports
+/// that its counts below that cut agree with the view, word for word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kappa_replay_agrees_with_the_batch_view() {
+    let stack = stack_on_memory_broker("replay").await;
+    stack.produce(events(0..3000)).await;
+    let (batch, serving) = (stack.addr(Role::Batch), stack.addr(Role::Serve));
+    ingested(batch, 3000).await;
+    let view = recompute_now(serving).await;
+    // Events past the view's cut too: the replay reads them, the
+    // comparison stops at the cut.
+    stack.produce(events(3000..3500)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = stack.topic.clone();
+    let args: Vec<String> = [
+        "replay",
+        "--brokers",
+        stack.kafka.brokers(),
+        "--topic",
+        &topic,
+        "--dead-letter-topic",
+        &format!("{topic}.dlq"),
+        "--realtime-topic",
+        &format!("{topic}.replay"),
+        "--partitions",
+        "3",
+        "--bucket-size",
+        "16",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8"),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--compare-with",
+        &format!("http://{batch}"),
+        "--exit-after-check",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lambda"))
+            .args(&args)
+            .output()
+            .expect("lambda replay runs")
+    })
+    .await
+    .expect("join");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let version = view["version"].as_u64().expect("version");
+    assert!(
+        stdout.contains(&format!("replay: agrees with batch view v{version}")),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("records/s"), "progress is shown: {stderr}");
+    stack.shutdown();
+}

@@ -25,6 +25,9 @@ pub mod env {
     pub const SHUTDOWN_GRACE: &str = "LAMBDA_SHUTDOWN_GRACE";
     pub const RECOMPUTE_INTERVAL: &str = "LAMBDA_RECOMPUTE_INTERVAL";
     pub const RECOMPUTE_MODE: &str = "LAMBDA_RECOMPUTE_MODE";
+    pub const ARCHITECTURE: &str = "LAMBDA_ARCHITECTURE";
+    pub const COMPARE_WITH: &str = "LAMBDA_COMPARE_WITH";
+    pub const EXIT_AFTER_CHECK: &str = "LAMBDA_EXIT_AFTER_CHECK";
     pub const FULL_RECOMPUTE_EVERY: &str = "LAMBDA_FULL_RECOMPUTE_EVERY";
     pub const KEEP_VIEWS: &str = "LAMBDA_KEEP_VIEWS";
     pub const SEGMENT_BYTES: &str = "LAMBDA_SEGMENT_BYTES";
@@ -74,6 +77,9 @@ pub mod env {
         SHUTDOWN_GRACE,
         RECOMPUTE_INTERVAL,
         RECOMPUTE_MODE,
+        ARCHITECTURE,
+        COMPARE_WITH,
+        EXIT_AFTER_CHECK,
         FULL_RECOMPUTE_EVERY,
         KEEP_VIEWS,
         SEGMENT_BYTES,
@@ -219,6 +225,41 @@ impl StreamArgs {
             return Err(ConfigError::new("max-event-bytes", "must be at least 1"));
         }
         Ok(())
+    }
+}
+
+/// Which architecture a speed or serving layer runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Architecture {
+    /// With a batch layer: the speed layer counts what the newest batch view
+    /// does not cover, the serving layer merges the two.
+    #[default]
+    Lambda,
+    /// No batch layer: the speed layer counts every event from offset 0 and
+    /// never expires a bucket, the serving layer answers from it alone, and
+    /// reprocessing is a replay of the log (`lambda replay`).
+    Kappa,
+}
+
+impl Architecture {
+    /// Kappa has no batch layer: a `--batch-url` would contradict it.
+    pub fn check_batch_url(self, batch_url: Option<&str>) -> Result<(), ConfigError> {
+        match (self, batch_url) {
+            (Architecture::Kappa, Some(_)) => Err(ConfigError::new(
+                "batch-url",
+                "the kappa architecture has no batch layer: leave it unset",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Architecture::Lambda => "lambda",
+            Architecture::Kappa => "kappa",
+        })
     }
 }
 

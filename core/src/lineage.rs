@@ -113,45 +113,59 @@ pub fn compare_counts(
     chain_version: u64,
     examples: usize,
 ) -> FullCheck {
-    let mut differing = Vec::new();
-    let mut differing_words = 0u64;
-    let mut note = |word: &str, f: u64, inc: u64| {
-        differing_words += 1;
-        if differing.len() < examples {
-            differing.push(format!("{word}: full {f}, incremental {inc}"));
+    let (differing_words, examples) =
+        differences(full, incremental, ("full", "incremental"), examples);
+    FullCheck {
+        chain_version,
+        agreed: differing_words == 0,
+        differing_words,
+        examples,
+    }
+}
+
+/// The words whose counts differ between `a` and `b` (both sorted by word;
+/// a word missing from one counts 0 there): how many, and the first
+/// `examples` as `word: <name a> N, <name b> M`.
+pub fn differences(
+    a: &[WordCount],
+    b: &[WordCount],
+    (name_a, name_b): (&str, &str),
+    examples: usize,
+) -> (u64, Vec<String>) {
+    let mut listed = Vec::new();
+    let mut differing = 0u64;
+    let mut note = |word: &str, x: u64, y: u64| {
+        differing += 1;
+        if listed.len() < examples {
+            listed.push(format!("{word}: {name_a} {x}, {name_b} {y}"));
         }
     };
     let (mut i, mut j) = (0, 0);
-    while i < full.len() || j < incremental.len() {
-        let order = match (full.get(i), incremental.get(j)) {
-            (Some(f), Some(inc)) => f.0.cmp(&inc.0),
+    while i < a.len() || j < b.len() {
+        let order = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.0.cmp(&y.0),
             (Some(_), None) => Ordering::Less,
             _ => Ordering::Greater,
         };
         match order {
             Ordering::Less => {
-                note(&full[i].0, full[i].1, 0);
+                note(&a[i].0, a[i].1, 0);
                 i += 1;
             }
             Ordering::Greater => {
-                note(&incremental[j].0, 0, incremental[j].1);
+                note(&b[j].0, 0, b[j].1);
                 j += 1;
             }
             Ordering::Equal => {
-                if full[i].1 != incremental[j].1 {
-                    note(&full[i].0, full[i].1, incremental[j].1);
+                if a[i].1 != b[j].1 {
+                    note(&a[i].0, a[i].1, b[j].1);
                 }
                 i += 1;
                 j += 1;
             }
         }
     }
-    FullCheck {
-        chain_version,
-        agreed: differing_words == 0,
-        differing_words,
-        examples: differing,
-    }
+    (differing, listed)
 }
 
 #[cfg(test)]

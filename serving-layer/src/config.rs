@@ -28,6 +28,11 @@ pub struct ServeArgs {
     #[arg(long, env = env::BATCH_URL)]
     pub batch_url: Option<String>,
 
+    /// `lambda` (with a batch layer) or `kappa` (none: every event counted
+    /// from offset 0, never expired; `--batch-url` must be unset).
+    #[arg(long, env = env::ARCHITECTURE, default_value = "lambda")]
+    pub architecture: common::config::Architecture,
+
     /// Bearer token for `POST /v1/admin/recompute`; unset disables the
     /// endpoint. Also sent to the batch layer when forwarding.
     #[arg(long, env = env::ADMIN_TOKEN, hide_env_values = true)]
@@ -84,6 +89,8 @@ impl ServeArgs {
                 "must not be empty (unset it to disable admin endpoints)",
             );
         }
+        self.architecture
+            .check_batch_url(self.batch_url.as_deref())?;
         if let Some(url) = &self.batch_url {
             common::http::resolve(url).map_err(|e| ConfigError {
                 flag: "batch-url",

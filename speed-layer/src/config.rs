@@ -28,6 +28,11 @@ pub struct SpeedArgs {
     #[arg(long, env = env::BATCH_URL)]
     pub batch_url: Option<String>,
 
+    /// `lambda` (with a batch layer) or `kappa` (none: every event counted
+    /// from offset 0, never expired; `--batch-url` must be unset).
+    #[arg(long, env = env::ARCHITECTURE, default_value = "lambda")]
+    pub architecture: common::config::Architecture,
+
     /// How often to check the batch layer for a new cut.
     #[arg(long, env = env::CUT_POLL_INTERVAL, default_value = "1s", value_parser = parse_duration)]
     pub cut_poll_interval: Duration,
@@ -57,6 +62,8 @@ impl SpeedArgs {
                 message: "must be between 1 and 1000000".into(),
             });
         }
+        self.architecture
+            .check_batch_url(self.batch_url.as_deref())?;
         if let Some(url) = &self.batch_url {
             common::http::resolve(url).map_err(|e| ConfigError {
                 flag: "batch-url",

@@ -6,7 +6,7 @@ use anyhow::Context;
 use batch_layer::config::BatchArgs;
 use clap::Args;
 use common::broker::{BrokerStorage, EmbeddedBroker};
-use common::config::{env, KafkaArgs, NodeArgs, RealtimeStoreArgs, StreamArgs};
+use common::config::{env, Architecture, KafkaArgs, NodeArgs, RealtimeStoreArgs, StreamArgs};
 use common::kafka::{ensure_layer_topics, producer_config, send_all};
 use common::shutdown::CancellationToken;
 use serving_layer::config::ServeArgs;
@@ -61,6 +61,11 @@ pub struct DemoArgs {
     /// this often (short in the demo, so both roads show; `0s`: never).
     #[arg(long, env = env::FULL_RECOMPUTE_EVERY, default_value = "2m", value_parser = common::config::parse_duration)]
     pub full_recompute_every: Duration,
+    /// `lambda` (batch, speed and serving layers) or `kappa` (no batch
+    /// layer: the speed layer counts every event from offset 0, the serving
+    /// layer answers from it alone).
+    #[arg(long, env = env::ARCHITECTURE, default_value = "lambda")]
+    pub architecture: Architecture,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -81,7 +86,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             brokers: brokers.clone(),
             topic: "events".into(),
             dead_letter_topic: "lambda.dead-letter".into(),
-            realtime_topic: "lambda.realtime".into(),
+            // Kappa's counts never expire and Lambda's do: the two must not
+            // share a realtime stream or a layer's state (one data directory
+            // can hold a run of each).
+            realtime_topic: match args.architecture {
+                Architecture::Lambda => "lambda.realtime".into(),
+                Architecture::Kappa => "lambda.realtime.kappa".into(),
+            },
             partitions: args.partitions,
             client: Default::default(),
         };
@@ -98,30 +109,39 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             realtime_compact_bytes: common::config::DEFAULT_REALTIME_COMPACT_BYTES,
         };
         let node = |role: &str| NodeArgs {
-            data_dir: args.data_dir.join(role),
+            data_dir: match args.architecture {
+                Architecture::Lambda => args.data_dir.join(role),
+                Architecture::Kappa => args.data_dir.join("kappa").join(role),
+            },
             shutdown_grace: Duration::from_secs(5),
         };
-        let batch = batch_layer::start(
-            BatchArgs {
-                kafka: kafka.clone(),
-                stream: stream.clone(),
-                node: node("batch"),
-                http_addr: args.batch_addr,
-                admin_token: args.admin_token.clone(),
-                recompute_interval: args.recompute_interval,
-                recompute_mode: args.recompute_mode,
-                full_recompute_every: args.full_recompute_every,
-                keep_views: 3,
-                segment_bytes: 64 << 20,
-                fsync: Default::default(),
-                repair: false,
-                threads: 0,
-                fault_recompute_pause: None,
-            },
-            token.clone(),
-        )
-        .await
-        .context("cannot start the batch layer")?;
+        let batch = match args.architecture {
+            Architecture::Kappa => None,
+            Architecture::Lambda => Some(
+                batch_layer::start(
+                    BatchArgs {
+                        kafka: kafka.clone(),
+                        stream: stream.clone(),
+                        node: node("batch"),
+                        http_addr: args.batch_addr,
+                        admin_token: args.admin_token.clone(),
+                        recompute_interval: args.recompute_interval,
+                        recompute_mode: args.recompute_mode,
+                        full_recompute_every: args.full_recompute_every,
+                        keep_views: 3,
+                        segment_bytes: 64 << 20,
+                        fsync: Default::default(),
+                        repair: false,
+                        threads: 0,
+                        fault_recompute_pause: None,
+                    },
+                    token.clone(),
+                )
+                .await
+                .context("cannot start the batch layer")?,
+            ),
+        };
+        let batch_url = batch.as_ref().map(|b| b.http_addr.to_string());
         let speed = speed_layer::start(
             SpeedArgs {
                 kafka: kafka.clone(),
@@ -129,7 +149,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 node: node("speed"),
                 store: store.clone(),
                 http_addr: args.speed_addr,
-                batch_url: Some(batch.http_addr.to_string()),
+                batch_url: batch_url.clone(),
+                architecture: args.architecture,
                 cut_poll_interval: Duration::from_secs(1),
                 micro_batch_records: 20_000,
                 micro_batch_wait: Duration::ZERO,
@@ -145,7 +166,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 node: node("serving"),
                 store,
                 http_addr: args.http_addr,
-                batch_url: Some(batch.http_addr.to_string()),
+                batch_url,
+                architecture: args.architecture,
                 admin_token: args.admin_token.clone(),
                 view_poll_interval: Duration::from_millis(500),
                 stale_after: Duration::from_secs(5),
@@ -158,7 +180,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the serving layer")?;
 
-        println!("Lambda demo running (ctrl-c to stop).");
+        println!(
+            "Lambda demo running, {} architecture (ctrl-c to stop).",
+            args.architecture
+        );
         println!(
             "  dashboard:       http://{}/   (API: /v1/words/{{word}}, /v1/top?k=10, /v1/status)",
             serving.http_addr
@@ -166,10 +191,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "  Kafka bootstrap: {brokers}   (produce to topic `events` with any Kafka client)"
         );
-        println!(
-            "  batch layer:     http://{}/views/latest   /metrics",
-            batch.http_addr
-        );
+        match &batch {
+            Some(batch) => println!(
+                "  batch layer:     http://{}/views/latest   /metrics",
+                batch.http_addr
+            ),
+            None => println!("  batch layer:     none (kappa: reprocess with `lambda replay`)"),
+        }
         println!(
             "  speed layer:     http://{}/status         /metrics",
             speed.http_addr
@@ -186,7 +214,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         let serving = serving.wait().await;
         let speed = speed.wait().await;
-        let batch = batch.wait().await;
+        let batch = match batch {
+            Some(batch) => batch.wait().await,
+            None => Ok(()),
+        };
         broker.stop().await;
         println!("Lambda demo stopped.");
         // A layer that failed makes the demo exit non-zero with its reason.

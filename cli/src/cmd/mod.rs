@@ -3,6 +3,7 @@ pub mod broker;
 pub mod demo;
 pub mod mapreduce;
 pub mod produce;
+pub mod replay;
 pub mod serve;
 pub mod speed;
 

@@ -61,6 +61,9 @@ pub struct Options {
     pub stale_after: Option<String>,
     /// Things the stack's temp dir must outlive (certificates, a database).
     pub keep: Vec<tempfile::TempDir>,
+    /// The Kappa architecture: no batch layer; the speed and serving layers
+    /// run with `--architecture kappa`.
+    pub kappa: bool,
 }
 
 impl Options {
@@ -148,15 +151,23 @@ impl Stack {
             ..StackSpec::new(stack.kafka.brokers(), &topic)
         };
         let batch_url = format!("http://{}", addrs[&Role::Batch]);
-        for role in Role::ALL {
+        let (roles, batch_url): (&[Role], _) = if options.kappa {
+            (&[Role::Speed, Role::Serve], None)
+        } else {
+            (&Role::ALL, Some(batch_url.as_str()))
+        };
+        for &role in roles {
             let data_dir = match (role, &options.batch_data_dir) {
                 (Role::Batch, Some(d)) => d.clone(),
                 _ => stack.dir.path().join(role.name()),
             };
             let http = addrs[&role].to_string();
-            let mut args = spec.flags(role, &data_dir, &http, Some(&batch_url));
+            let mut args = spec.flags(role, &data_dir, &http, batch_url);
             if role == Role::Batch {
                 args.extend(options.batch_flags.iter().cloned());
+            }
+            if options.kappa {
+                args.extend(["--architecture".to_owned(), "kappa".to_owned()]);
             }
             let log = stack.dir.path().join(format!("{}.log", role.name()));
             stack.procs.insert(
@@ -169,10 +180,15 @@ impl Stack {
                 },
             );
         }
-        for role in Role::ALL {
+        for &role in roles {
             stack.start_role(role).await;
         }
         stack
+    }
+
+    /// The roles this stack runs (no batch layer in Kappa).
+    pub fn roles(&self) -> Vec<Role> {
+        self.procs.keys().copied().collect()
     }
 
     pub fn addr(&self, role: Role) -> SocketAddr {
@@ -190,7 +206,7 @@ impl Stack {
     /// Every process's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for role in Role::ALL {
+        for role in self.roles() {
             let text = self.log(role);
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             out.push_str(&format!("--- {} (last 40 lines) ---\n", role.name()));
@@ -461,7 +477,7 @@ impl Stack {
 
     /// Stops every role with SIGTERM (each must exit 0), then the broker.
     pub fn shutdown(mut self) {
-        for role in Role::ALL {
+        for role in self.roles() {
             if self.procs[&role].child.is_some() {
                 self.stop(role);
             }
