@@ -7,11 +7,14 @@
 #   3. serving layer: merged word queries vs /healthz with wrk   (issue 5)
 #   4. the whole system under sustained load (bench/load.py)     (issue 7)
 #   5. produce-to-visible freshness under load (bench/freshness.py) (issue 14)
+#   6. recompute time at 1x/2x/4x history, full vs incremental   (issue 18)
+#   7. Kappa replay vs a full batch recompute of the same events  (issue 18)
 #
 # Usage: bash bench/all.sh
 #   MR_MB=50 MR_RUNS=3 EVENTS=500000 LOAD_RATE=20000 LOAD_SECONDS=300 bash bench/all.sh
 #   FRESH_RATES=100,5000,20000 FRESH_SECONDS=60 bash bench/all.sh
 #   LOAD_SECONDS=0 skips the load run, FRESH_SECONDS=0 the freshness run.
+#   KAPPA_EVENTS=1000000 (0 skips the Kappa run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${BENCH_DIR:-target/bench}
@@ -22,29 +25,38 @@ LOAD_RATE=${LOAD_RATE:-20000}
 LOAD_SECONDS=${LOAD_SECONDS:-300}
 FRESH_RATES=${FRESH_RATES:-100,5000,20000}
 FRESH_SECONDS=${FRESH_SECONDS:-60}
+KAPPA_EVENTS=${KAPPA_EVENTS:-1000000}
 
 python3 -c 'import duckdb, confluent_kafka' 2>/dev/null || python3 -m pip install -q -r bench/requirements.txt
 cargo build --release -q -p cli
 
 step() { printf '\n=== %s\n' "$*" >&2; }
 
-step "1/5 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
+step "1/7 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
 bash bench/mapreduce_vs_duckdb.sh "$MR_MB" "$MR_RUNS" | tee "$OUT/mapreduce.txt"
 
-step "2/5 speed layer vs plain consumer"
+step "2/7 speed layer vs plain consumer"
 cargo bench -q -p lambda-speed --bench throughput 2>/dev/null | tee "$OUT/speed.txt"
 
-step "3/5 serving layer (wrk)"
+step "3/7 serving layer (wrk)"
 bash bench/serving_wrk.sh | tee "$OUT/serving.txt"
 
 if [ "$LOAD_SECONDS" -gt 0 ]; then
-  step "4/5 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
+  step "4/7 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
   python3 bench/load.py --rate "$LOAD_RATE" --duration "$LOAD_SECONDS" 2>"$OUT/load.err" | tee "$OUT/load.txt" || true
 fi
 
 if [ "$FRESH_SECONDS" -gt 0 ]; then
-  step "5/5 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
+  step "5/7 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
   python3 bench/freshness.py --rates "$FRESH_RATES" --seconds "$FRESH_SECONDS" | tee "$OUT/freshness.txt" || true
+fi
+
+step "6/7 recompute: full vs incremental at 1x/2x/4x history"
+cargo bench -q -p lambda-batch --bench recompute 2>/dev/null | tee "$OUT/recompute.txt"
+
+if [ "$KAPPA_EVENTS" -gt 0 ]; then
+  step "7/7 Lambda and Kappa reprocessing ${KAPPA_EVENTS} events"
+  python3 bench/kappa.py --events "$KAPPA_EVENTS" 2>"$OUT/kappa.err" | tee "$OUT/kappa.txt" || true
 fi
 
 python3 - "$OUT" <<'EOF'
@@ -58,6 +70,7 @@ def find(text, pattern, group=1):
     return m.group(group) if m else "?"
 mr, sp, sv, ld = read("mapreduce.txt"), read("speed.txt"), read("serving.txt"), read("load.txt")
 fr = read("freshness.txt")
+rc, kp = read("recompute.txt"), read("kappa.txt")
 def fresh(rate):
     # | rate | probes | p50 | p99 | max | missed | ...
     m = re.search(r"^\| " + rate + r" \| \d+ \| (\S+) \| (\S+) \| (\S+) \| (\d+) \|", fr, re.M)
@@ -76,6 +89,11 @@ rows = [
     ("freshness p50/p99/max ms at 100/s", fresh("100"), "p99 <= 100, 0 missed"),
     ("freshness p50/p99/max ms at 5,000/s", fresh("5,000"), "p99 <= 100, 0 missed"),
     ("freshness p50/p99/max ms at 20,000/s", fresh("20,000"), "p99 <= 100, 0 missed"),
+    ("recompute time 4x/1x history: full", find(rc, r"full (\S+x), incremental"), "grows"),
+    ("recompute time 4x/1x history: incremental", find(rc, r"incremental (\S+x)$"), "flat (about 1x)"),
+    ("full recompute s (Lambda)", find(kp, r"^Lambda: full recompute \(master log\)\s+(\S+)"), ""),
+    ("replay s (Kappa)", find(kp, r"^Kappa: lambda replay from offset 0\s+(\S+)"), ""),
+    ("replay agrees with the batch view", "yes" if "agrees with batch view" in kp else "no", "yes"),
 ]
 print(f"\nSummary ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release})\n")
 print("| measure | value | target |")

@@ -149,7 +149,7 @@ def main():
         agreed = replay.returncode == 0 and "agrees with batch view" in out
 
         n = args.events + extra
-        print(f"Lambda and Kappa reprocessing {n:,} events ({du_mb(corpus) + du_mb(corpus + '.more'):.0f} MB of text), "
+        print(f"Lambda and Kappa reprocessing {n:,} events ({(os.path.getsize(corpus) + os.path.getsize(corpus + '.more')) / 1e6:.0f} MB of text), "
               f"{os.cpu_count()} cores; produced in {produce_s:.1f} s, then ingested by the batch layer in {ingest_s:.1f} s more")
         print(f"{'':44} {'seconds':>9} {'events/s':>12} {'state MB':>9} {'peak RSS MB':>12}")
         print(f"{'Lambda: full recompute (master log)':44} {full_s:9.2f} {args.events / full_s:12,.0f} "
@@ -159,7 +159,7 @@ def main():
         print(f"{'Kappa: lambda replay from offset 0':44} {replay_s:9.2f} {n / replay_s:12,.0f} "
               f"{replay_state:9.1f} {replay_peak:12.0f}")
         print(f"master log {log_mb:.1f} MB; views v{full['version']} (full) and v{incr['version']} (incremental)")
-        print("replay: " + (out.strip().splitlines()[-1] if out.strip() else "no output"))
+        print(out.strip().splitlines()[-1] if out.strip() else "replay: no output")
         return 0 if agreed else 1
     finally:
         for p in procs.values():
