@@ -14,8 +14,9 @@ use std::time::Duration;
 
 mod common;
 
-use common::spec::parse;
-use common::stack::{cut_of, event, json, recompute, until, Options, Role, Sampler, Stack};
+use common::spec::{parse, StackSpec};
+use common::stack::{cut_of, event, json, recompute, until, Options, Role, Sampler, Stack, Truth};
+use common::{free_addr, spawn_role};
 use testkit::{get, secured_broker, wait_metric};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -396,7 +397,8 @@ async fn the_kappa_architecture_answers_exactly_from_the_speed_layer_alone() {
 
 /// `lambda replay` reads the events topic from its start into its own store
 /// and realtime topic, catches up past the batch view's cut, and reports
-/// that its counts below that cut agree with the view, word for word.
+/// that its counts below that cut agree with the view, word for word; a
+/// serving layer switched over to the replay's topic answers exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kappa_replay_agrees_with_the_batch_view() {
     let stack = stack_on_memory_broker("replay").await;
@@ -452,5 +454,43 @@ async fn a_kappa_replay_agrees_with_the_batch_view() {
         "{stdout}\n{stderr}"
     );
     assert!(stderr.contains("records/s"), "progress is shown: {stderr}");
+
+    // Switch a serving layer over: Kappa, reading the replay's topic.
+    let serve_dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_addr();
+    let mut flags = StackSpec::new(stack.kafka.brokers(), &topic).flags(
+        Role::Serve,
+        serve_dir.path(),
+        &addr.to_string(),
+        None,
+    );
+    let i = flags
+        .iter()
+        .position(|f| f == "--realtime-topic")
+        .expect("the flag is set")
+        + 1;
+    flags[i] = format!("{topic}.replay");
+    flags.extend(["--architecture".to_owned(), "kappa".to_owned()]);
+    let _serve = spawn_role("serve", &flags, &serve_dir.path().join("serve.log"));
+    let (ends, records) = stack.topic_records().await;
+    let truth = Truth::of(&records);
+    until(
+        "the switched serving layer to cover the topic",
+        TIMEOUT,
+        move || {
+            let s = json(addr, "/v1/status")?;
+            (cut_of(&s["as_of"]) == ends).then_some(())
+        },
+    )
+    .await;
+    let words: Vec<(String, u64)> = truth.counts.clone().into_iter().collect();
+    tokio::task::spawn_blocking(move || {
+        for (word, count) in words {
+            let a = answer(addr, &format!("/v1/words/{word}"));
+            assert_eq!(a["count"], count, "{word}: {a}");
+        }
+    })
+    .await
+    .expect("exact from the replay");
     stack.shutdown();
 }
