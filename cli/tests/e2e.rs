@@ -391,6 +391,10 @@ async fn the_kappa_architecture_answers_exactly_from_the_speed_layer_alone() {
     let serving = stack.addr(Role::Serve);
     let status = answer(serving, "/v1/status");
     assert_eq!(status["batch"]["version"], Value::Null, "{status}");
+    assert_eq!(
+        status["batch"]["lag"], 0,
+        "no batch layer to wait for: {status}"
+    );
     assert_eq!(status["stale"], serde_json::json!([]), "{status}");
     stack.shutdown();
 }

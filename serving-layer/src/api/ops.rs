@@ -39,7 +39,10 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
         uptime_ms: h.uptime.as_millis() as u64,
         lag: f.as_of.behind(end),
         batch: BatchStatus {
-            lag: f.batch.cut.behind(end),
+            lag: match state.batch_url {
+                Some(_) => f.batch.cut.behind(end),
+                None => 0,
+            },
             view: f.batch,
             error: h.batch_error,
             recompute,

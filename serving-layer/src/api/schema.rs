@@ -85,7 +85,8 @@ pub struct TopAnswer {
 pub struct BatchStatus {
     #[serde(flatten)]
     pub view: BatchPart,
-    /// Events in Kafka not in the batch view.
+    /// Events in Kafka not in the batch view (0 without a batch layer, as
+    /// in the Kappa architecture: nothing is waiting for one).
     pub lag: u64,
     /// The last error talking to the batch layer, if the last attempt failed.
     pub error: Option<String>,
