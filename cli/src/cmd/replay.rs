@@ -69,10 +69,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             speed.node.data_dir.display(),
             speed.kafka.realtime_topic
         );
-        if !follow_progress(running.http_addr, &target, &token).await? {
-            replay.cancel();
-            running.wait().await?;
-            return Ok(());
+        match follow_progress(running.http_addr, &target, &token).await {
+            Ok(true) => {}
+            stopped => {
+                // Stopped by the user, or the speed layer stopped answering:
+                // its own failure, if it failed, is the reason to report.
+                replay.cancel();
+                running.wait().await?;
+                return stopped.map(|_| ());
+            }
         }
         let Some(view) = view else {
             println!("replay: caught up with {target}; nothing to compare with");
