@@ -49,6 +49,13 @@ pub struct SpeedArgs {
     /// (catching up) waits up to 50 ms for more whatever this says.
     #[arg(long, env = env::MICRO_BATCH_WAIT, default_value = "0ms", value_parser = parse_duration)]
     pub micro_batch_wait: Duration,
+
+    /// The consumer group the layer commits its positions under, for
+    /// monitoring tools only (it resumes from its checkpoint): `lambda-speed`,
+    /// or `lambda-replay` for `lambda replay`, so a replay does not
+    /// overwrite the live layer's reported lag.
+    #[arg(skip = crate::stream::GROUP.to_owned())]
+    pub group: String,
 }
 
 impl SpeedArgs {

@@ -129,6 +129,7 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
         cut_poll_interval: args.cut_poll_interval,
         micro_batch_records: args.micro_batch_records,
         micro_batch_wait: args.micro_batch_wait,
+        group: args.group.clone(),
     };
 
     let mut tasks = JoinSet::new();

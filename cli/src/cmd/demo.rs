@@ -154,6 +154,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 cut_poll_interval: Duration::from_secs(1),
                 micro_batch_records: 20_000,
                 micro_batch_wait: Duration::ZERO,
+                group: speed_layer::stream::GROUP.to_owned(),
             },
             token.clone(),
         )

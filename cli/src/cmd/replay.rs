@@ -40,6 +40,10 @@ pub struct ReplayArgs {
     pub exit_after_check: bool,
 }
 
+/// The consumer group a replay reports its positions under (the live speed
+/// layer's is `lambda-speed`).
+const REPLAY_GROUP: &str = "lambda-replay";
+
 /// The realtime topic of a live Lambda deployment (the flag's default): a
 /// replay publishing there would mix its counts into the live ones.
 const LIVE_REALTIME_TOPIC: &str = "lambda.realtime";
@@ -53,6 +57,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         bail!("invalid --realtime-topic: a replay publishes to its own (e.g. {LIVE_REALTIME_TOPIC}.replay), never the live `{LIVE_REALTIME_TOPIC}`");
     }
     speed.architecture = Architecture::Kappa;
+    speed.group = REPLAY_GROUP.to_owned();
     speed.validate()?;
     super::runtime()?.block_on(async move {
         let token = common::shutdown::on_signals();

@@ -76,6 +76,8 @@ pub struct StreamConfig {
     pub cut_poll_interval: Duration,
     pub micro_batch_records: usize,
     pub micro_batch_wait: Duration,
+    /// The consumer group its positions are committed under, for monitoring.
+    pub group: String,
 }
 
 /// What the HTTP server reports.
@@ -183,7 +185,7 @@ pub async fn run(
             "Resuming from the checkpoint."
         );
     }
-    let mut consumer = consumer_config(&config.kafka, GROUP);
+    let mut consumer = consumer_config(&config.kafka, &config.group);
     consumer.set("queued.max.messages.kbytes", "65536");
     let mut reader = PartitionReader::open(
         consumer,
