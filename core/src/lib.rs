@@ -27,6 +27,8 @@
 //!   count arithmetic of the two: adding a delta, comparing two views.
 //! - [`chunk`]: the binary form of a set of counts, as the realtime store
 //!   keeps them.
+//! - [`window`]: event-time windows, ranges, watermarks and lateness (the
+//!   arithmetic only, so far).
 
 pub mod chunk;
 pub mod cut;
@@ -36,6 +38,7 @@ pub mod merge;
 pub mod realtime;
 pub mod tokenizer;
 pub mod view;
+pub mod window;
 
 pub use cut::{BucketSize, Cut, Offset, Partition, Positions};
 pub use event::{DecodeError, Event};
