@@ -69,6 +69,20 @@ def rss_mb(pid):
     return float("nan")
 
 
+def stop_all(procs, work):
+    """SIGTERMs every process still running, kills those that do not exit
+    within 20 s, and removes the work directory."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def pct(values, p):
     if not values:
         return float("nan")
@@ -263,15 +277,7 @@ def main():
         ok = missed == 0 and produced_ok and end[2] >= total and end[3] >= total
         return 0 if ok else 1
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        stop_all(procs, work)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,32 @@ pub async fn wait_for_partitions(
         .flatten()
 }
 
+/// Where each partition of `topic` ends (its high watermark), from one
+/// client: the topic's metadata, then one watermark query per partition.
+pub fn topic_ends(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<lambda_core::Positions, String> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    let mut ends = lambda_core::Positions::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| format!("end offset of `{topic}` partition {p}: {e}"))?;
+        ends.set(p, high);
+    }
+    Ok(ends)
+}
+
 /// The partition count of `topic`, polling metadata until it shows or
 /// `timeout` passes. Blocking: call from a blocking context.
 pub fn topic_partitions(kafka: &Connection, topic: &str, timeout: Duration) -> Option<usize> {

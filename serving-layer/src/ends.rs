@@ -8,7 +8,7 @@ use common::kafka::client_config;
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
 use lambda_core::Positions;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -25,23 +25,7 @@ pub struct EndsWatcher {
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 fn topic_ends(consumer: &BaseConsumer, topic: &str) -> Result<Positions, String> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    let mut ends = Positions::new();
-    for p in 0..partitions as i32 {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, TIMEOUT)
-            .map_err(|e| format!("end offset of `{topic}` partition {p}: {e}"))?;
-        ends.set(p, high);
-    }
-    Ok(ends)
+    common::kafka::topic_ends(consumer, topic, TIMEOUT)
 }
 
 impl EndsWatcher {

@@ -148,18 +148,11 @@ async fn run_on(
 async fn catch_up_target(speed: &SpeedArgs, view: Option<&BatchView>) -> anyhow::Result<Positions> {
     let (kafka, topic) = (speed.kafka.connection(), speed.kafka.topic.clone());
     let ends = tokio::task::spawn_blocking(move || -> anyhow::Result<Positions> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let partitions = common::kafka::topic_partitions(&kafka, &topic, Duration::from_secs(30))
+        common::kafka::topic_partitions(&kafka, &topic, Duration::from_secs(30))
             .with_context(|| format!("cannot find topic `{topic}`"))?;
-        let client: BaseConsumer = common::kafka::client_config(&kafka).create()?;
-        let mut ends = BTreeMap::new();
-        for p in 0..partitions as i32 {
-            let (_, high) = client
-                .fetch_watermarks(&topic, p, Duration::from_secs(30))
-                .with_context(|| format!("cannot read the end of partition {p} of `{topic}`"))?;
-            ends.insert(p, high);
-        }
-        Ok(ends.into_iter().collect())
+        let client: rdkafka::consumer::BaseConsumer =
+            common::kafka::client_config(&kafka).create()?;
+        common::kafka::topic_ends(&client, &topic, Duration::from_secs(30)).map_err(|e| anyhow!(e))
     })
     .await??;
     let cut = view.map(|v| v.header.cut.clone()).unwrap_or_default();
