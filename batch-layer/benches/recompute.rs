@@ -13,6 +13,7 @@ use batch_layer::master_log::{FsyncPolicy, LogOptions, MasterLog, Record, Record
 use batch_layer::recompute::{recompute, Outcome, Request};
 use common::views::ViewStore;
 use lambda_core::lineage::RecomputeMode;
+use lambda_core::window::WindowSettings;
 use lambda_core::BucketSize;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -89,7 +90,15 @@ fn timed(
         force: true,
         ..Request::new(mode)
     };
-    let outcome = recompute(log, store, engine, bucket, request).expect("recompute");
+    let outcome = recompute(
+        log,
+        store,
+        engine,
+        bucket,
+        &WindowSettings::default(),
+        request,
+    )
+    .expect("recompute");
     let seconds = started.elapsed().as_secs_f64();
     let Outcome::Published { manifest, .. } = outcome else {
         panic!("forced, so published");

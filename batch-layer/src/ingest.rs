@@ -15,12 +15,14 @@ use crate::master_log::{LogError, MasterLog, Record, RecordKind};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{bulk_consumer_config, decode_message, topic_partitions};
+use common::now_ms;
 use common::reader::{Limits, PartitionReader, ReaderError};
 use common::retry::{until_durable, DurableWrite, Stalls};
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
 use common::telemetry::events::{RecordDeadLettered, RecordsUnreadable};
 use common::unreadable::{ConsumeFailure, HeldPartitions};
+use lambda_core::window::WindowSettings;
 use lambda_core::{Offset, Partition, Positions};
 use rdkafka::message::Message;
 use std::collections::BTreeMap;
@@ -50,6 +52,8 @@ pub struct IngestConfig {
     pub batch_records: usize,
     /// … or this long after its first record.
     pub batch_wait: Duration,
+    /// Event-time settings: which timestamps are too far in the future.
+    pub windows: WindowSettings,
 }
 
 /// One received record, owned, on its way into the log.
@@ -177,7 +181,12 @@ async fn pending<M: Message>(
     token: &CancellationToken,
 ) -> Pending {
     let decoded = decode_message(message, config.max_event_bytes);
-    let kind = RecordKind::of(&decoded);
+    let timestamp_ms = message.timestamp().to_millis();
+    let future = timestamp_ms.is_some_and(|t| config.windows.is_future(t, now_ms()));
+    if future && decoded.is_ok() {
+        metrics.future_timestamps.inc();
+    }
+    let kind = RecordKind::of(&decoded, future);
     if let Err(error) = &decoded {
         RecordDeadLettered {
             partition: message.partition(),
@@ -193,7 +202,7 @@ async fn pending<M: Message>(
     Pending {
         partition: message.partition(),
         offset: message.offset(),
-        timestamp_ms: message.timestamp().to_millis(),
+        timestamp_ms,
         kind,
         payload: message.payload().unwrap_or_default().to_vec(),
     }

@@ -48,6 +48,7 @@ use common::unreadable::HeldPartitions;
 use common::views::ViewStore;
 use lambda_core::lineage::RecomputeMode;
 use lambda_core::view::{Manifest, ViewError};
+use lambda_core::window::WindowSettings;
 use lambda_core::BucketSize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -169,6 +170,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         max_event_bytes: args.stream.max_event_bytes,
         batch_records: 10_000,
         batch_wait: Duration::from_millis(20),
+        windows: args.stream.windows(),
     };
     let failure = FailureSlot::default();
     {
@@ -195,6 +197,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         let token = token.clone();
         let schedule = Schedule {
             bucket_size: args.stream.bucket_size,
+            windows: args.stream.windows(),
             interval: args.recompute_interval,
             mode: args.recompute_mode,
             full_every: (!args.full_recompute_every.is_zero()).then_some(args.full_recompute_every),
@@ -235,6 +238,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
 #[derive(Debug, Clone, Copy)]
 struct Schedule {
     bucket_size: BucketSize,
+    windows: WindowSettings,
     interval: Duration,
     /// The mode of a recompute nobody asked a mode for.
     mode: RecomputeMode,
@@ -251,7 +255,7 @@ impl Schedule {
     fn mode(&self, asked: Option<RecomputeMode>, latest: Option<&Manifest>) -> RecomputeMode {
         let full_due = |every: Duration| {
             latest.is_some_and(|m| {
-                let since_full = recompute::now_ms() - m.header.lineage.last_full_ms;
+                let since_full = common::now_ms() - m.header.lineage.last_full_ms;
                 since_full >= every.as_millis() as i64
             })
         };
@@ -291,7 +295,14 @@ async fn recompute_loop(
                 fault_pause: schedule.fault_pause,
                 ..recompute::Request::new(mode)
             };
-            recompute(&log, &store, &engine, schedule.bucket_size, request)
+            recompute(
+                &log,
+                &store,
+                &engine,
+                schedule.bucket_size,
+                &schedule.windows,
+                request,
+            )
         })
         .await;
         let answer = match result {

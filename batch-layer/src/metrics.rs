@@ -9,6 +9,8 @@ use lambda_core::Positions;
 #[derive(Debug, Default)]
 pub struct BatchMetrics {
     pub records_ingested: Counter,
+    pub future_timestamps: Counter,
+    pub view_late_events: Gauge,
     pub duplicates_skipped: Counter,
     pub consumer_errors: Counter,
     pub unreadable_batches: Counter,
@@ -44,6 +46,13 @@ impl BatchMetrics {
                 .set(check.differing_words as i64);
         }
         self.view_version.set(manifest.version as i64);
+        self.view_late_events.set(
+            manifest
+                .header
+                .windows
+                .as_ref()
+                .map_or(0, |w| w.late_events as i64),
+        );
         self.view_computed_at_ms.set(manifest.header.computed_at_ms);
     }
 
@@ -55,6 +64,18 @@ impl BatchMetrics {
             "counter",
             "Records appended to the master log.",
             self.records_ingested.get(),
+        )
+        .single(
+            "lambda_batch_future_timestamps_total",
+            "counter",
+            "Events ingested with a timestamp further ahead of the clock than --max-future (counted; they do not move the watermark).",
+            self.future_timestamps.get(),
+        )
+        .single(
+            "lambda_batch_view_late_events",
+            "gauge",
+            "Late events (arrived after their window was complete) in the newest view's retained windows.",
+            self.view_late_events.get(),
         )
         .single(
             "lambda_batch_duplicates_skipped_total",

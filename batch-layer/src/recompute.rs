@@ -13,15 +13,18 @@
 //!    the full view wins, and a difference is reported.
 //! 3. Publish the view: file, fsync, rename, manifest.
 
-use crate::mapreduce::{Combiner, Engine, JobOutput, Order};
+use crate::mapreduce::{Combiner, Engine, JobOutput, JobStats, Order, RunOf};
 use crate::master_log::{LogError, MasterLog, RecordKind, SegmentRef};
+use common::now_ms;
 use common::sync::LockOrStop;
 use common::views::ViewStore;
 use lambda_core::lineage::{add_counts, compare_counts, Lineage, RecomputeMode};
-use lambda_core::view::{BatchView, Manifest, ViewError, ViewOrigin, WordCount};
-use lambda_core::{BucketSize, Cut};
+use lambda_core::view::{BatchView, Manifest, ViewError, ViewOrigin, ViewWindows, WordCount};
+use lambda_core::window::{Key, Millis, Run, WindowSettings};
+use lambda_core::{BucketSize, Cut, Partition};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -49,27 +52,102 @@ impl Outcome {
     }
 }
 
-/// Counts every event in the segments, below each segment's limit.
-pub fn count_segments(engine: &Engine, segments: &[SegmentRef]) -> Result<JobOutput, LogError> {
+/// Counts every event in the segments, below each segment's limit: each
+/// word all-time and in its event's window, and each segment's lateness as a
+/// [`lambda_core::window::Run`], resolved by [`event_time`].
+pub fn count_segments(
+    engine: &Engine,
+    segments: &[SegmentRef],
+    windows: &WindowSettings,
+) -> Result<JobOutput, LogError> {
     engine.run(
         segments,
         Order::ByWord,
         |segment, combiner: &mut Combiner| {
             let bytes = segment.load()?;
             combiner.bytes += bytes.len() as u64;
+            let mut run = Run::default();
             for record in segment.records(&bytes) {
                 let record = record?;
-                match (record.kind, std::str::from_utf8(record.payload)) {
-                    (RecordKind::Event, Ok(text)) => {
-                        combiner.events += 1;
-                        combiner.add_text(text);
+                let future = match record.kind {
+                    RecordKind::Event => false,
+                    RecordKind::FutureEvent => true,
+                    _ => {
+                        combiner.skipped += 1;
+                        continue;
                     }
-                    _ => combiner.skipped += 1,
+                };
+                match std::str::from_utf8(record.payload) {
+                    Ok(text) => {
+                        combiner.events += 1;
+                        let window = run.note(windows, record.timestamp_ms, future);
+                        combiner.add_event(text, window);
+                    }
+                    Err(_) => combiner.skipped += 1,
                 }
             }
+            combiner.runs.push(RunOf {
+                partition: segment.partition,
+                // Segments of a partition share `start`; their runs follow
+                // one another in base-offset order.
+                start: segment.base_offset.max(segment.start),
+                run,
+            });
             Ok(())
         },
     )
+}
+
+/// Event time after a job: every partition's runs resolved in offset order
+/// after the newest timestamps `before` them (the previous view's, for an
+/// incremental recompute). Returns the late events per window as counts
+/// (sorted `#<window>!` keys) and the newest timestamp per partition.
+pub fn event_time(
+    runs: &mut [RunOf],
+    windows: &WindowSettings,
+    before: &BTreeMap<Partition, Millis>,
+) -> (Vec<WordCount>, BTreeMap<Partition, Millis>) {
+    runs.sort_unstable_by_key(|r| (r.partition, r.start));
+    let mut late = BTreeMap::new();
+    let mut newest = before.clone();
+    for r in runs.iter() {
+        let after = r
+            .run
+            .resolve(windows, newest.get(&r.partition).copied(), &mut late);
+        if let Some(t) = after {
+            newest.insert(r.partition, t);
+        }
+    }
+    let mut late: Vec<WordCount> = late
+        .into_iter()
+        .map(|(w, n)| (Key::Late(w).encode().into(), n))
+        .collect();
+    late.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    (late, newest)
+}
+
+/// What a job over segments counted, event time resolved.
+struct Counted {
+    /// Sorted, late-event keys included.
+    words: Vec<WordCount>,
+    stats: JobStats,
+    /// The newest timestamp per partition after the segments.
+    newest: BTreeMap<Partition, Millis>,
+}
+
+fn count(
+    engine: &Engine,
+    segments: &[SegmentRef],
+    windows: &WindowSettings,
+    before: &BTreeMap<Partition, Millis>,
+) -> Result<Counted, LogError> {
+    let mut out = count_segments(engine, segments, windows)?;
+    let (late, newest) = event_time(&mut out.runs, windows, before);
+    Ok(Counted {
+        words: add_counts(&late, &out.counts),
+        stats: out.stats,
+        newest,
+    })
 }
 
 /// What a recompute is asked to do.
@@ -99,13 +177,16 @@ const CHECK_EXAMPLES: usize = 5;
 /// since its cut counted.
 struct Chain {
     view: BatchView,
-    since: JobOutput,
+    since: Counted,
 }
 
 impl Chain {
-    /// The chain's counts at the new cut.
-    fn counts(&self) -> Vec<WordCount> {
-        add_counts(self.view.words(), &self.since.counts)
+    /// The chain's counts at the new cut, windows older than `windows`'s
+    /// horizon left out.
+    fn counts(&self, windows: &ViewWindows) -> Vec<WordCount> {
+        let mut counts = add_counts(self.view.words(), &self.since.words);
+        windows.retain(&mut counts);
+        counts
     }
 }
 
@@ -118,6 +199,7 @@ pub fn recompute(
     store: &ViewStore,
     engine: &Engine,
     bucket_size: BucketSize,
+    windows: &WindowSettings,
     request: Request,
 ) -> Result<Outcome, RecomputeError> {
     let started = Instant::now();
@@ -129,7 +211,9 @@ pub fn recompute(
         let since = previous
             .as_ref()
             .filter(|prev| {
-                prev.header.bucket_size == bucket_size && cut.dominates(&prev.header.cut)
+                prev.header.bucket_size == bucket_size
+                    && cut.dominates(&prev.header.cut)
+                    && prev.header.windows.as_ref().map(|w| &w.settings) == Some(windows)
             })
             .map(|prev| log.segments_between(&prev.header.cut, &cut));
         (cut, all, since)
@@ -144,10 +228,16 @@ pub fn recompute(
     }
     let chain = match (&previous, since_previous) {
         (Some(prev), Some(segments)) => match store.load(prev) {
-            Ok(view) => Some(Chain {
-                view,
-                since: count_segments(engine, &segments)?,
-            }),
+            Ok(view) => {
+                let before = view
+                    .header
+                    .windows
+                    .as_ref()
+                    .map(|w| w.newest.clone())
+                    .unwrap_or_default();
+                let since = count(engine, &segments, windows, &before)?;
+                Some(Chain { view, since })
+            }
             Err(error) => {
                 tracing::warn!(version = prev.version, %error, "Cannot read the previous view to build on; computing in full.");
                 None
@@ -161,6 +251,7 @@ pub fn recompute(
         (RecomputeMode::Incremental, Some(chain)) => {
             tracing::info!(cut = %cut, base = chain.view.header.version, new_events = chain.since.stats.events, "Recomputing the batch view incrementally.");
             let base = &chain.view.header;
+            let event_time = ViewWindows::new(*windows, chain.since.newest.clone());
             let origin = ViewOrigin {
                 computed_at_ms,
                 events: base.events + chain.since.stats.events,
@@ -171,17 +262,20 @@ pub fn recompute(
                     last_full_ms: base.lineage.last_full_ms,
                     check: None,
                 },
+                windows: Some(event_time.clone()),
                 ..ViewOrigin::new(version, cut.clone(), bucket_size)
             };
-            (chain.counts(), origin)
+            (chain.counts(&event_time), origin)
         }
         (_, chain) => {
             tracing::info!(cut = %cut, segments = all.len(), "Recomputing the batch view in full.");
-            let out = count_segments(engine, &all)?;
+            let mut out = count(engine, &all, windows, &BTreeMap::new())?;
+            let event_time = ViewWindows::new(*windows, out.newest.clone());
+            event_time.retain(&mut out.words);
             let check = chain.map(|chain| {
                 compare_counts(
-                    &out.counts,
-                    &chain.counts(),
+                    &out.words,
+                    &chain.counts(&event_time),
                     chain.view.header.version,
                     CHECK_EXAMPLES,
                 )
@@ -205,9 +299,10 @@ pub fn recompute(
                     last_full_ms: computed_at_ms,
                     check,
                 },
+                windows: Some(event_time),
                 ..ViewOrigin::new(version, cut.clone(), bucket_size)
             };
-            (out.counts, origin)
+            (out.words, origin)
         }
     };
     if let Some(pause) = request.fault_pause {
@@ -230,11 +325,4 @@ pub fn recompute(
         "Published batch view."
     );
     Ok(Outcome::Published { manifest, seconds })
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -10,12 +10,12 @@
 
 use crate::master_log::MasterLog;
 use crate::metrics::BatchMetrics;
-use crate::recompute::now_ms;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use common::now_ms;
 use common::sync::LockOrStop;
 use common::views::ViewStore;
 use lambda_core::lineage::RecomputeMode;

@@ -9,6 +9,7 @@ use batch_layer::recompute::{recompute, Outcome, Request};
 use common::views::ViewStore;
 use lambda_core::lineage::{Lineage, RecomputeMode};
 use lambda_core::view::{BatchView, ViewOrigin};
+use lambda_core::window::{Arrival, Key, WindowSettings, WindowSize};
 use lambda_core::{BucketSize, Cut, Tokenizer};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -23,9 +24,19 @@ struct Fixture {
     store: ViewStore,
     engine: Engine,
     bucket_size: BucketSize,
-    /// (partition, offset) → the event's text, `None` for a record that is
-    /// not an event.
-    appended: BTreeMap<(i32, i64), Option<String>>,
+    windows: WindowSettings,
+    /// (partition, offset) → what was appended there.
+    appended: BTreeMap<(i32, i64), Appended>,
+}
+
+/// One appended record.
+#[derive(Debug, Clone)]
+struct Appended {
+    /// The event's text, `None` for a record that is not an event.
+    text: Option<String>,
+    timestamp_ms: Option<i64>,
+    /// Marked by ingestion as too far in the future.
+    future: bool,
 }
 
 impl Fixture {
@@ -40,12 +51,22 @@ impl Fixture {
             store: ViewStore::open(dir, 3).expect("store"),
             engine: Engine::new(2).expect("engine"),
             bucket_size: BucketSize::new(4).expect("non-zero"),
+            // Windows of 10 s over timestamps spread across 5 minutes, out of
+            // order: some events are late, some windows fall out of the
+            // 200 s retention.
+            windows: WindowSettings {
+                size: WindowSize::from_millis(10_000).expect("non-zero"),
+                allowed_lateness_ms: 5_000,
+                retention_ms: 200_000,
+                max_future_ms: 60_000,
+            },
             appended: BTreeMap::new(),
         }
     }
 
-    /// Appends `n` records to `partition`: texts from a seed, every 7th one
-    /// not an event.
+    /// Appends `n` records to `partition`: texts and timestamps from a
+    /// seed; every 7th record not an event, every 11th without a timestamp,
+    /// every 13th in the far future.
     fn append(&mut self, partition: i32, n: usize, seed: usize) {
         let start = self
             .appended
@@ -54,7 +75,7 @@ impl Fixture {
             .map(|(_, o)| o + 1)
             .max()
             .unwrap_or(0);
-        let texts: Vec<(i64, Option<String>)> = (0..n)
+        let texts: Vec<(i64, Appended)> = (0..n)
             .map(|i| {
                 let k = seed * 31 + i * 7;
                 let text = (k % 7 != 3).then(|| {
@@ -63,18 +84,29 @@ impl Fixture {
                         .collect::<Vec<_>>()
                         .join(" ")
                 });
-                (start + i as i64, text)
+                let future = k % 13 == 5;
+                let t = 1_000_000 + (k * 7919 % 300_000) as i64;
+                let record = Appended {
+                    text,
+                    timestamp_ms: (k % 11 != 4).then_some(if future {
+                        t + 1_000_000_000
+                    } else {
+                        t
+                    }),
+                    future,
+                };
+                (start + i as i64, record)
             })
             .collect();
-        let records = texts.iter().map(|(offset, text)| Record {
+        let records = texts.iter().map(|(offset, r)| Record {
             offset: *offset,
-            timestamp_ms: Some(1_000),
-            kind: if text.is_some() {
-                RecordKind::Event
-            } else {
-                RecordKind::InvalidUtf8
+            timestamp_ms: r.timestamp_ms,
+            kind: match (&r.text, r.future) {
+                (None, _) => RecordKind::InvalidUtf8,
+                (Some(_), true) => RecordKind::FutureEvent,
+                (Some(_), false) => RecordKind::Event,
             },
-            payload: text.as_deref().map_or(b"\xc3\x28", str::as_bytes),
+            payload: r.text.as_deref().map_or(b"\xc3\x28", str::as_bytes),
         });
         let mut log = self.log.lock().expect("log");
         log.append(partition, records).expect("append");
@@ -89,6 +121,7 @@ impl Fixture {
             &self.store,
             &self.engine,
             self.bucket_size,
+            &self.windows,
             Request::new(mode),
         )
         .expect("recompute");
@@ -100,22 +133,47 @@ impl Fixture {
             .expect("the published view loads")
     }
 
-    /// The counts of the events below `cut`, by an independent recount.
+    /// The counts of the events below `cut`, by an independent recount:
+    /// every partition read from its start, one event at a time, words
+    /// all-time and per window, late events per window, then the windows
+    /// older than the retention dropped.
     fn recount(&self, cut: &Cut) -> Vec<(String, u64)> {
+        let s = &self.windows;
         let mut tokenizer = Tokenizer::new();
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for ((p, o), text) in &self.appended {
-            if let (true, Some(text)) = (cut.includes(*p, *o), text) {
-                tokenizer.for_each_word(text, |w| *counts.entry(w.to_owned()).or_insert(0) += 1);
+        let mut marks = BTreeMap::new();
+        for ((p, o), r) in &self.appended {
+            let (true, Some(text)) = (cut.includes(*p, *o), &r.text) else {
+                continue;
+            };
+            let mark = marks.entry(*p).or_insert_with(|| s.watermark());
+            let arrival = mark.arrive(s.size, r.timestamp_ms, r.future);
+            let window = arrival.window(s.size, r.timestamp_ms);
+            tokenizer.for_each_word(text, |w| {
+                *counts.entry(w.to_owned()).or_insert(0) += 1;
+                if let Some(window) = window {
+                    *counts.entry(Key::InWindow(window, w).encode()).or_insert(0) += 1;
+                }
+            });
+            if let (Arrival::Late, Some(window)) = (arrival, window) {
+                *counts.entry(Key::Late(window).encode()).or_insert(0) += 1;
             }
         }
-        counts.into_iter().collect()
+        let newest = marks.values().filter_map(|m| m.newest()).max();
+        let horizon = newest.map(|n| s.horizon(n));
+        counts
+            .into_iter()
+            .filter(|(k, _)| match (Key::parse(k), horizon) {
+                (Some(Key::InWindow(w, _) | Key::Late(w)), Some(h)) => w >= h,
+                _ => true,
+            })
+            .collect()
     }
 
     fn events_below(&self, cut: &Cut) -> u64 {
         self.appended
             .iter()
-            .filter(|((p, o), text)| cut.includes(*p, *o) && text.is_some())
+            .filter(|((p, o), r)| cut.includes(*p, *o) && r.text.is_some())
             .count() as u64
     }
 
@@ -157,7 +215,7 @@ proptest! {
                 f.append(partition, n, round * 10 + i);
             }
             let mode = if incremental { RecomputeMode::Incremental } else { RecomputeMode::Full };
-            let outcome = recompute(&f.log, &f.store, &f.engine, f.bucket_size, Request::new(mode))
+            let outcome = recompute(&f.log, &f.store, &f.engine, f.bucket_size, &f.windows, Request::new(mode))
                 .expect("recompute");
             let Outcome::Published { manifest, .. } = outcome else {
                 // Appends that did not fill a bucket leave the cut where it was.
@@ -210,6 +268,7 @@ fn a_full_recompute_reports_a_wrong_chain_and_replaces_it() {
     let origin = ViewOrigin {
         events: first.header.events,
         lineage,
+        windows: first.header.windows.clone(),
         ..ViewOrigin::new(2, first.header.cut.clone(), f.bucket_size)
     };
     f.store

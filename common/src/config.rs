@@ -6,6 +6,7 @@
 
 use clap::Args;
 use lambda_core::cut::BucketSize;
+use lambda_core::window::{WindowSettings, WindowSize};
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
@@ -22,6 +23,10 @@ pub mod env {
     pub const ADMIN_TOKEN: &str = "LAMBDA_ADMIN_TOKEN";
     pub const BUCKET_SIZE: &str = "LAMBDA_BUCKET_SIZE";
     pub const MAX_EVENT_BYTES: &str = "LAMBDA_MAX_EVENT_BYTES";
+    pub const WINDOW: &str = "LAMBDA_WINDOW";
+    pub const ALLOWED_LATENESS: &str = "LAMBDA_ALLOWED_LATENESS";
+    pub const WINDOW_RETENTION: &str = "LAMBDA_WINDOW_RETENTION";
+    pub const MAX_FUTURE: &str = "LAMBDA_MAX_FUTURE";
     pub const SHUTDOWN_GRACE: &str = "LAMBDA_SHUTDOWN_GRACE";
     pub const RECOMPUTE_INTERVAL: &str = "LAMBDA_RECOMPUTE_INTERVAL";
     pub const RECOMPUTE_MODE: &str = "LAMBDA_RECOMPUTE_MODE";
@@ -74,6 +79,10 @@ pub mod env {
         ADMIN_TOKEN,
         BUCKET_SIZE,
         MAX_EVENT_BYTES,
+        WINDOW,
+        ALLOWED_LATENESS,
+        WINDOW_RETENTION,
+        MAX_FUTURE,
         SHUTDOWN_GRACE,
         RECOMPUTE_INTERVAL,
         RECOMPUTE_MODE,
@@ -217,6 +226,27 @@ pub struct StreamArgs {
     /// The largest event payload in bytes; larger records are dead-lettered.
     #[arg(long, env = env::MAX_EVENT_BYTES, default_value_t = lambda_core::event::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
+
+    /// The event-time window size (`1m`, `30s`, `1h`). All layers must use
+    /// the same value.
+    #[arg(long, env = env::WINDOW, default_value = "1m")]
+    pub window: WindowSize,
+
+    /// How far behind the newest timestamp of a partition its watermark
+    /// trails: an event whose window ended before the watermark is late
+    /// (and still counted).
+    #[arg(long, env = env::ALLOWED_LATENESS, default_value = "1m", value_parser = parse_duration)]
+    pub allowed_lateness: Duration,
+
+    /// How long per-window counts are kept, back from the newest timestamp
+    /// (all-time counts are kept forever).
+    #[arg(long, env = env::WINDOW_RETENTION, default_value = "7d", value_parser = parse_duration)]
+    pub window_retention: Duration,
+
+    /// A timestamp further than this ahead of the reading layer's clock is
+    /// counted but does not move the watermark.
+    #[arg(long, env = env::MAX_FUTURE, default_value = "5m", value_parser = parse_duration)]
+    pub max_future: Duration,
 }
 
 impl StreamArgs {
@@ -225,6 +255,30 @@ impl StreamArgs {
             return Err(ConfigError::new("max-event-bytes", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The defaults, with another bucket size (what `lambda demo` runs).
+    pub fn with_bucket_size(bucket_size: BucketSize) -> Self {
+        let w = WindowSettings::default();
+        Self {
+            bucket_size,
+            max_event_bytes: lambda_core::event::DEFAULT_MAX_EVENT_BYTES,
+            window: w.size,
+            allowed_lateness: Duration::from_millis(w.allowed_lateness_ms),
+            window_retention: Duration::from_millis(w.retention_ms),
+            max_future: Duration::from_millis(w.max_future_ms),
+        }
+    }
+
+    /// The event-time settings.
+    pub fn windows(&self) -> WindowSettings {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        WindowSettings {
+            size: self.window,
+            allowed_lateness_ms: ms(self.allowed_lateness),
+            retention_ms: ms(self.window_retention),
+            max_future_ms: ms(self.max_future),
+        }
     }
 }
 
@@ -313,9 +367,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{s}` (use ms, s, m or h)"
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)"
             ))
         }
     };

@@ -55,3 +55,10 @@ pub mod views;
 pub mod broker;
 #[cfg(feature = "embedded-broker")]
 mod broker_auth;
+
+/// The wall clock in milliseconds since the Unix epoch (0 before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

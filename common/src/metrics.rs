@@ -124,10 +124,7 @@ pub fn render_stages(w: &mut TextWriter, stages: &[(&str, &Histogram)]) {
 /// Milliseconds from a Kafka record timestamp (ms since the epoch) to now;
 /// zero for a timestamp in the future (another machine's clock).
 pub fn since_timestamp(timestamp_ms: i64) -> std::time::Duration {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    std::time::Duration::from_millis(now_ms.saturating_sub(timestamp_ms).max(0) as u64)
+    std::time::Duration::from_millis(crate::now_ms().saturating_sub(timestamp_ms).max(0) as u64)
 }
 
 /// Renders Prometheus text exposition format.

@@ -20,7 +20,9 @@
 //!   its counts exact at `W`, which is what its answers' `as_of` reports.
 
 use crate::cut::{Partition, Positions};
+use crate::window::Millis;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The key of watermark messages.
 pub const WATERMARK_KEY: &str = "watermark";
@@ -102,6 +104,12 @@ pub struct Watermark {
     /// older speed layers and of re-publications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_event_ms: Option<i64>,
+    /// Per events partition, the newest timestamp that moved its event-time
+    /// watermark among the events below `positions` (what tells a serving
+    /// layer whether a time range is complete). Absent from older speed
+    /// layers' watermarks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub newest: BTreeMap<Partition, Millis>,
 }
 
 /// One record of the realtime topic.
@@ -218,6 +226,7 @@ mod tests {
         let w = Watermark {
             positions: [(0, 10), (1, 4)].into_iter().collect(),
             oldest_event_ms: Some(1_764_633_600_000),
+            newest: [(0, 1_764_633_601_000)].into_iter().collect(),
         };
         let json = serde_json::to_vec(&w).expect("serialise");
         assert_eq!(
@@ -233,6 +242,7 @@ mod tests {
             Ok(RealtimeMessage::Watermark(Watermark {
                 positions: [(0, 3)].into_iter().collect(),
                 oldest_event_ms: None,
+                newest: BTreeMap::new(),
             }))
         );
         // A watermark payload under the upserts key is malformed upserts.

@@ -2,15 +2,18 @@
 //! that points at the newest.
 //!
 //! A view file is one JSON header line ([`ViewHeader`]: version, cut, totals,
-//! time computed) followed by `word<TAB>count` lines sorted by word, so a
-//! reader can binary-search it. The [`Manifest`] carries the file's CRC32C;
+//! time computed) followed by `key<TAB>count` lines sorted by key, so a
+//! reader can binary-search it. Keys are words (all-time counts) and the
+//! windowed keys of [`crate::window::Key`], which sort before every word. The [`Manifest`] carries the file's CRC32C;
 //! whoever pulls a file checks it with [`verify_and_decode`]. Where the files
 //! live and how they are replaced atomically is `lambda_common::views`.
 
-use crate::cut::{BucketSize, Cut};
+use crate::cut::{BucketSize, Cut, Partition};
 use crate::lineage::Lineage;
+use crate::window::{Key, Millis, Window, WindowSettings};
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -60,12 +63,57 @@ pub struct ViewHeader {
     pub events: u64,
     /// Records below the cut that are not events (kept in the master log, not counted).
     pub skipped_records: u64,
-    /// Word occurrences (the sum of all counts).
+    /// Word occurrences (the sum of all-time counts).
     pub total_words: u64,
     pub distinct_words: u64,
     /// How it was computed (views older than incremental recomputes: full).
     #[serde(default)]
     pub lineage: Lineage,
+    /// Event time below the cut (views older than windows: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<ViewWindows>,
+}
+
+/// What a view knows about event time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewWindows {
+    pub settings: WindowSettings,
+    /// Per partition, the newest timestamp that moved the watermark among
+    /// the events below the cut: where a reader resuming at the cut starts
+    /// its watermark.
+    pub newest: BTreeMap<Partition, Millis>,
+    /// The oldest window the view keeps counts of (retention).
+    pub horizon: Window,
+    /// Lines of windowed counts (keys other than words) in the file.
+    pub entries: u64,
+    /// Late events in the retained windows.
+    #[serde(default)]
+    pub late_events: u64,
+}
+
+impl ViewWindows {
+    /// Drops the windowed counts older than the horizon.
+    pub fn retain(&self, words: &mut Vec<WordCount>) {
+        words.retain(|(k, _)| match Key::parse(k) {
+            Some(Key::InWindow(w, _) | Key::Late(w)) => w >= self.horizon,
+            _ => true,
+        });
+    }
+
+    /// The horizon the retention gives with these newest timestamps.
+    pub fn new(settings: WindowSettings, newest: BTreeMap<Partition, Millis>) -> Self {
+        let horizon = newest
+            .values()
+            .max()
+            .map_or(Window(0), |&n| settings.horizon(n));
+        Self {
+            settings,
+            newest,
+            horizon,
+            entries: 0,
+            late_events: 0,
+        }
+    }
 }
 
 /// The pointer to the newest view, also what `GET /views/latest` returns.
@@ -105,6 +153,7 @@ pub struct ViewOrigin {
     pub events: u64,
     pub skipped_records: u64,
     pub lineage: Lineage,
+    pub windows: Option<ViewWindows>,
 }
 
 impl ViewOrigin {
@@ -119,6 +168,7 @@ impl ViewOrigin {
             events: 0,
             skipped_records: 0,
             lineage: Lineage::default(),
+            windows: None,
         }
     }
 }
@@ -130,12 +180,27 @@ impl BatchView {
         Self { header, words }
     }
 
-    /// The view of `words` (in any order, each word once), with the header's
-    /// totals computed from them: the one way every view is made.
+    /// The view of `words` (in any order, each key once), with the header's
+    /// totals computed from them: the one way every view is made. Windowed
+    /// counts older than the retention's horizon are left out.
     pub fn build(origin: ViewOrigin, mut words: Vec<WordCount>) -> Self {
+        if let Some(windows) = &origin.windows {
+            windows.retain(&mut words);
+        }
         if !words.is_sorted_by(|a, b| a.0 < b.0) {
             words.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
+        let (plain, windowed): (Vec<&WordCount>, Vec<&WordCount>) =
+            words.iter().partition(|(k, _)| Key::is_word(k));
+        let windows = origin.windows.map(|w| ViewWindows {
+            entries: windowed.len() as u64,
+            late_events: windowed
+                .iter()
+                .filter(|(k, _)| matches!(Key::parse(k), Some(Key::Late(_))))
+                .map(|(_, c)| c)
+                .sum(),
+            ..w
+        });
         let header = ViewHeader {
             format: FORMAT.to_owned(),
             version: origin.version,
@@ -144,9 +209,10 @@ impl BatchView {
             computed_at_ms: origin.computed_at_ms,
             events: origin.events,
             skipped_records: origin.skipped_records,
-            total_words: words.iter().map(|(_, c)| c).sum(),
-            distinct_words: words.len() as u64,
+            total_words: plain.iter().map(|(_, c)| c).sum(),
+            distinct_words: plain.len() as u64,
             lineage: origin.lineage,
+            windows,
         };
         Self::new(header, words)
     }
@@ -169,8 +235,21 @@ impl BatchView {
             .unwrap_or(0)
     }
 
+    /// Every key with its count, sorted: the windowed keys, then the words.
     pub fn words(&self) -> &[WordCount] {
         &self.words
+    }
+
+    /// The all-time counts only.
+    pub fn plain_words(&self) -> &[WordCount] {
+        let first = self.words.partition_point(|(k, _)| !Key::is_word(k));
+        &self.words[first..]
+    }
+
+    /// The windowed keys only.
+    pub fn windowed(&self) -> &[WordCount] {
+        let first = self.words.partition_point(|(k, _)| !Key::is_word(k));
+        &self.words[..first]
     }
 
     /// Encodes the view file.
@@ -213,10 +292,13 @@ impl BatchView {
             if words.last().is_some_and(|(prev, _)| **prev >= *w) {
                 return Err(bad(format!("line {} is out of order", i + 2)));
             }
-            total += c;
+            if Key::is_word(w) {
+                total += c;
+            }
             words.push((w.into(), c));
         }
-        if words.len() as u64 != header.distinct_words || total != header.total_words {
+        let windowed = header.windows.as_ref().map_or(0, |w| w.entries);
+        if words.len() as u64 != header.distinct_words + windowed || total != header.total_words {
             return Err(bad("totals do not match the header".into()));
         }
         Ok(Self { header, words })

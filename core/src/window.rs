@@ -1,6 +1,5 @@
-//! Event-time windows: the arithmetic every layer must agree on, as it
-//! agrees on bucket sizes (the groundwork of issue 17; no layer counts per
-//! window yet).
+//! Event-time windows: the arithmetic and the keys every layer must agree
+//! on, as it agrees on bucket sizes.
 //!
 //! Event time is a record's Kafka timestamp, in milliseconds since the
 //! epoch. With a window size `W`, the event at `t` falls in window
@@ -13,6 +12,26 @@
 //! **late** when it arrives after its window was complete
 //! ([`EventWatermark::observe`]); late events are still counted — the
 //! watermark only decides what an answer calls complete.
+//!
+//! # Windows are one more key of the same counts
+//!
+//! A word's count in a window is counted, bucketed, published, merged and
+//! cut exactly like its all-time count, under another key ([`Key`]):
+//! `#<window>@<word>`, and the late events of a window under `#<window>!`.
+//! Words are alphanumeric, so no word starts with `#`: the keys never meet.
+//! The merge rule, the cut, the realtime topic, the stores and the batch
+//! view format are therefore unchanged, and a window's answer is exact at
+//! `as_of` for the same reasons an all-time answer is.
+//!
+//! # Far-future timestamps
+//!
+//! A timestamp more than `max_future` ahead of the clock of the layer that
+//! reads the record on arrival would push its partition's watermark ahead
+//! and make every later event "late". Such an event is still counted, in
+//! all-time and in its own window, but it does not move the watermark
+//! ([`Arrival::Future`]; the layers count it in a metric). The batch layer
+//! marks it when it ingests the record, so its recomputes decide as it did
+//! on arrival.
 
 use crate::cut::Partition;
 use serde::{Deserialize, Serialize};
@@ -23,6 +42,142 @@ use thiserror::Error;
 
 /// Milliseconds since the Unix epoch (a Kafka record timestamp).
 pub type Millis = i64;
+
+/// What every layer must agree on about event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSettings {
+    pub size: WindowSize,
+    /// The watermark trails the newest timestamp by this much.
+    pub allowed_lateness_ms: u64,
+    /// How far back per-window counts are kept, from the newest timestamp.
+    pub retention_ms: u64,
+    /// A timestamp further ahead of the reading layer's clock is "future".
+    pub max_future_ms: u64,
+}
+
+impl Default for WindowSettings {
+    /// One-minute windows, a minute of allowed lateness, seven days of
+    /// retention, five minutes of tolerated clock skew.
+    fn default() -> Self {
+        Self {
+            size: WindowSize::MINUTE,
+            allowed_lateness_ms: 60_000,
+            retention_ms: 7 * 24 * 3_600_000,
+            max_future_ms: 5 * 60_000,
+        }
+    }
+}
+
+impl WindowSettings {
+    /// Whether an event at `t` is further in the future than `now` allows.
+    pub fn is_future(&self, t: Millis, now: Millis) -> bool {
+        t > now.saturating_add(self.max_future_ms.min(i64::MAX as u64) as Millis)
+    }
+
+    pub fn watermark(&self) -> EventWatermark {
+        EventWatermark::new(Duration::from_millis(self.allowed_lateness_ms))
+    }
+
+    /// The oldest window kept when the newest timestamp is `newest`.
+    pub fn horizon(&self, newest: Millis) -> Window {
+        let retention = self.retention_ms.min(i64::MAX as u64) as Millis;
+        self.size.window_of(newest.saturating_sub(retention))
+    }
+}
+
+/// What a counted key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// A word's all-time count.
+    Word(&'a str),
+    /// A word's count in one window.
+    InWindow(Window, &'a str),
+    /// How many of a window's events were late.
+    Late(Window),
+}
+
+/// The first character of every windowed key; no word starts with it.
+pub const WINDOW_MARK: char = '#';
+
+impl<'a> Key<'a> {
+    /// Reads a key; `None` for a key that starts like a windowed one but is
+    /// not (no layer writes those).
+    pub fn parse(key: &'a str) -> Option<Self> {
+        let Some(rest) = key.strip_prefix(WINDOW_MARK) else {
+            return Some(Key::Word(key));
+        };
+        let split = rest.find(|c: char| !c.is_ascii_digit())?;
+        let window = Window(rest[..split].parse().ok()?);
+        match &rest[split..] {
+            "!" => Some(Key::Late(window)),
+            tail => tail.strip_prefix('@').map(|w| Key::InWindow(window, w)),
+        }
+    }
+
+    /// Whether `key` is a word's all-time count (cheap: one byte).
+    pub fn is_word(key: &str) -> bool {
+        !key.starts_with(WINDOW_MARK)
+    }
+
+    /// The key's text.
+    pub fn encode(self) -> String {
+        match self {
+            Key::Word(w) => w.to_owned(),
+            Key::InWindow(window, w) => format!("{WINDOW_MARK}{}@{w}", window.0),
+            Key::Late(window) => format!("{WINDOW_MARK}{}!", window.0),
+        }
+    }
+}
+
+/// Builds `#<window>@<word>` keys into one buffer: the window's prefix is
+/// written once per event, then each word after it, without allocating.
+#[derive(Debug, Default)]
+pub struct WindowedKeys {
+    buf: String,
+    prefix: usize,
+}
+
+impl WindowedKeys {
+    /// Starts the keys of an event in `window`.
+    pub fn set_window(&mut self, window: Window) {
+        use std::fmt::Write;
+        self.buf.clear();
+        let _ = write!(self.buf, "{WINDOW_MARK}{}@", window.0);
+        self.prefix = self.buf.len();
+    }
+
+    /// The key of `word` in the current window.
+    pub fn key(&mut self, word: &str) -> &str {
+        self.buf.truncate(self.prefix);
+        self.buf.push_str(word);
+        &self.buf
+    }
+}
+
+/// How an event's arrival counts in event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// In its window, before the window was complete.
+    OnTime,
+    /// Its window was already complete when it arrived: it is counted all
+    /// the same, and reported as late.
+    Late,
+    /// Further in the future than the reading layer's clock allowed: counted
+    /// in its window, but it did not move the watermark.
+    Future,
+    /// No timestamp (Kafka's -1): counted all-time only, in no window.
+    Untimed,
+}
+
+impl Arrival {
+    /// The window an event counts in, if any.
+    pub fn window(self, size: WindowSize, t: Option<Millis>) -> Option<Window> {
+        match (self, t) {
+            (Arrival::Untimed, _) | (_, None) => None,
+            (_, Some(t)) => Some(size.window_of(t)),
+        }
+    }
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TimeError {
@@ -144,15 +299,6 @@ pub struct EventWatermark {
     newest: Option<Millis>,
 }
 
-/// What [`EventWatermark::observe`] says about an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
-    OnTime,
-    /// Its window was already complete when it arrived: it is counted all
-    /// the same, and reported as late.
-    Late,
-}
-
 impl EventWatermark {
     pub fn new(allowed_lateness: Duration) -> Self {
         Self {
@@ -166,17 +312,107 @@ impl EventWatermark {
         self.newest.map(|n| n.saturating_sub(self.lateness))
     }
 
+    /// The newest timestamp seen (what a checkpoint keeps).
+    pub fn newest(&self) -> Option<Millis> {
+        self.newest
+    }
+
+    /// Resumes after events whose newest timestamp was `newest`.
+    pub fn resume(mut self, newest: Option<Millis>) -> Self {
+        self.newest = newest;
+        self
+    }
+
+    /// Whether an event at `t` would be late now.
+    pub fn is_late(&self, size: WindowSize, t: Millis) -> bool {
+        let window_end = size.start_of(Window(size.window_of(t).0 + 1));
+        self.watermark().is_some_and(|w| window_end <= w)
+    }
+
     /// Notes an event at `t`; says whether it is late (its window ended at
     /// or before the watermark as it stood when the event arrived).
     pub fn observe(&mut self, size: WindowSize, t: Millis) -> Arrival {
-        let window_end = size.start_of(Window(size.window_of(t).0 + 1));
-        let arrival = match self.watermark() {
-            Some(w) if window_end <= w => Arrival::Late,
-            _ => Arrival::OnTime,
+        let arrival = if self.is_late(size, t) {
+            Arrival::Late
+        } else {
+            Arrival::OnTime
         };
         self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
         arrival
     }
+
+    /// Notes an event with its timestamp, if it has one; `future` says the
+    /// reading layer found it too far ahead of its clock (it then leaves the
+    /// watermark where it is).
+    pub fn arrive(&mut self, size: WindowSize, t: Option<Millis>, future: bool) -> Arrival {
+        match t {
+            None => Arrival::Untimed,
+            Some(_) if future => Arrival::Future,
+            Some(t) => self.observe(size, t),
+        }
+    }
+}
+
+/// The lateness of a run of one partition's events, worked out without
+/// knowing the events before the run: what lets the batch layer's map phase
+/// read segments in parallel and still call late exactly the events a
+/// reader from the start would ([`Run::resolve`] adds what came before).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Run {
+    /// The newest timestamp that moves the watermark in the run.
+    pub newest: Option<Millis>,
+    /// Events late even by the run's own watermark, per window.
+    pub late: BTreeMap<Window, u64>,
+    /// Every other timed event that moves nothing, per window: late exactly
+    /// when the watermark before the run had passed its window.
+    pub pending: BTreeMap<Window, u64>,
+}
+
+impl Run {
+    /// Notes an event, in the run's order (`future` as for
+    /// [`EventWatermark::arrive`]); returns the window it counts in.
+    pub fn note(
+        &mut self,
+        settings: &WindowSettings,
+        t: Option<Millis>,
+        future: bool,
+    ) -> Option<Window> {
+        let mut mark = settings.watermark().resume(self.newest);
+        let arrival = mark.arrive(settings.size, t, future);
+        self.newest = mark.newest();
+        let window = arrival.window(settings.size, t)?;
+        match arrival {
+            Arrival::Late => *self.late.entry(window).or_default() += 1,
+            Arrival::OnTime => *self.pending.entry(window).or_default() += 1,
+            Arrival::Future | Arrival::Untimed => {}
+        }
+        Some(window)
+    }
+
+    /// Adds the run's late events, given the newest timestamp before it, to
+    /// `late`; returns the newest timestamp after it.
+    pub fn resolve(
+        &self,
+        settings: &WindowSettings,
+        before: Option<Millis>,
+        late: &mut BTreeMap<Window, u64>,
+    ) -> Option<Millis> {
+        let mark = settings.watermark().resume(before);
+        for (&window, &n) in &self.late {
+            *late.entry(window).or_default() += n;
+        }
+        for (&window, &n) in &self.pending {
+            if mark.is_late(settings.size, settings.size.start_of(window)) {
+                *late.entry(window).or_default() += n;
+            }
+        }
+        newest_of(before, self.newest)
+    }
+}
+
+/// The newer of two optional timestamps.
+pub fn newest_of(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    a.max(b)
 }
 
 /// Parses a range bound: RFC 3339 (`2026-12-02T10:00:00Z`, fractional
@@ -249,6 +485,112 @@ mod tests {
                 prop_assert!(mark.watermark() >= before);
             }
         }
+    }
+
+    /// One partition's events: timestamp (or none) and whether the reading
+    /// layer found it in the future.
+    fn events() -> impl Strategy<Value = Vec<(Option<i64>, bool)>> {
+        proptest::collection::vec(
+            (
+                proptest::option::weighted(0.9, 0i64..2_000_000),
+                proptest::bool::weighted(0.1),
+            ),
+            0..300,
+        )
+    }
+
+    proptest! {
+        /// Runs read in any split, resolved in order, call late exactly the
+        /// events a single reader from the start calls late.
+        #[test]
+        fn runs_resolve_to_what_one_reader_sees(
+            events in events(),
+            splits in proptest::collection::vec(0usize..300, 0..6),
+            lateness in 0u64..200_000,
+        ) {
+            let settings = WindowSettings {
+                size: WindowSize::from_millis(10_000).expect("non-zero"),
+                allowed_lateness_ms: lateness,
+                ..WindowSettings::default()
+            };
+            let mut reader = settings.watermark();
+            let mut want: BTreeMap<Window, u64> = BTreeMap::new();
+            for &(t, future) in &events {
+                if reader.arrive(settings.size, t, future) == Arrival::Late {
+                    *want.entry(settings.size.window_of(t.expect("timed"))).or_default() += 1;
+                }
+            }
+            let mut bounds: Vec<usize> = splits.into_iter().map(|s| s.min(events.len())).collect();
+            bounds.push(0);
+            bounds.push(events.len());
+            bounds.sort_unstable();
+            let mut got = BTreeMap::new();
+            let mut newest = None;
+            for pair in bounds.windows(2) {
+                let mut run = Run::default();
+                for &(t, future) in &events[pair[0]..pair[1]] {
+                    let window = run.note(&settings, t, future);
+                    prop_assert_eq!(window, t.map(|t| settings.size.window_of(t)));
+                }
+                newest = run.resolve(&settings, newest, &mut got);
+            }
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(newest, reader.newest());
+        }
+
+        /// Keys read back as what they encode, and no word is taken for a
+        /// windowed key.
+        #[test]
+        fn keys_round_trip(word in "[a-z0-9é]{1,12}", window in 0u64..u64::MAX / 2) {
+            let w = Window(window);
+            prop_assert_eq!(Key::parse(&word), Some(Key::Word(&word)));
+            prop_assert!(Key::is_word(&word));
+            let k = Key::InWindow(w, &word).encode();
+            prop_assert!(!Key::is_word(&k));
+            prop_assert_eq!(Key::parse(&k), Some(Key::InWindow(w, &word)));
+            let mut keys = WindowedKeys::default();
+            keys.set_window(w);
+            prop_assert_eq!(keys.key(&word), k.as_str());
+            let late = Key::Late(w).encode();
+            prop_assert_eq!(Key::parse(&late), Some(Key::Late(w)));
+        }
+    }
+
+    #[test]
+    fn malformed_windowed_keys_are_not_read() {
+        for bad in ["#", "#12", "#x@a", "#12?a", "#@a"] {
+            assert_eq!(Key::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            Key::parse("#7@"),
+            Some(Key::InWindow(Window(7), "")),
+            "an empty word parses; no layer writes one"
+        );
+    }
+
+    #[test]
+    fn far_future_events_do_not_move_the_watermark() {
+        let settings = WindowSettings::default();
+        let now = 1_764_669_600_000;
+        assert!(!settings.is_future(now + 300_000, now));
+        assert!(settings.is_future(now + 300_001, now));
+        let mut mark = settings.watermark();
+        let size = settings.size;
+        assert_eq!(mark.arrive(size, Some(now), false), Arrival::OnTime);
+        let year = 365 * 24 * 3_600_000;
+        assert_eq!(mark.arrive(size, Some(now + year), true), Arrival::Future);
+        assert_eq!(mark.newest(), Some(now), "the watermark did not move");
+        assert_eq!(
+            mark.arrive(size, Some(now + 1_000), false),
+            Arrival::OnTime,
+            "the next event is on time"
+        );
+        assert_eq!(mark.arrive(size, None, false), Arrival::Untimed);
+        assert_eq!(Arrival::Untimed.window(size, Some(now)), None);
+        assert_eq!(
+            settings.horizon(settings.retention_ms as i64 + 60_000),
+            Window(1)
+        );
     }
 
     #[test]

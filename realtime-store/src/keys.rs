@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 pub(crate) const SNAPSHOT: u8 = b's';
 pub(crate) const DELTA: u8 = b'd';
 pub(crate) const OFFSET: u8 = b'o';
+pub(crate) const EVENT_TIME: u8 = b't';
 pub(crate) const LEGACY_COUNT: u8 = b'c';
 pub(crate) const META_CUT: &[u8] = b"mcut";
 pub(crate) const META_FLOOR: &[u8] = b"mfloor";
@@ -17,6 +18,12 @@ pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs
 
 pub(crate) fn offset_key(partition: Partition) -> [u8; 5] {
     let mut k = [OFFSET; 5];
+    k[1..].copy_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub(crate) fn event_time_key(partition: Partition) -> [u8; 5] {
+    let mut k = [EVENT_TIME; 5];
     k[1..].copy_from_slice(&partition.to_be_bytes());
     k
 }

@@ -48,12 +48,14 @@ mod replay;
 use common::sync::LockOrStop;
 use compaction::Compactor;
 use keys::{
-    delta_key, delta_seq, offset_key, Floor, CACHE_BYTES, DELTA, LEGACY_COUNT, LOCK_WAIT,
-    META_AS_OF, META_CUT, META_FLOOR, OFFSET, SNAPSHOT,
+    delta_key, delta_seq, event_time_key, offset_key, Floor, CACHE_BYTES, DELTA, EVENT_TIME,
+    LEGACY_COUNT, LOCK_WAIT, META_AS_OF, META_CUT, META_FLOOR, OFFSET, SNAPSHOT,
 };
 use lambda_core::chunk::ChunkWriter;
+use lambda_core::window::Millis;
 use lambda_core::{BucketSize, Cut, Offset, Partition, Positions};
 use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -87,6 +89,9 @@ pub struct Checkpoint {
     /// The events position the counts are now exact at, if it is not the
     /// offsets themselves (serving replicas).
     pub as_of: Option<Cut>,
+    /// Per partition, the newest event timestamp that moved its watermark
+    /// (the speed layer's event-time state; see `lambda_core::window`).
+    pub event_times: Vec<(Partition, Millis)>,
 }
 
 /// What one compaction did.
@@ -289,6 +294,25 @@ impl RealtimeStore {
         Ok(cut)
     }
 
+    /// The checkpointed newest event timestamp of every partition that has
+    /// one.
+    pub fn event_times(&self) -> Result<BTreeMap<Partition, Millis>, StoreError> {
+        let inner = &self.inner;
+        let mut out = BTreeMap::new();
+        for item in inner.tree.scan_prefix([EVENT_TIME]) {
+            let (k, v) = item.map_err(inner.err())?;
+            if k.len() != 5 || v.len() != 8 {
+                return Err(inner.malformed("event-time entry"));
+            }
+            let p = i32::from_be_bytes(k[1..5].try_into().expect("4 bytes"));
+            out.insert(
+                p,
+                i64::from_le_bytes(v.as_ref().try_into().expect("8 bytes")),
+            );
+        }
+        Ok(out)
+    }
+
     /// The last batch cut whose buckets were expired.
     pub fn applied_cut(&self) -> Result<Cut, StoreError> {
         self.inner.meta(META_CUT, "cut")
@@ -311,6 +335,9 @@ impl RealtimeStore {
         let mut batch = sled::Batch::default();
         for (p, o) in &checkpoint.next_offsets {
             batch.insert(&offset_key(*p), &o.to_le_bytes());
+        }
+        for (p, t) in &checkpoint.event_times {
+            batch.insert(&event_time_key(*p), &t.to_le_bytes());
         }
         if let Some(as_of) = &checkpoint.as_of {
             batch.insert(
@@ -412,6 +439,7 @@ mod tests {
                     ],
                     next_offsets: vec![(0, 25), (1, 3)],
                     as_of: Some([(0, 30)].into_iter().collect()),
+                    event_times: vec![(0, 1_764_669_600_000), (1, 7)],
                 })
                 .await
                 .expect("commit");
@@ -420,6 +448,10 @@ mod tests {
         assert_eq!(
             store.offsets().expect("offsets"),
             [(0, 25), (1, 3)].into_iter().collect()
+        );
+        assert_eq!(
+            store.event_times().expect("event times"),
+            [(0, 1_764_669_600_000), (1, 7)].into_iter().collect()
         );
         assert_eq!(store.load_counts().expect("counts").len(), 4);
         assert_eq!(

@@ -124,6 +124,7 @@ impl Follower {
                     counts,
                     next_offsets: release.next_offsets.clone(),
                     as_of: Some(release.as_of.clone()),
+                    event_times: release.newest.iter().map(|(&p, &t)| (p, t)).collect(),
                 };
                 if !self.commit(&checkpoint, &token).await {
                     break;
@@ -136,6 +137,7 @@ impl Follower {
                     .add(release.upserts.len() as u64);
                 let mut r = self.replica.write_or_stop("the replica");
                 r.apply(checkpoint.counts, release.as_of);
+                r.note_event_time(&release.newest);
                 drop(r);
                 self.metrics.apply_stage.observe(released_at.elapsed());
                 if let Some(oldest) = release.oldest_event_ms {
@@ -187,8 +189,10 @@ impl Follower {
 pub fn restore(store: &RealtimeStore, replica: &RwLock<Replica>) -> Result<Cut, FollowError> {
     let counts = store.load_counts()?;
     let as_of = store.as_of()?;
+    let newest = store.event_times()?;
     let mut r = replica.write_or_stop("the replica");
     r.restore(counts, as_of.clone());
+    r.note_event_time(&newest);
     r.expire();
     Ok(as_of)
 }

@@ -11,8 +11,10 @@
 //! that is the replica's `as_of`.
 
 use lambda_core::realtime::{RealtimeUpsert, Watermark};
+use lambda_core::window::Millis;
+use lambda_core::Partition;
 use lambda_core::{Cut, Offset};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// What may be applied now: the upserts, the topic position after them on each
 /// partition, and the events position the result is exact at.
@@ -25,6 +27,9 @@ pub struct Release {
     /// The oldest event (record timestamp, ms since the epoch) the released
     /// micro-batches counted, as their watermarks tell.
     pub oldest_event_ms: Option<i64>,
+    /// Per events partition, the newest timestamp that moved its watermark,
+    /// as the released watermarks tell.
+    pub newest: BTreeMap<Partition, Millis>,
 }
 
 #[derive(Debug)]
@@ -34,6 +39,7 @@ struct Segment {
     /// The topic offset after the watermark that closed it.
     next_offset: Offset,
     oldest_event_ms: Option<i64>,
+    newest: BTreeMap<Partition, Millis>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +88,7 @@ impl WatermarkGate {
                 upserts: std::mem::take(&mut lane.open),
                 next_offset: offset + 1,
                 oldest_event_ms: watermark.oldest_event_ms,
+                newest: watermark.newest,
             });
             lane.latest = Some(watermark.positions.as_cut());
         }
@@ -119,6 +126,10 @@ impl WatermarkGate {
                 if let Some(t) = segment.oldest_event_ms {
                     release.oldest_event_ms = Some(release.oldest_event_ms.map_or(t, |o| o.min(t)));
                 }
+                for (p, t) in segment.newest {
+                    let n = release.newest.entry(p).or_insert(t);
+                    *n = (*n).max(t);
+                }
                 next = Some(segment.next_offset);
             }
             if let Some(next) = next {
@@ -141,6 +152,7 @@ mod tests {
         Watermark {
             positions: pairs.iter().copied().collect(),
             oldest_event_ms: None,
+            newest: BTreeMap::new(),
         }
     }
 
@@ -193,12 +205,19 @@ mod tests {
         let at = |pairs: &[(i32, i64)], ms| Watermark {
             positions: pairs.iter().copied().collect(),
             oldest_event_ms: Some(ms),
+            newest: [(0, ms + 10)].into_iter().collect(),
         };
         let mut gate = WatermarkGate::new(1, None);
         gate.watermark(0, 0, at(&[(0, 5)], 2_000));
         gate.watermark(0, 1, at(&[(0, 9)], 1_000));
         gate.watermark(0, 2, mark(&[(0, 12)]));
-        assert_eq!(gate.release().map(|r| r.oldest_event_ms), Some(Some(1_000)));
+        let release = gate.release().expect("released");
+        assert_eq!(release.oldest_event_ms, Some(1_000));
+        assert_eq!(
+            release.newest,
+            [(0, 2_010)].into_iter().collect(),
+            "the newest event time of what it releases"
+        );
         gate.watermark(0, 3, mark(&[(0, 15)]));
         assert_eq!(gate.release().map(|r| r.oldest_event_ms), Some(None));
     }

@@ -113,13 +113,14 @@ pub async fn start(
     args.validate()?;
     let dir = args.node.data_dir.clone();
     let size = args.stream.bucket_size;
+    let windows = args.stream.windows();
     let store_options = StoreOptions {
         compact_min_bytes: args.store.realtime_compact_bytes,
     };
     let (cache, store, replica) = tokio::task::spawn_blocking(move || {
         let cache = ViewStore::open(&dir, 2)?;
         let store = RealtimeStore::open_with(&dir.join("realtime"), store_options)?;
-        let replica = RwLock::new(Replica::new(size));
+        let replica = RwLock::new(Replica::new(size).with_windows(windows));
         if let Some(view) = views::load_local(&cache)? {
             tracing::info!(
                 version = view.version(),

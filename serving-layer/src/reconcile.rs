@@ -20,6 +20,7 @@
 
 use common::sync::LockOrStop;
 use lambda_core::view::BatchView;
+use lambda_core::window::Key;
 use lambda_core::{Cut, Partition};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -81,10 +82,24 @@ pub fn uncovered(old: &Cut, new: &Cut, as_of: &Cut) -> Vec<Partition> {
 }
 
 /// Compares `new − old` with `between` (per word, the realtime counts of the
-/// buckets between the two cuts) over every word of either.
+/// buckets between the two cuts) over every word of either. Windowed counts
+/// are compared where both views keep them: the new view's retention drops
+/// old windows, and a view from before windows has none.
 pub fn check(old: &BatchView, new: &BatchView, mut between: FxHashMap<Box<str>, u64>) -> SwapCheck {
     let mut result = SwapCheck::new(old.header.version, new.header.version);
+    let horizon = match (&old.header.windows, &new.header.windows) {
+        (Some(_), Some(w)) => Some(w.horizon),
+        _ => None,
+    };
+    let kept = |key: &str| match Key::parse(key) {
+        Some(Key::Word(_)) => true,
+        Some(Key::InWindow(w, _) | Key::Late(w)) => horizon.is_some_and(|h| w >= h),
+        None => false,
+    };
     let mut compare = |word: &str, batch_delta: i64, realtime: u64| {
+        if !kept(word) {
+            return;
+        }
         result.words += 1;
         if batch_delta != realtime as i64 {
             result.mismatches += 1;

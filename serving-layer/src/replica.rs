@@ -10,10 +10,12 @@
 pub use lambda_core::merge::Merged;
 use lambda_core::merge::{merge, realtime_count};
 use lambda_core::realtime::RealtimeUpsert;
-use lambda_core::view::{BatchView, Manifest};
-use lambda_core::{BucketKey, BucketSize, Cut};
+use lambda_core::view::{BatchView, Manifest, WordCount};
+use lambda_core::window::{Key, Millis, Range, Watermarks, Window, WindowSettings};
+use lambda_core::{BucketKey, BucketSize, Cut, Partition};
 use realtime_store::CountKey;
 use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// A verified batch view, loaded for queries.
@@ -27,8 +29,11 @@ use std::sync::Arc;
 pub struct LoadedView {
     pub manifest: Manifest,
     view: BatchView,
-    /// Indices into `view.words()`, by count descending then word ascending.
+    /// Indices into `view.words()` of the all-time words, by count
+    /// descending then word ascending.
     by_count: Vec<u32>,
+    /// The windows the view has counts in.
+    windows: BTreeSet<Window>,
 }
 
 impl LoadedView {
@@ -41,16 +46,27 @@ impl LoadedView {
 
     pub fn new(manifest: Manifest, view: BatchView) -> Self {
         let words = view.words();
-        let mut by_count: Vec<u32> = (0..words.len() as u32).collect();
+        // All-time words only: the windowed keys sort before them.
+        let first_word = words.len() - view.plain_words().len();
+        let mut by_count: Vec<u32> = (first_word as u32..words.len() as u32).collect();
         by_count.sort_unstable_by(|&a, &b| {
             let (wa, ca) = &words[a as usize];
             let (wb, cb) = &words[b as usize];
             cb.cmp(ca).then_with(|| wa.cmp(wb))
         });
+        let windows = view
+            .windowed()
+            .iter()
+            .filter_map(|(k, _)| match Key::parse(k) {
+                Some(Key::InWindow(w, _) | Key::Late(w)) => Some(w),
+                _ => None,
+            })
+            .collect();
         Self {
             manifest,
             view,
             by_count,
+            windows,
         }
     }
 
@@ -69,6 +85,16 @@ impl LoadedView {
 
     pub fn get(&self, word: &str) -> u64 {
         self.view.get(word)
+    }
+
+    /// The view's counts in `window`, as `(#<window>@<word>, count)`: one
+    /// run of the sorted keys (a window's keys share their prefix).
+    fn window_entries(&self, window: Window) -> &[WordCount] {
+        let words = self.view.windowed();
+        let prefix = WindowPrefix::of(window);
+        let start = words.partition_point(|(k, _)| **k < *prefix.0);
+        let len = words[start..].partition_point(|(k, _)| k.starts_with(&prefix.0));
+        &words[start..start + len]
     }
 
     /// Words by batch count descending, then word ascending.
@@ -100,13 +126,31 @@ fn find_bucket(buckets: &[(BucketKey, u64)], bucket: &BucketKey) -> Result<usize
     }
 }
 
+/// `#<window>@`, the prefix every key of a window's words shares.
+struct WindowPrefix(String);
+
+impl WindowPrefix {
+    fn of(window: Window) -> Self {
+        let mut key = Key::InWindow(window, "").encode();
+        key.shrink_to_fit();
+        Self(key)
+    }
+}
+
 /// The merged state.
 #[derive(Debug)]
 pub struct Replica {
     size: BucketSize,
+    windows: WindowSettings,
     view: Option<Arc<LoadedView>>,
-    /// Realtime counts by word, then bucket (see [`find_bucket`]).
+    /// Realtime counts by key (a word, or a windowed key of
+    /// [`lambda_core::window::Key`]), then bucket (see [`find_bucket`]).
     realtime: FxHashMap<Box<str>, Vec<(BucketKey, u64)>>,
+    /// The words with realtime counts in each window.
+    realtime_windows: BTreeMap<Window, FxHashSet<Box<str>>>,
+    /// Per partition, the newest timestamp that moved its watermark, as the
+    /// realtime watermarks tell (the view's own is in its header).
+    newest: BTreeMap<Partition, Millis>,
     /// The events position the realtime counts are exact at.
     realtime_as_of: Cut,
     realtime_loaded: bool,
@@ -118,16 +162,29 @@ impl Replica {
     pub fn new(size: BucketSize) -> Self {
         Self {
             size,
+            windows: WindowSettings::default(),
             view: None,
             realtime: FxHashMap::default(),
+            realtime_windows: BTreeMap::new(),
+            newest: BTreeMap::new(),
             realtime_as_of: Cut::new(),
             realtime_loaded: false,
             generation: 0,
         }
     }
 
+    /// The same replica with other event-time settings.
+    pub fn with_windows(mut self, windows: WindowSettings) -> Self {
+        self.windows = windows;
+        self
+    }
+
     pub fn bucket_size(&self) -> BucketSize {
         self.size
+    }
+
+    pub fn windows(&self) -> &WindowSettings {
+        &self.windows
     }
 
     pub fn view(&self) -> Option<&Arc<LoadedView>> {
@@ -174,9 +231,143 @@ impl Replica {
 
     /// One word's count, by the core's merge rule.
     pub fn word(&self, word: &str) -> Merged {
-        let batch = self.view.as_ref().map_or(0, |v| v.get(word));
-        let buckets = self.realtime.get(word).map_or(&[][..], |b| &b[..]);
+        self.merged(word)
+    }
+
+    /// One key's count (a word's, or a windowed key's), by the merge rule.
+    fn merged(&self, key: &str) -> Merged {
+        let batch = self.view.as_ref().map_or(0, |v| v.get(key));
+        let buckets = self.realtime.get(key).map_or(&[][..], |b| &b[..]);
         merge(batch, self.cut(), self.size, buckets.iter().copied())
+    }
+
+    /// One word's count over the windows of `range`, each by the merge
+    /// rule.
+    pub fn word_in(&self, word: &str, range: Range) -> Merged {
+        self.series(word, range).into_iter().fold(
+            Merged {
+                batch: 0,
+                realtime: 0,
+            },
+            |sum, (_, m)| Merged {
+                batch: sum.batch + m.batch,
+                realtime: sum.realtime + m.realtime,
+            },
+        )
+    }
+
+    /// One word's count per window of `range`, windows without any left out.
+    pub fn series(&self, word: &str, range: Range) -> Vec<(Window, Merged)> {
+        self.windows_with_counts(range)
+            .into_iter()
+            .filter_map(|w| {
+                let m = self.merged(&Key::InWindow(w, word).encode());
+                (m.total() > 0).then_some((w, m))
+            })
+            .collect()
+    }
+
+    /// The late events counted in the windows of `range`.
+    pub fn late_in(&self, range: Range) -> u64 {
+        self.windows_with_counts(range)
+            .into_iter()
+            .map(|w| self.merged(&Key::Late(w).encode()).total())
+            .sum()
+    }
+
+    /// The windows of `range` that either half has counts in.
+    fn windows_with_counts(&self, range: Range) -> Vec<Window> {
+        let mut out: Vec<Window> = self
+            .realtime_windows
+            .range(range.from..range.to)
+            .map(|(w, _)| *w)
+            .collect();
+        if let Some(view) = &self.view {
+            out.extend(view.windows.range(range.from..range.to).copied());
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The exact `k` largest merged counts over `range`, count descending
+    /// then word ascending. Sums every word of every window in the range
+    /// (callers cache the answer per replica generation).
+    pub fn top_in(&self, range: Range, k: usize) -> Vec<(String, u64)> {
+        let cut = self.cut();
+        let mut sums: FxHashMap<&str, u64> = FxHashMap::default();
+        for w in self.windows_with_counts(range) {
+            if let Some(view) = &self.view {
+                let prefix = WindowPrefix::of(w);
+                for (k, c) in view.window_entries(w) {
+                    *sums.entry(&k[prefix.0.len()..]).or_default() += c;
+                }
+            }
+            for word in self.realtime_windows.get(&w).into_iter().flatten() {
+                let realtime = self.realtime_of(&Key::InWindow(w, word).encode(), cut);
+                if realtime > 0 {
+                    *sums.entry(word).or_default() += realtime;
+                }
+            }
+        }
+        let mut ranked: Vec<(&str, u64)> = sums.into_iter().filter(|(_, c)| *c > 0).collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        ranked.truncate(k);
+        ranked.into_iter().map(|(w, c)| (w.to_owned(), c)).collect()
+    }
+
+    /// Whether every partition's event-time watermark has passed the end of
+    /// `range`. Partitions that never held an event (position 0) do not
+    /// hold a range back.
+    pub fn is_complete(&self, range: Range) -> bool {
+        let lateness = self.windows.allowed_lateness_ms.min(i64::MAX as u64) as Millis;
+        let mut newest = self.newest.clone();
+        if let Some(w) = self
+            .view
+            .as_ref()
+            .and_then(|v| v.manifest.header.windows.as_ref())
+        {
+            for (&p, &t) in &w.newest {
+                let n = newest.entry(p).or_insert(t);
+                *n = (*n).max(t);
+            }
+        }
+        let marks = Watermarks(
+            newest
+                .into_iter()
+                .map(|(p, n)| (p, n.saturating_sub(lateness)))
+                .collect(),
+        );
+        let partitions: Vec<Partition> = self
+            .as_of()
+            .iter()
+            .filter(|&(_, o)| o > 0)
+            .map(|(p, _)| p)
+            .collect();
+        range.is_complete(self.windows.size, &marks, &partitions)
+    }
+
+    /// The oldest window the view keeps counts of, if it has windows:
+    /// ranges start there at the earliest.
+    pub fn horizon(&self) -> Option<Window> {
+        self.view
+            .as_ref()
+            .and_then(|v| v.manifest.header.windows.as_ref())
+            .map(|w| w.horizon)
+    }
+
+    /// Notes the realtime side's event time (newest timestamps per
+    /// partition); never goes back.
+    pub fn note_event_time(&mut self, newest: &BTreeMap<Partition, Millis>) {
+        for (&p, &t) in newest {
+            let n = self.newest.entry(p).or_insert(t);
+            *n = (*n).max(t);
+        }
+    }
+
+    /// The realtime side's newest timestamps (what the replica store keeps).
+    pub fn event_times(&self) -> &BTreeMap<Partition, Millis> {
+        &self.newest
     }
 
     fn realtime_of(&self, word: &str, cut: &Cut) -> u64 {
@@ -196,7 +387,7 @@ impl Replica {
         let cut = self.cut();
         let mut candidates: Vec<(&str, u64)> = Vec::new();
         let mut moved: FxHashSet<&str> = FxHashSet::default();
-        for word in self.realtime.keys() {
+        for word in self.realtime.keys().filter(|k| Key::is_word(k)) {
             // The rule's two halves, the batch one looked up only for words
             // whose realtime buckets are not all below the cut.
             let realtime = self.realtime_of(word, cut);
@@ -249,6 +440,14 @@ impl Replica {
     /// Applies resolved counts and moves the realtime position to `as_of`.
     pub fn apply(&mut self, counts: Vec<(CountKey, u64)>, as_of: Cut) {
         for (key, count) in counts {
+            if let Some(Key::InWindow(w, word)) = Key::parse(&key.word) {
+                if !self.realtime.contains_key(&key.word) {
+                    self.realtime_windows
+                        .entry(w)
+                        .or_default()
+                        .insert(word.into());
+                }
+            }
             let buckets = self.realtime.entry(key.word).or_default();
             match find_bucket(buckets, &key.bucket) {
                 Ok(i) => buckets[i].1 = buckets[i].1.max(count),
@@ -309,6 +508,11 @@ impl Replica {
             !buckets.is_empty()
         });
         if removed > 0 {
+            let realtime = &self.realtime;
+            self.realtime_windows.retain(|&w, words| {
+                words.retain(|word| realtime.contains_key(&*Key::InWindow(w, word).encode()));
+                !words.is_empty()
+            });
             self.generation += 1;
         }
         removed

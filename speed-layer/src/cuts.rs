@@ -2,11 +2,22 @@
 
 use common::http::{get, resolve};
 use lambda_core::view::Manifest;
-use lambda_core::Cut;
+use lambda_core::window::Millis;
+use lambda_core::{Cut, Partition};
+use std::collections::BTreeMap;
+
+/// What the speed layer takes from the newest batch view.
+#[derive(Debug, Clone, Default)]
+pub struct BatchCut {
+    pub cut: Cut,
+    /// Per partition, the newest timestamp that moved the watermark below
+    /// the cut (empty for views from before windows).
+    pub newest: BTreeMap<Partition, Millis>,
+}
 
 /// The newest batch view's cut. `Ok(None)` when the batch layer has no view
 /// yet (404); an error when it cannot be reached or answers nonsense.
-pub async fn fetch_batch_cut(batch_url: &str) -> Result<Option<Cut>, String> {
+pub async fn fetch_batch_cut(batch_url: &str) -> Result<Option<BatchCut>, String> {
     let url = batch_url.to_owned();
     tokio::task::spawn_blocking(move || {
         let addr = resolve(&url).map_err(|e| format!("cannot resolve {url}: {e}"))?;
@@ -16,7 +27,10 @@ pub async fn fetch_batch_cut(batch_url: &str) -> Result<Option<Cut>, String> {
             200 => {
                 let m: Manifest = serde_json::from_slice(&response.body)
                     .map_err(|e| format!("malformed manifest from {url}: {e}"))?;
-                Ok(Some(m.header.cut))
+                Ok(Some(BatchCut {
+                    newest: m.header.windows.map(|w| w.newest).unwrap_or_default(),
+                    cut: m.header.cut,
+                }))
             }
             404 => Ok(None),
             status => Err(format!("the batch layer at {url} answered {status}")),

@@ -9,6 +9,8 @@ use realtime_store::StoreStats;
 pub struct SpeedMetrics {
     pub records_consumed: Counter,
     pub events_counted: Counter,
+    pub late_events: Counter,
+    pub future_timestamps: Counter,
     pub below_cut_skipped: Counter,
     pub micro_batches: Counter,
     pub upserts_published: Counter,
@@ -47,6 +49,18 @@ impl SpeedMetrics {
             "counter",
             "Events tokenized into realtime counts.",
             self.events_counted.get(),
+        )
+        .single(
+            "lambda_speed_late_events_total",
+            "counter",
+            "Events that arrived after their window was complete (counted all the same).",
+            self.late_events.get(),
+        )
+        .single(
+            "lambda_speed_future_timestamps_total",
+            "counter",
+            "Events with a timestamp further ahead of the clock than --max-future (counted; they do not move the watermark).",
+            self.future_timestamps.get(),
         )
         .single(
             "lambda_speed_below_cut_skipped_total",

@@ -15,7 +15,8 @@
 //! ([`TextInput`], [`TextFile`], in `text`).
 
 use common::sync::LockOrStop;
-use lambda_core::Tokenizer;
+use lambda_core::window::{Key, Run, Window, WindowedKeys};
+use lambda_core::{Offset, Partition, Tokenizer};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use std::sync::Mutex;
@@ -38,6 +39,19 @@ pub struct Combiner {
     pub skipped: u64,
     /// Input bytes consumed.
     pub bytes: u64,
+    /// The event-time lateness of each run of a partition's events mapped
+    /// (master-log segments; none for text files).
+    pub runs: Vec<RunOf>,
+    windowed: WindowedKeys,
+}
+
+/// The lateness of one partition's events from `start` on, up to the next
+/// run's start.
+#[derive(Debug, Clone)]
+pub struct RunOf {
+    pub partition: Partition,
+    pub start: Offset,
+    pub run: Run,
 }
 
 impl Combiner {
@@ -45,6 +59,20 @@ impl Combiner {
     pub fn add_text(&mut self, text: &str) {
         let counts = &mut self.counts;
         self.tokenizer.for_each_word(text, |w| counts.add(w));
+    }
+
+    /// Counts one event's words all-time and, if it has one, in its window
+    /// (see [`lambda_core::window::Key`]).
+    pub fn add_event(&mut self, text: &str, window: Option<Window>) {
+        let Some(window) = window else {
+            return self.add_text(text);
+        };
+        let (counts, keys) = (&mut self.counts, &mut self.windowed);
+        keys.set_window(window);
+        self.tokenizer.for_each_word(text, |w| {
+            counts.add(w);
+            counts.add(keys.key(w));
+        });
     }
 }
 
@@ -63,6 +91,8 @@ pub struct JobStats {
 pub struct JobOutput {
     pub counts: Vec<WordCount>,
     pub stats: JobStats,
+    /// The map tasks' event-time runs, in no particular order.
+    pub runs: Vec<RunOf>,
 }
 
 /// How [`sort_phase`] orders the result.
@@ -190,7 +220,11 @@ where
     E: Send,
 {
     let t0 = std::time::Instant::now();
-    let mapped = map_phase(splits, map_split)?;
+    let mut mapped = map_phase(splits, map_split)?;
+    let runs = mapped
+        .iter_mut()
+        .flat_map(|c| std::mem::take(&mut c.runs))
+        .collect();
     let tasks = mapped.len();
     let t1 = std::time::Instant::now();
     let (shuffled, mut stats) = shuffle_phase(mapped, shards);
@@ -199,7 +233,11 @@ where
     let t3 = std::time::Instant::now();
     let counts = sort_phase(reduced, order);
     let t4 = std::time::Instant::now();
-    stats.words = counts.iter().map(|(_, c)| c).sum();
+    stats.words = counts
+        .iter()
+        .filter(|(w, _)| Key::is_word(w))
+        .map(|(_, c)| c)
+        .sum();
     let ms = |a: std::time::Instant, b: std::time::Instant| (b - a).as_secs_f64() * 1e3;
     tracing::debug!(
         splits = splits.len(),
@@ -211,7 +249,11 @@ where
         sort_ms = ms(t3, t4),
         "MapReduce phases."
     );
-    Ok(JobOutput { counts, stats })
+    Ok(JobOutput {
+        counts,
+        stats,
+        runs,
+    })
 }
 
 /// A dedicated rayon pool, so a job's thread count is the caller's choice and

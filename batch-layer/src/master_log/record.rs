@@ -33,6 +33,10 @@ pub enum RecordKind {
     TooLarge = 2,
     /// Kept but not an event: the payload is empty or null.
     Empty = 3,
+    /// A valid text event whose timestamp was further ahead of the batch
+    /// layer's clock than `--max-future` allowed when it arrived: counted,
+    /// but it does not move the watermark (see `lambda_core::window`).
+    FutureEvent = 4,
 }
 
 impl RecordKind {
@@ -42,12 +46,16 @@ impl RecordKind {
             1 => RecordKind::InvalidUtf8,
             2 => RecordKind::TooLarge,
             3 => RecordKind::Empty,
+            4 => RecordKind::FutureEvent,
             _ => return None,
         })
     }
 
-    pub fn of(decoded: &Result<lambda_core::Event<'_>, DecodeError>) -> Self {
+    /// The kind of a decoded record; `future` says its timestamp was too
+    /// far ahead of the clock on arrival.
+    pub fn of(decoded: &Result<lambda_core::Event<'_>, DecodeError>, future: bool) -> Self {
         match decoded {
+            Ok(_) if future => RecordKind::FutureEvent,
             Ok(_) => RecordKind::Event,
             Err(DecodeError::InvalidUtf8 { .. }) => RecordKind::InvalidUtf8,
             Err(DecodeError::TooLarge { .. }) => RecordKind::TooLarge,

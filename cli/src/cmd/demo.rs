@@ -101,10 +101,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create the topics on {brokers}"))?;
         // Small buckets, so that at the demo's modest rate each recompute
         // visibly moves the cut and the hand-off from speed to batch shows.
-        let stream = StreamArgs {
-            bucket_size: lambda_core::BucketSize::new(DEMO_BUCKET_SIZE).expect("non-zero"),
-            max_event_bytes: lambda_core::event::DEFAULT_MAX_EVENT_BYTES,
-        };
+        let stream = StreamArgs::with_bucket_size(
+            lambda_core::BucketSize::new(DEMO_BUCKET_SIZE).expect("non-zero"),
+        );
         let store = RealtimeStoreArgs {
             realtime_compact_bytes: common::config::DEFAULT_REALTIME_COMPACT_BYTES,
         };

@@ -44,6 +44,7 @@ use axum::{BoxError, Router};
 use common::sync::LockOrStop;
 use error::ApiError;
 use lambda_core::view::Manifest;
+use lambda_core::window::Range;
 use schema::RankedWord;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -109,26 +110,45 @@ impl AppState {
 
 /// The merged top 1000 of one replica generation: `/v1/top` recomputes it
 /// only when the replica changed, and answers any k from it.
+/// Ranged answers are kept per range too, the few most recently asked.
 #[derive(Default)]
-struct TopCache(Mutex<Option<(u64, Arc<Vec<RankedWord>>)>>);
+struct TopCache(Mutex<Vec<TopEntry>>);
+
+struct TopEntry {
+    generation: u64,
+    range: Option<Range>,
+    top: Arc<Vec<RankedWord>>,
+}
+
+/// How many ranges (all time included) the cache keeps answers for.
+const TOP_CACHE_RANGES: usize = 8;
 
 impl TopCache {
-    fn get(&self, replica: &Replica, k: usize) -> Arc<Vec<RankedWord>> {
+    fn get(&self, replica: &Replica, range: Option<Range>, k: usize) -> Arc<Vec<RankedWord>> {
         let generation = replica.generation();
-        let mut slot = self.0.lock_or_stop("the top-K cache");
-        if let Some((g, top)) = slot.as_ref() {
-            if *g == generation {
-                return Arc::clone(top);
-            }
+        let mut entries = self.0.lock_or_stop("the top-K cache");
+        entries.retain(|e| e.generation == generation);
+        if let Some(e) = entries.iter().find(|e| e.range == range) {
+            return Arc::clone(&e.top);
         }
+        let ranked = match range {
+            None => replica.top(k),
+            Some(range) => replica.top_in(range, k),
+        };
         let top: Arc<Vec<RankedWord>> = Arc::new(
-            replica
-                .top(k)
+            ranked
                 .into_iter()
                 .map(|(word, count)| RankedWord { word, count })
                 .collect(),
         );
-        *slot = Some((generation, Arc::clone(&top)));
+        if entries.len() >= TOP_CACHE_RANGES {
+            entries.remove(0);
+        }
+        entries.push(TopEntry {
+            generation,
+            range,
+            top: Arc::clone(&top),
+        });
         top
     }
 }
@@ -148,6 +168,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(crate::dashboard::page))
         .route("/v1/words/{word}", get(query::word))
+        .route("/v1/words/{word}/series", get(query::series))
         .route("/v1/top", get(query::top))
         .route("/v1/status", get(ops::status))
         .route("/v1/admin/recompute", post(ops::recompute))

@@ -2,7 +2,7 @@
 
 use super::error::ErrorBody;
 use super::ops::{__path_healthz, __path_metrics, __path_readyz, __path_recompute, __path_status};
-use super::query::{__path_top, __path_word};
+use super::query::{__path_series, __path_top, __path_word};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa::OpenApi;
@@ -36,7 +36,7 @@ impl utoipa::Modify for BearerAuth {
         title = "Lambda serving layer",
         description = "Exact word counts merged from a batch view and realtime counts."
     ),
-    paths(word, top, status, recompute, healthz, readyz, metrics, openapi),
+    paths(word, series, top, status, recompute, healthz, readyz, metrics, openapi),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth)
 )]

@@ -1,9 +1,12 @@
-//! The query routes, `/v1/words/{word}` and `/v1/top`, and what every
-//! answer says about freshness. Each handler reads the replica under its
-//! lock once, so one answer never mixes two states.
+//! The query routes, `/v1/words/{word}`, `/v1/words/{word}/series` and
+//! `/v1/top`, all-time or over an event-time range, and what every answer
+//! says about freshness. Each handler reads the replica under its lock once,
+//! so one answer never mixes two states.
 
 use super::error::{ApiError, ErrorBody};
-use super::schema::{BatchPart, RealtimePart, TopAnswer, WordAnswer};
+use super::schema::{
+    BatchPart, RangeInfo, RealtimePart, SeriesAnswer, SeriesPoint, TopAnswer, WordAnswer,
+};
 use super::AppState;
 use crate::health::Snapshot;
 use crate::replica::Replica;
@@ -11,13 +14,76 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use common::sync::ReadWriteOrStop;
+use lambda_core::window::{parse_time, Range, Window};
 use lambda_core::Cut;
 use serde::Deserialize;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 #[derive(Debug, Deserialize)]
 pub struct TopParams {
     k: Option<i64>,
+    // Not a flattened `RangeParams`: flattening makes every value a
+    // string, and `k` would no longer parse as a number.
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// An event-time range: `from` (RFC 3339 or ms since the epoch), and `to`
+/// (default: the end of the current window).
+#[derive(Debug, Default, Deserialize)]
+pub struct RangeParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+impl RangeParams {
+    /// The whole windows asked for, if a range was; a 400 when it is
+    /// unreadable or holds no whole window.
+    fn range(&self, replica: &Replica) -> Result<Option<Range>, ApiError> {
+        let size = replica.windows().size;
+        let (from, to) = match (&self.from, &self.to) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "`to` needs a `from` (RFC 3339 or milliseconds since the epoch)".into(),
+                ))
+            }
+            (Some(from), to) => {
+                let bad = |e: lambda_core::window::TimeError| ApiError::BadRequest(e.to_string());
+                let from = parse_time(from).map_err(bad)?;
+                let to = match to {
+                    Some(to) => parse_time(to).map_err(bad)?,
+                    None => size.start_of(Window(size.window_of(now_ms()).0 + 1)),
+                };
+                (from, to)
+            }
+        };
+        let mut range = Range::rounded(size, from, to).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "the range holds no whole window of {} ms: `from` and `to` round down to window boundaries, and `from` must come first",
+                size.millis()
+            ))
+        })?;
+        if let Some(horizon) = replica.horizon() {
+            range.from = range.from.max(horizon).min(range.to);
+        }
+        Ok(Some(range))
+    }
+}
+
+/// What a ranged answer says about its range.
+fn range_info(replica: &Replica, range: Range) -> RangeInfo {
+    let size = replica.windows().size;
+    let (from_ms, to_ms) = range.millis(size);
+    RangeInfo {
+        from: rfc3339(from_ms),
+        to: rfc3339(to_ms),
+        from_ms,
+        to_ms,
+        window_ms: size.millis(),
+        complete: replica.is_complete(range),
+        late_events: replica.late_in(range),
+    }
 }
 
 pub const MAX_K: i64 = 1000;
@@ -33,11 +99,7 @@ pub(crate) struct Freshness {
     pub(crate) stale: Vec<String>,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use common::now_ms;
 
 pub(crate) fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
@@ -98,7 +160,86 @@ pub const MAX_WORD_CHARS: usize = 600;
 pub async fn word(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RangeParams>, QueryRejection>,
 ) -> Result<Json<WordAnswer>, ApiError> {
+    let word = word_of(path)?;
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let replica = state.replica.read_or_stop("the replica");
+    let range = params.range(&replica)?;
+    let merged = match range {
+        None => replica.word(&word),
+        Some(range) => replica.word_in(&word, range),
+    };
+    let range = range.map(|r| range_info(&replica, r));
+    let mut f = freshness(&state, &replica);
+    drop(replica);
+    f.batch.count = Some(merged.batch);
+    f.realtime.count = Some(merged.realtime);
+    Ok(Json(WordAnswer {
+        word,
+        count: merged.total(),
+        batch: f.batch,
+        realtime: f.realtime,
+        as_of: f.as_of,
+        freshness_ms: f.freshness_ms,
+        stale: f.stale,
+        range,
+    }))
+}
+
+/// One word's count per window over an event-time range.
+#[utoipa::path(
+    get,
+    path = "/v1/words/{word}/series",
+    params(
+        ("word" = String, Path, description = "One word, as for `/v1/words/{word}`", min_length = 1, max_length = 600),
+        ("from" = String, Query, description = "Range start: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary"),
+        ("to" = Option<String>, Query, description = "Range end (exclusive), rounded down likewise; default: the end of the current window"),
+    ),
+    responses(
+        (status = 200, description = "The count per window", body = SeriesAnswer),
+        (status = 400, description = "No `from`, an unreadable time, or a range without a whole window", body = ErrorBody),
+        (status = 404, description = "Not a word", body = ErrorBody),
+        (status = 503, description = "Overloaded or timed out", body = ErrorBody),
+    )
+)]
+pub async fn series(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RangeParams>, QueryRejection>,
+) -> Result<Json<SeriesAnswer>, ApiError> {
+    let word = word_of(path)?;
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let replica = state.replica.read_or_stop("the replica");
+    let range = params
+        .range(&replica)?
+        .ok_or_else(|| ApiError::BadRequest("a series needs `from`".into()))?;
+    let size = replica.windows().size;
+    let windows = replica
+        .series(&word, range)
+        .into_iter()
+        .map(|(w, m)| SeriesPoint {
+            start: rfc3339(size.start_of(w)),
+            start_ms: size.start_of(w),
+            count: m.total(),
+        })
+        .collect();
+    let range = range_info(&replica, range);
+    let f = freshness(&state, &replica);
+    drop(replica);
+    Ok(Json(SeriesAnswer {
+        word,
+        range,
+        windows,
+        as_of: f.as_of,
+        freshness_ms: f.freshness_ms,
+        stale: f.stale,
+    }))
+}
+
+/// The word of a `/v1/words/{word}` path: a 400 for a bad segment, a 404
+/// for text that is not one word.
+fn word_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(raw) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if raw.chars().count() > MAX_WORD_CHARS {
         return Err(ApiError::BadRequest(format!(
@@ -118,31 +259,21 @@ pub async fn word(
                 raw.chars().take(100).collect::<String>()
             ))
         })?;
-    let replica = state.replica.read_or_stop("the replica");
-    let merged = replica.word(&word);
-    let mut f = freshness(&state, &replica);
-    drop(replica);
-    f.batch.count = Some(merged.batch);
-    f.realtime.count = Some(merged.realtime);
-    Ok(Json(WordAnswer {
-        word,
-        count: merged.total(),
-        batch: f.batch,
-        realtime: f.realtime,
-        as_of: f.as_of,
-        freshness_ms: f.freshness_ms,
-        stale: f.stale,
-    }))
+    Ok(word)
 }
 
 /// The exact merged top k.
 #[utoipa::path(
     get,
     path = "/v1/top",
-    params(("k" = Option<i64>, Query, description = "How many words, 1 to 1000 (default 10)", minimum = 1, maximum = 1000)),
+    params(
+        ("k" = Option<i64>, Query, description = "How many words, 1 to 1000 (default 10)", minimum = 1, maximum = 1000),
+        ("from" = Option<String>, Query, description = "Rank over an event-time range from here: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary (default: all time)"),
+        ("to" = Option<String>, Query, description = "Range end (exclusive), rounded down likewise; default: the end of the current window"),
+    ),
     responses(
         (status = 200, description = "The k most frequent words", body = TopAnswer),
-        (status = 400, description = "k is not a whole number from 1 to 1000", body = ErrorBody),
+        (status = 400, description = "k is not a whole number from 1 to 1000, or the range is unreadable or holds no whole window", body = ErrorBody),
         (status = 503, description = "Overloaded or timed out", body = ErrorBody),
     )
 )]
@@ -151,13 +282,19 @@ pub async fn top(
     query: Result<Query<TopParams>, QueryRejection>,
 ) -> Result<Json<TopAnswer>, ApiError> {
     let bad_k = || ApiError::BadRequest(format!("k must be a whole number from 1 to {MAX_K}"));
-    let Query(params) = query.map_err(|_| bad_k())?;
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let k = params.k.unwrap_or(10);
     if !(1..=MAX_K).contains(&k) {
         return Err(bad_k());
     }
     let replica = state.replica.read_or_stop("the replica");
-    let ranked = state.top_cache.get(&replica, MAX_K as usize);
+    let range = RangeParams {
+        from: params.from,
+        to: params.to,
+    }
+    .range(&replica)?;
+    let ranked = state.top_cache.get(&replica, range, MAX_K as usize);
+    let range = range.map(|r| range_info(&replica, r));
     let f = freshness(&state, &replica);
     drop(replica);
     Ok(Json(TopAnswer {
@@ -168,5 +305,6 @@ pub async fn top(
         as_of: f.as_of,
         freshness_ms: f.freshness_ms,
         stale: f.stale,
+        range,
     }))
 }

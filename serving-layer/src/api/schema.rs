@@ -59,6 +59,53 @@ pub struct WordAnswer {
     pub freshness_ms: u64,
     /// The layers this answer is stale for (`batch`, `realtime`).
     pub stale: Vec<String>,
+    /// With `from`/`to`: the event-time range counted (then `count` is the
+    /// count over it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<RangeInfo>,
+}
+
+/// The event-time range a ranged answer covers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RangeInfo {
+    /// The effective start (RFC 3339): `from` rounded down to a window
+    /// boundary, and not before the retention's horizon.
+    pub from: String,
+    /// The effective end, exclusive: `to` rounded down to a window boundary.
+    pub to: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub window_ms: u64,
+    /// Whether every partition's event-time watermark (its newest timestamp
+    /// minus the allowed lateness) has passed `to`: no event of the range is
+    /// expected any more. Events that still come are counted, as late ones.
+    pub complete: bool,
+    /// How many of the range's events arrived after their window was
+    /// complete (all of them are counted).
+    pub late_events: u64,
+}
+
+/// One window of a series.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SeriesPoint {
+    /// The window's start (RFC 3339).
+    pub start: String,
+    pub start_ms: i64,
+    pub count: u64,
+}
+
+/// `GET /v1/words/{word}/series`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesAnswer {
+    pub word: String,
+    pub range: RangeInfo,
+    /// The word's count per window of the range, windows without it left
+    /// out, oldest first.
+    pub windows: Vec<SeriesPoint>,
+    #[schema(value_type = PositionSchema)]
+    pub as_of: Cut,
+    pub freshness_ms: u64,
+    pub stale: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -79,6 +126,9 @@ pub struct TopAnswer {
     pub as_of: Cut,
     pub freshness_ms: u64,
     pub stale: Vec<String>,
+    /// With `from`/`to`: the event-time range ranked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<RangeInfo>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

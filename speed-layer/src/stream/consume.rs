@@ -13,6 +13,7 @@ use common::reader::{Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
 use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::ConsumeFailure;
+use lambda_core::window::{Arrival, Key, Millis, Window, WindowedKeys};
 use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
 use rdkafka::message::Message;
 use realtime_store::CountKey;
@@ -41,6 +42,22 @@ pub(super) struct MicroBatch {
     /// Set when the consumer returned records it cannot read: the batch
     /// closes there, is checkpointed, and the stream stops.
     pub(super) unreadable: Option<ConsumeFailure>,
+    /// Per partition read, the newest timestamp that moved its watermark
+    /// after this batch (starting from the checkpoint's).
+    newest: FxHashMap<Partition, Option<Millis>>,
+    /// The clock when the batch started, for far-future timestamps.
+    now_ms: Millis,
+    keys: WindowedKeys,
+}
+
+/// Adds one to `key`'s count; a hit looks up by `&str` and allocates
+/// nothing.
+fn bump(counts: &mut FxHashMap<Box<str>, u64>, key: &str) {
+    if let Some(c) = counts.get_mut(key) {
+        *c += 1;
+    } else {
+        counts.insert(key.into(), 1);
+    }
 }
 
 /// A micro-batch closes at this many payload bytes whatever its record
@@ -92,15 +109,22 @@ impl MicroBatch {
                     partition: p,
                     bucket: config.bucket_size.bucket_of(o),
                 };
+                let window = self.event_time(p, m.timestamp().to_millis(), view, ctx);
                 let words = self.deltas.entry(bucket).or_default();
-                // A hit looks up by &str and allocates nothing.
-                tokenizer.for_each_word(event.text, |w| {
-                    if let Some(c) = words.get_mut(w) {
-                        *c += 1;
-                    } else {
-                        words.insert(w.into(), 1);
+                match window {
+                    None => tokenizer.for_each_word(event.text, |w| bump(words, w)),
+                    Some((window, late)) => {
+                        let keys = &mut self.keys;
+                        if late {
+                            bump(words, &Key::Late(window).encode());
+                        }
+                        keys.set_window(window);
+                        tokenizer.for_each_word(event.text, |w| {
+                            bump(words, w);
+                            bump(words, keys.key(w));
+                        });
                     }
-                });
+                }
             }
             Err(error) => {
                 RecordDeadLettered {
@@ -115,6 +139,43 @@ impl MicroBatch {
                     .await;
             }
         }
+    }
+
+    /// Notes an event's timestamp on its partition's watermark (as the batch
+    /// layer does, see `lambda_core::window::Run`); returns the window it
+    /// counts in, and whether it is late there.
+    fn event_time(
+        &mut self,
+        p: Partition,
+        t: Option<Millis>,
+        view: &RealtimeCounts,
+        ctx: &Ctx<'_>,
+    ) -> Option<(Window, bool)> {
+        let settings = &ctx.config.windows;
+        let newest = self
+            .newest
+            .entry(p)
+            .or_insert_with(|| view.newest.get(&p).copied());
+        let mut mark = settings.watermark().resume(*newest);
+        let future = t.is_some_and(|t| settings.is_future(t, self.now_ms));
+        let arrival = mark.arrive(settings.size, t, future);
+        *newest = mark.newest();
+        match arrival {
+            Arrival::Late => ctx.metrics.late_events.inc(),
+            Arrival::Future => ctx.metrics.future_timestamps.inc(),
+            Arrival::OnTime | Arrival::Untimed => {}
+        }
+        let window = arrival.window(settings.size, t)?;
+        Some((window, arrival == Arrival::Late))
+    }
+
+    /// Per partition read, the newest timestamp that moved its watermark
+    /// (what the checkpoint keeps).
+    pub(super) fn event_times(&self) -> Vec<(Partition, Millis)> {
+        self.newest
+            .iter()
+            .filter_map(|(&p, &n)| n.map(|n| (p, n)))
+            .collect()
     }
 
     /// Adds the deltas to the mirror; returns the changed keys with their
@@ -173,6 +234,7 @@ pub(super) async fn next_batch(
     };
     let mut batch = MicroBatch {
         records: read.skipped,
+        now_ms: common::now_ms(),
         ..MicroBatch::default()
     };
     ctx.metrics

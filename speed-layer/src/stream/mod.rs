@@ -21,7 +21,7 @@
 mod consume;
 mod publish;
 
-use crate::cuts::fetch_batch_cut;
+use crate::cuts::{fetch_batch_cut, BatchCut};
 use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{burst_producer_config, consumer_config, wait_for_partitions};
@@ -33,11 +33,13 @@ use common::sync::LockOrStop;
 use common::telemetry::events::RecordsUnreadable;
 use common::unreadable::{ConsumeFailure, HeldPartitions};
 use consume::{next_batch, Ctx};
+use lambda_core::window::{Millis, WindowSettings};
 use lambda_core::{BucketSize, Cut, Partition, Positions, Tokenizer};
 use publish::Publication;
 use rdkafka::producer::FutureProducer;
 use realtime_store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,6 +80,7 @@ pub struct StreamConfig {
     pub micro_batch_wait: Duration,
     /// The consumer group its positions are committed under, for monitoring.
     pub group: String,
+    pub windows: WindowSettings,
 }
 
 /// What the HTTP server reports.
@@ -102,6 +105,9 @@ struct RealtimeCounts {
     store: RealtimeStore,
     mirror: FxHashMap<CountKey, u64>,
     positions: Positions,
+    /// Per partition, the newest timestamp that moved its event-time
+    /// watermark, exact at `positions` (see `lambda_core::window`).
+    newest: BTreeMap<Partition, Millis>,
     cut: Cut,
 }
 
@@ -120,6 +126,7 @@ pub async fn run(
     let mut view = RealtimeCounts {
         mirror: store.load_counts()?,
         positions: store.offsets()?,
+        newest: store.event_times()?,
         cut: store.applied_cut()?,
         store,
     };
@@ -130,6 +137,7 @@ pub async fn run(
     let republish = Publication {
         upserts: view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect(),
         positions: view.positions.clone(),
+        newest: view.newest.clone(),
         oldest_event_ms: None,
         checkpointed_at: Instant::now(),
     };
@@ -144,13 +152,9 @@ pub async fn run(
         loop {
             match fetch_batch_cut(url).await {
                 Ok(cut) => {
-                    expire(
-                        &mut view,
-                        &cut.unwrap_or_default(),
-                        config.bucket_size,
-                        &metrics,
-                    )
-                    .await?;
+                    let cut = cut.unwrap_or_default();
+                    expire(&mut view, &cut.cut, config.bucket_size, &metrics).await?;
+                    view.adopt_event_time(&cut);
                     break;
                 }
                 Err(error) if needs_cut => {
@@ -229,9 +233,13 @@ pub async fn run(
                 counts: batch.apply(&mut view),
                 next_offsets: batch.next_offsets(),
                 as_of: None,
+                event_times: batch.event_times(),
             };
             let RealtimeCounts {
-                store, positions, ..
+                store,
+                positions,
+                newest,
+                ..
             } = &mut view;
             let outlets = Outlets {
                 publish: &publish_tx,
@@ -240,7 +248,7 @@ pub async fn run(
             };
             let durable = checkpoint_then_publish(
                 store,
-                positions,
+                (positions, newest),
                 checkpoint,
                 batch.oldest_event_ms,
                 &outlets,
@@ -278,7 +286,8 @@ pub async fn run(
                 last_cut_poll = Instant::now();
                 match fetch_batch_cut(url).await {
                     Ok(Some(cut)) => {
-                        expire(&mut view, &cut, config.bucket_size, &metrics).await?;
+                        expire(&mut view, &cut.cut, config.bucket_size, &metrics).await?;
+                        view.adopt_event_time(&cut);
                         update_status(&status, &view, &metrics);
                     }
                     Ok(None) => {}
@@ -355,7 +364,7 @@ struct Outlets<'a> {
 /// published and the positions stay, so a restart recounts it.
 async fn checkpoint_then_publish(
     store: &impl Durable,
-    positions: &mut Positions,
+    (positions, newest): (&mut Positions, &mut BTreeMap<Partition, Millis>),
     checkpoint: Checkpoint,
     oldest_event_ms: Option<i64>,
     outlets: &Outlets<'_>,
@@ -379,6 +388,7 @@ async fn checkpoint_then_publish(
     for (p, o) in &checkpoint.next_offsets {
         positions.set(*p, *o);
     }
+    newest.extend(checkpoint.event_times.iter().copied());
     metrics.micro_batches.inc();
     metrics.checkpoint_stage.observe(started.elapsed());
     metrics
@@ -387,6 +397,7 @@ async fn checkpoint_then_publish(
     let publication = Publication {
         upserts: checkpoint.counts,
         positions: positions.clone(),
+        newest: newest.clone(),
         oldest_event_ms,
         checkpointed_at: Instant::now(),
     };
@@ -394,6 +405,20 @@ async fn checkpoint_then_publish(
         tracing::error!("The publisher stopped; upserts will be re-published on restart.");
     }
     true
+}
+
+impl RealtimeCounts {
+    /// Takes the batch view's event time where its cut is ahead of this
+    /// layer's position, so a partition resumed at the cut starts its
+    /// watermark where a reader from offset 0 would have it.
+    fn adopt_event_time(&mut self, cut: &BatchCut) {
+        for (&p, &t) in &cut.newest {
+            if self.positions.get(p) <= cut.cut.get(p) {
+                let n = self.newest.entry(p).or_insert(t);
+                *n = (*n).max(t);
+            }
+        }
+    }
 }
 
 /// Deletes the buckets below a new batch cut (only ever moving forward).
@@ -461,6 +486,7 @@ mod tests {
             counts: vec![(CountKey::new(0, 3, "lambda"), 7)],
             next_offsets: vec![(0, 25)],
             as_of: None,
+            event_times: vec![(0, 1_000)],
         }
     }
 
@@ -485,8 +511,10 @@ mod tests {
             metrics: &metrics,
             stalls: &stalls,
         };
+        let mut newest = BTreeMap::new();
+        let progress = (&mut positions, &mut newest);
         let attempt =
-            checkpoint_then_publish(&store, &mut positions, checkpoint(), None, &outlets, &token);
+            checkpoint_then_publish(&store, progress, checkpoint(), None, &outlets, &token);
         let (durable, ()) = tokio::join!(attempt, stop);
         assert!(!durable, "reported as not durable");
         assert_eq!(
@@ -495,6 +523,7 @@ mod tests {
             "nothing published"
         );
         assert_eq!(positions.get(0), 20, "the positions did not move");
+        assert!(newest.is_empty(), "nor did the event time");
         assert_eq!(metrics.micro_batches.get(), 0);
     }
 
@@ -513,9 +542,10 @@ mod tests {
             metrics: &metrics,
             stalls: &stalls,
         };
+        let mut newest = BTreeMap::new();
+        let progress = (&mut positions, &mut newest);
         let durable =
-            checkpoint_then_publish(&store, &mut positions, checkpoint(), None, &outlets, &token)
-                .await;
+            checkpoint_then_publish(&store, progress, checkpoint(), None, &outlets, &token).await;
         assert!(durable);
         assert_eq!(store.attempts.load(Ordering::Relaxed), 3);
         assert_eq!(metrics.checkpoint_failures.get(), 2);
@@ -523,5 +553,6 @@ mod tests {
         assert_eq!(published.upserts, checkpoint().counts);
         assert_eq!(published.positions.get(0), 25);
         assert_eq!(positions.get(0), 25);
+        assert_eq!(published.newest, [(0, 1_000)].into_iter().collect());
     }
 }

@@ -13,10 +13,12 @@ use common::kafka::send_all;
 use common::shutdown::CancellationToken;
 use common::telemetry::events::PublishRetried;
 use lambda_core::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
-use lambda_core::Positions;
+use lambda_core::window::Millis;
+use lambda_core::{Partition, Positions};
 use rdkafka::producer::FutureProducer;
 use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -26,6 +28,9 @@ use tokio::task::JoinHandle;
 pub(super) struct Publication {
     pub(super) upserts: Vec<(CountKey, u64)>,
     pub(super) positions: Positions,
+    /// Per partition, the newest timestamp that moved its watermark, at
+    /// `positions`.
+    pub(super) newest: BTreeMap<Partition, Millis>,
     /// The oldest counted event's record timestamp (none for the start-up
     /// re-publication).
     pub(super) oldest_event_ms: Option<i64>,
@@ -43,12 +48,14 @@ impl Publication {
         }
         let mut counts: FxHashMap<CountKey, u64> = self.upserts.into_iter().collect();
         let (mut positions, mut oldest) = (self.positions, self.oldest_event_ms);
+        let mut newest = self.newest;
         for p in later {
             for (key, count) in p.upserts {
                 let c = counts.entry(key).or_insert(0);
                 *c = (*c).max(count);
             }
             positions = p.positions;
+            newest = p.newest;
             oldest = match (oldest, p.oldest_event_ms) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -57,6 +64,7 @@ impl Publication {
         Publication {
             upserts: counts.into_iter().collect(),
             positions,
+            newest,
             oldest_event_ms: oldest,
             checkpointed_at: self.checkpointed_at,
         }
@@ -89,6 +97,7 @@ pub(super) fn spawn_publisher(
             let watermark = Watermark {
                 positions: publication.positions,
                 oldest_event_ms: publication.oldest_event_ms,
+                newest: publication.newest,
             };
             if out.upserts(&publication.upserts, realtime_partitions).await
                 && out.watermark(&watermark, realtime_partitions).await
@@ -197,6 +206,7 @@ mod tests {
         Publication {
             upserts: upserts.iter().map(|&(w, c)| (key(w, 0), c)).collect(),
             positions: [(0, next)].into_iter().collect(),
+            newest: [(0, next * 1_000)].into_iter().collect(),
             oldest_event_ms: oldest,
             checkpointed_at: Instant::now(),
         }
@@ -217,6 +227,7 @@ mod tests {
             vec![(key("a", 0), 5), (key("b", 0), 2), (key("c", 0), 1)]
         );
         assert_eq!(merged.positions, [(0, 9)].into_iter().collect());
+        assert_eq!(merged.newest, [(0, 9_000)].into_iter().collect());
         assert_eq!(merged.oldest_event_ms, Some(400));
         assert_eq!(merged.checkpointed_at, started);
         let alone = publication(&[("a", 1)], 3, None).coalesce(Vec::new());
