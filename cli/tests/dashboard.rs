@@ -142,7 +142,9 @@ async fn demo_answers_match_the_corpus_external_events_and_the_dashboard() {
         seen.as_millis()
     );
 
-    // The dashboard in a real browser: top words, and the lookup box.
+    // The dashboard in a real browser: top words of all time and of the
+    // last five minutes (the events were just produced), and the lookup box
+    // with the word's series per window.
     let url = format!("http://{serving}/#lookup=Zyxwvut");
     let dom = tokio::task::spawn_blocking(move || chromium(&["--dump-dom"], &url))
         .await
@@ -158,6 +160,14 @@ async fn demo_answers_match_the_corpus_external_events_and_the_dashboard() {
     assert!(
         dom.contains("<b id=\"lookup-total\">3</b>"),
         "lookup total missing:\n{dom}"
+    );
+    assert!(
+        dom.contains("class=\"recent-word\""),
+        "no top words of the last five minutes rendered:\n{dom}"
+    );
+    assert!(
+        dom.contains("class=\"series-point\""),
+        "no series of the looked-up word rendered:\n{dom}"
     );
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../dashboard.png");
     let shot_arg = format!("--screenshot={}", shot.display());

@@ -498,3 +498,246 @@ async fn a_kappa_replay_agrees_with_the_batch_view() {
     .expect("exact from the replay");
     stack.shutdown();
 }
+
+/// One produced event: partition, timestamp, text.
+type Timed = (i32, i64, String);
+
+/// The count of `word` over the events with `from <= timestamp < to`, by
+/// a recount of what was produced.
+fn count_in(produced: &[Timed], word: &str, from: i64, to: i64) -> u64 {
+    produced
+        .iter()
+        .filter(|(_, t, _)| (from..to).contains(t))
+        .map(|(_, _, text)| text.split(' ').filter(|w| *w == word).count() as u64)
+        .sum()
+}
+
+/// The served answers over event-time ranges against a recount of what
+/// was produced; `late` is how many events of the first range arrived late.
+fn check_windows(serving: SocketAddr, produced: &[Timed], base: i64, late: u64) {
+    const MINUTE: i64 = 60_000;
+    let words = [
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "omega",
+    ];
+    let (from, to) = (base, base + 10 * MINUTE);
+    let query = format!("from={from}&to={to}");
+    for word in words {
+        let a = answer(serving, &format!("/v1/words/{word}?{query}"));
+        assert_eq!(
+            a["count"].as_u64(),
+            Some(count_in(produced, word, from, to)),
+            "{word} in the first ten minutes: {a}"
+        );
+        assert_eq!(a["range"]["from_ms"].as_i64(), Some(from), "{a}");
+        assert_eq!(a["range"]["to_ms"].as_i64(), Some(to), "{a}");
+        assert_eq!(
+            a["range"]["complete"], true,
+            "every partition's watermark passed the range: {a}"
+        );
+        assert_eq!(a["range"]["late_events"].as_u64(), Some(late), "{a}");
+    }
+    // Ranged top-K: the recount's ranking over the range.
+    let mut want: Vec<(String, u64)> = words
+        .iter()
+        .map(|w| (w.to_string(), count_in(produced, w, from, to)))
+        .filter(|(_, c)| *c > 0)
+        .collect();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let top = answer(serving, &format!("/v1/top?k=10&{query}"));
+    assert_eq!(testkit::top_words(&top), want, "{top}");
+    // The series: one point per window holding the word.
+    let series = answer(serving, &format!("/v1/words/alpha/series?{query}"));
+    let got: Vec<(i64, u64)> = series["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .map(|p| {
+            (
+                p["start_ms"].as_i64().expect("start"),
+                p["count"].as_u64().expect("count"),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, u64)> = (0..10)
+        .map(|m| base + m * MINUTE)
+        .map(|s| (s, count_in(produced, "alpha", s, s + MINUTE)))
+        .filter(|(_, c)| *c > 0)
+        .collect();
+    assert_eq!(got, want, "{series}");
+    // The newest window is not complete: the watermark trails the newest
+    // timestamp by the allowed lateness (1 min).
+    let newest = answer(
+        serving,
+        &format!(
+            "/v1/words/epsilon?from={}&to={}",
+            base + 20 * MINUTE,
+            base + 21 * MINUTE
+        ),
+    );
+    assert_eq!(
+        newest["count"].as_u64(),
+        Some(count_in(
+            produced,
+            "epsilon",
+            base + 20 * MINUTE,
+            base + 21 * MINUTE
+        )),
+        "{newest}"
+    );
+    assert_eq!(newest["range"]["complete"], false, "{newest}");
+    assert_eq!(newest["range"]["late_events"].as_u64(), Some(0), "{newest}");
+    // The far-future event is counted in its own window, and did not move
+    // any watermark past it.
+    let (_, future, _) = produced
+        .iter()
+        .find(|(_, _, t)| t == "omega")
+        .expect("omega");
+    let f = answer(
+        serving,
+        &format!(
+            "/v1/words/omega?from={}&to={}",
+            future - MINUTE,
+            future + MINUTE
+        ),
+    );
+    assert_eq!(f["count"].as_u64(), Some(1), "{f}");
+    assert_eq!(f["range"]["complete"], false, "{f}");
+    // All-time answers are unchanged by windows.
+    let all = answer(serving, "/v1/words/alpha");
+    assert_eq!(
+        all["count"].as_u64(),
+        Some(count_in(produced, "alpha", 0, i64::MAX))
+    );
+    assert!(all.get("range").is_none(), "{all}");
+    // Bad ranges are refused with a reason.
+    for bad in [
+        format!("from={to}&to={from}"),
+        "from=yesterday".to_owned(),
+        format!("to={to}"),
+        format!("from={from}&to={}", from + 1),
+    ] {
+        let r = get(serving, &format!("/v1/top?{bad}")).expect("answer");
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = get(serving, "/v1/words/alpha/series").expect("answer");
+    assert_eq!(r.status, 400, "a series needs a range: {}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn windowed_answers_count_late_events_and_say_when_a_range_is_complete() {
+    const MINUTE: i64 = 60_000;
+    let stack = stack_on_memory_broker("windows").await;
+    let now = ::common::now_ms();
+    // Two hours ago, on a window boundary: far inside the retention.
+    let base = (now / MINUTE - 120) * MINUTE;
+    let words = ["alpha", "beta", "gamma", "delta"];
+    let mut waves: Vec<Vec<Timed>> = Vec::new();
+    // Ten minutes of events on every partition, in timestamp order.
+    let mut on_time = Vec::new();
+    for m in 0..10i64 {
+        for p in 0..3i32 {
+            for i in 0..(1 + (m as usize + p as usize) % 3) {
+                let text = format!(
+                    "{} {}",
+                    words[(m as usize + i) % 4],
+                    words[(p as usize + i) % 4]
+                );
+                on_time.push((p, base + m * MINUTE + i as i64 * 1_000, text));
+            }
+        }
+    }
+    waves.push(on_time);
+    // The watermark moves on: every partition sees minute 20.
+    waves.push(
+        (0..3)
+            .map(|p| (p, base + 20 * MINUTE, "epsilon".to_owned()))
+            .collect(),
+    );
+    // A late wave: minute 2 again, long after its window was complete.
+    waves.push(
+        (0..3)
+            .flat_map(|p| [0, 1].map(|_| (p, base + 2 * MINUTE + 30_000, "alpha zeta".to_owned())))
+            .collect(),
+    );
+    // A producer with a clock a day ahead.
+    waves.push(vec![(1, now + 24 * 60 * MINUTE, "omega".to_owned())]);
+    // More on-time events, so that the batch cut (aligned to the stack's
+    // buckets of 16 offsets) passes the late wave on every partition.
+    waves.push(
+        (0..3)
+            .flat_map(|p| {
+                (0..12).map(move |i| (p, base + 20 * MINUTE + i * 1_000, "epsilon".to_owned()))
+            })
+            .collect(),
+    );
+    let late = 6;
+    let mut produced = Vec::new();
+    for wave in waves {
+        let records = wave
+            .iter()
+            .map(|(p, t, text)| ::common::kafka::TimedRecord {
+                partition: *p,
+                timestamp_ms: *t,
+                payload: text.clone().into_bytes(),
+            });
+        testkit::produce_timed(&stack.kafka, &stack.topic, records).await;
+        produced.extend(wave);
+    }
+    stack.assert_exact().await;
+    let (speed, batch, serving) = (
+        stack.addr(Role::Speed),
+        stack.addr(Role::Batch),
+        stack.addr(Role::Serve),
+    );
+    let speed_metrics = get(speed, "/metrics").expect("metrics").text();
+    assert_eq!(
+        testkit::metric_sum(&speed_metrics, "lambda_speed_late_events_total"),
+        late as f64
+    );
+    assert_eq!(
+        testkit::metric_sum(&speed_metrics, "lambda_speed_future_timestamps_total"),
+        1.0
+    );
+    let p = produced.clone();
+    tokio::task::spawn_blocking(move || check_windows(serving, &p, base, late))
+        .await
+        .expect("from the realtime counts");
+
+    // The batch layer counts the same windows and late events on its own:
+    // after a recompute the answers come from the view, unchanged, and the
+    // swap reconciles windowed counts too.
+    ingested(batch, produced.len()).await;
+    let r = recompute_now(serving).await;
+    assert!(r["version"].as_u64().is_some(), "{r}");
+    let version = r["version"].clone();
+    until(
+        "the serving layer to hold the new view",
+        TIMEOUT,
+        move || {
+            let s = json(serving, "/v1/status")?;
+            (s["batch"]["version"] == version).then_some(())
+        },
+    )
+    .await;
+    let batch_metrics = get(batch, "/metrics").expect("metrics").text();
+    let manifest = answer(batch, "/views/latest");
+    assert_eq!(
+        manifest["header"]["windows"]["late_events"].as_u64(),
+        Some(late),
+        "the view's cut is past the late wave: {manifest}"
+    );
+    assert_eq!(
+        testkit::metric_sum(&batch_metrics, "lambda_batch_view_late_events"),
+        late as f64
+    );
+    assert_eq!(
+        testkit::metric_sum(&batch_metrics, "lambda_batch_future_timestamps_total"),
+        1.0
+    );
+    let p = produced.clone();
+    tokio::task::spawn_blocking(move || check_windows(serving, &p, base, late))
+        .await
+        .expect("from the batch view");
+    stack.assert_exact().await;
+    stack.shutdown();
+}

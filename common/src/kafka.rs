@@ -313,6 +313,34 @@ pub trait OutgoingRecord {
     fn partition(&self) -> Option<i32> {
         None
     }
+    /// The record's timestamp (ms since the epoch); default: the producer's
+    /// clock when it is sent.
+    fn timestamp_ms(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// A record for one partition with an explicit event time.
+#[derive(Debug, Clone)]
+pub struct TimedRecord {
+    pub partition: i32,
+    pub timestamp_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+impl OutgoingRecord for TimedRecord {
+    fn key(&self) -> Option<&str> {
+        None
+    }
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+    fn partition(&self) -> Option<i32> {
+        Some(self.partition)
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        Some(self.timestamp_ms)
+    }
 }
 
 impl OutgoingRecord for (String, Vec<u8>) {
@@ -363,6 +391,9 @@ pub async fn send_all<R: OutgoingRecord>(
             }
             if let Some(p) = record.partition() {
                 out = out.partition(p);
+            }
+            if let Some(t) = record.timestamp_ms() {
+                out = out.timestamp(t);
             }
             match producer.send_result(out) {
                 Ok(delivery) => {

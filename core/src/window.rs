@@ -185,6 +185,8 @@ pub enum TimeError {
     Unreadable(String),
     #[error("`{0}` is before the Unix epoch")]
     BeforeEpoch(String),
+    #[error("`{0}` is after the year 9999")]
+    AfterYear9999(String),
     #[error("the window size must be at least 1 ms and at most a year, not `{0}`")]
     WindowSize(String),
 }
@@ -415,6 +417,9 @@ pub fn newest_of(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
     a.max(b)
 }
 
+/// The last millisecond of the year 9999, the latest time RFC 3339 writes.
+pub const MAX_TIME: Millis = 253_402_300_799_999;
+
 /// Parses a range bound: RFC 3339 (`2026-12-02T10:00:00Z`, fractional
 /// seconds and offsets allowed) or milliseconds since the epoch.
 pub fn parse_time(s: &str) -> Result<Millis, TimeError> {
@@ -422,9 +427,14 @@ pub fn parse_time(s: &str) -> Result<Millis, TimeError> {
     if let Ok(ms) = s.parse::<i64>() {
         return if ms < 0 {
             Err(TimeError::BeforeEpoch(s.to_owned()))
+        } else if ms > MAX_TIME {
+            Err(TimeError::AfterYear9999(s.to_owned()))
         } else {
             Ok(ms)
         };
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        return Err(TimeError::AfterYear9999(s.to_owned()));
     }
     let t = humantime::parse_rfc3339_weak(s).map_err(|_| TimeError::Unreadable(s.to_owned()))?;
     let since = t
@@ -624,6 +634,13 @@ mod tests {
             Ok(1_764_669_600_250)
         );
         assert!(matches!(parse_time("-5"), Err(TimeError::BeforeEpoch(_))));
+        assert_eq!(parse_time("253402300799999"), Ok(MAX_TIME));
+        for late in ["253402300800000", "99999999999999999999"] {
+            assert!(
+                matches!(parse_time(late), Err(TimeError::AfterYear9999(_))),
+                "{late}"
+            );
+        }
         assert!(matches!(
             parse_time("yesterday"),
             Err(TimeError::Unreadable(_))

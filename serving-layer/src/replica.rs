@@ -146,7 +146,7 @@ pub struct Replica {
     /// Realtime counts by key (a word, or a windowed key of
     /// [`lambda_core::window::Key`]), then bucket (see [`find_bucket`]).
     realtime: FxHashMap<Box<str>, Vec<(BucketKey, u64)>>,
-    /// The words with realtime counts in each window.
+    /// The windows with realtime counts, and their words.
     realtime_windows: BTreeMap<Window, FxHashSet<Box<str>>>,
     /// Per partition, the newest timestamp that moved its watermark, as the
     /// realtime watermarks tell (the view's own is in its header).
@@ -440,12 +440,18 @@ impl Replica {
     /// Applies resolved counts and moves the realtime position to `as_of`.
     pub fn apply(&mut self, counts: Vec<(CountKey, u64)>, as_of: Cut) {
         for (key, count) in counts {
-            if let Some(Key::InWindow(w, word)) = Key::parse(&key.word) {
-                if !self.realtime.contains_key(&key.word) {
-                    self.realtime_windows
-                        .entry(w)
-                        .or_default()
-                        .insert(word.into());
+            if !self.realtime.contains_key(&key.word) {
+                match Key::parse(&key.word) {
+                    Some(Key::InWindow(w, word)) => {
+                        self.realtime_windows
+                            .entry(w)
+                            .or_default()
+                            .insert(word.into());
+                    }
+                    Some(Key::Late(w)) => {
+                        self.realtime_windows.entry(w).or_default();
+                    }
+                    _ => {}
                 }
             }
             let buckets = self.realtime.entry(key.word).or_default();
@@ -511,7 +517,7 @@ impl Replica {
             let realtime = &self.realtime;
             self.realtime_windows.retain(|&w, words| {
                 words.retain(|word| realtime.contains_key(&*Key::InWindow(w, word).encode()));
-                !words.is_empty()
+                !words.is_empty() || realtime.contains_key(&*Key::Late(w).encode())
             });
             self.generation += 1;
         }
@@ -532,7 +538,6 @@ mod tests {
     use lambda_core::view::ViewOrigin;
     use lambda_core::Tokenizer;
     use proptest::prelude::*;
-    use std::collections::BTreeMap;
 
     pub(crate) fn view(
         version: u64,
@@ -595,23 +600,63 @@ mod tests {
         assert_eq!(r.view().map(|v| v.version()), Some(2));
     }
 
+    /// The event-time settings of the property test: 10 s windows.
+    fn test_windows() -> WindowSettings {
+        WindowSettings {
+            size: lambda_core::window::WindowSize::from_millis(10_000).expect("non-zero"),
+            allowed_lateness_ms: 5_000,
+            ..WindowSettings::default()
+        }
+    }
+
+    /// Every key an event counts under, as the layers count them: its
+    /// words, its words in its window, and its window's late key if it
+    /// arrived late (`mark` is its partition's watermark before it).
+    fn keys_of(
+        text: &str,
+        t: Option<i64>,
+        mark: &mut lambda_core::window::EventWatermark,
+        tokenizer: &mut Tokenizer,
+    ) -> Vec<String> {
+        let s = test_windows();
+        let arrival = mark.arrive(s.size, t, false);
+        let window = arrival.window(s.size, t);
+        let mut keys = Vec::new();
+        tokenizer.for_each_word(text, |w| {
+            keys.push(w.to_owned());
+            if let Some(window) = window {
+                keys.push(Key::InWindow(window, w).encode());
+            }
+        });
+        if let (lambda_core::window::Arrival::Late, Some(window)) = (arrival, window) {
+            keys.push(Key::Late(window).encode());
+        }
+        keys
+    }
+
     /// A stream of events split at a random aligned cut into a batch view
     /// (below) and realtime upserts (all of it, as the speed layer may still
     /// hold expired buckets); a swap to a later cut must keep every merged
-    /// count, and top-K must equal sorting the recount.
+    /// count, all-time and over random event-time ranges, and top-K must
+    /// equal sorting the recount.
     fn check_against_recount(
-        events: &[(i32, String)],
+        events: &[(i32, String, Option<i64>)],
         size: u64,
         cut_at: &[u64],
         swap_to: &[u64],
-        k: usize,
+        (k, ranges): (usize, &[(i64, i64)]),
     ) -> Result<(), TestCaseError> {
         let size = BucketSize::new(size).expect("positive");
-        let mut per_partition: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
-        for (p, text) in events {
-            per_partition.entry(*p).or_default().push(text);
-        }
+        let mut per_partition: BTreeMap<i32, Vec<Vec<String>>> = BTreeMap::new();
+        let mut marks: BTreeMap<i32, lambda_core::window::EventWatermark> = BTreeMap::new();
         let mut tokenizer = Tokenizer::new();
+        for (p, text, t) in events {
+            let mark = marks
+                .entry(*p)
+                .or_insert_with(|| test_windows().watermark());
+            let keys = keys_of(text, *t, mark, &mut tokenizer);
+            per_partition.entry(*p).or_default().push(keys);
+        }
         let mut truth: BTreeMap<String, u64> = BTreeMap::new();
         let mut realtime: BTreeMap<(i32, u64, String), u64> = BTreeMap::new();
         let cut_of = |fractions: &[u64]| -> Cut {
@@ -624,34 +669,33 @@ mod tests {
                 })
                 .collect()
         };
-        let batch_counts = |cut: &Cut, tokenizer: &mut Tokenizer| {
+        let batch_counts = |cut: &Cut| {
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             for (&p, evs) in &per_partition {
-                for (o, text) in evs.iter().enumerate() {
+                for (o, keys) in evs.iter().enumerate() {
                     if cut.includes(p, o as i64) {
-                        tokenizer
-                            .for_each_word(text, |w| *counts.entry(w.into()).or_default() += 1);
+                        for key in keys {
+                            *counts.entry(key.clone()).or_default() += 1;
+                        }
                     }
                 }
             }
             counts
         };
         for (&p, evs) in &per_partition {
-            for (o, text) in evs.iter().enumerate() {
-                tokenizer.for_each_word(text, |w| {
-                    *truth.entry(w.into()).or_default() += 1;
+            for (o, keys) in evs.iter().enumerate() {
+                for key in keys {
+                    *truth.entry(key.clone()).or_default() += 1;
                     *realtime
-                        .entry((p, size.bucket_of(o as i64), w.into()))
+                        .entry((p, size.bucket_of(o as i64), key.clone()))
                         .or_default() += 1;
-                });
+                }
             }
         }
         let first_cut = cut_of(cut_at);
-        let first: Vec<(String, u64)> = batch_counts(&first_cut, &mut tokenizer)
-            .into_iter()
-            .collect();
+        let first: Vec<(String, u64)> = batch_counts(&first_cut).into_iter().collect();
         let first: Vec<(&str, u64)> = first.iter().map(|(w, c)| (w.as_str(), *c)).collect();
-        let mut replica = Replica::new(size);
+        let mut replica = Replica::new(size).with_windows(test_windows());
         replica.swap_view(Arc::new(view(1, first_cut, size, &first)));
         let upserts: Vec<RealtimeUpsert> = realtime
             .iter()
@@ -664,14 +708,60 @@ mod tests {
             .collect();
         replica.apply(resolved, ends);
 
-        let check = |replica: &Replica| -> Result<(), TestCaseError> {
-            for (w, c) in &truth {
-                prop_assert_eq!(replica.word(w).total(), *c, "word {}", w);
-            }
-            let mut expected: Vec<(String, u64)> = truth.clone().into_iter().collect();
+        let ranked = |counts: BTreeMap<String, u64>| {
+            let mut expected: Vec<(String, u64)> = counts.into_iter().collect();
             expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             expected.truncate(k);
-            prop_assert_eq!(replica.top(k), expected);
+            expected
+        };
+        let all_time: BTreeMap<String, u64> = truth
+            .iter()
+            .filter(|(w, _)| Key::is_word(w))
+            .map(|(w, c)| (w.clone(), *c))
+            .collect();
+        let window_size = test_windows().size;
+        let check = |replica: &Replica| -> Result<(), TestCaseError> {
+            for (w, c) in &all_time {
+                prop_assert_eq!(replica.word(w).total(), *c, "word {}", w);
+            }
+            prop_assert_eq!(replica.top(k), ranked(all_time.clone()));
+            for &(from, len) in ranges {
+                let Some(range) = Range::rounded(window_size, from, from + len) else {
+                    continue;
+                };
+                let (mut in_range, mut late) = (BTreeMap::new(), 0);
+                let mut series: BTreeMap<String, Vec<(Window, u64)>> = BTreeMap::new();
+                for (key, c) in &truth {
+                    match Key::parse(key) {
+                        Some(Key::InWindow(w, word)) if range.contains(w) => {
+                            *in_range.entry(word.to_owned()).or_insert(0) += c;
+                            series.entry(word.to_owned()).or_default().push((w, *c));
+                        }
+                        Some(Key::Late(w)) if range.contains(w) => late += c,
+                        _ => {}
+                    }
+                }
+                for word in all_time.keys() {
+                    let want = in_range.get(word).copied().unwrap_or(0);
+                    prop_assert_eq!(
+                        replica.word_in(word, range).total(),
+                        want,
+                        "{} in {:?}",
+                        word,
+                        range
+                    );
+                    let mut want_series = series.get(word).cloned().unwrap_or_default();
+                    want_series.sort();
+                    let got: Vec<(Window, u64)> = replica
+                        .series(word, range)
+                        .into_iter()
+                        .map(|(w, m)| (w, m.total()))
+                        .collect();
+                    prop_assert_eq!(got, want_series);
+                }
+                prop_assert_eq!(replica.late_in(range), late);
+                prop_assert_eq!(replica.top_in(range, k), ranked(in_range));
+            }
             Ok(())
         };
         check(&replica)?;
@@ -681,9 +771,7 @@ mod tests {
             .iter()
             .map(|(p, o)| (p, o.max(replica.cut().get(p))))
             .collect();
-        let second: Vec<(String, u64)> = batch_counts(&second_cut, &mut tokenizer)
-            .into_iter()
-            .collect();
+        let second: Vec<(String, u64)> = batch_counts(&second_cut).into_iter().collect();
         let second: Vec<(&str, u64)> = second.iter().map(|(w, c)| (w.as_str(), *c)).collect();
         replica.swap_view(Arc::new(view(2, second_cut, size, &second)));
         check(&replica)?;
@@ -694,13 +782,17 @@ mod tests {
     proptest! {
         #[test]
         fn merged_counts_and_top_k_equal_a_recount(
-            events in prop::collection::vec((0..3i32, "[a-e ]{0,12}"), 0..120),
+            events in prop::collection::vec(
+                (0..3i32, "[a-e ]{0,12}", prop::option::weighted(0.9, 0i64..100_000)),
+                0..120,
+            ),
             size in 1..8u64,
             cut_at in prop::collection::vec(0..=100u64, 3),
             swap_to in prop::collection::vec(0..=100u64, 3),
             k in 1..8usize,
+            ranges in prop::collection::vec((0i64..100_000, 0i64..60_000), 3),
         ) {
-            check_against_recount(&events, size, &cut_at, &swap_to, k)?;
+            check_against_recount(&events, size, &cut_at, &swap_to, (k, &ranges))?;
         }
     }
 }

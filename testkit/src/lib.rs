@@ -198,6 +198,23 @@ pub async fn produce(
     }
 }
 
+/// Produces each record to its partition with its timestamp, in order, and
+/// waits until every one is acknowledged.
+pub async fn produce_timed(
+    kafka: impl Reach,
+    topic: &str,
+    records: impl IntoIterator<Item = common::kafka::TimedRecord>,
+) {
+    let producer: rdkafka::producer::FutureProducer =
+        common::kafka::producer_config(&kafka.connection())
+            .create()
+            .expect("producer");
+    let records: Vec<_> = records.into_iter().collect();
+    for result in common::kafka::send_all(&producer, topic, &records).await {
+        result.expect("delivered");
+    }
+}
+
 /// Produces each `(partition, payload)` to that partition and waits until
 /// every one is acknowledged.
 pub async fn produce_to_partitions(

@@ -101,8 +101,10 @@ pub(crate) struct Freshness {
 
 pub(crate) use common::now_ms;
 
+/// A time in RFC 3339, clamped to what it can write (years 1970 to 9999).
 pub(crate) fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let ms = ms.clamp(0, lambda_core::window::MAX_TIME);
+    let t = UNIX_EPOCH + Duration::from_millis(ms as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -147,12 +149,16 @@ pub const MAX_WORD_CHARS: usize = 600;
 #[utoipa::path(
     get,
     path = "/v1/words/{word}",
-    params(("word" = String, Path,
-        description = "One word: letters and digits only (`char::is_alphanumeric`), at most 600 characters; looked up lowercased",
-        min_length = 1, max_length = 600)),
+    params(
+        ("word" = String, Path,
+            description = "One word: letters and digits only (`char::is_alphanumeric`), at most 600 characters; looked up lowercased",
+            min_length = 1, max_length = 600),
+        ("from" = Option<String>, Query, description = "Count over an event-time range from here: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary (default: all time)"),
+        ("to" = Option<String>, Query, description = "Range end (exclusive), rounded down likewise; default: the end of the current window"),
+    ),
     responses(
         (status = 200, description = "The merged count and how fresh it is", body = WordAnswer),
-        (status = 400, description = "Not UTF-8, or longer than 600 characters", body = ErrorBody),
+        (status = 400, description = "Not UTF-8, longer than 600 characters, or an unreadable range", body = ErrorBody),
         (status = 404, description = "Not a word (it contains a character that separates words), so there is no count", body = ErrorBody),
         (status = 503, description = "Overloaded or timed out", body = ErrorBody),
     )
