@@ -8,7 +8,6 @@ mod common;
 
 use common::{free_addr, spawn_role, terminate, CrashRig, Scenario};
 use realtime_store::RealtimeStore;
-use std::collections::HashMap;
 
 const TOTAL: usize = 6000;
 
@@ -54,14 +53,16 @@ async fn sigkill_of_the_serving_layer_loses_and_duplicates_nothing() {
         "the replica's store was compacted during the run: {:?}",
         store.stats()
     );
-    let mut per_word: HashMap<String, u64> = HashMap::new();
-    for (k, c) in store.load_counts().expect("counts") {
-        *per_word.entry(k.word.to_string()).or_insert(0) += c;
-    }
+    let per_word = ::testkit::PerWord::of(store.load_counts().expect("counts"));
     assert_eq!(
-        per_word, truth,
+        per_word.all_time, truth,
         "the serving layer's realtime replica equals a recount: nothing lost, nothing twice"
     );
+    assert_eq!(
+        per_word.in_windows, truth,
+        "summed over their windows too (every event has a timestamp)"
+    );
+    assert_eq!(per_word.late, 0, "events produced in order are not late");
     assert_eq!(
         store.as_of().expect("as-of").total_offsets() as usize,
         TOTAL,

@@ -48,14 +48,16 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
         store.stats()
     );
     let counts = store.load_counts().expect("counts");
-    let mut per_word: HashMap<String, u64> = HashMap::new();
-    for (k, c) in &counts {
-        *per_word.entry(k.word.to_string()).or_insert(0) += c;
-    }
+    let per_word = ::testkit::PerWord::of(counts.clone());
     assert_eq!(
-        per_word, truth,
+        per_word.all_time, truth,
         "realtime counts equal a recount: nothing lost, nothing twice"
     );
+    assert_eq!(
+        per_word.in_windows, truth,
+        "summed over their windows too (every event has a timestamp)"
+    );
+    assert_eq!(per_word.late, 0, "events produced in order are not late");
     assert_eq!(
         store.offsets().expect("offsets").total_offsets() as usize,
         TOTAL

@@ -7,6 +7,7 @@
 //! [`lambda_core::merge`]'s rule; this module adds lookup structures and the exact
 //! top-K.
 
+use common::sync::LockOrStop;
 pub use lambda_core::merge::Merged;
 use lambda_core::merge::{merge, realtime_count};
 use lambda_core::realtime::RealtimeUpsert;
@@ -16,7 +17,7 @@ use lambda_core::{BucketKey, BucketSize, Cut, Partition};
 use realtime_store::CountKey;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A verified batch view, loaded for queries.
 ///
@@ -34,7 +35,33 @@ pub struct LoadedView {
     by_count: Vec<u32>,
     /// The windows the view has counts in.
     windows: BTreeSet<Window>,
+    /// Its words summed over recently asked ranges (see [`RangeSums`]).
+    range_sums: Mutex<Vec<(Range, Arc<RangeSums>)>>,
 }
+
+/// A view's words summed over the windows of one range and ranked: what a
+/// ranged top-K needs from the batch side, which does not change while the
+/// view is served. Computed once per view and range (it reads every word of
+/// every window in the range); then a ranged top-K only adds the realtime
+/// counts of the range's recent windows.
+#[derive(Debug, Default)]
+struct RangeSums {
+    /// Count descending, then word ascending.
+    ranked: Vec<(Box<str>, u64)>,
+    /// Each word's place in `ranked`.
+    index: FxHashMap<Box<str>, u32>,
+}
+
+impl RangeSums {
+    fn get(&self, word: &str) -> u64 {
+        self.index
+            .get(word)
+            .map_or(0, |&i| self.ranked[i as usize].1)
+    }
+}
+
+/// How many ranges a view keeps sums for.
+const RANGE_SUMS_KEPT: usize = 4;
 
 impl LoadedView {
     /// A view that was never stored (tests, benchmarks): its manifest is
@@ -67,6 +94,7 @@ impl LoadedView {
             view,
             by_count,
             windows,
+            range_sums: Mutex::default(),
         }
     }
 
@@ -95,6 +123,36 @@ impl LoadedView {
         let start = words.partition_point(|(k, _)| **k < *prefix.0);
         let len = words[start..].partition_point(|(k, _)| k.starts_with(&prefix.0));
         &words[start..start + len]
+    }
+
+    /// The view's words summed over `range`, from the cache or computed
+    /// (and kept for the next [`RANGE_SUMS_KEPT`] ranges asked).
+    fn range_sums(&self, range: Range) -> Arc<RangeSums> {
+        let mut kept = self.range_sums.lock_or_stop("a view's range sums");
+        if let Some((_, sums)) = kept.iter().find(|(r, _)| *r == range) {
+            return Arc::clone(sums);
+        }
+        let mut totals: FxHashMap<&str, u64> = FxHashMap::default();
+        for &w in self.windows.range(range.from..range.to) {
+            let prefix = WindowPrefix::of(w);
+            for (k, c) in self.window_entries(w) {
+                *totals.entry(&k[prefix.0.len()..]).or_default() += c;
+            }
+        }
+        let mut ranked: Vec<(Box<str>, u64)> =
+            totals.into_iter().map(|(w, c)| (w.into(), c)).collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let index = ranked
+            .iter()
+            .enumerate()
+            .map(|(i, (w, _))| (w.clone(), i as u32))
+            .collect();
+        let sums = Arc::new(RangeSums { ranked, index });
+        if kept.len() >= RANGE_SUMS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((range, Arc::clone(&sums)));
+        sums
     }
 
     /// Words by batch count descending, then word ascending.
@@ -291,29 +349,46 @@ impl Replica {
     }
 
     /// The exact `k` largest merged counts over `range`, count descending
-    /// then word ascending. Sums every word of every window in the range
-    /// (callers cache the answer per replica generation).
+    /// then word ascending.
+    ///
+    /// As [`Self::top`], over a range: the batch side's sums over the range
+    /// are ranked once per view ([`RangeSums`]); realtime counts only add,
+    /// so only words with a realtime count in the range can move up that
+    /// ranking. Their merged sums are computed, and the batch ranking
+    /// supplies the first `k` of all other words.
     pub fn top_in(&self, range: Range, k: usize) -> Vec<(String, u64)> {
         let cut = self.cut();
-        let mut sums: FxHashMap<&str, u64> = FxHashMap::default();
-        for w in self.windows_with_counts(range) {
-            if let Some(view) = &self.view {
-                let prefix = WindowPrefix::of(w);
-                for (k, c) in view.window_entries(w) {
-                    *sums.entry(&k[prefix.0.len()..]).or_default() += c;
-                }
-            }
-            for word in self.realtime_windows.get(&w).into_iter().flatten() {
+        let batch = self
+            .view
+            .as_ref()
+            .map_or_else(|| Arc::new(RangeSums::default()), |v| v.range_sums(range));
+        let mut moved: FxHashMap<&str, u64> = FxHashMap::default();
+        for (&w, words) in self.realtime_windows.range(range.from..range.to) {
+            for word in words {
                 let realtime = self.realtime_of(&Key::InWindow(w, word).encode(), cut);
                 if realtime > 0 {
-                    *sums.entry(word).or_default() += realtime;
+                    *moved.entry(word).or_default() += realtime;
                 }
             }
         }
-        let mut ranked: Vec<(&str, u64)> = sums.into_iter().filter(|(_, c)| *c > 0).collect();
-        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        ranked.truncate(k);
-        ranked.into_iter().map(|(w, c)| (w.to_owned(), c)).collect()
+        let mut candidates: Vec<(&str, u64)> = moved
+            .iter()
+            .map(|(&w, &realtime)| (w, batch.get(w) + realtime))
+            .collect();
+        candidates.extend(
+            batch
+                .ranked
+                .iter()
+                .filter(|(w, _)| !moved.contains_key(&**w))
+                .take(k)
+                .map(|(w, c)| (&**w, *c)),
+        );
+        candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        candidates.truncate(k);
+        candidates
+            .into_iter()
+            .map(|(w, c)| (w.to_owned(), c))
+            .collect()
     }
 
     /// Whether every partition's event-time watermark has passed the end of
