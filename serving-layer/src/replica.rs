@@ -12,7 +12,9 @@ pub use lambda_core::merge::Merged;
 use lambda_core::merge::{merge, realtime_count};
 use lambda_core::realtime::RealtimeUpsert;
 use lambda_core::view::{BatchView, Manifest, WordCount};
-use lambda_core::window::{Key, Millis, Range, Watermarks, Window, WindowSettings};
+use lambda_core::window::{
+    Key, Millis, Range, Watermarks, Window, WindowSettings, WindowedKeys,
+};
 use lambda_core::{BucketKey, BucketSize, Cut, Partition};
 use realtime_store::CountKey;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -363,9 +365,11 @@ impl Replica {
             .as_ref()
             .map_or_else(|| Arc::new(RangeSums::default()), |v| v.range_sums(range));
         let mut moved: FxHashMap<&str, u64> = FxHashMap::default();
+        let mut keys = WindowedKeys::default();
         for (&w, words) in self.realtime_windows.range(range.from..range.to) {
+            keys.set_window(w);
             for word in words {
-                let realtime = self.realtime_of(&Key::InWindow(w, word).encode(), cut);
+                let realtime = self.realtime_of(keys.key(word), cut);
                 if realtime > 0 {
                     *moved.entry(word).or_default() += realtime;
                 }
