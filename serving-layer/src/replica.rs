@@ -12,9 +12,7 @@ pub use lambda_core::merge::Merged;
 use lambda_core::merge::{merge, realtime_count};
 use lambda_core::realtime::RealtimeUpsert;
 use lambda_core::view::{BatchView, Manifest, WordCount};
-use lambda_core::window::{
-    Key, Millis, Range, Watermarks, Window, WindowSettings, WindowedKeys,
-};
+use lambda_core::window::{Key, Millis, Range, Watermarks, Window, WindowSettings, WindowedKeys};
 use lambda_core::{BucketKey, BucketSize, Cut, Partition};
 use realtime_store::CountKey;
 use rustc_hash::{FxHashMap, FxHashSet};
