@@ -9,6 +9,7 @@
 #   5. produce-to-visible freshness under load (bench/freshness.py) (issue 14)
 #   6. recompute time at 1x/2x/4x history, full vs incremental   (issue 18)
 #   7. Kappa replay vs a full batch recompute of the same events  (issue 18)
+#   8. ranged answers over an hour of one-minute windows (criterion) (issue 17)
 #
 # Usage: bash bench/all.sh
 #   MR_MB=50 MR_RUNS=3 EVENTS=500000 LOAD_RATE=20000 LOAD_SECONDS=300 bash bench/all.sh
@@ -32,32 +33,35 @@ cargo build --release -q -p cli
 
 step() { printf '\n=== %s\n' "$*" >&2; }
 
-step "1/7 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
+step "1/8 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
 bash bench/mapreduce_vs_duckdb.sh "$MR_MB" "$MR_RUNS" | tee "$OUT/mapreduce.txt"
 
-step "2/7 speed layer vs plain consumer"
+step "2/8 speed layer vs plain consumer"
 cargo bench -q -p lambda-speed --bench throughput 2>/dev/null | tee "$OUT/speed.txt"
 
-step "3/7 serving layer (wrk)"
+step "3/8 serving layer (wrk)"
 bash bench/serving_wrk.sh | tee "$OUT/serving.txt"
 
 if [ "$LOAD_SECONDS" -gt 0 ]; then
-  step "4/7 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
+  step "4/8 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
   python3 bench/load.py --rate "$LOAD_RATE" --duration "$LOAD_SECONDS" 2>"$OUT/load.err" | tee "$OUT/load.txt" || true
 fi
 
 if [ "$FRESH_SECONDS" -gt 0 ]; then
-  step "5/7 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
+  step "5/8 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
   python3 bench/freshness.py --rates "$FRESH_RATES" --seconds "$FRESH_SECONDS" | tee "$OUT/freshness.txt" || true
 fi
 
-step "6/7 recompute: full vs incremental at 1x/2x/4x history"
+step "6/8 recompute: full vs incremental at 1x/2x/4x history"
 cargo bench -q -p lambda-batch --bench recompute 2>/dev/null | tee "$OUT/recompute.txt"
 
 if [ "$KAPPA_EVENTS" -gt 0 ]; then
-  step "7/7 Lambda and Kappa reprocessing ${KAPPA_EVENTS} events"
+  step "7/8 Lambda and Kappa reprocessing ${KAPPA_EVENTS} events"
   python3 bench/kappa.py --events "$KAPPA_EVENTS" 2>"$OUT/kappa.err" | tee "$OUT/kappa.txt" || true
 fi
+
+step "8/8 ranged answers over an hour of one-minute windows"
+cargo bench -q -p lambda-serving --bench windows 2>&1 | grep -E '^(view|first|top_10|word_)|time:' | tee "$OUT/windows.txt"
 
 python3 - "$OUT" <<'EOF'
 import os, re, sys, time
@@ -70,7 +74,7 @@ def find(text, pattern, group=1):
     return m.group(group) if m else "?"
 mr, sp, sv, ld = read("mapreduce.txt"), read("speed.txt"), read("serving.txt"), read("load.txt")
 fr = read("freshness.txt")
-rc, kp = read("recompute.txt"), read("kappa.txt")
+rc, kp, wn = read("recompute.txt"), read("kappa.txt"), read("windows.txt")
 def fresh(rate):
     # | rate | probes | p50 | p99 | max | missed | ...
     m = re.search(r"^\| " + rate + r" \| \d+ \| (\S+) \| (\S+) \| (\S+) \| (\d+) \|", fr, re.M)
@@ -94,6 +98,7 @@ rows = [
     ("full recompute s (Lambda)", find(kp, r"^Lambda: full recompute \(master log\)\s+(\S+)"), ""),
     ("replay s (Kappa)", find(kp, r"^Kappa: lambda replay from offset 0\s+(\S+)"), ""),
     ("replay agrees with the batch view", "yes" if "agrees with batch view" in kp else "no", "yes"),
+    ("ranged top 10 over an hour, in process", find(wn, r"^top_10_last_hour\s+time:\s+\[\S+ \S+ (\S+ \S+)"), "p99 <= 20 ms over HTTP"),
 ]
 print(f"\nSummary ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release})\n")
 print("| measure | value | target |")
