@@ -609,18 +609,37 @@ fn check_windows(serving: SocketAddr, produced: &[Timed], base: i64, late: u64) 
         Some(count_in(produced, "alpha", 0, i64::MAX))
     );
     assert!(all.get("range").is_none(), "{all}");
-    // Bad ranges are refused with a reason.
-    for bad in [
-        format!("from={to}&to={from}"),
-        "from=yesterday".to_owned(),
-        format!("to={to}"),
-        format!("from={from}&to={}", from + 1),
-    ] {
+    // Unreadable times are refused with a reason; a range without a whole
+    // window counts nothing; `to` alone counts from the first window kept.
+    for bad in ["from=yesterday", "from=", "to=2026-13-01T00:00:00Z"] {
         let r = get(serving, &format!("/v1/top?{bad}")).expect("answer");
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
-    let r = get(serving, "/v1/words/alpha/series").expect("answer");
-    assert_eq!(r.status, 400, "a series needs a range: {}", r.text());
+    let all = answer(serving, "/v1/words/alpha/series");
+    let total: u64 = all["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .map(|p| p["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(
+        total,
+        count_in(produced, "alpha", 0, i64::MAX),
+        "every window kept: {all}"
+    );
+    for empty in [
+        format!("from={to}&to={from}"),
+        format!("from={from}&to={}", from + 1),
+    ] {
+        let a = answer(serving, &format!("/v1/words/alpha?{empty}"));
+        assert_eq!(a["count"].as_u64(), Some(0), "{empty}: {a}");
+    }
+    let before = answer(serving, &format!("/v1/words/alpha?to={to}"));
+    assert_eq!(
+        before["count"].as_u64(),
+        Some(count_in(produced, "alpha", 0, to)),
+        "{before}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

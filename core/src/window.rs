@@ -183,9 +183,7 @@ impl Arrival {
 pub enum TimeError {
     #[error("`{0}` is neither RFC 3339 (2026-12-02T10:00:00Z) nor milliseconds since the epoch")]
     Unreadable(String),
-    #[error("`{0}` is before the Unix epoch")]
-    BeforeEpoch(String),
-    #[error("`{0}` is after the year 9999")]
+    #[error("`{0}` is after the year 9999 (more than 15 digits)")]
     AfterYear9999(String),
     #[error("the window size must be at least 1 ms and at most a year, not `{0}`")]
     WindowSize(String),
@@ -421,26 +419,53 @@ pub fn newest_of(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
 pub const MAX_TIME: Millis = 253_402_300_799_999;
 
 /// Parses a range bound: RFC 3339 (`2026-12-02T10:00:00Z`, fractional
-/// seconds and offsets allowed) or milliseconds since the epoch.
+/// seconds and offsets from UTC allowed) or milliseconds since the epoch.
+/// Times before the epoch are the epoch (no event is older).
 pub fn parse_time(s: &str) -> Result<Millis, TimeError> {
     let s = s.trim();
-    if let Ok(ms) = s.parse::<i64>() {
-        return if ms < 0 {
-            Err(TimeError::BeforeEpoch(s.to_owned()))
-        } else if ms > MAX_TIME {
-            Err(TimeError::AfterYear9999(s.to_owned()))
-        } else {
-            Ok(ms)
-        };
+    let unreadable = || TimeError::Unreadable(s.to_owned());
+    // Up to 15 digits: milliseconds, the latest time at most.
+    if (1..=15).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+        let ms: Millis = s.parse().map_err(|_| unreadable())?;
+        return Ok(ms.min(MAX_TIME));
     }
-    if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(TimeError::AfterYear9999(s.to_owned()));
     }
-    let t = humantime::parse_rfc3339_weak(s).map_err(|_| TimeError::Unreadable(s.to_owned()))?;
-    let since = t
+    let (base, offset_ms) = split_offset(s);
+    // humantime reads years from 1970 on: an earlier date is checked as a
+    // date of 1972 (a leap year, like any year it stands for), then read as
+    // the epoch.
+    let year = base.get(..4).and_then(|y| y.parse::<u32>().ok());
+    if year.is_some_and(|y| y < 1970) {
+        humantime::parse_rfc3339_weak(&format!("1972{}", &base[4..])).map_err(|_| unreadable())?;
+        return Ok(0);
+    }
+    let t = humantime::parse_rfc3339_weak(base).map_err(|_| unreadable())?;
+    let ms = t
         .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| TimeError::BeforeEpoch(s.to_owned()))?;
-    Ok(since.as_millis().min(i64::MAX as u128) as Millis)
+        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as Millis);
+    Ok(ms.saturating_sub(offset_ms).clamp(0, MAX_TIME))
+}
+
+/// Splits an offset from UTC (`+05:30`, `-08:00`) off an RFC 3339 time:
+/// the time without it, and the offset in milliseconds (0 without one).
+fn split_offset(s: &str) -> (&str, Millis) {
+    let b = s.as_bytes();
+    let Some(i) = b.len().checked_sub(6).filter(|&i| i >= 19) else {
+        return (s, 0);
+    };
+    let digit = |k: usize| b[k].is_ascii_digit();
+    if !matches!(b[i], b'+' | b'-')
+        || b[i + 3] != b':'
+        || ![1, 2, 4, 5].iter().all(|&k| digit(i + k))
+    {
+        return (s, 0);
+    }
+    let num = |k: usize| Millis::from(b[k] - b'0') * 10 + Millis::from(b[k + 1] - b'0');
+    let minutes = num(i + 1) * 60 + num(i + 4);
+    let sign = if b[i] == b'-' { -1 } else { 1 };
+    (&s[..i], sign * minutes * 60_000)
 }
 
 #[cfg(test)]
@@ -633,9 +658,30 @@ mod tests {
             parse_time("2025-12-02T10:00:00.250Z"),
             Ok(1_764_669_600_250)
         );
-        assert!(matches!(parse_time("-5"), Err(TimeError::BeforeEpoch(_))));
+        assert!(matches!(parse_time("-5"), Err(TimeError::Unreadable(_))));
+        assert_eq!(
+            parse_time("1969-07-20T20:17:40Z"),
+            Ok(0),
+            "before the epoch"
+        );
+        assert_eq!(
+            parse_time("1968-02-29T00:00:00Z"),
+            Ok(0),
+            "a leap day before it"
+        );
+        assert!(parse_time("1969-02-30T00:00:00Z").is_err());
+        assert_eq!(
+            parse_time("2025-12-02T11:30:00+01:30"),
+            Ok(1_764_669_600_000),
+            "an offset from UTC"
+        );
+        assert_eq!(
+            parse_time("2025-12-02T08:00:00.000000-02:00"),
+            Ok(1_764_669_600_000)
+        );
         assert_eq!(parse_time("253402300799999"), Ok(MAX_TIME));
-        for late in ["253402300800000", "99999999999999999999"] {
+        assert_eq!(parse_time("999999999999999"), Ok(MAX_TIME), "clamped");
+        for late in ["2534023008000000", "99999999999999999999"] {
             assert!(
                 matches!(parse_time(late), Err(TimeError::AfterYear9999(_))),
                 "{late}"

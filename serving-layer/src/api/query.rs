@@ -28,8 +28,8 @@ pub struct TopParams {
     to: Option<String>,
 }
 
-/// An event-time range: `from` (RFC 3339 or ms since the epoch), and `to`
-/// (default: the end of the current window).
+/// An event-time range: `from` (RFC 3339 or ms since the epoch; default:
+/// the epoch) and `to` (default: the end of the current window).
 #[derive(Debug, Default, Deserialize)]
 pub struct RangeParams {
     from: Option<String>,
@@ -37,33 +37,25 @@ pub struct RangeParams {
 }
 
 impl RangeParams {
-    /// The whole windows asked for, if a range was; a 400 when it is
-    /// unreadable or holds no whole window.
+    /// The whole windows asked for, if a range was; a 400 when a time is
+    /// unreadable. A range that holds no whole window (`to` rounds down to
+    /// `from`'s window, or comes before it) is empty: it counts nothing.
     fn range(&self, replica: &Replica) -> Result<Option<Range>, ApiError> {
         let size = replica.windows().size;
-        let (from, to) = match (&self.from, &self.to) {
-            (None, None) => return Ok(None),
-            (None, Some(_)) => {
-                return Err(ApiError::BadRequest(
-                    "`to` needs a `from` (RFC 3339 or milliseconds since the epoch)".into(),
-                ))
-            }
-            (Some(from), to) => {
-                let bad = |e: lambda_core::window::TimeError| ApiError::BadRequest(e.to_string());
-                let from = parse_time(from).map_err(bad)?;
-                let to = match to {
-                    Some(to) => parse_time(to).map_err(bad)?,
-                    None => size.start_of(Window(size.window_of(now_ms()).0 + 1)),
-                };
-                (from, to)
-            }
+        let (from, to) = (&self.from, &self.to);
+        if from.is_none() && to.is_none() {
+            return Ok(None);
+        }
+        let bad = |e: lambda_core::window::TimeError| ApiError::BadRequest(e.to_string());
+        let from = from.as_deref().map_or(Ok(0), parse_time).map_err(bad)?;
+        let to = match to {
+            Some(t) => parse_time(t).map_err(bad)?,
+            None => size.start_of(Window(size.window_of(now_ms()).0 + 1)),
         };
-        let mut range = Range::rounded(size, from, to).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "the range holds no whole window of {} ms: `from` and `to` round down to window boundaries, and `from` must come first",
-                size.millis()
-            ))
-        })?;
+        let mut range = Range::rounded(size, from, to).unwrap_or_else(|| {
+            let w = size.window_of(from);
+            Range { from: w, to: w }
+        });
         if let Some(horizon) = replica.horizon() {
             range.from = range.from.max(horizon).min(range.to);
         }
@@ -153,8 +145,8 @@ pub const MAX_WORD_CHARS: usize = 600;
         ("word" = String, Path,
             description = "One word: letters and digits only (`char::is_alphanumeric`), at most 600 characters; looked up lowercased",
             min_length = 1, max_length = 600),
-        ("from" = Option<String>, Query, description = "Count over an event-time range from here: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary (default: all time)"),
-        ("to" = Option<String>, Query, description = "Range end (exclusive), rounded down likewise; default: the end of the current window"),
+        ("from" = Option<String>, Query, pattern = r"^([0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)$", description = "Count over an event-time range from here: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary (default: all time)"),
+        ("to" = Option<String>, Query, pattern = r"^([0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)$", description = "Range end (exclusive), rounded down likewise; default: the end of the current window. A range without a whole window counts nothing"),
     ),
     responses(
         (status = 200, description = "The merged count and how fresh it is", body = WordAnswer),
@@ -193,18 +185,19 @@ pub async fn word(
     }))
 }
 
-/// One word's count per window over an event-time range.
+/// One word's count per window over an event-time range (default: every
+/// window kept).
 #[utoipa::path(
     get,
     path = "/v1/words/{word}/series",
     params(
         ("word" = String, Path, description = "One word, as for `/v1/words/{word}`", min_length = 1, max_length = 600),
-        ("from" = String, Query, description = "Range start: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary"),
-        ("to" = Option<String>, Query, description = "Range end (exclusive), rounded down likewise; default: the end of the current window"),
+        ("from" = Option<String>, Query, pattern = r"^([0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)$", description = "Range start: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary; before the epoch is the epoch"),
+        ("to" = Option<String>, Query, pattern = r"^([0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)$", description = "Range end (exclusive), rounded down likewise; default: the end of the current window. A range without a whole window counts nothing"),
     ),
     responses(
         (status = 200, description = "The count per window", body = SeriesAnswer),
-        (status = 400, description = "No `from`, an unreadable time, or a range without a whole window", body = ErrorBody),
+        (status = 400, description = "An unreadable time", body = ErrorBody),
         (status = 404, description = "Not a word", body = ErrorBody),
         (status = 503, description = "Overloaded or timed out", body = ErrorBody),
     )
@@ -217,9 +210,15 @@ pub async fn series(
     let word = word_of(path)?;
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let replica = state.replica.read_or_stop("the replica");
-    let range = params
-        .range(&replica)?
-        .ok_or_else(|| ApiError::BadRequest("a series needs `from`".into()))?;
+    // Without a range: every window kept, up to the current one.
+    let everything = RangeParams {
+        from: Some("0".into()),
+        to: None,
+    };
+    let range = match params.range(&replica)? {
+        Some(range) => range,
+        None => everything.range(&replica)?.expect("a `from` makes a range"),
+    };
     let size = replica.windows().size;
     let windows = replica
         .series(&word, range)
@@ -274,12 +273,12 @@ fn word_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
     path = "/v1/top",
     params(
         ("k" = Option<i64>, Query, description = "How many words, 1 to 1000 (default 10)", minimum = 1, maximum = 1000),
-        ("from" = Option<String>, Query, description = "Rank over an event-time range from here: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary (default: all time)"),
-        ("to" = Option<String>, Query, description = "Range end (exclusive), rounded down likewise; default: the end of the current window"),
+        ("from" = Option<String>, Query, pattern = r"^([0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)$", description = "Rank over an event-time range from here: RFC 3339 or milliseconds since the epoch, rounded down to a window boundary (default: all time)"),
+        ("to" = Option<String>, Query, pattern = r"^([0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)$", description = "Range end (exclusive), rounded down likewise; default: the end of the current window. A range without a whole window counts nothing"),
     ),
     responses(
         (status = 200, description = "The k most frequent words", body = TopAnswer),
-        (status = 400, description = "k is not a whole number from 1 to 1000, or the range is unreadable or holds no whole window", body = ErrorBody),
+        (status = 400, description = "k is not a whole number from 1 to 1000, or a time is unreadable", body = ErrorBody),
         (status = 503, description = "Overloaded or timed out", body = ErrorBody),
     )
 )]
