@@ -278,31 +278,30 @@ impl RealtimeStore {
 
     /// The checkpointed next offset of every partition seen so far.
     pub fn offsets(&self) -> Result<Positions, StoreError> {
-        let inner = &self.inner;
-        let mut cut = Positions::new();
-        for item in inner.tree.scan_prefix([OFFSET]) {
-            let (k, v) = item.map_err(inner.err())?;
-            if k.len() != 5 || v.len() != 8 {
-                return Err(inner.malformed("offset entry"));
-            }
-            let p = i32::from_be_bytes(k[1..5].try_into().expect("4 bytes"));
-            cut.set(
-                p,
-                i64::from_le_bytes(v.as_ref().try_into().expect("8 bytes")),
-            );
-        }
-        Ok(cut)
+        Ok(self
+            .per_partition(OFFSET, "offset entry")?
+            .into_iter()
+            .collect())
     }
 
     /// The checkpointed newest event timestamp of every partition that has
     /// one.
     pub fn event_times(&self) -> Result<BTreeMap<Partition, Millis>, StoreError> {
+        self.per_partition(EVENT_TIME, "event-time entry")
+    }
+
+    /// The entries under `prefix`: one 64-bit value per partition.
+    fn per_partition(
+        &self,
+        prefix: u8,
+        what: &str,
+    ) -> Result<BTreeMap<Partition, i64>, StoreError> {
         let inner = &self.inner;
         let mut out = BTreeMap::new();
-        for item in inner.tree.scan_prefix([EVENT_TIME]) {
+        for item in inner.tree.scan_prefix([prefix]) {
             let (k, v) = item.map_err(inner.err())?;
             if k.len() != 5 || v.len() != 8 {
-                return Err(inner.malformed("event-time entry"));
+                return Err(inner.malformed(what));
             }
             let p = i32::from_be_bytes(k[1..5].try_into().expect("4 bytes"));
             out.insert(
