@@ -9,7 +9,7 @@
 //!   BENCH_HISTORY=500000 BENCH_NEW=20000 BENCH_RUNS=3 cargo bench -p lambda-batch --bench recompute
 
 use batch_layer::mapreduce::Engine;
-use batch_layer::master_log::{FsyncPolicy, LogOptions, MasterLog, Record, RecordKind};
+use batch_layer::master_log::{FsyncPolicy, LogOptions, MasterLog};
 use batch_layer::recompute::{recompute, Outcome, Request};
 use common::views::ViewStore;
 use lambda_core::lineage::RecomputeMode;
@@ -18,64 +18,15 @@ use lambda_core::BucketSize;
 use std::sync::Mutex;
 use std::time::Instant;
 
-const PARTITIONS: i32 = 4;
+mod events;
+
+use events::{append, dir_bytes, Events, PARTITIONS};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Events of 4–15 words, Zipf-ish over a vocabulary of ~100k words: the
-/// vocabulary (and so the view) stops growing long before history does, as
-/// with natural text.
-struct Events(u64);
-
-impl Events {
-    fn next_text(&mut self) -> String {
-        const COMMON: [&str; 16] = [
-            "the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for",
-            "on", "are", "with",
-        ];
-        let mut next = |bound: u64| {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % bound
-        };
-        let words = 4 + next(12);
-        let mut text = String::new();
-        for i in 0..words {
-            if i > 0 {
-                text.push(' ');
-            }
-            if next(10) < 6 {
-                text.push_str(COMMON[next(COMMON.len() as u64) as usize]);
-            } else {
-                text.push_str(&format!("w{:x}", next(100_000)));
-            }
-        }
-        text
-    }
-}
-
-/// Appends `n` events spread over the partitions, then commits.
-fn append(log: &Mutex<MasterLog>, events: &mut Events, n: usize) {
-    let mut log = log.lock().expect("log");
-    let per_partition = n / PARTITIONS as usize;
-    for p in 0..PARTITIONS {
-        let start = log.end_offsets().get(p);
-        let texts: Vec<String> = (0..per_partition).map(|_| events.next_text()).collect();
-        let records = texts.iter().enumerate().map(|(i, t)| Record {
-            offset: start + i as i64,
-            timestamp_ms: Some(0),
-            kind: RecordKind::Event,
-            payload: t.as_bytes(),
-        });
-        log.append(p, records).expect("append");
-    }
-    log.commit().expect("commit");
 }
 
 fn timed(
@@ -119,7 +70,7 @@ fn main() {
     let engine = Engine::new(0).expect("engine");
     let bucket = BucketSize::new(1).expect("non-zero");
     println!(
-        "recompute: history of 1x/2x/4x {history} events, then {new} new events; median of {runs}; {} MapReduce threads",
+        "recompute: history of 1x/2x/4x {history} events over {PARTITIONS} partitions, then {new} new events; median of {runs}; {} MapReduce threads",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
@@ -135,14 +86,14 @@ fn main() {
         };
         let log = Mutex::new(MasterLog::open(dir.path(), options).expect("log"));
         let store = ViewStore::open(dir.path(), 2).expect("store");
-        let mut events = Events(0x2545_f491_4f6c_dd1d);
-        append(&log, &mut events, history * multiple);
+        let mut events = Events::new(100_000);
+        append(&log, &mut events, history * multiple, |_| 0);
         timed(&log, &store, &engine, bucket, RecomputeMode::Full);
         let (mut full, mut incremental) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             // The same new events counted both ways: first incrementally
             // onto the view before them, then in full at the same cut.
-            append(&log, &mut events, new);
+            append(&log, &mut events, new, |_| 0);
             incremental.push(timed(
                 &log,
                 &store,
@@ -170,22 +121,4 @@ fn main() {
         last.0 / first.0,
         last.1 / first.1
     );
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| {
-                    let meta = e.metadata().expect("metadata");
-                    if meta.is_dir() {
-                        dir_bytes(&e.path())
-                    } else {
-                        meta.len()
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }

@@ -122,6 +122,80 @@ async fn every_line_becomes_one_record() {
     broker.stop().await;
 }
 
+/// `--backdate` stamps the lines with event times spread evenly over the
+/// span, the first one span ago and the last one now, in line order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backdated_lines_carry_event_times_spread_over_the_span() {
+    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
+        .await
+        .expect("broker");
+    let brokers = broker.bootstrap();
+    let topic = unique("backdate");
+    ::common::kafka::ensure_topic(
+        &::common::client::Connection::plaintext(&brokers),
+        &topic,
+        2,
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .expect("topic");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("history.txt");
+    let text: String = (0..61).map(|i| format!("minute {i}\n\n")).collect();
+    std::fs::write(&input, text).expect("write input");
+
+    let before = ::common::now_ms();
+    let (b, t, i) = (
+        brokers.clone(),
+        topic.clone(),
+        input.to_str().expect("utf-8").to_owned(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        lambda(&[
+            "produce",
+            &i,
+            "--brokers",
+            &b,
+            "--topic",
+            &t,
+            "--backdate",
+            "1h",
+        ])
+    })
+    .await
+    .expect("join");
+    let after = ::common::now_ms();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("produced 61 events"), "{stderr}");
+
+    let records = consume_n(&brokers, &topic, 61, std::time::Duration::from_secs(30)).await;
+    let mut times: Vec<(u64, i64)> = records
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8(r.payload.clone()).expect("utf-8");
+            let minute = text["minute ".len()..].parse().expect("a number");
+            (minute, r.timestamp_ms.expect("a timestamp"))
+        })
+        .collect();
+    times.sort();
+    let (first, last) = (times[0].1, times[60].1);
+    assert!(
+        (before - 3_600_000..=after - 3_600_000).contains(&first),
+        "first line stamped {first}, produced between {before} and {after}"
+    );
+    for (minute, t) in &times {
+        assert_eq!(*t, first + *minute as i64 * 60_000, "line {minute}");
+    }
+    assert!(last <= after);
+
+    // Standard input cannot be counted ahead, so it is refused.
+    let out = lambda(&["produce", "-", "--brokers", &brokers, "--backdate", "1h"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--backdate needs a file"));
+    broker.stop().await;
+}
+
 #[test]
 fn an_unreachable_broker_or_missing_input_fails_the_exit_code() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -56,6 +56,7 @@ pub mod env {
     pub const MAX_BODY_BYTES: &str = "LAMBDA_MAX_BODY_BYTES";
     pub const DELIVERY_TIMEOUT: &str = "LAMBDA_DELIVERY_TIMEOUT";
     pub const KEY_BY_LINE: &str = "LAMBDA_KEY_BY_LINE";
+    pub const BACKDATE: &str = "LAMBDA_BACKDATE";
     pub const SECURITY_PROTOCOL: &str = "LAMBDA_SECURITY_PROTOCOL";
     pub const SSL_CA_LOCATION: &str = "LAMBDA_SSL_CA_LOCATION";
     pub const SSL_CERTIFICATE_LOCATION: &str = "LAMBDA_SSL_CERTIFICATE_LOCATION";
@@ -112,6 +113,7 @@ pub mod env {
         MAX_BODY_BYTES,
         DELIVERY_TIMEOUT,
         KEY_BY_LINE,
+        BACKDATE,
         SECURITY_PROTOCOL,
         SSL_CA_LOCATION,
         SSL_CERTIFICATE_LOCATION,

@@ -176,6 +176,8 @@ pub struct Consumed {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp (ms since the epoch), if it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Consumed {
@@ -332,6 +334,7 @@ fn consumed<M: rdkafka::message::Message>(m: &M) -> Consumed {
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().unwrap_or_default().to_vec(),
         headers,
+        timestamp_ms: m.timestamp().to_millis(),
     }
 }
 

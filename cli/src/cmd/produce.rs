@@ -33,6 +33,12 @@ pub struct ProduceArgs {
     /// by default records carry no key and the client spreads them.
     #[arg(long, env = env::KEY_BY_LINE)]
     pub key_by_line: bool,
+    /// Stamp the events with event times spread evenly over the last
+    /// DURATION (the first line DURATION ago, the last one now) instead of
+    /// the moment each is sent: history for the event-time windows. Needs a
+    /// file (its lines are counted first).
+    #[arg(long, env = env::BACKDATE, value_parser = parse_duration)]
+    pub backdate: Option<Duration>,
     /// How long the client may try to deliver a record before it counts as
     /// failed.
     #[arg(long, env = env::DELIVERY_TIMEOUT, default_value = "30s", value_parser = parse_duration)]
@@ -73,6 +79,68 @@ impl Pacer {
         }
         self.sent += n as u64;
     }
+}
+
+/// Event times spread evenly over `span` back from `now`, one per line.
+#[derive(Debug, Clone, Copy)]
+pub struct Backdate {
+    first_ms: i64,
+    step_ms: f64,
+}
+
+impl Backdate {
+    /// For `lines` lines ending at `now_ms`.
+    pub fn new(span: Duration, lines: u64, now_ms: i64) -> Self {
+        let span_ms = span.as_millis().min(i64::MAX as u128) as i64;
+        Self {
+            first_ms: now_ms.saturating_sub(span_ms).max(0),
+            step_ms: span_ms as f64 / lines.saturating_sub(1).max(1) as f64,
+        }
+    }
+
+    /// The event time of the `n`th line (from 0).
+    pub fn at(&self, n: u64) -> i64 {
+        self.first_ms + (n as f64 * self.step_ms) as i64
+    }
+}
+
+/// One line to send: its key, payload and event time, if backdated.
+struct Line {
+    key: Option<String>,
+    payload: Vec<u8>,
+    timestamp_ms: Option<i64>,
+}
+
+impl common::kafka::OutgoingRecord for Line {
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp_ms
+    }
+}
+
+/// The number of events (non-blank lines) of a file.
+fn count_events(path: &std::path::Path) -> anyhow::Result<u64> {
+    let mut reader = BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+    );
+    let (mut n, mut line) = (0, Vec::new());
+    while reader
+        .read_until(b'\n', &mut line)
+        .context("cannot read the input")?
+        > 0
+    {
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            n += 1;
+        }
+        line.clear();
+    }
+    Ok(n)
 }
 
 /// Delivery outcomes, with each distinct error counted.
@@ -116,6 +184,15 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     common::config::validate_topic_name(&args.topic)
         .map_err(|m| anyhow::anyhow!("invalid --topic: {m}"))?;
     args.client.validate()?;
+    let backdate = match (&args.backdate, &args.input) {
+        (None, _) => None,
+        (Some(span), Some(path)) if path.as_os_str() != "-" => {
+            Some(Backdate::new(*span, count_events(path)?, common::now_ms()))
+        }
+        (Some(_), _) => {
+            anyhow::bail!("--backdate needs a file as input (its lines are counted first)")
+        }
+    };
     let kafka = args.client.connection(&args.brokers);
     tracing::debug!(connection = %kafka.describe(), "Producing.");
     let mut reader = BufReader::with_capacity(1 << 20, open_input(&args.input)?);
@@ -144,10 +221,11 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     super::runtime()?.block_on(async {
         let mut pacer = Pacer::new(args.rate);
         let mut line_no = 0u64;
+        let mut events = 0u64;
         let mut line = Vec::new();
         let mut eof = false;
         while !eof {
-            let mut chunk: Vec<(Option<String>, Vec<u8>)> = Vec::with_capacity(pacer.chunk());
+            let mut chunk: Vec<Line> = Vec::with_capacity(pacer.chunk());
             while chunk.len() < pacer.chunk() {
                 line.clear();
                 let n = reader
@@ -165,8 +243,12 @@ pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
                     skipped += 1;
                     continue;
                 }
-                let key = args.key_by_line.then(|| line_no.to_string());
-                chunk.push((key, line.clone()));
+                chunk.push(Line {
+                    key: args.key_by_line.then(|| line_no.to_string()),
+                    payload: line.clone(),
+                    timestamp_ms: backdate.map(|b| b.at(events)),
+                });
+                events += 1;
             }
             if chunk.is_empty() {
                 continue;

@@ -1,0 +1,95 @@
+//! Generated events for the batch layer's benchmarks: 4–15 words each, 60 %
+//! from 16 very common words and the rest uniform over a vocabulary of
+//! generated words, so the vocabulary (and so the view) stops growing long
+//! before history does, as with natural text.
+
+use batch_layer::master_log::{MasterLog, Record, RecordKind};
+use lambda_core::window::Millis;
+use std::sync::Mutex;
+
+pub const PARTITIONS: i32 = 4;
+
+pub struct Events {
+    state: u64,
+    vocabulary: u64,
+}
+
+impl Events {
+    pub fn new(vocabulary: u64) -> Self {
+        Self {
+            state: 0x2545_f491_4f6c_dd1d,
+            vocabulary,
+        }
+    }
+
+    fn next(&mut self, bound: u64) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state % bound
+    }
+
+    pub fn next_text(&mut self) -> String {
+        const COMMON: [&str; 16] = [
+            "the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for",
+            "on", "are", "with",
+        ];
+        let words = 4 + self.next(12);
+        let mut text = String::new();
+        for i in 0..words {
+            if i > 0 {
+                text.push(' ');
+            }
+            if self.next(10) < 6 {
+                text.push_str(COMMON[self.next(COMMON.len() as u64) as usize]);
+            } else {
+                let w = self.next(self.vocabulary);
+                text.push_str(&format!("w{w:x}"));
+            }
+        }
+        text
+    }
+}
+
+/// Appends `n` events spread over the partitions, the `i`th of each
+/// partition stamped `stamp(i)`, then commits.
+pub fn append(
+    log: &Mutex<MasterLog>,
+    events: &mut Events,
+    n: usize,
+    stamp: impl Fn(usize) -> Millis,
+) {
+    let mut log = log.lock().expect("log");
+    let per_partition = n / PARTITIONS as usize;
+    for p in 0..PARTITIONS {
+        let start = log.end_offsets().get(p);
+        let texts: Vec<String> = (0..per_partition).map(|_| events.next_text()).collect();
+        let records = texts.iter().enumerate().map(|(i, t)| Record {
+            offset: start + i as i64,
+            timestamp_ms: Some(stamp(i)),
+            kind: RecordKind::Event,
+            payload: t.as_bytes(),
+        });
+        log.append(p, records).expect("append");
+    }
+    log.commit().expect("commit");
+}
+
+/// The bytes of every file under `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    let meta = e.metadata().expect("metadata");
+                    if meta.is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        meta.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
