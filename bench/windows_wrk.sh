@@ -47,9 +47,10 @@ python3 bench/gen_corpus.py --bytes $((LIVE_RATE * 200 * 70)) --seed 8 --vocabul
 RUST_LOG=warn "$LAMBDA" demo --no-sample --data-dir "$work/data" --admin-token bench \
     --http-addr "127.0.0.1:$http_port" --broker-addr "127.0.0.1:$broker_port" \
     --batch-addr "127.0.0.1:$batch_port" --speed-addr "127.0.0.1:$speed_port" \
-    --window 1m --recompute-interval 1h >"$work/demo.log" 2>&1 &
+    --recompute-interval 1h >"$work/demo.log" 2>&1 &
 demo_pid=$!
 for _ in $(seq 300); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.2; done
+curl -sf "$base/healthz" >/dev/null || { cat "$work/demo.log"; exit 1; }
 
 started=$(date +%s.%N)
 "$LAMBDA" produce "$work/history.txt" --backdate 1h --brokers "127.0.0.1:$broker_port" --topic events 2>&1 | tail -1
