@@ -11,14 +11,16 @@ pub use lambda_core::merge::Merged;
 use lambda_core::merge::{merge, realtime_count};
 use lambda_core::realtime::RealtimeUpsert;
 use lambda_core::view::{BatchView, Manifest};
-use lambda_core::window::{Key, Millis, Range, Window, WindowSettings};
+use lambda_core::window::{Key, Millis, Window, WindowSettings};
 use lambda_core::{BucketKey, BucketSize, Cut, Partition};
 use realtime_store::CountKey;
-use rustc_hash::{FxHashMap, FxHashSet};
+use ranking::{top_of_sums, Ordered, Ranking};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use windows::RangeSums;
+use std::sync::Arc;
+use windows::WindowRun;
 
+mod ranking;
 mod windows;
 
 /// A verified batch view, loaded for queries.
@@ -37,8 +39,11 @@ pub struct LoadedView {
     by_count: Vec<u32>,
     /// The windows the view has counts in.
     windows: BTreeSet<Window>,
-    /// Its words summed over recently asked ranges (see [`RangeSums`]).
-    range_sums: Mutex<Vec<(Range, Arc<RangeSums>)>>,
+    /// Where each window's words are among the windowed keys, and their
+    /// order by count (see [`WindowRun`]).
+    runs: BTreeMap<Window, WindowRun>,
+    /// Per window run, indices into `view.windowed()` by count descending.
+    window_order: Vec<u32>,
 }
 
 impl LoadedView {
@@ -59,20 +64,14 @@ impl LoadedView {
             let (wb, cb) = &words[b as usize];
             cb.cmp(ca).then_with(|| wa.cmp(wb))
         });
-        let windows = view
-            .windowed()
-            .iter()
-            .filter_map(|(k, _)| match Key::parse(k) {
-                Some(Key::InWindow(w, _) | Key::Late(w)) => Some(w),
-                _ => None,
-            })
-            .collect();
+        let (windows, runs, window_order) = windows::index(view.windowed());
         Self {
             manifest,
             view,
             by_count,
             windows,
-            range_sums: Mutex::default(),
+            runs,
+            window_order,
         }
     }
 
@@ -122,14 +121,18 @@ fn find_bucket(buckets: &[(BucketKey, u64)], bucket: &BucketKey) -> Result<usize
     }
 }
 
-/// The first `k` of `candidates`, count descending then word ascending.
-fn ranked(mut candidates: Vec<(&str, u64)>, k: usize) -> Vec<(String, u64)> {
-    candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    candidates.truncate(k);
-    candidates
-        .into_iter()
-        .map(|(w, c)| (w.to_owned(), c))
-        .collect()
+/// Adds `delta` to `key`'s realtime ranking: the all-time one for a word,
+/// its window's for a windowed key (a late-events key only marks its window
+/// as having realtime counts).
+fn rank(all: &mut Ranking, windows: &mut BTreeMap<Window, Ranking>, key: &str, delta: u64) {
+    match Key::parse(key) {
+        Some(Key::Word(word)) => all.add(word, delta),
+        Some(Key::InWindow(w, word)) => windows.entry(w).or_default().add(word, delta),
+        Some(Key::Late(w)) => {
+            windows.entry(w).or_default();
+        }
+        None => {}
+    }
 }
 
 /// The merged state.
@@ -141,8 +144,12 @@ pub struct Replica {
     /// Realtime counts by key (a word, or a windowed key of
     /// [`lambda_core::window::Key`]), then bucket (see [`find_bucket`]).
     realtime: FxHashMap<Box<str>, Vec<(BucketKey, u64)>>,
-    /// The windows with realtime counts, and their words.
-    realtime_windows: BTreeMap<Window, FxHashSet<Box<str>>>,
+    /// Realtime counts above the cut per word, in count order (see
+    /// [`Ranking`]): all-time ones …
+    ranked: Ranking,
+    /// … and per window with realtime counts above the cut (a window with
+    /// only late events has an empty one).
+    ranked_windows: BTreeMap<Window, Ranking>,
     /// Per partition, the newest timestamp that moved its watermark, as the
     /// realtime watermarks tell (the view's own is in its header).
     newest: BTreeMap<Partition, Millis>,
@@ -160,7 +167,8 @@ impl Replica {
             windows: WindowSettings::default(),
             view: None,
             realtime: FxHashMap::default(),
-            realtime_windows: BTreeMap::new(),
+            ranked: Ranking::default(),
+            ranked_windows: BTreeMap::new(),
             newest: BTreeMap::new(),
             realtime_as_of: Cut::new(),
             realtime_loaded: false,
@@ -236,37 +244,16 @@ impl Replica {
         merge(batch, self.cut(), self.size, buckets.iter().copied())
     }
 
-    fn realtime_of(&self, word: &str, cut: &Cut) -> u64 {
-        self.realtime.get(word).map_or(0, |buckets| {
-            realtime_count(cut, self.size, buckets.iter().copied())
-        })
-    }
-
     /// The exact `k` largest merged counts, count descending then word
-    /// ascending.
-    ///
-    /// Realtime counts only add, so only words with a realtime count can move
-    /// up the batch ranking: their merged counts are computed, and the batch
-    /// ranking supplies the first `k` of all other words (whose merged count
-    /// is their batch count). The true top `k` is among those candidates.
+    /// ascending: the threshold algorithm (see [`ranking`]) over the view's
+    /// ranking and the realtime one.
     pub fn top(&self, k: usize) -> Vec<(String, u64)> {
-        let cut = self.cut();
-        let mut candidates: Vec<(&str, u64)> = Vec::new();
-        let mut moved: FxHashSet<&str> = FxHashSet::default();
-        for word in self.realtime.keys().filter(|k| Key::is_word(k)) {
-            // The rule's two halves, the batch one looked up only for words
-            // whose realtime buckets are not all below the cut.
-            let realtime = self.realtime_of(word, cut);
-            if realtime > 0 {
-                let batch = self.view.as_ref().map_or(0, |v| v.get(word));
-                candidates.push((word, Merged { batch, realtime }.total()));
-                moved.insert(word);
-            }
-        }
+        let mut parts: Vec<Ordered<'_>> = vec![Box::new(self.ranked.iter())];
         if let Some(view) = &self.view {
-            candidates.extend(view.ranked().filter(|(w, _)| !moved.contains(w)).take(k));
+            parts.push(Box::new(view.ranked()));
         }
-        ranked(candidates, k)
+        let batch = |w: &str| self.view.as_ref().map_or(0, |v| v.get(w));
+        top_of_sums(parts, |w| batch(w) + self.ranked.get(w), k)
     }
 
     /// The absolute values `upserts` lead to (`max` with what is held), one
@@ -300,25 +287,25 @@ impl Replica {
 
     /// Applies resolved counts and moves the realtime position to `as_of`.
     pub fn apply(&mut self, counts: Vec<(CountKey, u64)>, as_of: Cut) {
-        for (key, count) in counts {
-            if !self.realtime.contains_key(&key.word) {
-                match Key::parse(&key.word) {
-                    Some(Key::InWindow(w, word)) => {
-                        self.realtime_windows
-                            .entry(w)
-                            .or_default()
-                            .insert(word.into());
-                    }
-                    Some(Key::Late(w)) => {
-                        self.realtime_windows.entry(w).or_default();
-                    }
-                    _ => {}
-                }
+        for (CountKey { bucket, word }, count) in counts {
+            let held = self
+                .realtime
+                .get(&*word)
+                .and_then(|b| find_bucket(b, &bucket).ok().map(|i| b[i].1))
+                .unwrap_or(0);
+            if count <= held {
+                continue;
             }
-            let buckets = self.realtime.entry(key.word).or_default();
-            match find_bucket(buckets, &key.bucket) {
-                Ok(i) => buckets[i].1 = buckets[i].1.max(count),
-                Err(i) => buckets.insert(i, (key.bucket, count)),
+            if self
+                .cut()
+                .is_realtime_bucket(self.size, bucket.partition, bucket.bucket)
+            {
+                rank(&mut self.ranked, &mut self.ranked_windows, &word, count - held);
+            }
+            let buckets = self.realtime.entry(word).or_default();
+            match find_bucket(buckets, &bucket) {
+                Ok(i) => buckets[i].1 = count,
+                Err(i) => buckets.insert(i, (bucket, count)),
             }
         }
         self.realtime_as_of = as_of;
@@ -338,8 +325,23 @@ impl Replica {
             return false;
         }
         self.view = Some(view);
+        self.rerank();
         self.generation += 1;
         true
+    }
+
+    /// Rebuilds the realtime rankings for the current cut.
+    fn rerank(&mut self) {
+        let (cut, size) = (self.cut().clone(), self.size);
+        let (mut ranked, mut windows) = (Ranking::default(), BTreeMap::new());
+        for (key, buckets) in &self.realtime {
+            let above = realtime_count(&cut, size, buckets.iter().copied());
+            if above > 0 {
+                rank(&mut ranked, &mut windows, key, above);
+            }
+        }
+        self.ranked = ranked;
+        self.ranked_windows = windows;
     }
 
     /// Per word, the realtime counts of the buckets between two cuts
@@ -374,12 +376,8 @@ impl Replica {
             removed += before - buckets.len();
             !buckets.is_empty()
         });
+        // The rankings hold only counts above the cut already.
         if removed > 0 {
-            let realtime = &self.realtime;
-            self.realtime_windows.retain(|&w, words| {
-                words.retain(|word| realtime.contains_key(&*Key::InWindow(w, word).encode()));
-                !words.is_empty() || realtime.contains_key(&*Key::Late(w).encode())
-            });
             self.generation += 1;
         }
         removed
@@ -396,6 +394,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lambda_core::window::Range;
     use lambda_core::view::ViewOrigin;
     use lambda_core::Tokenizer;
     use proptest::prelude::*;

@@ -1,91 +1,91 @@
 //! The replica's event-time side: counts over a range of windows, the
-//! series of one word, late events, completeness, and the ranged top-K with
-//! the view's sums over a range ranked once per view.
+//! series of one word, late events, completeness, and the ranged top-K
+//! (the threshold algorithm over the view's per-window rankings and the
+//! realtime ones, see [`super::ranking`]).
 
-use super::{ranked, LoadedView, Replica};
-use common::sync::LockOrStop;
+use super::ranking::{top_of_sums, Ordered};
+use super::{LoadedView, Replica};
 use lambda_core::merge::Merged;
 use lambda_core::view::WordCount;
-use lambda_core::window::{Key, Millis, Range, Watermarks, Window, WindowedKeys};
+use lambda_core::window::{Key, Millis, Range, Watermarks, Window};
 use lambda_core::Partition;
-use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// A view's words summed over the windows of one range and ranked: what a
-/// ranged top-K needs from the batch side, which does not change while the
-/// view is served. Computed once per view and range (it reads every word of
-/// every window in the range); then a ranged top-K only adds the realtime
-/// counts of the range's recent windows.
-#[derive(Debug, Default)]
-pub(super) struct RangeSums {
-    /// Count descending, then word ascending.
-    ranked: Vec<(Box<str>, u64)>,
-    /// Each word's place in `ranked`.
-    index: FxHashMap<Box<str>, u32>,
+/// Where one window's words are in a view's windowed keys (a window's keys
+/// share their prefix `#<window>@`, so they are one run of the sorted
+/// keys), and where their order by count is in the view's `window_order`
+/// (the same positions).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WindowRun {
+    start: u32,
+    len: u32,
+    /// The length of the run's shared prefix.
+    prefix: u32,
 }
 
-impl RangeSums {
-    fn get(&self, word: &str) -> u64 {
-        self.index
-            .get(word)
-            .map_or(0, |&i| self.ranked[i as usize].1)
+/// A view's windows, each window's run of words, and each run's order by
+/// count descending then key ascending, built once per view.
+pub(super) fn index(
+    windowed: &[WordCount],
+) -> (BTreeSet<Window>, BTreeMap<Window, WindowRun>, Vec<u32>) {
+    let (mut windows, mut runs) = (BTreeSet::new(), BTreeMap::<Window, WindowRun>::new());
+    for (i, (k, _)) in windowed.iter().enumerate() {
+        match Key::parse(k) {
+            Some(Key::InWindow(w, word)) => {
+                windows.insert(w);
+                let run = runs.entry(w).or_insert(WindowRun {
+                    start: i as u32,
+                    len: 0,
+                    prefix: (k.len() - word.len()) as u32,
+                });
+                run.len += 1;
+            }
+            Some(Key::Late(w)) => {
+                windows.insert(w);
+            }
+            _ => {}
+        }
     }
-}
-
-/// How many ranges a view keeps sums for.
-const RANGE_SUMS_KEPT: usize = 4;
-
-/// `#<window>@`, the prefix every key of a window's words shares.
-struct WindowPrefix(String);
-
-impl WindowPrefix {
-    fn of(window: Window) -> Self {
-        let mut key = Key::InWindow(window, "").encode();
-        key.shrink_to_fit();
-        Self(key)
+    let mut order: Vec<u32> = (0..windowed.len() as u32).collect();
+    for run in runs.values() {
+        let (start, end) = (run.start as usize, (run.start + run.len) as usize);
+        order[start..end].sort_unstable_by(|&a, &b| {
+            let (ka, ca) = &windowed[a as usize];
+            let (kb, cb) = &windowed[b as usize];
+            cb.cmp(ca).then_with(|| ka.cmp(kb))
+        });
     }
+    (windows, runs, order)
 }
 
 impl LoadedView {
-    /// The view's counts in `window`, as `(#<window>@<word>, count)`: one
-    /// run of the sorted keys (a window's keys share their prefix).
-    fn window_entries(&self, window: Window) -> &[WordCount] {
-        let words = self.view.windowed();
-        let prefix = WindowPrefix::of(window);
-        let start = words.partition_point(|(k, _)| **k < *prefix.0);
-        let len = words[start..].partition_point(|(k, _)| k.starts_with(&prefix.0));
-        &words[start..start + len]
+    /// `word`'s count in `window`.
+    fn in_window(&self, window: Window, word: &str) -> u64 {
+        let Some(run) = self.runs.get(&window) else {
+            return 0;
+        };
+        let entries = self.run(run);
+        let prefix = run.prefix as usize;
+        entries
+            .binary_search_by(|(k, _)| k[prefix..].cmp(word))
+            .map_or(0, |i| entries[i].1)
     }
 
-    /// The view's words summed over `range`, from the cache or computed
-    /// (and kept for the next [`RANGE_SUMS_KEPT`] ranges asked).
-    fn range_sums(&self, range: Range) -> Arc<RangeSums> {
-        let mut kept = self.range_sums.lock_or_stop("a view's range sums");
-        if let Some((_, sums)) = kept.iter().find(|(r, _)| *r == range) {
-            return Arc::clone(sums);
-        }
-        let mut totals: FxHashMap<&str, u64> = FxHashMap::default();
-        for &w in self.windows.range(range.from..range.to) {
-            let prefix = WindowPrefix::of(w);
-            for (k, c) in self.window_entries(w) {
-                *totals.entry(&k[prefix.0.len()..]).or_default() += c;
-            }
-        }
-        let mut ranked: Vec<(Box<str>, u64)> =
-            totals.into_iter().map(|(w, c)| (w.into(), c)).collect();
-        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let index = ranked
-            .iter()
-            .enumerate()
-            .map(|(i, (w, _))| (w.clone(), i as u32))
-            .collect();
-        let sums = Arc::new(RangeSums { ranked, index });
-        if kept.len() >= RANGE_SUMS_KEPT {
-            kept.remove(0);
-        }
-        kept.push((range, Arc::clone(&sums)));
-        sums
+    fn run(&self, run: &WindowRun) -> &[WordCount] {
+        &self.view.windowed()[run.start as usize..(run.start + run.len) as usize]
+    }
+
+    /// `window`'s words by count descending.
+    fn window_ranked(&self, window: Window) -> Ordered<'_> {
+        let Some(run) = self.runs.get(&window) else {
+            return Box::new(std::iter::empty());
+        };
+        let (windowed, prefix) = (self.view.windowed(), run.prefix as usize);
+        let order = &self.window_order[run.start as usize..(run.start + run.len) as usize];
+        Box::new(order.iter().map(move |&i| {
+            let (k, c) = &windowed[i as usize];
+            (&k[prefix..], *c)
+        }))
     }
 }
 
@@ -127,7 +127,7 @@ impl Replica {
     /// The windows of `range` that either half has counts in.
     fn windows_with_counts(&self, range: Range) -> Vec<Window> {
         let mut out: Vec<Window> = self
-            .realtime_windows
+            .ranked_windows
             .range(range.from..range.to)
             .map(|(w, _)| *w)
             .collect();
@@ -140,43 +140,29 @@ impl Replica {
     }
 
     /// The exact `k` largest merged counts over `range`, count descending
-    /// then word ascending.
-    ///
-    /// As [`Self::top`], over a range: the batch side's sums over the range
-    /// are ranked once per view ([`RangeSums`]); realtime counts only add,
-    /// so only words with a realtime count in the range can move up that
-    /// ranking. Their merged sums are computed, and the batch ranking
-    /// supplies the first `k` of all other words.
+    /// then word ascending: the threshold algorithm over the view's
+    /// per-window rankings and the realtime ones of the range's windows.
     pub fn top_in(&self, range: Range, k: usize) -> Vec<(String, u64)> {
-        let cut = self.cut();
-        let batch = self
-            .view
-            .as_ref()
-            .map_or_else(|| Arc::new(RangeSums::default()), |v| v.range_sums(range));
-        let mut moved: FxHashMap<&str, u64> = FxHashMap::default();
-        let mut keys = WindowedKeys::default();
-        for (&w, words) in self.realtime_windows.range(range.from..range.to) {
-            keys.set_window(w);
-            for word in words {
-                let realtime = self.realtime_of(keys.key(word), cut);
-                if realtime > 0 {
-                    *moved.entry(word).or_default() += realtime;
-                }
-            }
-        }
-        let mut candidates: Vec<(&str, u64)> = moved
-            .iter()
-            .map(|(&w, &realtime)| (w, batch.get(w) + realtime))
+        let realtime: Vec<_> = self
+            .ranked_windows
+            .range(range.from..range.to)
+            .map(|(_, r)| r)
             .collect();
-        candidates.extend(
-            batch
-                .ranked
-                .iter()
-                .filter(|(w, _)| !moved.contains_key(&**w))
-                .take(k)
-                .map(|(w, c)| (&**w, *c)),
-        );
-        ranked(candidates, k)
+        let batch: Vec<Window> = self.view.as_ref().map_or_else(Vec::new, |v| {
+            v.runs.range(range.from..range.to).map(|(w, _)| *w).collect()
+        });
+        let mut parts: Vec<Ordered<'_>> = realtime.iter().map(|r| Box::new(r.iter()) as _).collect();
+        if let Some(view) = &self.view {
+            parts.extend(batch.iter().map(|&w| view.window_ranked(w)));
+        }
+        let count = |word: &str| {
+            let realtime: u64 = realtime.iter().map(|r| r.get(word)).sum();
+            let batch: u64 = self.view.as_ref().map_or(0, |v| {
+                batch.iter().map(|&w| v.in_window(w, word)).sum()
+            });
+            realtime + batch
+        };
+        top_of_sums(parts, count, k)
     }
 
     /// Whether every partition's event-time watermark has passed the end of

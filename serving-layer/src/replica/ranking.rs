@@ -1,0 +1,178 @@
+//! Counts kept in count order, and the exact top-K of words whose count is
+//! a sum over several such orders (the threshold algorithm).
+//!
+//! Every top-K the replica answers is of that shape: a word's merged count
+//! is its batch count plus its realtime counts above the cut, and over a
+//! range it is that sum over the range's windows. Each part is available in
+//! count order (the view's all-time ranking and per-window rankings, built
+//! once per view; the realtime [`Ranking`]s, kept up to date as upserts are
+//! applied), so a top-K reads each order from the top only until the k-th
+//! best sum found beats what any unread word could still reach. It never
+//! scans every realtime word, which under load made every top-K cost as
+//! much as the realtime counts are large, while holding the replica's lock.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+use std::sync::Arc;
+
+/// Realtime counts above the batch cut, summed per word and kept in count
+/// order: one for all time and one per window with realtime counts.
+#[derive(Debug, Default)]
+pub(super) struct Ranking {
+    sums: FxHashMap<Arc<str>, u64>,
+    /// Count descending, then word ascending.
+    order: BTreeSet<(Reverse<u64>, Arc<str>)>,
+}
+
+impl Ranking {
+    /// Adds `delta` to `word`'s sum.
+    pub(super) fn add(&mut self, word: &str, delta: u64) {
+        if delta == 0 {
+            return;
+        }
+        match self.sums.get_key_value(word) {
+            Some((key, &old)) => {
+                let key = Arc::clone(key);
+                self.order.remove(&(Reverse(old), Arc::clone(&key)));
+                self.order.insert((Reverse(old + delta), Arc::clone(&key)));
+                self.sums.insert(key, old + delta);
+            }
+            None => {
+                let key: Arc<str> = word.into();
+                self.order.insert((Reverse(delta), Arc::clone(&key)));
+                self.sums.insert(key, delta);
+            }
+        }
+    }
+
+    pub(super) fn get(&self, word: &str) -> u64 {
+        self.sums.get(word).copied().unwrap_or(0)
+    }
+
+    /// Count descending, then word ascending.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.order.iter().map(|(Reverse(c), w)| (&**w, *c))
+    }
+}
+
+/// One part of every word's count, in count order (descending): it must
+/// yield every word whose part is not zero.
+pub(super) type Ordered<'a> = Box<dyn Iterator<Item = (&'a str, u64)> + 'a>;
+
+/// The exact `k` largest non-zero counts, count descending then word
+/// ascending, where a word's count is the sum of its parts in `parts` and
+/// `count` gives that sum.
+///
+/// Fagin's threshold algorithm: reading every part one row at a time, a
+/// word not read yet counts at most the sum of the last counts read from
+/// each part. Once the k-th best count found is above that bound, no unread
+/// word can enter (or tie into) the top `k`.
+pub(super) fn top_of_sums<'a>(
+    mut parts: Vec<Ordered<'a>>,
+    count: impl Fn(&str) -> u64,
+    k: usize,
+) -> Vec<(String, u64)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut last = vec![0u64; parts.len()];
+    let mut seen: FxHashSet<&str> = FxHashSet::default();
+    // The best `k` so far, the worst of them on top: lowest count, then
+    // greatest word.
+    let mut best: BinaryHeap<Reverse<(u64, Reverse<&str>)>> = BinaryHeap::new();
+    loop {
+        let mut read_any = false;
+        for (part, last) in parts.iter_mut().zip(&mut last) {
+            let Some((word, part_count)) = part.next() else {
+                *last = 0;
+                continue;
+            };
+            read_any = true;
+            *last = part_count;
+            if seen.insert(word) {
+                let c = count(word);
+                if c > 0 {
+                    best.push(Reverse((c, Reverse(word))));
+                    if best.len() > k {
+                        best.pop();
+                    }
+                }
+            }
+        }
+        if !read_any {
+            break;
+        }
+        let bound = last.iter().fold(0u64, |s, &c| s.saturating_add(c));
+        if best.len() == k && best.peek().is_some_and(|Reverse((c, _))| *c > bound) {
+            break;
+        }
+    }
+    let mut out: Vec<(String, u64)> = best
+        .into_iter()
+        .map(|Reverse((c, Reverse(w)))| (w.to_owned(), c))
+        .collect();
+    out.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn ranking(sums: &BTreeMap<String, u64>) -> Ranking {
+        let mut r = Ranking::default();
+        for (w, &c) in sums {
+            // In two steps, as successive upserts would add it.
+            r.add(w, c / 2);
+            r.add(w, c - c / 2);
+        }
+        r
+    }
+
+    proptest! {
+        /// The threshold algorithm's top-K == sorting every word's sum.
+        #[test]
+        fn top_of_sums_equals_sorting_every_sum(
+            parts in prop::collection::vec(
+                prop::collection::btree_map("[a-f]{1,2}", 0u64..6, 0..30), 0..5),
+            k in 0usize..12,
+        ) {
+            let rankings: Vec<Ranking> = parts.iter().map(ranking).collect();
+            let count = |w: &str| rankings.iter().map(|r| r.get(w)).sum::<u64>();
+            let got = top_of_sums(
+                rankings.iter().map(|r| Box::new(r.iter()) as Ordered<'_>).collect(),
+                count,
+                k,
+            );
+            let mut all: BTreeMap<&str, u64> = BTreeMap::new();
+            for p in &parts {
+                for (w, c) in p {
+                    *all.entry(w).or_default() += c;
+                }
+            }
+            let mut want: Vec<(String, u64)> = all
+                .into_iter()
+                .filter(|&(_, c)| c > 0)
+                .map(|(w, c)| (w.to_owned(), c))
+                .collect();
+            want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            want.truncate(k);
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_ranking_keeps_count_order_as_sums_grow() {
+        let mut r = Ranking::default();
+        r.add("b", 2);
+        r.add("a", 1);
+        r.add("c", 2);
+        r.add("a", 2);
+        r.add("b", 0);
+        assert_eq!(r.iter().collect::<Vec<_>>(), [("a", 3), ("b", 2), ("c", 2)]);
+        assert_eq!((r.get("a"), r.get("z")), (3, 0));
+    }
+}
