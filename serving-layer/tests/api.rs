@@ -198,6 +198,61 @@ async fn top_is_exact_after_realtime_reorders_the_batch_ranking() {
     assert_eq!(body["words"].as_array().map(Vec::len), Some(4));
 }
 
+/// The top-K cache answers smaller k from a larger one and computes again
+/// for a larger k, and a realtime change makes it compute again.
+#[tokio::test]
+async fn every_k_gets_its_exact_top_k_whatever_was_asked_before() {
+    let words: Vec<(String, u64)> = (0..40).map(|i| (format!("w{i:02}"), 100 - i)).collect();
+    let refs: Vec<(&str, u64)> = words.iter().map(|(w, c)| (w.as_str(), *c)).collect();
+    let replica = Arc::new(RwLock::new(Replica::new(
+        BucketSize::new(SIZE).expect("positive"),
+    )));
+    replica
+        .write()
+        .expect("lock")
+        .swap_view(Arc::new(loaded_view(
+            1,
+            [(0, 20)].into_iter().collect(),
+            &refs,
+        )));
+    let app = app_with(Arc::clone(&replica), None, None, Duration::from_secs(5));
+    let top = |body: &Value| -> Vec<(String, u64)> {
+        body["words"]
+            .as_array()
+            .expect("words")
+            .iter()
+            .map(|w| {
+                (
+                    w["word"].as_str().expect("word").to_owned(),
+                    w["count"].as_u64().expect("count"),
+                )
+            })
+            .collect()
+    };
+    for k in [3, 25, 12, 40, 1, 1000] {
+        let (status, body) = get(&app.router, &format!("/v1/top?k={k}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(top(&body), words[..k.min(40)].to_vec(), "k={k}");
+    }
+    // "w39" (61) overtakes every other word through realtime counts.
+    {
+        let mut r = replica.write().expect("lock");
+        let upserts = [RealtimeUpsert {
+            word: "w39".into(),
+            partition: 0,
+            bucket: 2,
+            count: 50,
+        }];
+        let counts = r.resolve(&upserts);
+        r.apply(counts, [(0, 25)].into_iter().collect());
+    }
+    let (_, body) = get(&app.router, "/v1/top?k=2").await;
+    assert_eq!(
+        top(&body),
+        [("w39".to_owned(), 111), ("w00".to_owned(), 100)]
+    );
+}
+
 #[tokio::test]
 async fn k_out_of_range_or_not_a_number_is_a_400() {
     let app = app();

@@ -108,29 +108,39 @@ impl AppState {
     }
 }
 
-/// The merged top 1000 of one replica generation: `/v1/top` recomputes it
-/// only when the replica changed, and answers any k from it.
-/// Ranged answers are kept per range too, the few most recently asked.
+/// The merged top-K of one replica generation, per range: `/v1/top`
+/// computes it only when the replica changed or a larger k is asked, and
+/// answers every smaller k from it (the order is total, so the first k of a
+/// top-K' are the top-K). The few most recently asked ranges are kept.
 #[derive(Default)]
 struct TopCache(Mutex<Vec<TopEntry>>);
 
 struct TopEntry {
     generation: u64,
     range: Option<Range>,
+    /// The k it was computed for (it holds fewer words only if there are
+    /// no more).
+    k: usize,
     top: Arc<Vec<RankedWord>>,
 }
 
 /// How many ranges (all time included) the cache keeps answers for.
 const TOP_CACHE_RANGES: usize = 8;
 
+/// The smallest k computed: the default, so the first request of a
+/// generation serves the usual ones.
+const TOP_CACHE_MIN_K: usize = 10;
+
 impl TopCache {
     fn get(&self, replica: &Replica, range: Option<Range>, k: usize) -> Arc<Vec<RankedWord>> {
         let generation = replica.generation();
         let mut entries = self.0.lock_or_stop("the top-K cache");
         entries.retain(|e| e.generation == generation);
-        if let Some(e) = entries.iter().find(|e| e.range == range) {
+        let covers = |e: &TopEntry| e.range == range && (e.k >= k || e.top.len() < e.k);
+        if let Some(e) = entries.iter().find(|e| covers(e)) {
             return Arc::clone(&e.top);
         }
+        let k = k.max(TOP_CACHE_MIN_K);
         let ranked = match range {
             None => replica.top(k),
             Some(range) => replica.top_in(range, k),
@@ -141,12 +151,14 @@ impl TopCache {
                 .map(|(word, count)| RankedWord { word, count })
                 .collect(),
         );
+        entries.retain(|e| e.range != range);
         if entries.len() >= TOP_CACHE_RANGES {
             entries.remove(0);
         }
         entries.push(TopEntry {
             generation,
             range,
+            k,
             top: Arc::clone(&top),
         });
         top

@@ -298,7 +298,7 @@ pub async fn top(
         to: params.to,
     }
     .range(&replica)?;
-    let ranked = state.top_cache.get(&replica, range, MAX_K as usize);
+    let ranked = state.top_cache.get(&replica, range, k as usize);
     let range = range.map(|r| range_info(&replica, r));
     let f = freshness(&state, &replica);
     drop(replica);

@@ -13,8 +13,8 @@ use lambda_core::realtime::RealtimeUpsert;
 use lambda_core::view::{BatchView, Manifest};
 use lambda_core::window::{Key, Millis, Window, WindowSettings};
 use lambda_core::{BucketKey, BucketSize, Cut, Partition};
-use realtime_store::CountKey;
 use ranking::{top_of_sums, Ordered, Ranking};
+use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -300,7 +300,12 @@ impl Replica {
                 .cut()
                 .is_realtime_bucket(self.size, bucket.partition, bucket.bucket)
             {
-                rank(&mut self.ranked, &mut self.ranked_windows, &word, count - held);
+                rank(
+                    &mut self.ranked,
+                    &mut self.ranked_windows,
+                    &word,
+                    count - held,
+                );
             }
             let buckets = self.realtime.entry(word).or_default();
             match find_bucket(buckets, &bucket) {
@@ -394,8 +399,8 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lambda_core::window::Range;
     use lambda_core::view::ViewOrigin;
+    use lambda_core::window::Range;
     use lambda_core::Tokenizer;
     use proptest::prelude::*;
 

@@ -149,17 +149,22 @@ impl Replica {
             .map(|(_, r)| r)
             .collect();
         let batch: Vec<Window> = self.view.as_ref().map_or_else(Vec::new, |v| {
-            v.runs.range(range.from..range.to).map(|(w, _)| *w).collect()
+            v.runs
+                .range(range.from..range.to)
+                .map(|(w, _)| *w)
+                .collect()
         });
-        let mut parts: Vec<Ordered<'_>> = realtime.iter().map(|r| Box::new(r.iter()) as _).collect();
+        let mut parts: Vec<Ordered<'_>> =
+            realtime.iter().map(|r| Box::new(r.iter()) as _).collect();
         if let Some(view) = &self.view {
             parts.extend(batch.iter().map(|&w| view.window_ranked(w)));
         }
         let count = |word: &str| {
             let realtime: u64 = realtime.iter().map(|r| r.get(word)).sum();
-            let batch: u64 = self.view.as_ref().map_or(0, |v| {
-                batch.iter().map(|&w| v.in_window(w, word)).sum()
-            });
+            let batch: u64 = self
+                .view
+                .as_ref()
+                .map_or(0, |v| batch.iter().map(|&w| v.in_window(w, word)).sum());
             realtime + batch
         };
         top_of_sums(parts, count, k)
