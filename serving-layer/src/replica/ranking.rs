@@ -64,48 +64,53 @@ pub(super) type Ordered<'a> = Box<dyn Iterator<Item = (&'a str, u64)> + 'a>;
 /// ascending, where a word's count is the sum of its parts in `parts` and
 /// `count` gives that sum.
 ///
-/// Fagin's threshold algorithm: reading every part one row at a time, a
-/// word not read yet counts at most the sum of the last counts read from
-/// each part. Once the k-th best count found is above that bound, no unread
-/// word can enter (or tie into) the top `k`.
+/// Fagin's threshold algorithm, reading the part whose next row counts most
+/// first: a word not read yet counts at most the sum of the next rows'
+/// counts of every part. Once the k-th best count found is above that
+/// bound, no unread word can enter (or tie into) the top `k`.
 pub(super) fn top_of_sums<'a>(
-    mut parts: Vec<Ordered<'a>>,
+    parts: Vec<Ordered<'a>>,
     count: impl Fn(&str) -> u64,
     k: usize,
 ) -> Vec<(String, u64)> {
     if k == 0 {
         return Vec::new();
     }
-    let mut last = vec![0u64; parts.len()];
+    let mut parts: Vec<_> = parts.into_iter().map(Iterator::peekable).collect();
+    // Each part's next count, the largest on top; their sum bounds any
+    // word not read yet.
+    let mut next: BinaryHeap<(u64, usize)> = parts
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, p)| p.peek().map(|&(_, c)| (c, i)))
+        .collect();
+    let mut bound: u128 = next.iter().map(|&(c, _)| u128::from(c)).sum();
     let mut seen: FxHashSet<&str> = FxHashSet::default();
     // The best `k` so far, the worst of them on top: lowest count, then
     // greatest word.
     let mut best: BinaryHeap<Reverse<(u64, Reverse<&str>)>> = BinaryHeap::new();
-    loop {
-        let mut read_any = false;
-        for (part, last) in parts.iter_mut().zip(&mut last) {
-            let Some((word, part_count)) = part.next() else {
-                *last = 0;
-                continue;
-            };
-            read_any = true;
-            *last = part_count;
-            if seen.insert(word) {
-                let c = count(word);
-                if c > 0 {
-                    best.push(Reverse((c, Reverse(word))));
-                    if best.len() > k {
-                        best.pop();
-                    }
+    while let Some((c, i)) = next.pop() {
+        if best.len() == k
+            && best
+                .peek()
+                .is_some_and(|Reverse((worst, _))| u128::from(*worst) > bound)
+        {
+            break;
+        }
+        let (word, _) = parts[i].next().expect("peeked");
+        bound -= u128::from(c);
+        if let Some(&(_, c)) = parts[i].peek() {
+            next.push((c, i));
+            bound += u128::from(c);
+        }
+        if seen.insert(word) {
+            let c = count(word);
+            if c > 0 {
+                best.push(Reverse((c, Reverse(word))));
+                if best.len() > k {
+                    best.pop();
                 }
             }
-        }
-        if !read_any {
-            break;
-        }
-        let bound = last.iter().fold(0u64, |s, &c| s.saturating_add(c));
-        if best.len() == k && best.peek().is_some_and(|Reverse((c, _))| *c > bound) {
-            break;
         }
     }
     let mut out: Vec<(String, u64)> = best
