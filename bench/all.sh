@@ -10,12 +10,15 @@
 #   6. recompute time at 1x/2x/4x history, full vs incremental   (issue 18)
 #   7. Kappa replay vs a full batch recompute of the same events  (issue 18)
 #   8. ranged answers over an hour of one-minute windows (criterion) (issue 17)
+#   9. ranged top-K over HTTP under live load (bench/windows_wrk.sh) (issue 17)
+#  10. an hour of events at 20,000/s: view size, recompute times  (issue 17)
 #
 # Usage: bash bench/all.sh
 #   MR_MB=50 MR_RUNS=3 EVENTS=500000 LOAD_RATE=20000 LOAD_SECONDS=300 bash bench/all.sh
 #   FRESH_RATES=100,5000,20000 FRESH_SECONDS=60 bash bench/all.sh
 #   LOAD_SECONDS=0 skips the load run, FRESH_SECONDS=0 the freshness run.
 #   KAPPA_EVENTS=1000000 (0 skips the Kappa run).
+#   HOUR_MINUTES=60 (0 skips the hour of events: 72 M events, 5 GB of log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${BENCH_DIR:-target/bench}
@@ -27,41 +30,50 @@ LOAD_SECONDS=${LOAD_SECONDS:-300}
 FRESH_RATES=${FRESH_RATES:-100,5000,20000}
 FRESH_SECONDS=${FRESH_SECONDS:-60}
 KAPPA_EVENTS=${KAPPA_EVENTS:-1000000}
+HOUR_MINUTES=${HOUR_MINUTES:-60}
 
 python3 -c 'import duckdb, confluent_kafka' 2>/dev/null || python3 -m pip install -q -r bench/requirements.txt
 cargo build --release -q -p cli
 
 step() { printf '\n=== %s\n' "$*" >&2; }
 
-step "1/8 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
+step "1/10 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
 bash bench/mapreduce_vs_duckdb.sh "$MR_MB" "$MR_RUNS" | tee "$OUT/mapreduce.txt"
 
-step "2/8 speed layer vs plain consumer"
+step "2/10 speed layer vs plain consumer"
 cargo bench -q -p lambda-speed --bench throughput 2>/dev/null | tee "$OUT/speed.txt"
 
-step "3/8 serving layer (wrk)"
+step "3/10 serving layer (wrk)"
 bash bench/serving_wrk.sh | tee "$OUT/serving.txt"
 
 if [ "$LOAD_SECONDS" -gt 0 ]; then
-  step "4/8 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
+  step "4/10 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
   python3 bench/load.py --rate "$LOAD_RATE" --duration "$LOAD_SECONDS" 2>"$OUT/load.err" | tee "$OUT/load.txt" || true
 fi
 
 if [ "$FRESH_SECONDS" -gt 0 ]; then
-  step "5/8 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
+  step "5/10 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
   python3 bench/freshness.py --rates "$FRESH_RATES" --seconds "$FRESH_SECONDS" | tee "$OUT/freshness.txt" || true
 fi
 
-step "6/8 recompute: full vs incremental at 1x/2x/4x history"
+step "6/10 recompute: full vs incremental at 1x/2x/4x history"
 cargo bench -q -p lambda-batch --bench recompute 2>/dev/null | tee "$OUT/recompute.txt"
 
 if [ "$KAPPA_EVENTS" -gt 0 ]; then
-  step "7/8 Lambda and Kappa reprocessing ${KAPPA_EVENTS} events"
+  step "7/10 Lambda and Kappa reprocessing ${KAPPA_EVENTS} events"
   python3 bench/kappa.py --events "$KAPPA_EVENTS" 2>"$OUT/kappa.err" | tee "$OUT/kappa.txt" || true
 fi
 
-step "8/8 ranged answers over an hour of one-minute windows"
+step "8/10 ranged answers over an hour of one-minute windows"
 cargo bench -q -p lambda-serving --bench windows 2>&1 | grep -E '^(view|first|top_10|word_)|time:' | tee "$OUT/windows.txt"
+
+step "9/10 ranged top-K over HTTP under live load (wrk)"
+bash bench/windows_wrk.sh | tee "$OUT/windows_wrk.txt"
+
+if [ "$HOUR_MINUTES" -gt 0 ]; then
+  step "10/10 ${HOUR_MINUTES} minutes of events at 20,000/s: view size and recompute times"
+  BENCH_MINUTES="$HOUR_MINUTES" cargo bench -q -p lambda-batch --bench hour 2>/dev/null | tee "$OUT/hour.txt"
+fi
 
 python3 - "$OUT" <<'EOF'
 import os, re, sys, time
@@ -75,6 +87,7 @@ def find(text, pattern, group=1):
 mr, sp, sv, ld = read("mapreduce.txt"), read("speed.txt"), read("serving.txt"), read("load.txt")
 fr = read("freshness.txt")
 rc, kp, wn = read("recompute.txt"), read("kappa.txt"), read("windows.txt")
+ww, hr = read("windows_wrk.txt"), read("hour.txt")
 def fresh(rate):
     # | rate | probes | p50 | p99 | max | missed | ...
     m = re.search(r"^\| " + rate + r" \| \d+ \| (\S+) \| (\S+) \| (\S+) \| (\d+) \|", fr, re.M)
@@ -98,7 +111,10 @@ rows = [
     ("full recompute s (Lambda)", find(kp, r"^Lambda: full recompute \(master log\)\s+(\S+)"), ""),
     ("replay s (Kappa)", find(kp, r"^Kappa: lambda replay from offset 0\s+(\S+)"), ""),
     ("replay agrees with the batch view", "yes" if "agrees with batch view" in kp else "no", "yes"),
-    ("ranged top 10 over an hour, in process", find(wn, r"^top_10_last_hour\s+time:\s+\[\S+ \S+ (\S+ \S+)"), "p99 <= 20 ms over HTTP"),
+    ("ranged top 10 over an hour, in process", find(wn, r"^top_10_last_hour\s+time:\s+\[\S+ \S+ (\S+ \S+)"), ""),
+    ("ranged top 10 over HTTP p99 ms (round 1 / 2)", find(ww, r"^1\s+/v1/top\?k=10&from=-1h\s+\S+\s+\S+\s+(\S+)") + " / " + find(ww, r"^2\s+/v1/top\?k=10&from=-1h\s+\S+\s+\S+\s+(\S+)"), "<= 20 at 64 connections"),
+    ("an hour at 20,000/s: view MB", find(hr, r"^batch view\s+(\S+) MB"), ""),
+    ("an hour at 20,000/s: full / incremental recompute s", find(hr, r"^full recompute\s+(\S+) s") + " / " + find(hr, r"incremental\s+(\S+) s"), ""),
 ]
 print(f"\nSummary ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release})\n")
 print("| measure | value | target |")
