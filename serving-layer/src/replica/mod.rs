@@ -17,8 +17,8 @@ use ranking::{top_of_sums, Ordered, Ranking};
 use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use windows::WindowRun;
+use std::sync::{Arc, Mutex};
+use windows::{SumsCache, WindowRun};
 
 mod ranking;
 mod windows;
@@ -44,6 +44,8 @@ pub struct LoadedView {
     runs: BTreeMap<Window, WindowRun>,
     /// Per window run, indices into `view.windowed()` by count descending.
     window_order: Vec<u32>,
+    /// Its words summed over recently asked ranges (`windows::RangeSums`).
+    sums_cache: Mutex<SumsCache>,
 }
 
 impl LoadedView {
@@ -72,6 +74,7 @@ impl LoadedView {
             windows,
             runs,
             window_order,
+            sums_cache: Mutex::default(),
         }
     }
 
@@ -625,6 +628,13 @@ mod tests {
                     prop_assert_eq!(got, want_series);
                 }
                 prop_assert_eq!(replica.late_in(range), late);
+                // Both ways of reading the view's side: window by window
+                // and from its sums over the range.
+                let sums = replica.view.as_ref().map(|v| v.sums(range));
+                prop_assert_eq!(
+                    replica.top_in_with(range, k, sums.as_ref()),
+                    ranked(in_range.clone())
+                );
                 prop_assert_eq!(replica.top_in(range, k), ranked(in_range));
             }
             Ok(())

@@ -5,11 +5,14 @@
 
 use super::ranking::{top_of_sums, Ordered};
 use super::{LoadedView, Replica};
+use common::sync::LockOrStop;
 use lambda_core::merge::Merged;
 use lambda_core::view::WordCount;
 use lambda_core::window::{Key, Millis, Range, Watermarks, Window};
 use lambda_core::Partition;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Where one window's words are in a view's windowed keys (a window's keys
 /// share their prefix `#<window>@`, so they are one run of the sorted
@@ -58,7 +61,106 @@ pub(super) fn index(
     (windows, runs, order)
 }
 
+/// A view's words summed over the windows of one range and ranked: the
+/// view's side of a ranged top-K as one part instead of one per window (a
+/// word's sum is then one lookup, not one per window). Computed in the
+/// background, one range at a time per view, without the replica's lock
+/// (it reads every word of the range's windows: about a second for an hour
+/// of a busy view); until it is ready, ranged top-Ks read the per-window
+/// rankings. The view does not change while it is served, so it holds
+/// until the next swap.
+#[derive(Debug, Default)]
+pub(super) struct RangeSums {
+    /// Count descending, then word ascending.
+    ranked: Vec<(Box<str>, u64)>,
+    /// Each word's place in `ranked`.
+    index: FxHashMap<Box<str>, u32>,
+}
+
+impl RangeSums {
+    fn get(&self, word: &str) -> u64 {
+        self.index
+            .get(word)
+            .map_or(0, |&i| self.ranked[i as usize].1)
+    }
+}
+
+/// A view's range sums: those ready (the most recent [`RANGE_SUMS_KEPT`])
+/// and the one being computed.
+#[derive(Debug, Default)]
+pub(super) struct SumsCache {
+    ready: Vec<(Range, Arc<RangeSums>)>,
+    computing: Option<Range>,
+}
+
+/// How many ranges a view keeps sums for.
+const RANGE_SUMS_KEPT: usize = 4;
+
+/// Ranges over fewer of the view's windows are read window by window only.
+const RANGE_SUMS_MIN_WINDOWS: usize = 8;
+
 impl LoadedView {
+    /// The view's words summed over `range`, computed now.
+    pub(super) fn sums(&self, range: Range) -> RangeSums {
+        let mut totals: FxHashMap<&str, u64> = FxHashMap::default();
+        for run in self.runs.range(range.from..range.to).map(|(_, r)| r) {
+            let prefix = run.prefix as usize;
+            for (k, c) in self.run(run) {
+                *totals.entry(&k[prefix..]).or_default() += c;
+            }
+        }
+        let mut ranked: Vec<(Box<str>, u64)> =
+            totals.into_iter().map(|(w, c)| (w.into(), c)).collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let index = ranked
+            .iter()
+            .enumerate()
+            .map(|(i, (w, _))| (w.clone(), i as u32))
+            .collect();
+        RangeSums { ranked, index }
+    }
+
+    /// Whether the view's sums over `range` are ready (benchmarks wait for
+    /// them).
+    pub fn has_range_sums(&self, range: Range) -> bool {
+        let cache = self.sums_cache.lock_or_stop("a view's range sums");
+        cache.ready.iter().any(|(r, _)| *r == range)
+    }
+
+    /// The view's sums over `range` if they are ready; otherwise starts
+    /// computing them in the background if nothing else is being computed
+    /// for this view and the range spans enough of its windows.
+    fn ready_sums(self: &Arc<Self>, range: Range) -> Option<Arc<RangeSums>> {
+        let mut cache = self.sums_cache.lock_or_stop("a view's range sums");
+        if let Some((_, sums)) = cache.ready.iter().find(|(r, _)| *r == range) {
+            return Some(Arc::clone(sums));
+        }
+        let windows = self.runs.range(range.from..range.to).count();
+        if cache.computing.is_some() || windows < RANGE_SUMS_MIN_WINDOWS {
+            return None;
+        }
+        cache.computing = Some(range);
+        let view = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("range-sums".into())
+            .spawn(move || {
+                common::background::lower_this_threads_priority();
+                let sums = Arc::new(view.sums(range));
+                let mut cache = view.sums_cache.lock_or_stop("a view's range sums");
+                cache.computing = None;
+                if cache.ready.len() >= RANGE_SUMS_KEPT {
+                    cache.ready.remove(0);
+                }
+                cache.ready.push((range, sums));
+            });
+        if let Err(error) = started {
+            // Ranged answers stay exact, read window by window.
+            tracing::warn!(%error, "Cannot start computing a view's range sums.");
+            cache.computing = None;
+        }
+        None
+    }
+
     /// `word`'s count in `window`.
     fn in_window(&self, window: Window, word: &str) -> u64 {
         let Some(run) = self.runs.get(&window) else {
@@ -140,34 +242,49 @@ impl Replica {
     }
 
     /// The exact `k` largest merged counts over `range`, count descending
-    /// then word ascending: the threshold algorithm over the view's
-    /// per-window rankings and the realtime ones of the range's windows.
+    /// then word ascending: the threshold algorithm over the view's side of
+    /// the range (its sums over the range once they are ready, see
+    /// [`RangeSums`], else its per-window rankings) and the realtime
+    /// rankings of the range's windows.
     pub fn top_in(&self, range: Range, k: usize) -> Vec<(String, u64)> {
+        let sums = self.view.as_ref().and_then(|v| v.ready_sums(range));
+        self.top_in_with(range, k, sums.as_deref())
+    }
+
+    /// [`Self::top_in`] with the view's sums over `range` given, or read
+    /// from its per-window rankings if `None`.
+    pub(super) fn top_in_with(
+        &self,
+        range: Range,
+        k: usize,
+        sums: Option<&RangeSums>,
+    ) -> Vec<(String, u64)> {
         let realtime: Vec<_> = self
             .ranked_windows
             .range(range.from..range.to)
             .map(|(_, r)| r)
             .collect();
-        let batch: Vec<Window> = self.view.as_ref().map_or_else(Vec::new, |v| {
-            v.runs
-                .range(range.from..range.to)
-                .map(|(w, _)| *w)
-                .collect()
-        });
         let mut parts: Vec<Ordered<'_>> =
             realtime.iter().map(|r| Box::new(r.iter()) as _).collect();
-        if let Some(view) = &self.view {
-            parts.extend(batch.iter().map(|&w| view.window_ranked(w)));
+        let realtime_count = |word: &str| realtime.iter().map(|r| r.get(word)).sum::<u64>();
+        match (&self.view, sums) {
+            (Some(_), Some(sums)) => {
+                parts.push(Box::new(sums.ranked.iter().map(|(w, c)| (&**w, *c))));
+                top_of_sums(parts, |w| sums.get(w) + realtime_count(w), k)
+            }
+            (Some(view), None) => {
+                let batch: Vec<Window> = view
+                    .runs
+                    .range(range.from..range.to)
+                    .map(|(w, _)| *w)
+                    .collect();
+                parts.extend(batch.iter().map(|&w| view.window_ranked(w)));
+                let batch_count =
+                    |w: &str| batch.iter().map(|&b| view.in_window(b, w)).sum::<u64>();
+                top_of_sums(parts, |w| batch_count(w) + realtime_count(w), k)
+            }
+            (None, _) => top_of_sums(parts, realtime_count, k),
         }
-        let count = |word: &str| {
-            let realtime: u64 = realtime.iter().map(|r| r.get(word)).sum();
-            let batch: u64 = self
-                .view
-                .as_ref()
-                .map_or(0, |v| batch.iter().map(|&w| v.in_window(w, word)).sum());
-            realtime + batch
-        };
-        top_of_sums(parts, count, k)
     }
 
     /// Whether every partition's event-time watermark has passed the end of
