@@ -78,15 +78,21 @@ pub fn wait_metric(addr: SocketAddr, family: &str, expected: f64, timeout: Durat
     std::panic::catch_unwind(|| testkit::wait_metric(addr, family, expected, timeout)).is_ok()
 }
 
-/// A small deterministic generator; the seed is printed so a failure can be replayed.
+/// A small deterministic generator; the seed is printed so a failure can be
+/// replayed with `TEST_SEED=<seed>`.
 pub struct Lcg(u64);
 
 impl Lcg {
     pub fn from_clock() -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
+        let seed = std::env::var("TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
         eprintln!("seed {seed}");
         Lcg(seed)
     }

@@ -51,6 +51,27 @@ async fn speed_layer_sigkilled_during_production() {
     let sampler = Sampler::start(&s, n);
     s.kill(Role::Speed);
     s.kill_repeatedly(Role::Speed, 2).await;
+    // Before the batch layer goes, the speed layer must have checkpointed
+    // every partition once: a partition it never checkpointed resumes at
+    // the batch cut, so with the batch layer gone a restart waits for it
+    // for good (seen when both kills above landed within ~200 ms of a start).
+    let partitions: Vec<i32> = s.topic_ends().await.iter().map(|(p, _)| p).collect();
+    s.start_role(Role::Speed).await;
+    let speed = s.addr(Role::Speed);
+    until(
+        "the speed layer checkpointed every partition",
+        Duration::from_secs(60),
+        move || {
+            let st = json(speed, "/status")?;
+            let (at, cut) = (cut_of(&st["positions"]), cut_of(&st["batch_cut"]));
+            partitions
+                .iter()
+                .all(|&p| at.get(p) > cut.get(p))
+                .then_some(())
+        },
+    )
+    .await;
+    s.kill(Role::Speed);
     // Without the batch layer the rest of the stream is counted by the
     // speed layer alone, so the final answers check its counts too (a batch
     // recompute would otherwise absorb, and hide, its errors).
