@@ -12,25 +12,16 @@
 
 use batch_layer::mapreduce::Engine;
 use batch_layer::master_log::{FsyncPolicy, LogOptions, MasterLog};
-use batch_layer::recompute::{recompute, Outcome, Request};
 use common::views::ViewStore;
 use lambda_core::lineage::RecomputeMode;
-use lambda_core::view::Manifest;
-use lambda_core::window::{Millis, WindowSettings};
+use lambda_core::window::Millis;
 use lambda_core::BucketSize;
 use std::sync::Mutex;
 use std::time::Instant;
 
 mod events;
 
-use events::{append, dir_bytes, Events, PARTITIONS};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use events::{append, dir_bytes, env, timed, Events, PARTITIONS};
 
 /// Events appended per call, bounding the texts held at once.
 const CHUNK: usize = 1_000_000;
@@ -59,40 +50,12 @@ fn append_minutes(
     start_ms + span_ms as Millis
 }
 
-fn timed(
-    log: &Mutex<MasterLog>,
-    store: &ViewStore,
-    engine: &Engine,
-    mode: RecomputeMode,
-) -> (f64, Manifest) {
-    let started = Instant::now();
-    let request = Request {
-        force: true,
-        ..Request::new(mode)
-    };
-    let bucket = BucketSize::new(1).expect("non-zero");
-    let outcome = recompute(
-        log,
-        store,
-        engine,
-        bucket,
-        &WindowSettings::default(),
-        request,
-    )
-    .expect("recompute");
-    let seconds = started.elapsed().as_secs_f64();
-    let Outcome::Published { manifest, .. } = outcome else {
-        panic!("forced, so published");
-    };
-    assert_eq!(manifest.header.lineage.mode, mode, "ran in the mode asked");
-    (seconds, manifest)
-}
-
 fn main() {
     let rate = env("BENCH_RATE", 20_000);
     let minutes = env("BENCH_MINUTES", 60).max(1);
     let vocabulary = env("BENCH_VOCABULARY", 200_000) as u64;
     let engine = Engine::new(0).expect("engine");
+    let bucket = BucketSize::new(1).expect("non-zero");
     let dir = tempfile::tempdir().expect("tempdir");
     let options = LogOptions {
         fsync: FsyncPolicy::Never,
@@ -107,10 +70,10 @@ fn main() {
     let end_ms = append_minutes(&log, &mut events, rate, minutes, start_ms);
     let appended = started.elapsed().as_secs_f64();
     let log_mb = dir_bytes(&dir.path().join("master-log")) as f64 / 1e6;
-    let (full_s, view) = timed(&log, &store, &engine, RecomputeMode::Full);
+    let (full_s, view) = timed(&log, &store, &engine, bucket, RecomputeMode::Full);
     append_minutes(&log, &mut events, rate, 1, end_ms);
-    let (incremental_s, _) = timed(&log, &store, &engine, RecomputeMode::Incremental);
-    let (full_more_s, _) = timed(&log, &store, &engine, RecomputeMode::Full);
+    let (incremental_s, _) = timed(&log, &store, &engine, bucket, RecomputeMode::Incremental);
+    let (full_more_s, _) = timed(&log, &store, &engine, bucket, RecomputeMode::Full);
 
     let h = &view.header;
     let windows = h.windows.as_ref().expect("a view with windows");

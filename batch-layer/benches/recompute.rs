@@ -10,53 +10,14 @@
 
 use batch_layer::mapreduce::Engine;
 use batch_layer::master_log::{FsyncPolicy, LogOptions, MasterLog};
-use batch_layer::recompute::{recompute, Outcome, Request};
 use common::views::ViewStore;
 use lambda_core::lineage::RecomputeMode;
-use lambda_core::window::WindowSettings;
 use lambda_core::BucketSize;
 use std::sync::Mutex;
-use std::time::Instant;
 
 mod events;
 
-use events::{append, dir_bytes, Events, PARTITIONS};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn timed(
-    log: &Mutex<MasterLog>,
-    store: &ViewStore,
-    engine: &Engine,
-    bucket: BucketSize,
-    mode: RecomputeMode,
-) -> f64 {
-    let started = Instant::now();
-    let request = Request {
-        force: true,
-        ..Request::new(mode)
-    };
-    let outcome = recompute(
-        log,
-        store,
-        engine,
-        bucket,
-        &WindowSettings::default(),
-        request,
-    )
-    .expect("recompute");
-    let seconds = started.elapsed().as_secs_f64();
-    let Outcome::Published { manifest, .. } = outcome else {
-        panic!("forced, so published");
-    };
-    assert_eq!(manifest.header.lineage.mode, mode, "ran in the mode asked");
-    seconds
-}
+use events::{append, dir_bytes, env, timed, Events, PARTITIONS};
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
@@ -94,14 +55,8 @@ fn main() {
             // The same new events counted both ways: first incrementally
             // onto the view before them, then in full at the same cut.
             append(&log, &mut events, new, |_| 0);
-            incremental.push(timed(
-                &log,
-                &store,
-                &engine,
-                bucket,
-                RecomputeMode::Incremental,
-            ));
-            full.push(timed(&log, &store, &engine, bucket, RecomputeMode::Full));
+            incremental.push(timed(&log, &store, &engine, bucket, RecomputeMode::Incremental).0);
+            full.push(timed(&log, &store, &engine, bucket, RecomputeMode::Full).0);
         }
         let log_mb = dir_bytes(&dir.path().join("master-log")) as f64 / 1e6;
         let (full, incremental) = (median(full), median(incremental));

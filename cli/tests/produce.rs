@@ -15,21 +15,27 @@ fn lambda(args: &[&str]) -> std::process::Output {
         .expect("lambda runs")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_line_becomes_one_record() {
+/// An in-memory embedded broker with a new topic of `partitions`.
+async fn broker_with_topic(name: &str, partitions: i32) -> (EmbeddedBroker, String, String) {
     let broker = EmbeddedBroker::start(BrokerStorage::Memory)
         .await
         .expect("broker");
     let brokers = broker.bootstrap();
-    let topic = unique("produce");
+    let topic = unique(name);
     ::common::kafka::ensure_topic(
         &::common::client::Connection::plaintext(&brokers),
         &topic,
-        3,
+        partitions,
         std::time::Duration::from_secs(30),
     )
     .await
     .expect("topic");
+    (broker, brokers, topic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_becomes_one_record() {
+    let (broker, brokers, topic) = broker_with_topic("produce", 3).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("events.txt");
     let mut lines: Vec<Vec<u8>> = (0..1500)
@@ -126,19 +132,7 @@ async fn every_line_becomes_one_record() {
 /// span, the first one span ago and the last one now, in line order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backdated_lines_carry_event_times_spread_over_the_span() {
-    let broker = EmbeddedBroker::start(BrokerStorage::Memory)
-        .await
-        .expect("broker");
-    let brokers = broker.bootstrap();
-    let topic = unique("backdate");
-    ::common::kafka::ensure_topic(
-        &::common::client::Connection::plaintext(&brokers),
-        &topic,
-        2,
-        std::time::Duration::from_secs(30),
-    )
-    .await
-    .expect("topic");
+    let (broker, brokers, topic) = broker_with_topic("backdate", 2).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("history.txt");
     let text: String = (0..61).map(|i| format!("minute {i}\n\n")).collect();

@@ -1,11 +1,19 @@
-//! Generated events for the batch layer's benchmarks: 4–15 words each, 60 %
+//! Generated events for the batch layer's benchmarks, and a timed
+//! recompute of them. Events: 4–15 words each, 60 %
 //! from 16 very common words and the rest uniform over a vocabulary of
 //! generated words, so the vocabulary (and so the view) stops growing long
 //! before history does, as with natural text.
 
+use batch_layer::mapreduce::Engine;
 use batch_layer::master_log::{MasterLog, Record, RecordKind};
-use lambda_core::window::Millis;
+use batch_layer::recompute::{recompute, Outcome, Request};
+use common::views::ViewStore;
+use lambda_core::lineage::RecomputeMode;
+use lambda_core::view::Manifest;
+use lambda_core::window::{Millis, WindowSettings};
+use lambda_core::BucketSize;
 use std::sync::Mutex;
+use std::time::Instant;
 
 pub const PARTITIONS: i32 = 4;
 
@@ -92,4 +100,43 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// A benchmark setting: the variable's number, or `default`.
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A forced recompute in `mode` with the default windows: its seconds and
+/// the view it published.
+pub fn timed(
+    log: &Mutex<MasterLog>,
+    store: &ViewStore,
+    engine: &Engine,
+    bucket: BucketSize,
+    mode: RecomputeMode,
+) -> (f64, Manifest) {
+    let started = Instant::now();
+    let request = Request {
+        force: true,
+        ..Request::new(mode)
+    };
+    let outcome = recompute(
+        log,
+        store,
+        engine,
+        bucket,
+        &WindowSettings::default(),
+        request,
+    )
+    .expect("recompute");
+    let seconds = started.elapsed().as_secs_f64();
+    let Outcome::Published { manifest, .. } = outcome else {
+        panic!("forced, so published");
+    };
+    assert_eq!(manifest.header.lineage.mode, mode, "ran in the mode asked");
+    (seconds, manifest)
 }
