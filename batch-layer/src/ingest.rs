@@ -103,6 +103,15 @@ pub async fn run(
         for m in &read.records {
             batch.push(pending(m, &config, &dead_letters, &metrics, &token).await);
         }
+        // Positions past transaction markers: a marker record at the last
+        // offset passed, after the partition's records in this batch.
+        batch.extend(read.passed.iter().map(|&(partition, next)| Pending {
+            partition,
+            offset: next - 1,
+            timestamp_ms: None,
+            kind: RecordKind::Marker,
+            payload: Vec::new(),
+        }));
         let unreadable = read.unreadable;
         if !batch.is_empty() {
             append_with_retry(&log, batch, &metrics, &stalls, &token, &reader).await;
@@ -253,8 +262,12 @@ async fn append_with_retry(
     match until_durable(token, write, attempt).await {
         Some(ends) => {
             let added = added_by(&batch, &before, &ends);
+            let records = batch
+                .iter()
+                .filter(|r| r.kind != RecordKind::Marker)
+                .count();
             metrics.records_ingested.add(added as u64);
-            metrics.duplicates_skipped.add((batch.len() - added) as u64);
+            metrics.duplicates_skipped.add((records - added) as u64);
             reader.commit_for_monitoring(&ends);
         }
         None => tracing::warn!(
@@ -290,9 +303,11 @@ fn append_batch(log: &Mutex<MasterLog>, batch: &[Pending]) -> Result<Positions, 
 
 /// How many records of `batch` lie between the log's ends `before` and
 /// `after`: the ones this batch added (the rest were already there).
+/// Markers are not records of the topic.
 fn added_by(batch: &[Pending], before: &Positions, after: &Positions) -> usize {
     batch
         .iter()
+        .filter(|r| r.kind != RecordKind::Marker)
         .filter(|r| (before.get(r.partition)..after.get(r.partition)).contains(&r.offset))
         .count()
 }

@@ -72,7 +72,8 @@ pub fn count_segments(
                 let future = match record.kind {
                     RecordKind::Event => false,
                     RecordKind::FutureEvent => true,
-                    _ => {
+                    RecordKind::Marker => continue,
+                    RecordKind::InvalidUtf8 | RecordKind::TooLarge | RecordKind::Empty => {
                         combiner.skipped += 1;
                         continue;
                     }

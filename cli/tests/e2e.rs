@@ -318,6 +318,76 @@ async fn every_codec_is_counted_exactly_on_sqlite_broker_storage() {
     every_codec_is_counted_exactly("codecs-sqlite", Options::default(), Compression::Snappy).await;
 }
 
+/// Transactions: a user's transactional producer commits and aborts
+/// transactions between plain produces, into one running system on the
+/// `lambda broker` process. Every layer reads committed records only, so
+/// the words only aborted events carry are never counted, before or after
+/// a recompute, and the transaction markers (one offset each, never
+/// delivered, the last ones at every partition's end) stop no position:
+/// the answers reach `as_of` == the topic's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_committed_transactions_are_counted_and_markers_stop_no_position() {
+    type Records = Vec<(String, Vec<u8>, Option<i32>)>;
+    let committed = |range: std::ops::Range<usize>| -> Records {
+        range.map(|i| (format!("k{i}"), event(i), None)).collect()
+    };
+    let aborted = |range: std::ops::Range<usize>| -> Records {
+        range
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    format!("abortedonly{i} w{} zzaborted", i % 200).into_bytes(),
+                    None,
+                )
+            })
+            .collect()
+    };
+    let options = Options {
+        recompute_on_demand: true,
+        ..Options::default()
+    };
+    let stack = Stack::start("txn", options).await;
+    let txn = testkit::Transactional::new(&stack.kafka, &testkit::unique("e2e-txn")).await;
+    txn.send(&stack.topic, &committed(0..300), true).await;
+    txn.send(&stack.topic, &aborted(0..200), false).await;
+    testkit::produce(
+        &stack.kafka,
+        &stack.topic,
+        (300..400).map(|i| (format!("k{i}"), event(i))),
+    )
+    .await;
+    txn.send(&stack.topic, &committed(400..500), true).await;
+    // Every partition ends with an aborted transaction and its marker.
+    txn.send(&stack.topic, &aborted(200..300), false).await;
+
+    let truth = stack.assert_exact().await;
+    assert_eq!(
+        truth.good_events, 500,
+        "the truth reads committed records only"
+    );
+    // The batch layer's master log reaches every partition's end too: a
+    // marker record where its reader passed the last transaction marker.
+    let (ends, _) = stack.topic_records().await;
+    ingested(stack.addr(Role::Batch), ends.total_offsets() as usize).await;
+    let serving = stack.addr(Role::Serve);
+    let no_aborted_word = |when: &str| {
+        for word in ["zzaborted", "abortedonly7", "abortedonly250"] {
+            let a = answer(serving, &format!("/v1/words/{word}"));
+            assert_eq!(a["count"].as_u64(), Some(0), "{when}: {word}: {a}");
+        }
+    };
+    no_aborted_word("from the speed layer");
+    recompute_now(serving).await;
+    stack.assert_exact().await;
+    no_aborted_word("after a recompute");
+    let a = answer(serving, "/v1/words/w1");
+    assert!(
+        a["batch"]["count"].as_u64() > Some(0),
+        "the batch view counts: {a}"
+    );
+    stack.shutdown();
+}
+
 /// The three layers reach a broker behind mutual TLS that also requires
 /// SASL/SCRAM, through their `--security-protocol`, `--ssl-*` and
 /// `--sasl-*` flags (every client each of them creates: consumers,

@@ -232,6 +232,74 @@ pub async fn produce(
     }
 }
 
+/// A transactional producer (librdkafka's `transactional.id`): every
+/// [`Transactional::send`] produces its records in one transaction and
+/// commits or aborts it, as a user's exactly-once pipeline would.
+pub struct Transactional {
+    producer: rdkafka::producer::FutureProducer,
+}
+
+impl Transactional {
+    /// A producer with this transactional id, its transactions initialised.
+    pub async fn new(kafka: impl Reach, id: &str) -> Transactional {
+        use rdkafka::producer::Producer;
+        let producer: rdkafka::producer::FutureProducer =
+            common::kafka::producer_config(&kafka.connection())
+                .set("transactional.id", id)
+                .create()
+                .expect("transactional producer");
+        let init = producer.clone();
+        // librdkafka's transaction calls block: off the runtime, whose
+        // workers may be running the embedded broker that must answer them.
+        tokio::task::spawn_blocking(move || init.init_transactions(Duration::from_secs(30)))
+            .await
+            .expect("join")
+            .expect("init_transactions");
+        Transactional { producer }
+    }
+
+    /// Produces `records` (key, payload, partition) in one transaction,
+    /// then commits it or, if `commit` is false, aborts it.
+    pub async fn send(
+        &self,
+        topic: &str,
+        records: &[(String, Vec<u8>, Option<i32>)],
+        commit: bool,
+    ) {
+        self.begin_with(topic, records).await;
+        self.end(commit).await;
+    }
+
+    /// Begins a transaction and produces `records` in it: acknowledged,
+    /// not yet committed.
+    pub async fn begin_with(&self, topic: &str, records: &[(String, Vec<u8>, Option<i32>)]) {
+        use rdkafka::producer::Producer;
+        self.producer
+            .begin_transaction()
+            .expect("begin_transaction");
+        for result in common::kafka::send_all(&self.producer, topic, records).await {
+            result.expect("delivered in the transaction");
+        }
+    }
+
+    /// Commits the open transaction or, if `commit` is false, aborts it.
+    pub async fn end(&self, commit: bool) {
+        use rdkafka::producer::Producer;
+        let end = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(30);
+            if commit {
+                end.commit_transaction(timeout)
+            } else {
+                end.abort_transaction(timeout)
+            }
+        })
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("ending the transaction (commit: {commit}): {e}"));
+    }
+}
+
 /// Produces each record to its partition with its timestamp, in order, and
 /// waits until every one is acknowledged.
 pub async fn produce_timed(
@@ -358,11 +426,39 @@ pub async fn consume_below(
     cut: &lambda_core::Cut,
     timeout: Duration,
 ) -> Vec<Consumed> {
-    let expected = cut.total_offsets() as usize;
-    consume_kept(kafka, topic, expected, timeout, |m| {
-        cut.includes(m.partition, m.offset)
-    })
-    .await
+    use rdkafka::consumer::Consumer;
+    // Offsets are not records everywhere: a transaction marker takes one
+    // and is never delivered, so the end is reached when the consumer's
+    // position (which librdkafka moves past markers) is at the cut
+    // everywhere, whatever the number of records read.
+    let consumer = read_from_start(kafka, topic).await;
+    let reached = |consumer: &rdkafka::consumer::StreamConsumer| {
+        let positions = consumer.position().expect("position");
+        cut.iter().all(|(p, end)| {
+            end <= 0
+                || positions
+                    .find_partition(topic, p)
+                    .is_some_and(|e| matches!(e.offset(), rdkafka::Offset::Offset(o) if o >= end))
+        })
+    };
+    let (all_offsets, mut out) = (cut.total_offsets() as usize, Vec::new());
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < all_offsets && !reached(&consumer) {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            !remaining.is_zero(),
+            "timed out after {} records from {topic}, below {cut}",
+            out.len()
+        );
+        let slice = remaining.min(Duration::from_millis(100));
+        if let Ok(m) = tokio::time::timeout(slice, consumer.recv()).await {
+            let m = consumed(&m.expect("consume"));
+            if cut.includes(m.partition, m.offset) {
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 /// Consumes until `expected` records passed `keep`.

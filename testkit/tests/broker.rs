@@ -528,3 +528,137 @@ async fn fetches_return_as_soon_as_records_are_there() {
     );
     broker.stop().await;
 }
+
+/// Every record of `topic` (2 partitions) a consumer at `isolation` reads
+/// from the beginning, and each partition's end and the consumer's
+/// position there once nothing more arrives.
+async fn read_at(brokers: &str, topic: &str, isolation: &str) -> (Vec<String>, Vec<(i64, i64)>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let kafka = Connection::plaintext(brokers);
+    let consumer: StreamConsumer = ::common::kafka::consumer_config(&kafka, &unique("txn"))
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut payloads = Vec::new();
+    while let Ok(m) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        let m = m.expect("consume");
+        payloads.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+    }
+    let position = consumer.position().expect("position");
+    let client: BaseConsumer = ::common::kafka::client_config(&kafka)
+        .create()
+        .expect("client");
+    let ends = (0..2)
+        .map(|p| {
+            let end = client.fetch_watermarks(topic, p, TIMEOUT).expect("ends").1;
+            let at = match position.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            };
+            (end, at)
+        })
+        .collect();
+    payloads.sort();
+    (payloads, ends)
+}
+
+/// A transactional producer commits, aborts and commits again, with a
+/// plain producer in between, on both storage engines: a read-committed
+/// consumer (every Lambda layer's) gets the committed and the plain records
+/// and none of the aborted ones, which a read-uncommitted consumer shows
+/// are in the log. tansu 0.6.0 routed no EndTxn (the producer could not
+/// even commit) and listed no aborted transaction in its fetches (see
+/// vendor/README.md); each partition also ends with a transaction marker
+/// no consumer ever receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_transactions_are_never_read_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for storage in [
+        BrokerStorage::Memory,
+        BrokerStorage::Sqlite(dir.path().join("tansu.db")),
+    ] {
+        let (broker, brokers, topic) = broker_with_topic(storage.clone(), "txn", 2).await;
+        let records = |what: &str, n: usize| -> Vec<(String, Vec<u8>, Option<i32>)> {
+            (0..n)
+                .map(|i| {
+                    (
+                        format!("k{i}"),
+                        format!("{what} {i}").into_bytes(),
+                        Some(i as i32 % 2),
+                    )
+                })
+                .collect()
+        };
+        let txn = ::testkit::Transactional::new(&brokers, &unique("txn-id")).await;
+        txn.send(&topic, &records("committed", 6), true).await;
+        txn.send(&topic, &records("aborted", 6), false).await;
+        produce(
+            &brokers,
+            &topic,
+            (0..4).map(|i| (format!("p{i}"), format!("plain {i}").into_bytes())),
+        )
+        .await;
+        // An open transaction holds a read-committed reader back (the last
+        // stable offset), and nothing after it either: the plain records
+        // produced after it wait with it.
+        txn.begin_with(&topic, &records("again", 4)).await;
+        produce(
+            &brokers,
+            &topic,
+            (0..2).map(|i| (format!("q{i}"), format!("later {i}").into_bytes())),
+        )
+        .await;
+        let (open, _) = read_at(&brokers, &topic, "read_committed").await;
+        assert_eq!(
+            open.len(),
+            10,
+            "{storage:?}: while a transaction is open: {open:?}"
+        );
+        txn.end(true).await;
+        txn.send(&topic, &records("aborted-last", 2), false).await;
+
+        let (committed, ends) = read_at(&brokers, &topic, "read_committed").await;
+        let (everything, _) = read_at(&brokers, &topic, "read_uncommitted").await;
+        let count = |payloads: &[String], prefix: &str| {
+            payloads
+                .iter()
+                .filter(|p| p.split(' ').next() == Some(prefix))
+                .count()
+        };
+        for (prefix, want) in [
+            ("committed", 6),
+            ("plain", 4),
+            ("again", 4),
+            ("aborted", 0),
+            ("aborted-last", 0),
+        ] {
+            assert_eq!(
+                count(&committed, prefix),
+                want,
+                "{storage:?}: read committed, {prefix}: {committed:?}"
+            );
+        }
+        assert_eq!(committed.len(), 16, "{storage:?}: {committed:?}");
+        assert_eq!(
+            count(&everything, "aborted"),
+            6,
+            "{storage:?}: the aborted records are in the log"
+        );
+        assert_eq!(everything.len(), 24, "{storage:?}: {everything:?}");
+        for (p, (end, at)) in ends.iter().enumerate() {
+            // The readers' positions (`common::reader`) rely on it.
+            assert_eq!(
+                at, end,
+                "{storage:?} partition {p}: librdkafka's position passes the last marker"
+            );
+        }
+        broker.stop().await;
+    }
+}

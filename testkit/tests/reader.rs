@@ -208,3 +208,104 @@ async fn group_members_share_partitions_and_read_every_record_once_across_rebala
     );
     a.reader.close().await;
 }
+
+/// Reads `topic` with a reader opened at `from` until its positions reach
+/// `ends`; returns the payloads read and whether any batch reported
+/// positions passed without records.
+async fn read_to(
+    kafka: &Connection,
+    topic: &str,
+    from: &BTreeMap<Partition, Offset>,
+    ends: &BTreeMap<Partition, Offset>,
+) -> (Vec<String>, bool) {
+    let mut reader = PartitionReader::open(
+        consumer_config(kafka, &::testkit::unique("markers")),
+        kafka,
+        topic,
+        from.iter().map(|(&p, &o)| (p, o)),
+    )
+    .await
+    .expect("opens");
+    let (token, deadline) = (CancellationToken::new(), Instant::now() + TIMEOUT);
+    let (mut payloads, mut passed) = (Vec::new(), false);
+    while reader.positions() != ends {
+        assert!(
+            Instant::now() < deadline,
+            "stuck at {:?}, the partitions end at {ends:?}",
+            reader.positions()
+        );
+        let batch = reader
+            .next_batch(&LIMITS, &token)
+            .await
+            .expect("reads")
+            .expect("not cancelled");
+        for m in &batch.records {
+            payloads.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+        passed |= !batch.passed.is_empty();
+    }
+    reader.close().await;
+    (payloads, passed)
+}
+
+/// A transactional producer's markers and aborted records hold no record
+/// for a read-committed reader; its positions still reach each partition's
+/// end, the last marker included (`ReadBatch::passed`), and it reads every
+/// committed record once and no aborted one, from the start and resuming
+/// right after a committed transaction (where its marker sits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_pass_transaction_markers_to_each_partitions_end() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (broker, brokers, topic) = memory_broker("markers").await;
+    let kafka = Connection::plaintext(&brokers);
+    ensure_topic(&kafka, &topic, 2, TIMEOUT)
+        .await
+        .expect("topic");
+    let records = |what: &str, n: i32| -> Vec<(String, Vec<u8>, Option<i32>)> {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    format!("{what} {i}").into_bytes(),
+                    Some(i % 2),
+                )
+            })
+            .collect()
+    };
+    let txn = ::testkit::Transactional::new(&kafka, &::testkit::unique("markers-id")).await;
+    txn.send(&topic, &records("first", 4), true).await;
+    // Each partition now holds 2 records and a commit marker.
+    let after_first: BTreeMap<Partition, Offset> = [(0, 2), (1, 2)].into();
+    txn.send(&topic, &records("aborted", 4), false).await;
+    txn.send(&topic, &records("second", 2), true).await;
+    txn.send(&topic, &records("aborted", 2), false).await;
+    let client: BaseConsumer = ::common::kafka::client_config(&kafka)
+        .create()
+        .expect("client");
+    let ends: BTreeMap<Partition, Offset> = (0..2)
+        .map(|p| {
+            let (_, end) = client.fetch_watermarks(&topic, p, TIMEOUT).expect("ends");
+            (p, end)
+        })
+        .collect();
+    // 2 + 1 + 2 + 1 + 1 + 1 + 1 + 1 offsets per partition, 3 of them records.
+    assert_eq!(ends, [(0, 10), (1, 10)].into(), "markers take offsets");
+
+    let start: BTreeMap<Partition, Offset> = [(0, 0), (1, 0)].into();
+    let (mut read, passed) = read_to(&kafka, &topic, &start, &ends).await;
+    read.sort();
+    assert_eq!(
+        read,
+        ["first 0", "first 1", "first 2", "first 3", "second 0", "second 1"]
+    );
+    assert!(passed, "the last markers were passed without a record");
+
+    let (mut read, _) = read_to(&kafka, &topic, &after_first, &ends).await;
+    read.sort();
+    assert_eq!(
+        read,
+        ["second 0", "second 1"],
+        "resumed after the first transaction"
+    );
+    broker.stop().await;
+}

@@ -37,6 +37,12 @@ pub enum RecordKind {
     /// layer's clock than `--max-future` allowed when it arrived: counted,
     /// but it does not move the watermark (see `lambda_core::window`).
     FutureEvent = 4,
+    /// Not a record of the topic: the reader's position moved past offsets
+    /// that hold nothing for a read-committed reader, the last of them
+    /// this one (a transaction's marker; an aborted transaction's records
+    /// before it). Kept so the log's end is where the reader is, and a
+    /// partition that ends with a marker is read to its end.
+    Marker = 5,
 }
 
 impl RecordKind {
@@ -47,6 +53,7 @@ impl RecordKind {
             2 => RecordKind::TooLarge,
             3 => RecordKind::Empty,
             4 => RecordKind::FutureEvent,
+            5 => RecordKind::Marker,
             _ => return None,
         })
     }

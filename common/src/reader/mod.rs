@@ -130,6 +130,13 @@ pub struct ReadBatch<'a> {
     /// Set when the consumer returned records it cannot read: the batch
     /// ends before them, and the layer holds their partition or stops.
     pub unreadable: Option<ConsumeFailure>,
+    /// Partitions whose position moved past offsets that hold no record for
+    /// a read-committed reader — a transaction's marker, an aborted
+    /// transaction's records — each with the offset it continues at (past
+    /// its records in `records`). The layer takes it as its position, as if
+    /// it had read records there: without it a partition that ends with a
+    /// marker would never be read to its end.
+    pub passed: Vec<(Partition, Offset)>,
 }
 
 /// A consumer assigned to partitions at known positions.
@@ -244,15 +251,16 @@ impl PartitionReader {
             skipped: 0,
             transient_errors: 0,
             unreadable: None,
+            passed: Vec::new(),
         };
-        let consumer = &self.consumer;
-        let context = consumer.context();
         let idle = tokio::time::sleep(limits.idle.unwrap_or(Duration::MAX / 4));
         tokio::pin!(idle);
+        let mut markers = tokio::time::interval(PASSED_CHECK);
+        markers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let first = loop {
             // Changes queued by a rebalance come first, in a batch of their
             // own: the layer learns of them before it is handed a record.
-            for change in context.take()? {
+            for change in self.consumer.context().take()? {
                 batch
                     .changes
                     .push(change.apply(&mut self.resume, &mut self.next));
@@ -260,9 +268,24 @@ impl PartitionReader {
             if !batch.changes.is_empty() {
                 return Ok(Some(batch));
             }
+            let consumer = &self.consumer;
+            let context = consumer.context();
             tokio::select! {
                 _ = token.cancelled() => return Ok(None),
-                _ = &mut idle, if limits.idle.is_some() => return Ok(Some(batch)),
+                _ = &mut idle, if limits.idle.is_some() => {
+                    batch.passed = passed(&self.consumer, &self.topic, &self.resume, &mut self.next);
+                    return Ok(Some(batch));
+                }
+                _ = markers.tick() => {
+                    // No record, but the position may have moved past a
+                    // marker (the last thing a transactional producer
+                    // writes): a batch of its own.
+                    batch.passed = passed(&self.consumer, &self.topic, &self.resume, &mut self.next);
+                    if !batch.passed.is_empty() {
+                        return Ok(Some(batch));
+                    }
+                    continue;
+                }
                 _ = context.wake.notified() => continue,
                 m = consumer.recv() => {
                     if !context.has_queued() {
@@ -274,6 +297,8 @@ impl PartitionReader {
                 }
             }
         };
+        let consumer = &self.consumer;
+        let context = consumer.context();
         let started = Instant::now();
         // Judged once per batch, from its first record (it reads the clock).
         let mut until: Option<Instant> = None;
@@ -336,6 +361,7 @@ impl PartitionReader {
                 Err(_) => break,
             }
         }
+        batch.passed = passed(&self.consumer, &self.topic, &self.resume, &mut self.next);
         Ok(Some(batch))
     }
 
@@ -439,6 +465,41 @@ impl PartitionReader {
 }
 
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Moves each partition whose consumer position is past the offset
+/// after its last record there (see [`ReadBatch::passed`]); returns
+/// those. librdkafka moves a read-committed consumer's position past
+/// the transaction markers and aborted records it drops, in order with
+/// the records it delivers. Only partitions whose resume check is
+/// settled: before that a seek back may still come, and positions of
+/// records skipped below the resume position mean nothing.
+fn passed(
+    consumer: &StreamConsumer<ReaderContext>,
+    topic: &str,
+    resume: &Resume,
+    next: &mut BTreeMap<Partition, Offset>,
+) -> Vec<(Partition, Offset)> {
+    let Ok(positions) = consumer.position() else {
+        return Vec::new();
+    };
+    let mut passed = Vec::new();
+    for e in positions.elements_for_topic(topic) {
+        let (p, KafkaOffset::Offset(at)) = (e.partition(), e.offset()) else {
+            continue;
+        };
+        if let Some(next) = next.get_mut(&p) {
+            if at > *next && resume.settled(p) {
+                *next = at;
+                passed.push((p, at));
+            }
+        }
+    }
+    passed
+}
+
+/// How often a reader without records checks whether its position moved
+/// past a transaction marker.
+const PASSED_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a batch whose first record is `m` waits for more.
 fn linger_for(limits: &Limits, m: &BorrowedMessage<'_>) -> Duration {

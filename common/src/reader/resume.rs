@@ -99,6 +99,15 @@ impl Resume {
         (want - self.margin.get(&partition).copied().unwrap_or(0)).max(self.log_start(partition))
     }
 
+    /// Whether no seek back can come in `partition` any more: a record at
+    /// or past the resume position was accepted, the record just before it
+    /// was seen, or there is nothing earlier to seek to.
+    pub fn settled(&self, partition: i32) -> bool {
+        self.verified.contains(&partition)
+            || self.saw_previous.contains(&partition)
+            || self.seek_offset(partition) <= self.log_start(partition)
+    }
+
     pub fn check(&mut self, partition: i32, offset: i64) -> ResumeCheck {
         if self.verified.contains(&partition) {
             return ResumeCheck::Accept;
@@ -167,6 +176,23 @@ mod tests {
         r.add(0, 50_000, 0);
         assert_eq!(r.check(0, 30_001), ResumeCheck::Skip, "verified no longer");
         assert_eq!(r.check(0, 50_100), ResumeCheck::SeekBack(30_000));
+    }
+
+    #[test]
+    fn a_partition_is_settled_once_no_seek_back_can_come() {
+        let mut resume = Resume::with_margin([(0, 100), (1, 5), (2, 40)], 10);
+        // Nothing before partition 1's margin: it starts settled.
+        assert!(!resume.settled(0) && resume.settled(1) && !resume.settled(2));
+        // The record just before the resume position.
+        assert_eq!(resume.check(0, 99), ResumeCheck::Skip);
+        assert!(resume.settled(0));
+        // A record past the position without the one before: a seek back
+        // comes, so not settled until a record at the position is accepted.
+        assert_eq!(resume.check(2, 45), ResumeCheck::SeekBack(20));
+        assert!(!resume.settled(2));
+        assert_eq!(resume.check(2, 39), ResumeCheck::Skip);
+        assert_eq!(resume.check(2, 40), ResumeCheck::Accept);
+        assert!(resume.settled(2));
     }
 
     /// A transactional producer's commit marker (or an aborted

@@ -202,6 +202,12 @@ impl MicroBatch {
         changed
     }
 
+    /// Whether the batch moved any partition (records, or a position past
+    /// a transaction marker): then it is checkpointed.
+    pub(super) fn moved(&self) -> bool {
+        self.records > 0 || !self.next.is_empty()
+    }
+
     pub(super) fn next_offsets(&self) -> Vec<(Partition, Offset)> {
         self.next.iter().map(|(&p, &o)| (p, o)).collect()
     }
@@ -242,6 +248,13 @@ pub(super) async fn next_batch(
         .add(read.transient_errors as u64);
     for m in &read.records {
         batch.add(m, view, tokenizer, ctx).await;
+    }
+    // Past a transaction marker (or an aborted transaction): the partition
+    // continues there, as if records had been read up to it.
+    for &(p, next) in &read.passed {
+        if next > view.positions.get(p) && batch.next.get(&p).is_none_or(|&n| n < next) {
+            batch.next.insert(p, next);
+        }
     }
     batch.unreadable = read.unreadable;
     Ok(Some(batch))

@@ -225,7 +225,7 @@ pub async fn run(
         let Some(mut batch) = next_batch(&mut reader, &view, &mut tokenizer, &ctx).await? else {
             break;
         };
-        if batch.records > 0 {
+        if batch.moved() {
             if let Some(oldest) = batch.oldest_event_ms {
                 metrics.consume_stage.observe(since_timestamp(oldest));
             }

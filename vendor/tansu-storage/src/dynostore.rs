@@ -109,6 +109,18 @@ struct Meta {
     producers: BTreeMap<ProducerId, ProducerDetail>,
     topics: BTreeMap<Topic, TopicMetadata>,
     transactions: BTreeMap<String, Txn>,
+    /// Added for Lambda: every aborted transaction's records per partition,
+    /// for the aborted transactions a read-committed fetch lists.
+    #[serde(default)]
+    aborted: BTreeMap<Topic, BTreeMap<Partition, Vec<AbortedRange>>>,
+}
+
+/// Added for Lambda: the records an aborted transaction wrote to a partition.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
+struct AbortedRange {
+    producer: ProducerId,
+    offset_start: Offset,
+    offset_end: Offset,
 }
 
 impl OptiCon<Meta> {
@@ -1070,6 +1082,29 @@ impl Storage for DynoStore {
         }
 
         Ok(batches)
+    }
+
+    async fn aborted_transactions(
+        &self,
+        topition: &Topition,
+        offset: i64,
+        before: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        self.meta
+            .with(&self.object_store, |meta| {
+                let mut aborted: Vec<(i64, i64)> = meta
+                    .aborted
+                    .get(topition.topic())
+                    .and_then(|partitions| partitions.get(&topition.partition()))
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r.offset_end >= offset && r.offset_start < before)
+                    .map(|r| (r.producer, r.offset_start))
+                    .collect();
+                aborted.sort_by_key(|&(_, first)| first);
+                Ok(aborted)
+            })
+            .await
     }
 
     async fn offset_stage(&self, topition: &Topition) -> Result<OffsetStage> {
@@ -2522,6 +2557,8 @@ impl Storage for DynoStore {
                     BTreeMap<Topic, BTreeMap<Partition, TxnCommitOffset>>,
                 > = BTreeMap::new();
 
+                let mut aborted = Vec::new();
+
                 if overlaps.iter().all(|txn_id| txn_id.state.is_prepared()) {
                     let txn_ids = {
                         overlaps.push(TxnId {
@@ -2553,6 +2590,21 @@ impl Storage for DynoStore {
 
                                 Some(TxnState::PrepareAbort) => {
                                     _ = txn_detail.state.replace(TxnState::Aborted);
+                                    for (topic, partitions) in &txn_detail.produces {
+                                        for (partition, range) in partitions {
+                                            if let Some(range) = range {
+                                                aborted.push((
+                                                    topic.to_owned(),
+                                                    *partition,
+                                                    AbortedRange {
+                                                        producer: txn.producer,
+                                                        offset_start: range.offset_start,
+                                                        offset_end: range.offset_end,
+                                                    },
+                                                ));
+                                            }
+                                        }
+                                    }
                                 }
 
                                 otherwise => {
@@ -2587,6 +2639,15 @@ impl Storage for DynoStore {
                             _ = txn_detail.started_at.take();
                         }
                     }
+                }
+
+                for (topic, partition, range) in aborted {
+                    meta.aborted
+                        .entry(topic)
+                        .or_default()
+                        .entry(partition)
+                        .or_default()
+                        .push(range);
                 }
 
                 Ok(offsets_to_commit)

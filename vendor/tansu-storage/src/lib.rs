@@ -215,7 +215,7 @@ pub use service::{
     ListGroupsService, ListOffsetsService, ListPartitionReassignmentsService, MetadataService,
     ProduceService, Request, RequestChannelService, RequestLayer, RequestReceiver, RequestSender,
     RequestService, RequestStorageService, Response, TxnAddOffsetsService, TxnAddPartitionService,
-    TxnOffsetCommitService, bounded_channel,
+    TxnEndService, TxnOffsetCommitService, bounded_channel,
 };
 
 #[cfg(feature = "slatedb")]
@@ -1360,6 +1360,21 @@ pub trait Storage: Clone + Debug + Send + Sync + 'static {
     /// Query the offset stage for a topic partition.
     async fn offset_stage(&self, topition: &Topition) -> Result<OffsetStage>;
 
+    /// Added for Lambda: the aborted transactions with records in `topition`
+    /// at or after `offset` and before `before`, as (producer id, first
+    /// offset) in offset order — what a fetch lists for a read-committed
+    /// consumer, which skips those producers' records from the first offset
+    /// up to their abort marker. Engines that keep no record of aborted
+    /// transactions list none.
+    async fn aborted_transactions(
+        &self,
+        _topition: &Topition,
+        _offset: i64,
+        _before: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        Ok(Vec::new())
+    }
+
     /// Query the offsets for one or more topic partitions.
     async fn list_offsets(
         &self,
@@ -2242,6 +2257,25 @@ impl Storage for StorageContainer {
         .inspect_err(|_| {
             STORAGE_CONTAINER_ERRORS.add(1, &attributes);
         })
+    }
+
+    #[instrument(skip_all)]
+    async fn aborted_transactions(
+        &self,
+        topition: &Topition,
+        offset: i64,
+        before: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        match self {
+            #[cfg(feature = "dynostore")]
+            Self::DynoStore(engine) => engine.aborted_transactions(topition, offset, before).await,
+
+            #[cfg(feature = "libsql")]
+            Self::Lite(engine) => engine.aborted_transactions(topition, offset, before).await,
+
+            #[allow(unreachable_patterns)]
+            _ => Ok(Vec::new()),
+        }
     }
 
     #[instrument(skip_all)]

@@ -1105,6 +1105,20 @@ impl Delegate {
             for txn in txns {
                 debug!(?txn);
 
+                if txn.status == TxnState::PrepareAbort {
+                    _ = connection
+                        .execute(
+                            "txn_aborted_insert.sql",
+                            (
+                                self.cluster.as_str(),
+                                txn.name.as_str(),
+                                txn.producer_id,
+                                txn.producer_epoch,
+                            ),
+                        )
+                        .await?;
+                }
+
                 _ = connection
                     .execute(
                         "txn_produce_offset_delete_by_txn.sql",
@@ -1421,6 +1435,10 @@ static DDL: LazyLock<Cache> = LazyLock::new(|| {
             "060-txn-produce-offset.sql",
             include_sql!("ddl/060-txn-produce-offset.sql"),
         ),
+        (
+            "070-txn-aborted.sql",
+            include_sql!("ddl/070-txn-aborted.sql"),
+        ),
     ];
 
     Cache::new(BTreeMap::from(mapping))
@@ -1577,6 +1595,18 @@ impl Storage for Engine {
                     &[KeyValue::new("operation", "fetch")],
                 )
             })
+    }
+
+    #[instrument(skip_all)]
+    async fn aborted_transactions(
+        &self,
+        topition: &Topition,
+        offset: i64,
+        before: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        self.inner
+            .aborted_transactions(topition, offset, before)
+            .await
     }
 
     #[instrument(skip_all)]
@@ -2679,6 +2709,32 @@ impl Storage for Delegate {
         })
     }
 
+    async fn aborted_transactions(
+        &self,
+        topition: &Topition,
+        offset: i64,
+        before: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        let c = self.connection().await?;
+        let mut rows = c
+            .query_cached(
+                "txn_aborted_select.sql",
+                (
+                    self.cluster.as_str(),
+                    topition.topic(),
+                    topition.partition(),
+                    offset,
+                    before,
+                ),
+            )
+            .await?;
+        let mut aborted = Vec::new();
+        while let Some(row) = rows.next().await? {
+            aborted.push((row.get::<i64>(0)?, row.get::<i64>(1)?));
+        }
+        Ok(aborted)
+    }
+
     async fn offset_stage(&self, topition: &Topition) -> Result<OffsetStage> {
         let start = SystemTime::now();
 
@@ -2708,8 +2764,11 @@ impl Storage for Delegate {
             .inspect_err(|err| error!(?topition, ?err))?
             .unwrap_or_default();
 
+        // Lambda's patch: the stable offset is the third column (0.6.0 read
+        // the high watermark's again, so read-committed consumers were
+        // served open transactions' records).
         let last_stable = row
-            .get::<Option<i64>>(1)
+            .get::<Option<i64>>(2)
             .inspect_err(|err| error!(?topition, ?err))?
             .unwrap_or(high_watermark);
 

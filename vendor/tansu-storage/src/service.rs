@@ -93,6 +93,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, instrument};
 pub use txn::add_offsets::AddOffsetsService as TxnAddOffsetsService;
 pub use txn::add_partitions::AddPartitionService as TxnAddPartitionService;
+pub use txn::end::EndService as TxnEndService;
 pub use txn::offset_commit::OffsetCommitService as TxnOffsetCommitService;
 use url::Url;
 use uuid::Uuid;
@@ -128,6 +129,12 @@ pub enum Request {
         isolation: IsolationLevel,
     },
     OffsetStage(Topition),
+    /// Added for Lambda: see [`Storage::aborted_transactions`].
+    AbortedTransactions {
+        topition: Topition,
+        offset: i64,
+        before: i64,
+    },
     ListOffsets {
         isolation_level: IsolationLevel,
         offsets: Vec<(Topition, ListOffset)>,
@@ -230,6 +237,7 @@ impl Display for Request {
             Self::OffsetCommit { .. } => f.write_str("OffsetCommit"),
             Self::OffsetFetch { .. } => f.write_str("OffsetFetch"),
             Self::OffsetStage(_) => f.write_str("OffsetStage"),
+            Self::AbortedTransactions { .. } => f.write_str("AbortedTransactions"),
             Self::Produce { .. } => f.write_str("Produce"),
             Self::RegisterBroker(_) => f.write_str("RegisterBroker"),
             Self::TxnAddOffsets { .. } => f.write_str("TxnAddOffsets"),
@@ -270,6 +278,7 @@ pub enum Response {
     OffsetCommit(Result<Vec<(Topition, ErrorCode)>>),
     OffsetFetch(Result<BTreeMap<Topition, i64>>),
     OffsetStage(Result<OffsetStage>),
+    AbortedTransactions(Result<Vec<(i64, i64)>>),
     Ping(Result<()>),
     Produce(Result<i64>),
     RegisterBroker(Result<()>),
@@ -635,6 +644,32 @@ impl Storage for RequestChannelService {
         .await
         .and_then(|response| {
             if let Response::Fetch(inner) = response {
+                inner.map_err(Into::into)
+            } else {
+                Err(Error::UnexpectedServiceResponse(Box::new(response)).into())
+            }
+        })
+        .map_err(Into::into)
+    }
+
+    #[instrument(skip_all)]
+    async fn aborted_transactions(
+        &self,
+        topition: &Topition,
+        offset: i64,
+        before: i64,
+    ) -> Result<Vec<(i64, i64)>> {
+        self.serve(
+            Context::default(),
+            Request::AbortedTransactions {
+                topition: topition.to_owned(),
+                offset,
+                before,
+            },
+        )
+        .await
+        .and_then(|response| {
+            if let Response::AbortedTransactions(inner) = response {
                 inner.map_err(Into::into)
             } else {
                 Err(Error::UnexpectedServiceResponse(Box::new(response)).into())
@@ -1333,6 +1368,15 @@ where
             )),
             Request::OffsetStage(topition) => Ok(Response::OffsetStage(
                 self.storage.offset_stage(&topition).await,
+            )),
+            Request::AbortedTransactions {
+                topition,
+                offset,
+                before,
+            } => Ok(Response::AbortedTransactions(
+                self.storage
+                    .aborted_transactions(&topition, offset, before)
+                    .await,
             )),
             Request::ListOffsets {
                 isolation_level,

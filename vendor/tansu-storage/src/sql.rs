@@ -306,6 +306,14 @@ pub(crate) static SQL: LazyLock<Cache> = LazyLock::new(|| {
             include_sql!("sql/txn_offset_commit_tp_insert.sql"),
         ),
         (
+            "txn_aborted_insert.sql",
+            include_sql!("sql/txn_aborted_insert.sql"),
+        ),
+        (
+            "txn_aborted_select.sql",
+            include_sql!("sql/txn_aborted_select.sql"),
+        ),
+        (
             "txn_produce_offset_delete_by_topic.sql",
             include_sql!("sql/txn_produce_offset_delete_by_topic.sql"),
         ),

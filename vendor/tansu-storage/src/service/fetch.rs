@@ -23,7 +23,8 @@ use tansu_sans_io::{
     ApiKey, ErrorCode, FetchRequest, FetchResponse, IsolationLevel,
     fetch_request::{FetchPartition, FetchTopic},
     fetch_response::{
-        EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData, SnapshotId,
+        AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch,
+        PartitionData, SnapshotId,
     },
     metadata_response::MetadataResponseTopic,
     record::deflated::{Batch, Frame},
@@ -224,6 +225,25 @@ impl FetchService {
             .await
             .inspect_err(|error| error!(?error, ?tp))?;
 
+        // Lambda's patch: a read-committed consumer learns which producers'
+        // records in the fetched range belong to aborted transactions (0.6.0
+        // always answered none, so aborted records were delivered).
+        let aborted = if isolation == IsolationLevel::ReadCommitted && !batches.is_empty() {
+            ctx.state()
+                .aborted_transactions(&tp, fetch_partition.fetch_offset, offset)
+                .await
+                .inspect_err(|error| error!(?error, ?tp))?
+                .into_iter()
+                .map(|(producer_id, first_offset)| {
+                    AbortedTransaction::default()
+                        .producer_id(producer_id)
+                        .first_offset(first_offset)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+
         Ok(PartitionData::default()
             .partition_index(partition_index)
             .error_code(ErrorCode::None.into())
@@ -233,7 +253,7 @@ impl FetchService {
             .diverging_epoch(None)
             .current_leader(None)
             .snapshot_id(None)
-            .aborted_transactions(Some([].into()))
+            .aborted_transactions(Some(aborted))
             .preferred_read_replica(Some(-1))
             .records(if batches.is_empty() {
                 None

@@ -36,7 +36,11 @@ where
 c.name = $1
 and t.name = $2
 and tp.partition = $3
-and (txn_d.status = 'PREPARE_COMMIT' or txn_d.status = 'PREPARE_ABORT' or txn_d.status = 'BEGIN')
+-- Lambda's patch: every transaction still holding produce offsets is open
+-- or prepared (they are deleted when it completes). 0.6.0 tested the status
+-- instead, which is null while the first transaction is open and stays
+-- 'COMMITTED' through the next ones, so no transaction ever held the last
+-- stable offset back.
 
 group by t.id, tp.id
 
