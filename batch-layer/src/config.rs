@@ -7,6 +7,9 @@ use lambda_core::lineage::RecomputeMode;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Offsets per sealed chunk of the master dataset, by default.
+pub const DEFAULT_CHUNK_OFFSETS: i64 = 100_000;
+
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
     #[command(flatten)]
@@ -57,6 +60,19 @@ pub struct BatchArgs {
     #[arg(long, env = env::REPAIR)]
     pub repair: bool,
 
+    /// The shared store the master dataset's sealed chunks go to:
+    /// `file:///path` or `s3://bucket/prefix` (with the usual `AWS_*`
+    /// variables; `AWS_ENDPOINT_URL` for an S3-compatible store). Unset, the
+    /// master log stays local only, as before.
+    #[arg(long, env = env::STORE_URL)]
+    pub store_url: Option<String>,
+
+    /// Offsets per sealed chunk of the master dataset (chunk k of a
+    /// partition holds offsets [k × this, (k + 1) × this)). Every instance
+    /// sharing a store must use the same.
+    #[arg(long, env = env::CHUNK_OFFSETS, default_value_t = DEFAULT_CHUNK_OFFSETS)]
+    pub chunk_offsets: i64,
+
     /// MapReduce threads (0: one per CPU).
     #[arg(long, env = env::THREADS, default_value_t = 0)]
     pub threads: usize,
@@ -73,6 +89,12 @@ impl BatchArgs {
         self.kafka.validate()?;
         self.stream.validate()?;
         self.node.validate()?;
+        if self.chunk_offsets < 1 {
+            return Err(ConfigError {
+                flag: "chunk-offsets",
+                message: "must be at least 1".into(),
+            });
+        }
         if self.recompute_interval < Duration::from_millis(100) {
             return Err(ConfigError {
                 flag: "recompute-interval",

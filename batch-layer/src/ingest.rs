@@ -11,7 +11,8 @@
 //! dead-letter topic *before* the append, so a crash in between re-sends rather
 //! than loses them (at-least-once there; the headers name the origin offset).
 
-use crate::master_log::{LogError, MasterLog, Record, RecordKind};
+use crate::master_log::chunks;
+use crate::master_log::{LogError, MasterLog, Record, RecordKind, ToSeal};
 use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{bulk_consumer_config, decode_message, topic_partitions};
@@ -19,6 +20,7 @@ use common::now_ms;
 use common::reader::{Limits, PartitionReader, ReaderError};
 use common::retry::{until_durable, DurableWrite, Stalls};
 use common::shutdown::CancellationToken;
+use common::store::Store;
 use common::sync::LockOrStop;
 use common::telemetry::events::{RecordDeadLettered, RecordsUnreadable};
 use common::unreadable::{ConsumeFailure, HeldPartitions};
@@ -54,6 +56,8 @@ pub struct IngestConfig {
     pub batch_wait: Duration,
     /// Event-time settings: which timestamps are too far in the future.
     pub windows: WindowSettings,
+    /// The shared store chunks are sealed into, if any.
+    pub store: Option<Store>,
 }
 
 /// One received record, owned, on its way into the log.
@@ -94,6 +98,10 @@ pub async fn run(
         idle: None,
     };
 
+    // Chunks the log passed before a stop (or before the store was set).
+    if let Some(store) = &config.store {
+        seal(&log, store, &metrics).await;
+    }
     loop {
         let Some(read) = reader.next_batch(&limits, &token).await? else {
             break;
@@ -115,6 +123,9 @@ pub async fn run(
         let unreadable = read.unreadable;
         if !batch.is_empty() {
             append_with_retry(&log, batch, &metrics, &stalls, &token, &reader).await;
+            if let Some(store) = &config.store {
+                seal(&log, store, &metrics).await;
+            }
         }
         if let Some(failure) = unreadable {
             // What was read before it is in the master log; the unreadable
@@ -152,6 +163,77 @@ pub async fn run(
     reader.close().await;
     tracing::info!("Ingestion stopped.");
     Ok(())
+}
+
+/// Chunks taken from the log per round of sealing (each round takes the
+/// log's lock once).
+const SEAL_AT_ONCE: usize = 4;
+
+/// Seals the chunks the log has passed into the store (see
+/// `master_log::chunks`). A chunk the store already holds (another owner
+/// sealed it) counts as sealed. A store that fails is tried again after the
+/// next batch, loudly (a warning and `lambda_batch_store_errors_total`):
+/// the local log keeps every record meanwhile, so nothing waits on it.
+async fn seal(log: &Arc<Mutex<MasterLog>>, store: &Store, metrics: &BatchMetrics) {
+    loop {
+        let work = log.lock_or_stop("the master log").to_seal(SEAL_AT_ONCE);
+        if work.is_empty() {
+            return;
+        }
+        if !seal_round(log, store, metrics, work).await {
+            return;
+        }
+    }
+}
+
+/// Seals `work`; false if the store failed (the rest waits for the next
+/// batch).
+async fn seal_round(
+    log: &Arc<Mutex<MasterLog>>,
+    store: &Store,
+    metrics: &BatchMetrics,
+    work: Vec<ToSeal>,
+) -> bool {
+    for ToSeal {
+        partition,
+        first,
+        end,
+        segments,
+    } in work
+    {
+        let encoded = tokio::task::spawn_blocking(move || chunks::encode(&segments)).await;
+        let failed = |error: &dyn std::fmt::Display| {
+            metrics.store_errors.inc();
+            tracing::warn!(partition, first, end, %error, "Cannot seal a chunk into the store; retrying after the next batch.");
+        };
+        let bytes = match encoded {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => {
+                failed(&error);
+                return false;
+            }
+            Err(error) => {
+                failed(&error);
+                return false;
+            }
+        };
+        let key = chunks::chunk_key(partition, first, end);
+        match store.put_new(&key, bytes).await {
+            Ok(written) => {
+                if written {
+                    metrics.chunks_sealed.inc();
+                }
+                let chunk = chunks::Chunk { first, end, key };
+                log.lock_or_stop("the master log")
+                    .note_sealed(partition, chunk);
+            }
+            Err(error) => {
+                failed(&error);
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// A batch closes at this many payload bytes whatever its record count.

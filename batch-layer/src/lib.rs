@@ -66,6 +66,8 @@ pub enum BatchError {
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
+    Store(#[from] common::store::StoreError),
+    #[error(transparent)]
     View(#[from] ViewError),
     #[error(transparent)]
     Kafka(#[from] KafkaSetupError),
@@ -116,7 +118,23 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     args.validate()?;
     let data_dir = args.node.data_dir.clone();
     let options = args.log_options();
-    let log = tokio::task::spawn_blocking(move || MasterLog::open(&data_dir, options)).await??;
+    let mut log =
+        tokio::task::spawn_blocking(move || MasterLog::open(&data_dir, options)).await??;
+    let shared = match &args.store_url {
+        Some(url) => {
+            let shared = common::store::Store::open(url)?;
+            let sealed = master_log::chunks::list(&shared).await?;
+            tracing::info!(
+                store = url,
+                partitions = sealed.len(),
+                "Sealed chunks listed."
+            );
+            let runtime = tokio::runtime::Handle::current();
+            log.attach_store(shared.clone(), runtime, args.chunk_offsets, sealed);
+            Some(shared)
+        }
+        None => None,
+    };
     tracing::info!(ends = %log.end_offsets(), "Master log recovered.");
     let log = Arc::new(Mutex::new(log));
     let store = Arc::new(ViewStore::open(&args.node.data_dir, args.keep_views)?);
@@ -171,6 +189,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         batch_records: 10_000,
         batch_wait: Duration::from_millis(20),
         windows: args.stream.windows(),
+        store: shared,
     };
     let failure = FailureSlot::default();
     {

@@ -9,6 +9,8 @@ use lambda_core::Positions;
 #[derive(Debug, Default)]
 pub struct BatchMetrics {
     pub records_ingested: Counter,
+    pub chunks_sealed: Counter,
+    pub store_errors: Counter,
     pub future_timestamps: Counter,
     pub view_late_events: Gauge,
     pub duplicates_skipped: Counter,
@@ -64,6 +66,18 @@ impl BatchMetrics {
             "counter",
             "Records appended to the master log.",
             self.records_ingested.get(),
+        )
+        .single(
+            "lambda_batch_chunks_sealed_total",
+            "counter",
+            "Chunks of the master dataset this instance wrote to the shared store (--store-url).",
+            self.chunks_sealed.get(),
+        )
+        .single(
+            "lambda_batch_store_errors_total",
+            "counter",
+            "Failed reads or writes of the shared store while sealing chunks (retried after the next batch; the local log keeps the records meanwhile).",
+            self.store_errors.get(),
         )
         .single(
             "lambda_batch_future_timestamps_total",

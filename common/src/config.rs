@@ -67,6 +67,8 @@ pub mod env {
     pub const SASL_PASSWORD: &str = "LAMBDA_SASL_PASSWORD";
     pub const COMPRESSION: &str = "LAMBDA_COMPRESSION";
     pub const KAFKA_OPTIONS: &str = "LAMBDA_KAFKA_OPTIONS";
+    pub const STORE_URL: &str = "LAMBDA_STORE_URL";
+    pub const CHUNK_OFFSETS: &str = "LAMBDA_CHUNK_OFFSETS";
 
     /// Every variable above.
     pub const ALL: &[&str] = &[
@@ -124,6 +126,8 @@ pub mod env {
         SASL_PASSWORD,
         COMPRESSION,
         KAFKA_OPTIONS,
+        STORE_URL,
+        CHUNK_OFFSETS,
     ];
 }
 

@@ -21,6 +21,8 @@
 //!   partition, hold it.
 //! - [`dead_letter`]: records that are not events, sent on with origin and reason.
 //! - [`views`]: the directory of batch view files and their manifest.
+//! - [`store`]: the shared store (`--store-url`, `file://` or `s3://`) of
+//!   immutable objects.
 //! - [`server`]: binding, serving until shutdown, JSON errors, Prometheus responses.
 //! - [`http`]: a minimal HTTP/1.1 client for internal calls between layers.
 //! - [`auth`]: constant-time bearer-token checks.
@@ -46,6 +48,7 @@ pub mod reader;
 pub mod retry;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod unreadable;

@@ -118,6 +118,7 @@ pub fn poisoned_events(n: usize) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
     (records, good)
 }
 
+pub mod s3;
 mod wire;
 pub use wire::{
     broker_behind_corrupting_proxy, broker_behind_tls, corrupt_markers, secured_broker,

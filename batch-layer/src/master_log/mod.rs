@@ -10,15 +10,16 @@
 //! [`MasterLog::end_offsets`] (last offset + 1 per partition) and skips
 //! redelivered offsets, so a crash anywhere neither loses nor duplicates.
 
+pub mod chunks;
 mod partition;
 pub mod record;
 mod segments;
 
 pub use partition::{sync_dir, PartitionLog, SegmentMeta};
 pub use record::{Record, RecordKind};
-pub use segments::{RecordIter, SegmentRef};
+pub use segments::{RecordIter, SegmentRef, Source};
 
-use lambda_core::{Cut, Partition, Positions};
+use lambda_core::{Cut, Offset, Partition, Positions};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,10 @@ pub enum LogError {
     },
     #[error("master log of partition {partition} could not cut off a failed write, so its end is unknown; refusing appends until a restart recovers it")]
     Wedged { partition: Partition },
+    #[error(transparent)]
+    Store(#[from] common::store::StoreError),
+    #[error("the store {store} listed the chunk `{key}`, which is gone")]
+    MissingChunk { store: String, key: String },
     #[error("master log is corrupt in {path} at byte {position}: {reason}; refusing to start (run with --repair to quarantine the damaged segment and re-ingest it from Kafka)")]
     Corrupt {
         path: PathBuf,
@@ -103,6 +108,27 @@ pub struct MasterLog {
     quarantine: PathBuf,
     options: LogOptions,
     partitions: BTreeMap<Partition, PartitionLog>,
+    /// The shared store and the chunks sealed into it, if there is one.
+    sealed: Option<Sealed>,
+}
+
+/// The shared store the log seals chunks into, and what it holds.
+#[derive(Debug)]
+struct Sealed {
+    store: common::store::Store,
+    runtime: tokio::runtime::Handle,
+    /// Offsets per chunk.
+    size: Offset,
+    chunks: BTreeMap<Partition, Vec<chunks::Chunk>>,
+}
+
+/// A chunk ready to seal: its bounds and the local segments holding it.
+#[derive(Debug)]
+pub struct ToSeal {
+    pub partition: Partition,
+    pub first: Offset,
+    pub end: Offset,
+    pub segments: Vec<SegmentRef>,
 }
 
 impl MasterLog {
@@ -130,7 +156,89 @@ impl MasterLog {
             quarantine,
             options,
             partitions,
+            sealed: None,
         })
+    }
+
+    /// Seals chunks of `size` offsets into `store` from now on, which
+    /// already holds `chunks` (see [`chunks::list`]): where the local log
+    /// is behind them (a new or lost data directory), it resumes at their
+    /// end, and the offsets below its start are read from the store.
+    pub fn attach_store(
+        &mut self,
+        store: common::store::Store,
+        runtime: tokio::runtime::Handle,
+        size: Offset,
+        chunks: BTreeMap<Partition, Vec<chunks::Chunk>>,
+    ) {
+        self.sealed = Some(Sealed {
+            store,
+            runtime,
+            size,
+            chunks,
+        });
+    }
+
+    /// The offset below which `partition`'s chunks are sealed in the store.
+    pub fn sealed_end(&self, partition: Partition) -> Offset {
+        self.sealed
+            .as_ref()
+            .and_then(|s| s.chunks.get(&partition)?.last().map(|c| c.end))
+            .unwrap_or(0)
+    }
+
+    /// The first offset the local log holds for `partition` (everything
+    /// below comes from the store).
+    fn local_start(&self, partition: Partition) -> Offset {
+        match self
+            .partitions
+            .get(&partition)
+            .and_then(|l| l.segments().first())
+        {
+            Some(first) => first.base_offset,
+            None => self.sealed_end(partition),
+        }
+    }
+
+    /// The chunks the local log has passed but the store does not hold yet,
+    /// at most `max` of them, oldest first per partition.
+    pub fn to_seal(&self, max: usize) -> Vec<ToSeal> {
+        let Some(sealed) = &self.sealed else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (&partition, log) in &self.partitions {
+            let Some(next) = log.next_offset() else {
+                continue;
+            };
+            let mut first = self.sealed_end(partition);
+            // The local log must hold the whole chunk.
+            if self.local_start(partition) > first {
+                continue;
+            }
+            while first + sealed.size <= next && out.len() < max {
+                let end = first + sealed.size;
+                let bounds = |o| -> Cut { [(partition, o)].into_iter().collect() };
+                out.push(ToSeal {
+                    partition,
+                    first,
+                    end,
+                    segments: self.segments_between(&bounds(first), &bounds(end)),
+                });
+                first = end;
+            }
+        }
+        out
+    }
+
+    /// Notes that `chunk` of `partition` is in the store.
+    pub fn note_sealed(&mut self, partition: Partition, chunk: chunks::Chunk) {
+        let end = self.sealed_end(partition);
+        if let Some(sealed) = &mut self.sealed {
+            if chunk.first == end {
+                sealed.chunks.entry(partition).or_default().push(chunk);
+            }
+        }
     }
 
     pub fn options(&self) -> &LogOptions {
@@ -154,7 +262,16 @@ impl MasterLog {
         partition: Partition,
         records: impl IntoIterator<Item = Record<'a>>,
     ) -> Result<usize, LogError> {
-        self.partition_mut(partition)?.append(records)
+        // A local log that starts empty above sealed chunks starts at their
+        // end: nothing below it is appended again.
+        let sealed_end = self.sealed_end(partition);
+        let log = self.partition_mut(partition)?;
+        let floor = if log.next_offset().is_none() {
+            sealed_end
+        } else {
+            0
+        };
+        log.append(records.into_iter().filter(|r| r.offset >= floor))
     }
 
     /// Applies the fsync policy to every partition: call after each batch and
@@ -171,10 +288,21 @@ impl MasterLog {
     /// and the largest cut a view may take. Partitions without records are
     /// absent.
     pub fn end_offsets(&self) -> Positions {
-        self.partitions
-            .iter()
-            .filter_map(|(&p, log)| log.next_offset().map(|o| (p, o)))
-            .collect()
+        let mut ends: BTreeMap<Partition, Offset> = BTreeMap::new();
+        if let Some(sealed) = &self.sealed {
+            for (&p, chunks) in &sealed.chunks {
+                if let Some(last) = chunks.last() {
+                    ends.insert(p, last.end);
+                }
+            }
+        }
+        for (&p, log) in &self.partitions {
+            if let Some(next) = log.next_offset() {
+                let end = ends.entry(p).or_insert(next);
+                *end = (*end).max(next);
+            }
+        }
+        ends.into_iter().collect()
     }
 
     /// The segments holding records below `cut`, as independent units of work
@@ -189,6 +317,30 @@ impl MasterLog {
     /// events). Locking as [`Self::segments_below`].
     pub fn segments_between(&self, from: &Cut, to: &Cut) -> Vec<SegmentRef> {
         let mut out = Vec::new();
+        // Below the local log's start, the store's chunks.
+        if let Some(sealed) = &self.sealed {
+            for (&partition, chunks) in &sealed.chunks {
+                let (start, limit) = (from.get(partition), to.get(partition));
+                let limit = limit.min(self.local_start(partition));
+                for chunk in chunks {
+                    if chunk.first < limit && chunk.end > start {
+                        out.push(SegmentRef {
+                            partition,
+                            base_offset: chunk.first,
+                            path: PathBuf::from(&chunk.key),
+                            source: Source::Store {
+                                store: sealed.store.clone(),
+                                runtime: sealed.runtime.clone(),
+                            },
+                            len: 0,
+                            from_byte: 0,
+                            start: start.max(chunk.first),
+                            limit: limit.min(chunk.end),
+                        });
+                    }
+                }
+            }
+        }
         for (&partition, log) in &self.partitions {
             let (start, limit) = (from.get(partition), to.get(partition));
             let segments = log.segments();
@@ -202,6 +354,7 @@ impl MasterLog {
                         partition,
                         base_offset: seg.base_offset,
                         path: seg.path.clone(),
+                        source: Source::File,
                         len: seg.len,
                         from_byte: seg.index.position_before(start),
                         start,

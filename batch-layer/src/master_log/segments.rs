@@ -7,12 +7,40 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
-/// A segment to read, from `start` up to (not including) `limit`.
+/// Where a segment's bytes are.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A local segment file at the reference's `path`.
+    File,
+    /// A sealed chunk in the shared store, at the key `path` spells (read
+    /// on the runtime's I/O from a blocking thread).
+    Store {
+        store: common::store::Store,
+        runtime: tokio::runtime::Handle,
+    },
+}
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Source::File, Source::File) => true,
+            (Source::Store { store: a, .. }, Source::Store { store: b, .. }) => a.url() == b.url(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Source {}
+
+/// A segment to read, from `start` up to (not including) `limit`: a local
+/// segment file, or a sealed chunk in the store (see `chunks`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentRef {
     pub partition: Partition,
     pub base_offset: Offset,
+    /// The file, or the chunk's key in the store.
     pub path: PathBuf,
+    pub source: Source,
     /// Bytes known to be valid when the reference was taken.
     pub len: u64,
     /// Where reading starts: a record at or before `start` begins here.
@@ -27,6 +55,17 @@ impl SegmentRef {
     /// Reads the segment's valid bytes from `from_byte` (a segment is at
     /// most a few tens of MiB).
     pub fn load(&self) -> Result<Vec<u8>, LogError> {
+        if let Source::Store { store, runtime } = &self.source {
+            let key = self.path.to_string_lossy();
+            return match runtime.block_on(store.get(&key)) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err(LogError::MissingChunk {
+                    store: store.url().to_owned(),
+                    key: key.into_owned(),
+                }),
+                Err(source) => Err(LogError::Store(source)),
+            };
+        }
         let io = |e| LogError::io(&self.path, e);
         let want = self.len.saturating_sub(self.from_byte);
         let mut buf = Vec::with_capacity(want as usize);

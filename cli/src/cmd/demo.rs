@@ -132,6 +132,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                         fsync: Default::default(),
                         repair: false,
                         threads: 0,
+                        store_url: None,
+                        chunk_offsets: batch_layer::config::DEFAULT_CHUNK_OFFSETS,
                         fault_recompute_pause: None,
                     },
                     token.clone(),

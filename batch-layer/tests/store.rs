@@ -1,0 +1,261 @@
+//! The master dataset in the shared store (`--store-url`), written once and
+//! run against a directory (`file://`) and a real S3-compatible server
+//! (`moto`, started here): sealed chunks hold exactly their offsets' records,
+//! CRC-checked; a batch layer on a new, empty data directory resumes at the
+//! store's sealed end instead of re-ingesting, and its recompute, which reads
+//! the sealed offsets from the store, is exact.
+
+use batch_layer::config::BatchArgs;
+use batch_layer::master_log::record::{parse, Parsed};
+use clap::Parser;
+use common::shutdown::CancellationToken;
+use common::store::Store;
+use lambda_core::view::{verify_and_decode, Manifest};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use testkit::{consume_n, get, http, memory_broker, metric_sum, produce, recount, wait_for};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    batch: BatchArgs,
+}
+
+const TOKEN: &str = "s3cret";
+const CHUNK: i64 = 40;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn batch_args(brokers: &str, topic: &str, dir: &std::path::Path, store_url: &str) -> BatchArgs {
+    let dlq = format!("{topic}.dlq");
+    let chunk = CHUNK.to_string();
+    let argv = [
+        "batch",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--dead-letter-topic",
+        &dlq,
+        "--data-dir",
+        dir.to_str().expect("utf-8 path"),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--partitions",
+        "3",
+        "--recompute-interval",
+        "1h",
+        "--bucket-size",
+        "1",
+        "--admin-token",
+        TOKEN,
+        "--store-url",
+        store_url,
+        "--chunk-offsets",
+        &chunk,
+    ];
+    Cli::try_parse_from(argv).expect("valid flags").batch
+}
+
+/// The batch layer's metrics once `check` accepts them.
+async fn metrics_when(
+    addr: SocketAddr,
+    what: &'static str,
+    check: impl Fn(&str) -> bool + Send + 'static,
+) -> String {
+    tokio::task::spawn_blocking(move || {
+        wait_for(what, TIMEOUT, || {
+            let m = get(addr, "/metrics").ok()?.text();
+            check(&m).then_some(m)
+        })
+    })
+    .await
+    .expect("join")
+}
+
+/// A recompute's view, checked against a recount of `texts`.
+async fn assert_view_exact(addr: SocketAddr, texts: &[String], offsets: usize) {
+    let (manifest, bytes) = tokio::task::spawn_blocking(move || {
+        let auth = format!("Bearer {TOKEN}");
+        let r =
+            http(addr, "POST", "/recompute", &[("Authorization", &auth)], b"").expect("recompute");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let manifest: Manifest = serde_json::from_slice(&r.body).expect("manifest");
+        let bytes = get(addr, &format!("/views/{}", manifest.version))
+            .expect("view")
+            .body;
+        (manifest, bytes)
+    })
+    .await
+    .expect("join");
+    assert_eq!(manifest.header.cut.total_offsets() as usize, offsets);
+    assert_eq!(manifest.header.events as usize, texts.len());
+    let view = verify_and_decode(&manifest, &bytes).expect("verified");
+    let truth = recount(texts);
+    assert_eq!(view.plain_words().len(), truth.len());
+    for (w, c) in view.plain_words() {
+        assert_eq!(Some(c), truth.get(&**w), "word {w}");
+    }
+}
+
+fn events(range: std::ops::Range<usize>) -> Vec<(String, Vec<u8>)> {
+    range
+        .map(|i| {
+            (
+                format!("k{i}"),
+                format!("word{} common e{i}", i % 13).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &str) {
+    let (broker, brokers, topic) = memory_broker("store").await;
+    let (first_dir, second_dir) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+
+    let token = CancellationToken::new();
+    let first = batch_layer::start(
+        batch_args(&brokers, &topic, first_dir.path(), store_url),
+        token.clone(),
+    )
+    .await
+    .expect("batch layer starts");
+    const N: usize = 250;
+    produce(&brokers, &topic, events(0..N)).await;
+    let records = consume_n(&brokers, &topic, N, TIMEOUT).await;
+    let mut by_offset: BTreeMap<(i32, i64), Vec<u8>> = BTreeMap::new();
+    for r in &records {
+        by_offset.insert((r.partition, r.offset), r.payload.clone());
+    }
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for &(p, o) in by_offset.keys() {
+        let end = ends.entry(p).or_default();
+        *end = (*end).max(o + 1);
+    }
+    let sealed: i64 = ends.values().map(|end| end / CHUNK).sum();
+    assert!(sealed >= 4, "the test seals several chunks: {ends:?}");
+    metrics_when(
+        first.http_addr,
+        "every record logged and every full chunk sealed",
+        move |m| {
+            metric_sum(m, "lambda_batch_log_end_offset") as usize == N
+                && metric_sum(m, "lambda_batch_chunks_sealed_total") as i64 == sealed
+        },
+    )
+    .await;
+
+    // Each chunk holds exactly the records of its offsets, as the topic does.
+    let store = Store::open(store_url).expect("store");
+    let keys = store.list("master").await.expect("list");
+    assert_eq!(keys.len() as i64, sealed, "{keys:?}");
+    let mut sealed_end: BTreeMap<i32, i64> = BTreeMap::new();
+    for key in &keys {
+        let (p, range) = key
+            .strip_prefix("master/p-")
+            .and_then(|rest| rest.split_once('/'))
+            .expect("master/p-<p>/…");
+        let p: i32 = p.parse().expect("partition");
+        let (from, to) = range
+            .strip_suffix(".chunk")
+            .and_then(|r| r.split_once('-'))
+            .expect("bounds");
+        let (from, to): (i64, i64) = (from.parse().expect("first"), to.parse().expect("end"));
+        assert_eq!((from % CHUNK, to - from), (0, CHUNK), "{key}");
+        let bytes = store.get(key).await.expect("read").expect("listed");
+        let (mut at, mut offsets) = (0, Vec::new());
+        while at < bytes.len() {
+            match parse(&bytes[at..]) {
+                Parsed::Record(record, len) => {
+                    assert_eq!(
+                        Some(&record.payload.to_vec()),
+                        by_offset.get(&(p, record.offset)),
+                        "{key} @{}",
+                        record.offset
+                    );
+                    offsets.push(record.offset);
+                    at += len;
+                }
+                other => panic!("{key} at byte {at}: {other:?}"),
+            }
+        }
+        assert_eq!(offsets, (from..to).collect::<Vec<_>>(), "{key}");
+        let end = sealed_end.entry(p).or_default();
+        *end = (*end).max(to);
+    }
+    // Sealed means immutable: a second writer of a key (a zombie owner)
+    // changes nothing.
+    let original = store.get(&keys[0]).await.expect("read");
+    let again = store
+        .put_new(&keys[0], b"something else".to_vec())
+        .await
+        .expect("put");
+    assert!(!again, "the store refused to overwrite {}", keys[0]);
+    assert_eq!(store.get(&keys[0]).await.expect("read"), original);
+    let texts: Vec<String> = events(0..N)
+        .into_iter()
+        .map(|(_, t)| String::from_utf8(t).expect("utf-8"))
+        .collect();
+    assert_view_exact(first.http_addr, &texts, N).await;
+    token.cancel();
+    first.wait().await.expect("stops cleanly");
+
+    // A new instance on an empty data directory: it resumes at the sealed
+    // end, ingests only the tail, and reads the rest from the store.
+    let token = CancellationToken::new();
+    let second = batch_layer::start(
+        batch_args(&brokers, &topic, second_dir.path(), store_url),
+        token.clone(),
+    )
+    .await
+    .expect("second batch layer starts");
+    let tail = N - sealed_end.values().sum::<i64>() as usize;
+    let m = metrics_when(second.http_addr, "the tail ingested", move |m| {
+        metric_sum(m, "lambda_batch_log_end_offset") as usize == N
+            && metric_sum(m, "lambda_batch_records_ingested_total") as usize >= tail
+    })
+    .await;
+    assert_eq!(
+        metric_sum(&m, "lambda_batch_records_ingested_total") as usize,
+        tail,
+        "only the tail came from Kafka"
+    );
+    assert_view_exact(second.http_addr, &texts, N).await;
+
+    // More events: the new instance seals the next chunks, and nothing it
+    // could not read again is lost.
+    produce(&brokers, &topic, events(N..N + 150)).await;
+    let all: Vec<String> = events(0..N + 150)
+        .into_iter()
+        .map(|(_, t)| String::from_utf8(t).expect("utf-8"))
+        .collect();
+    metrics_when(second.http_addr, "the new events logged", |m| {
+        metric_sum(m, "lambda_batch_log_end_offset") as usize == N + 150
+            && metric_sum(m, "lambda_batch_chunks_sealed_total") > 0.0
+    })
+    .await;
+    assert_view_exact(second.http_addr, &all, N + 150).await;
+    token.cancel();
+    second.wait().await.expect("stops cleanly");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}", dir.path().join("store").display());
+    the_master_dataset_is_sealed_into_the_store_and_read_back(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_s3_compatible_server() {
+    let server = testkit::s3::S3Server::start("lambda-store");
+    for (var, value) in server.env() {
+        // Read by object_store when the layer opens the store; this test
+        // binary's other test sets none of them.
+        std::env::set_var(var, value);
+    }
+    the_master_dataset_is_sealed_into_the_store_and_read_back(&server.url("prefix/of/it")).await;
+}
