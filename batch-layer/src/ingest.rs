@@ -178,6 +178,14 @@ async fn seal(log: &Arc<Mutex<MasterLog>>, store: &Store, metrics: &BatchMetrics
     loop {
         let work = log.lock_or_stop("the master log").to_seal(SEAL_AT_ONCE);
         if work.is_empty() {
+            // The local log keeps only what the store does not hold.
+            match log.lock_or_stop("the master log").trim() {
+                Ok(0) => {}
+                Ok(trimmed) => tracing::info!(trimmed, "Deleted local segments the store holds."),
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot delete a local segment the store holds; trying again later.")
+                }
+            }
             return;
         }
         if !seal_round(log, store, metrics, work).await {

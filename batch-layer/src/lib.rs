@@ -130,7 +130,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
                 "Sealed chunks listed."
             );
             let runtime = tokio::runtime::Handle::current();
-            log.attach_store(shared.clone(), runtime, args.chunk_offsets, sealed);
+            log.attach_store(shared.clone(), runtime, args.chunk_offsets, sealed)?;
             Some(shared)
         }
         None => None,

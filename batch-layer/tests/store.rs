@@ -53,6 +53,9 @@ fn batch_args(brokers: &str, topic: &str, dir: &std::path::Path, store_url: &str
         store_url,
         "--chunk-offsets",
         &chunk,
+        // Small segments, so sealed ones can be deleted locally.
+        "--segment-bytes",
+        "4096",
     ];
     Cli::try_parse_from(argv).expect("valid flags").batch
 }
@@ -123,7 +126,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
     )
     .await
     .expect("batch layer starts");
-    const N: usize = 250;
+    const N: usize = 600;
     produce(&brokers, &topic, events(0..N)).await;
     let records = consume_n(&brokers, &topic, N, TIMEOUT).await;
     let mut by_offset: BTreeMap<(i32, i64), Vec<u8>> = BTreeMap::new();
@@ -146,6 +149,33 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
         },
     )
     .await;
+
+    // The local log keeps only what the store does not hold: every
+    // partition's first segments are gone.
+    let log_dir = first_dir.path().join("master-log");
+    tokio::task::spawn_blocking(move || {
+        wait_for("sealed local segments deleted", TIMEOUT, || {
+            let first_bases: Vec<i64> = (0..3)
+                .map(|p| {
+                    std::fs::read_dir(log_dir.join(format!("p-{p}")))
+                        .expect("partition dir")
+                        .filter_map(|e| {
+                            e.ok()?
+                                .file_name()
+                                .to_str()?
+                                .strip_suffix(".log")?
+                                .parse()
+                                .ok()
+                        })
+                        .min()
+                        .expect("a segment")
+                })
+                .collect();
+            first_bases.iter().all(|&base| base > 0).then_some(())
+        })
+    })
+    .await
+    .expect("join");
 
     // Each chunk holds exactly the records of its offsets, as the topic does.
     let store = Store::open(store_url).expect("store");
@@ -239,6 +269,40 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
     assert_view_exact(second.http_addr, &all, N + 150).await;
     token.cancel();
     second.wait().await.expect("stops cleanly");
+
+    // The first instance again, on its trimmed data directory, which the
+    // second one's chunks have overtaken: it drops what the store holds,
+    // resumes at the sealed end, and reads everything below from the store.
+    let token = CancellationToken::new();
+    let again = batch_layer::start(
+        batch_args(&brokers, &topic, first_dir.path(), store_url),
+        token.clone(),
+    )
+    .await
+    .expect("the first batch layer restarts");
+    let m = metrics_when(again.http_addr, "the new events logged again", |m| {
+        metric_sum(m, "lambda_batch_log_end_offset") as usize == N + 150
+            && metric_sum(m, "lambda_batch_records_ingested_total") > 0.0
+    })
+    .await;
+    let sealed_now: i64 = {
+        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+        for key in store.list("master").await.expect("list") {
+            let (p, range) = key["master/p-".len()..].split_once('/').expect("key");
+            let end: i64 = range[21..41].parse().expect("end");
+            let e = ends.entry(p.parse().expect("partition")).or_default();
+            *e = (*e).max(end);
+        }
+        ends.values().sum()
+    };
+    assert_eq!(
+        metric_sum(&m, "lambda_batch_records_ingested_total") as i64,
+        (N + 150) as i64 - sealed_now,
+        "only what the store does not hold came from Kafka"
+    );
+    assert_view_exact(again.http_addr, &all, N + 150).await;
+    token.cancel();
+    again.wait().await.expect("stops cleanly");
     broker.stop().await;
 }
 

@@ -15,9 +15,10 @@
 //! offset within each chunk's bounds, and chunks of one partition never
 //! overlap, so no offset is read twice.
 //!
-//! The local log (`master_log::partition`) keeps everything it ingested; a
-//! data directory that is lost or new starts its local log at the store's
-//! sealed end, and the chunks below it are read from the store.
+//! The local log (`master_log::partition`) deletes its segments wholly
+//! below the sealed end (once no reader holds one); a data directory that is
+//! lost or new starts its local log at the store's sealed end; either way
+//! the offsets below the local log's start are read from the store.
 
 use super::record::Record;
 use super::segments::SegmentRef;

@@ -9,6 +9,11 @@
 //! as ingested. The log is its own resume position: ingestion continues at
 //! [`MasterLog::end_offsets`] (last offset + 1 per partition) and skips
 //! redelivered offsets, so a crash anywhere neither loses nor duplicates.
+//!
+//! With a shared store (`--store-url`, see `chunks`), chunks the log has
+//! passed are sealed into it, the local segments wholly below the sealed end
+//! are deleted once no reader holds a reference to a local segment, and the
+//! offsets below the local log's start are read from the store.
 
 pub mod chunks;
 mod partition;
@@ -17,7 +22,7 @@ mod segments;
 
 pub use partition::{sync_dir, PartitionLog, SegmentMeta};
 pub use record::{Record, RecordKind};
-pub use segments::{RecordIter, SegmentRef, Source};
+pub use segments::{Lease, RecordIter, SegmentRef, Source};
 
 use lambda_core::{Cut, Offset, Partition, Positions};
 use std::collections::BTreeMap;
@@ -110,6 +115,8 @@ pub struct MasterLog {
     partitions: BTreeMap<Partition, PartitionLog>,
     /// The shared store and the chunks sealed into it, if there is one.
     sealed: Option<Sealed>,
+    /// Cloned into every reference to a local segment (see [`Self::trim`]).
+    lease: Lease,
 }
 
 /// The shared store the log seals chunks into, and what it holds.
@@ -157,26 +164,49 @@ impl MasterLog {
             options,
             partitions,
             sealed: None,
+            lease: Lease::default(),
         })
     }
 
     /// Seals chunks of `size` offsets into `store` from now on, which
     /// already holds `chunks` (see [`chunks::list`]): where the local log
-    /// is behind them (a new or lost data directory), it resumes at their
-    /// end, and the offsets below its start are read from the store.
+    /// ends at or below their end (a new, lost or stale data directory:
+    /// another instance sealed further), its segments are deleted and it
+    /// resumes at their end, so the local log always continues the store
+    /// without a hole; the offsets below its start are read from the store.
     pub fn attach_store(
         &mut self,
         store: common::store::Store,
         runtime: tokio::runtime::Handle,
         size: Offset,
         chunks: BTreeMap<Partition, Vec<chunks::Chunk>>,
-    ) {
+    ) -> Result<(), LogError> {
         self.sealed = Some(Sealed {
             store,
             runtime,
             size,
             chunks,
         });
+        let stale: Vec<Partition> = self
+            .partitions
+            .iter()
+            .filter(|(&p, log)| {
+                log.next_offset()
+                    .is_some_and(|next| next <= self.sealed_end(p))
+            })
+            .map(|(&p, _)| p)
+            .collect();
+        for p in stale {
+            self.partitions.remove(&p);
+            let dir = self.root.join(format!("p-{p}"));
+            fs::remove_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
+            tracing::info!(
+                partition = p,
+                sealed_end = self.sealed_end(p),
+                "The store holds everything the local log had; resuming at its end."
+            );
+        }
+        sync_dir(&self.root)
     }
 
     /// The offset below which `partition`'s chunks are sealed in the store.
@@ -229,6 +259,28 @@ impl MasterLog {
             }
         }
         out
+    }
+
+    /// Deletes the local segments wholly below each partition's sealed end
+    /// (the store holds them), unless a reference to a local segment is
+    /// alive (a recompute reading, say): then it waits for a later call.
+    /// Returns how many segments were deleted.
+    pub fn trim(&mut self) -> Result<usize, LogError> {
+        if self.sealed.is_none() || std::sync::Arc::strong_count(&self.lease.0) > 1 {
+            return Ok(0);
+        }
+        let ends: Vec<(Partition, Offset)> = self
+            .partitions
+            .keys()
+            .map(|&p| (p, self.sealed_end(p)))
+            .collect();
+        let mut trimmed = 0;
+        for (p, end) in ends {
+            if let Some(log) = self.partitions.get_mut(&p) {
+                trimmed += log.trim_below(end)?;
+            }
+        }
+        Ok(trimmed)
     }
 
     /// Notes that `chunk` of `partition` is in the store.
@@ -354,7 +406,7 @@ impl MasterLog {
                         partition,
                         base_offset: seg.base_offset,
                         path: seg.path.clone(),
-                        source: Source::File,
+                        source: Source::File(self.lease.clone()),
                         len: seg.len,
                         from_byte: seg.index.position_before(start),
                         start,

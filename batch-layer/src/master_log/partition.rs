@@ -334,6 +334,22 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Deletes the closed segments whose every offset is below `offset`
+    /// (sealed into the store); the active segment always stays. Returns how
+    /// many were deleted.
+    pub fn trim_below(&mut self, offset: Offset) -> Result<usize, LogError> {
+        let mut trimmed = 0;
+        while self.segments.len() > 1 && self.segments[1].base_offset <= offset {
+            let segment = self.segments.remove(0);
+            fs::remove_file(&segment.path).map_err(|e| LogError::io(&segment.path, e))?;
+            trimmed += 1;
+        }
+        if trimmed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(trimmed)
+    }
+
     /// Makes everything appended so far durable. On failure the active
     /// segment is cut back to the last commit (see [`Self::cut_back`]).
     pub fn sync(&mut self) -> Result<(), LogError> {

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 /// Where a segment's bytes are.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// A local segment file at the reference's `path`.
-    File,
+    /// A local segment file at the reference's `path`, which the log does
+    /// not delete while the reference (its lease) lives.
+    File(Lease),
     /// A sealed chunk in the shared store, at the key `path` spells (read
     /// on the runtime's I/O from a blocking thread).
     Store {
@@ -23,7 +24,7 @@ pub enum Source {
 impl PartialEq for Source {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Source::File, Source::File) => true,
+            (Source::File(_), Source::File(_)) => true,
             (Source::Store { store: a, .. }, Source::Store { store: b, .. }) => a.url() == b.url(),
             _ => false,
         }
@@ -31,6 +32,11 @@ impl PartialEq for Source {
 }
 
 impl Eq for Source {}
+
+/// Held by every reference to a local segment: the log trims segments only
+/// when no reference to any of them is alive.
+#[derive(Debug, Clone, Default)]
+pub struct Lease(pub(super) std::sync::Arc<()>);
 
 /// A segment to read, from `start` up to (not including) `limit`: a local
 /// segment file, or a sealed chunk in the store (see `chunks`).
