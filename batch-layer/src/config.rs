@@ -62,8 +62,8 @@ pub struct BatchArgs {
 
     /// The shared store the master dataset's sealed chunks go to:
     /// `file:///path` or `s3://bucket/prefix` (with the usual `AWS_*`
-    /// variables; `AWS_ENDPOINT_URL` for an S3-compatible store). Unset, the
-    /// master log stays local only, as before.
+    /// variables; `AWS_ENDPOINT_URL` for an S3-compatible store). Default: a
+    /// `store/` folder under the data directory.
     #[arg(long, env = env::STORE_URL)]
     pub store_url: Option<String>,
 
@@ -85,6 +85,14 @@ pub struct BatchArgs {
 }
 
 impl BatchArgs {
+    /// `--store-url`, or the default `file://` URL of `<data-dir>/store`.
+    pub fn store_url(&self) -> Result<String, common::store::StoreError> {
+        match &self.store_url {
+            Some(url) => Ok(url.clone()),
+            None => common::store::Store::file_url(&self.node.data_dir.join("store")),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
         self.stream.validate()?;

@@ -120,21 +120,16 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     let options = args.log_options();
     let mut log =
         tokio::task::spawn_blocking(move || MasterLog::open(&data_dir, options)).await??;
-    let shared = match &args.store_url {
-        Some(url) => {
-            let shared = common::store::Store::open(url)?;
-            let sealed = master_log::chunks::list(&shared).await?;
-            tracing::info!(
-                store = url,
-                partitions = sealed.len(),
-                "Sealed chunks listed."
-            );
-            let runtime = tokio::runtime::Handle::current();
-            log.attach_store(shared.clone(), runtime, args.chunk_offsets, sealed)?;
-            Some(shared)
-        }
-        None => None,
-    };
+    let url = args.store_url()?;
+    let shared = common::store::Store::open(&url)?;
+    let sealed = master_log::chunks::list(&shared).await?;
+    tracing::info!(
+        store = url,
+        partitions = sealed.len(),
+        "Sealed chunks listed."
+    );
+    let runtime = tokio::runtime::Handle::current();
+    log.attach_store(shared.clone(), runtime, args.chunk_offsets, sealed)?;
     tracing::info!(ends = %log.end_offsets(), "Master log recovered.");
     let log = Arc::new(Mutex::new(log));
     let store = Arc::new(ViewStore::open(&args.node.data_dir, args.keep_views)?);
@@ -189,7 +184,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         batch_records: 10_000,
         batch_wait: Duration::from_millis(20),
         windows: args.stream.windows(),
-        store: shared,
+        store: Some(shared),
     };
     let failure = FailureSlot::default();
     {

@@ -90,6 +90,19 @@ impl Store {
         })
     }
 
+    /// The `file://` URL of a local directory (absolute or not; any
+    /// character escaped as a URL needs).
+    pub fn file_url(dir: &std::path::Path) -> Result<String, StoreError> {
+        let bad = |reason: String| StoreError::Url {
+            url: dir.display().to_string(),
+            reason,
+        };
+        let absolute = std::path::absolute(dir).map_err(|e| bad(e.to_string()))?;
+        url::Url::from_directory_path(&absolute)
+            .map(String::from)
+            .map_err(|()| bad("not a directory path".to_owned()))
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -161,5 +174,41 @@ impl Store {
             .collect();
         keys.sort();
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_directory_store_keeps_objects_once_under_an_escaped_url() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = Store::file_url(&dir.path().join("a dir").join("store")).expect("url");
+        assert!(
+            url.starts_with("file:///") && url.contains("a%20dir"),
+            "{url}"
+        );
+        let store = Store::open(&url).expect("open");
+        assert!(store
+            .put_new("master/p-0/x.chunk", b"one".to_vec())
+            .await
+            .expect("put"));
+        assert!(!store
+            .put_new("master/p-0/x.chunk", b"two".to_vec())
+            .await
+            .expect("put"));
+        assert_eq!(
+            store.get("master/p-0/x.chunk").await.expect("get"),
+            Some(b"one".to_vec())
+        );
+        assert_eq!(store.get("master/p-1/y.chunk").await.expect("get"), None);
+        assert_eq!(
+            store.list("master").await.expect("list"),
+            ["master/p-0/x.chunk"]
+        );
+        assert!(dir.path().join("a dir/store/master/p-0/x.chunk").is_file());
+        let err = Store::open("ftp://example.invalid/x").expect_err("unsupported");
+        assert!(err.to_string().contains("file:// or s3://"), "{err}");
     }
 }
