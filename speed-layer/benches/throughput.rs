@@ -16,6 +16,11 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::time::{Duration, Instant};
 use testkit::{get, metric_sum, unique};
 
+/// The `lambda` binary's allocator (`cli/src/main.rs`), so the bench
+/// measures what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct SpeedCli {
     #[command(flatten)]

@@ -13,7 +13,7 @@ use common::reader::{Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
 use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::ConsumeFailure;
-use lambda_core::window::{Arrival, Key, Millis, Window, WindowedKeys};
+use lambda_core::window::{Arrival, Key, Millis, Window};
 use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
 use rdkafka::message::Message;
 use realtime_store::CountKey;
@@ -33,7 +33,7 @@ pub(super) struct Ctx<'a> {
 /// offset of every partition it read.
 #[derive(Default)]
 pub(super) struct MicroBatch {
-    deltas: FxHashMap<BucketKey, FxHashMap<Box<str>, u64>>,
+    deltas: FxHashMap<BucketKey, BucketDeltas>,
     next: FxHashMap<Partition, Offset>,
     pub(super) records: usize,
     bytes: usize,
@@ -47,16 +47,68 @@ pub(super) struct MicroBatch {
     newest: FxHashMap<Partition, Option<Millis>>,
     /// The clock when the batch started, for far-future timestamps.
     now_ms: Millis,
-    keys: WindowedKeys,
 }
 
-/// Adds one to `key`'s count; a hit looks up by `&str` and allocates
-/// nothing.
-fn bump(counts: &mut FxHashMap<Box<str>, u64>, key: &str) {
-    if let Some(c) = counts.get_mut(key) {
-        *c += 1;
-    } else {
-        counts.insert(key.into(), 1);
+/// A micro-batch's counts in one bucket: per word, all-time and per window
+/// (the windowed keys are spelled out only once per batch, in
+/// [`MicroBatch::apply`]: one lookup per word occurrence, not two), and the
+/// late events per window.
+#[derive(Default)]
+struct BucketDeltas {
+    words: FxHashMap<Box<str>, WordDelta>,
+    late: FxHashMap<Window, u64>,
+}
+
+/// One word's counts in a bucket of a micro-batch.
+#[derive(Default)]
+struct WordDelta {
+    all: u64,
+    /// The first window it was counted in (most words have one per
+    /// batch), then any others.
+    window: Option<(Window, u64)>,
+    more: Vec<(Window, u64)>,
+}
+
+impl WordDelta {
+    fn add(&mut self, window: Option<Window>) {
+        self.all += 1;
+        let Some(w) = window else { return };
+        match &mut self.window {
+            Some((first, n)) if *first == w => *n += 1,
+            None => self.window = Some((w, 1)),
+            Some(_) => match self.more.iter_mut().find(|(x, _)| *x == w) {
+                Some((_, n)) => *n += 1,
+                None => self.more.push((w, 1)),
+            },
+        }
+    }
+
+    fn windows(&self) -> impl Iterator<Item = (Window, u64)> + '_ {
+        self.window.into_iter().chain(self.more.iter().copied())
+    }
+}
+
+impl BucketDeltas {
+    /// Counts one occurrence of `word`; a word seen before in the batch
+    /// costs one lookup by `&str` and allocates nothing.
+    fn bump(&mut self, word: &str, window: Option<Window>) {
+        if let Some(d) = self.words.get_mut(word) {
+            d.add(window);
+        } else {
+            let mut d = WordDelta::default();
+            d.add(window);
+            self.words.insert(word.into(), d);
+        }
+    }
+
+    /// How many keys [`MicroBatch::apply`] will change.
+    fn keys(&self) -> usize {
+        self.late.len()
+            + self
+                .words
+                .values()
+                .map(|d| 1 + d.windows().count())
+                .sum::<usize>()
     }
 }
 
@@ -110,21 +162,12 @@ impl MicroBatch {
                     bucket: config.bucket_size.bucket_of(o),
                 };
                 let window = self.event_time(p, m.timestamp().to_millis(), view, ctx);
-                let words = self.deltas.entry(bucket).or_default();
-                match window {
-                    None => tokenizer.for_each_word(event.text, |w| bump(words, w)),
-                    Some((window, late)) => {
-                        let keys = &mut self.keys;
-                        if late {
-                            bump(words, &Key::Late(window).encode());
-                        }
-                        keys.set_window(window);
-                        tokenizer.for_each_word(event.text, |w| {
-                            bump(words, w);
-                            bump(words, keys.key(w));
-                        });
-                    }
+                let deltas = self.deltas.entry(bucket).or_default();
+                if let Some((window, true)) = window {
+                    *deltas.late.entry(window).or_default() += 1;
                 }
+                let window = window.map(|(window, _)| window);
+                tokenizer.for_each_word(event.text, |w| deltas.bump(w, window));
             }
             Err(error) => {
                 RecordDeadLettered {
@@ -181,22 +224,31 @@ impl MicroBatch {
     /// Adds the deltas to the mirror; returns the changed keys with their
     /// new absolute counts (what is checkpointed and then published).
     pub(super) fn apply(&mut self, view: &mut RealtimeCounts) -> Vec<(CountKey, u64)> {
-        let mut changed = Vec::with_capacity(self.deltas.values().map(|w| w.len()).sum());
-        for (bucket, words) in self.deltas.drain() {
-            for (word, delta) in words {
-                let key = CountKey { bucket, word };
-                // A key seen before is updated in place, without a copy.
-                let count = match view.mirror.get_mut(&key) {
-                    Some(c) => {
-                        *c += delta;
-                        *c
-                    }
-                    None => {
-                        view.mirror.insert(key.clone(), delta);
-                        delta
-                    }
-                };
-                changed.push((key, count));
+        let mut changed = Vec::with_capacity(self.deltas.values().map(BucketDeltas::keys).sum());
+        let mut add = |bucket, word: Box<str>, delta| {
+            let key = CountKey { bucket, word };
+            // A key seen before is updated in place, without a copy.
+            let count = match view.mirror.get_mut(&key) {
+                Some(c) => {
+                    *c += delta;
+                    *c
+                }
+                None => {
+                    view.mirror.insert(key.clone(), delta);
+                    delta
+                }
+            };
+            changed.push((key, count));
+        };
+        for (bucket, deltas) in self.deltas.drain() {
+            for (word, delta) in deltas.words {
+                for (window, n) in delta.windows() {
+                    add(bucket, Key::InWindow(window, &word).encode().into(), n);
+                }
+                add(bucket, word, delta.all);
+            }
+            for (window, n) in deltas.late {
+                add(bucket, Key::Late(window).encode().into(), n);
             }
         }
         changed
