@@ -59,7 +59,7 @@ impl BatchMetrics {
     }
 
     /// Prometheus text, with the master log's end offsets.
-    pub fn render(&self, log_end: &Positions, now_ms: i64) -> String {
+    pub fn render(&self, log_end: &Positions, sealed_end: &Positions, now_ms: i64) -> String {
         let mut w = TextWriter::new();
         w.single(
             "lambda_batch_records_ingested_total",
@@ -196,6 +196,18 @@ impl BatchMetrics {
         for (p, o) in log_end.iter() {
             w.sample(
                 "lambda_batch_log_end_offset",
+                &[("partition", &p.to_string())],
+                o,
+            );
+        }
+        w.family(
+            "lambda_batch_sealed_end_offset",
+            "gauge",
+            "Offset below which the partition's master dataset is sealed into the shared store (--store-url), per partition.",
+        );
+        for (p, o) in sealed_end.iter() {
+            w.sample(
+                "lambda_batch_sealed_end_offset",
                 &[("partition", &p.to_string())],
                 o,
             );

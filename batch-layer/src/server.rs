@@ -147,8 +147,11 @@ async fn recompute(
 }
 
 async fn metrics(State(state): State<BatchState>) -> Response {
-    let ends = state.log.lock_or_stop("the batch status").end_offsets();
-    common::server::prometheus(state.metrics.render(&ends, now_ms()))
+    let (ends, sealed) = {
+        let log = state.log.lock_or_stop("the batch status");
+        (log.end_offsets(), log.sealed_ends())
+    };
+    common::server::prometheus(state.metrics.render(&ends, &sealed, now_ms()))
 }
 
 async fn healthz(State(state): State<BatchState>) -> Response {

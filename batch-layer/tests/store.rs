@@ -215,6 +215,15 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
         let end = sealed_end.entry(p).or_default();
         *end = (*end).max(to);
     }
+    let addr = first.http_addr;
+    let m = tokio::task::spawn_blocking(move || get(addr, "/metrics").expect("metrics").text())
+        .await
+        .expect("join");
+    assert_eq!(
+        metric_sum(&m, "lambda_batch_sealed_end_offset") as i64,
+        sealed_end.values().sum::<i64>(),
+        "the sealed ends are reported"
+    );
     // Sealed means immutable: a second writer of a key (a zombie owner)
     // changes nothing.
     let original = store.get(&keys[0]).await.expect("read");

@@ -217,6 +217,16 @@ impl MasterLog {
             .unwrap_or(0)
     }
 
+    /// Per partition with sealed chunks, the offset below which the store
+    /// holds it.
+    pub fn sealed_ends(&self) -> Positions {
+        self.sealed
+            .iter()
+            .flat_map(|s| &s.chunks)
+            .filter_map(|(&p, chunks)| chunks.last().map(|c| (p, c.end)))
+            .collect()
+    }
+
     /// The first offset the local log holds for `partition` (everything
     /// below comes from the store).
     fn local_start(&self, partition: Partition) -> Offset {
