@@ -361,7 +361,11 @@ impl PartitionReader {
                 Err(_) => break,
             }
         }
-        batch.passed = passed(&self.consumer, &self.topic, &self.resume, &mut self.next);
+        // Not when a rebalance ended the batch: the record received with it
+        // moved the position of a partition that may be revoked, unread.
+        if !self.consumer.context().has_queued() {
+            batch.passed = passed(&self.consumer, &self.topic, &self.resume, &mut self.next);
+        }
         Ok(Some(batch))
     }
 
