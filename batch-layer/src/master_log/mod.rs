@@ -417,7 +417,13 @@ impl MasterLog {
                         base_offset: seg.base_offset,
                         path: seg.path.clone(),
                         source: Source::File(self.lease.clone()),
-                        len: seg.len,
+                        // Up to a record at or past the limit, where the
+                        // index knows one (sealing a chunk from a large
+                        // segment reads the chunk, not the segment's rest).
+                        len: seg
+                            .index
+                            .position_from(limit)
+                            .map_or(seg.len, |p| p.min(seg.len)),
                         from_byte: seg.index.position_before(start),
                         start,
                         limit,

@@ -54,6 +54,14 @@ impl SparseIndex {
         let i = self.0.partition_point(|&(o, _)| o <= offset);
         i.checked_sub(1).map_or(0, |i| self.0[i].1)
     }
+
+    /// A byte position at which a record at or after `offset` starts, if
+    /// the index knows one: where reading for the records below `offset`
+    /// can stop.
+    pub fn position_from(&self, offset: Offset) -> Option<u64> {
+        let i = self.0.partition_point(|&(o, _)| o < offset);
+        self.0.get(i).map(|&(_, position)| position)
+    }
 }
 
 pub fn segment_file_name(base_offset: Offset) -> String {
@@ -495,4 +503,26 @@ pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_bounds_a_read_on_both_sides_at_record_starts() {
+        let mut index = SparseIndex::default();
+        let step = SparseIndex::INTERVAL;
+        // Records of offsets 0.. every step/4 bytes: an entry every 4th.
+        for i in 0..40i64 {
+            index.note(i, i as u64 * step / 4);
+        }
+        assert_eq!(index.0.first(), Some(&(4, step)));
+        assert_eq!(index.position_before(3), 0);
+        assert_eq!(index.position_before(9), 2 * step);
+        // Reading the records below 9 can stop where offset 12 starts.
+        assert_eq!(index.position_from(9), Some(3 * step));
+        assert_eq!(index.position_from(8), Some(2 * step));
+        assert_eq!(index.position_from(1_000), None, "past the last entry");
+    }
 }
