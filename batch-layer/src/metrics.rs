@@ -188,30 +188,16 @@ impl BatchMetrics {
             "Age of the newest batch view.",
             age,
         );
-        w.family(
+        w.per_partition(
             "lambda_batch_log_end_offset",
-            "gauge",
             "Offset after the last record in the master log, per partition.",
-        );
-        for (p, o) in log_end.iter() {
-            w.sample(
-                "lambda_batch_log_end_offset",
-                &[("partition", &p.to_string())],
-                o,
-            );
-        }
-        w.family(
+            log_end.iter(),
+        )
+        .per_partition(
             "lambda_batch_sealed_end_offset",
-            "gauge",
             "Offset below which the partition's master dataset is sealed into the shared store (--store-url), per partition.",
+            sealed_end.iter(),
         );
-        for (p, o) in sealed_end.iter() {
-            w.sample(
-                "lambda_batch_sealed_end_offset",
-                &[("partition", &p.to_string())],
-                o,
-            );
-        }
         w.finish()
     }
 }

@@ -1,57 +1,14 @@
 //! The batch layer end to end against the embedded broker: ingestion into the
 //! master log, a recompute that matches a naive recount, dead letters.
 
-use batch_layer::config::BatchArgs;
-use clap::Parser;
 use common::dead_letter::headers;
 use lambda_core::view::{verify_and_decode, Manifest};
-use std::net::SocketAddr;
 use std::time::Duration;
 use testkit::{consume_n, get, http, memory_broker, metric_sum, produce, recount, wait_for};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    batch: BatchArgs,
-}
+mod support;
 
-/// The admin token every test's batch layer is started with.
-const TOKEN: &str = "s3cret";
-
-fn batch_args(brokers: &str, topic: &str, data_dir: &std::path::Path, extra: &[&str]) -> BatchArgs {
-    let dlq = format!("{topic}.dlq");
-    let dir = data_dir.to_str().expect("utf-8 path");
-    let mut argv = vec![
-        "batch",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--dead-letter-topic",
-        &dlq,
-        "--data-dir",
-        dir,
-        "--http-addr",
-        "127.0.0.1:0",
-        "--partitions",
-        "3",
-        "--recompute-interval",
-        "1h",
-        "--max-event-bytes",
-        "1000",
-        "--admin-token",
-        TOKEN,
-    ];
-    argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).expect("valid flags").batch
-}
-
-fn recompute(addr: SocketAddr) -> Manifest {
-    let auth = format!("Bearer {TOKEN}");
-    let r = http(addr, "POST", "/recompute", &[("Authorization", &auth)], b"").expect("recompute");
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice(&r.body).expect("manifest")
-}
+use support::{batch_args, recompute};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingests_everything_once_and_recomputes_an_exact_view() {

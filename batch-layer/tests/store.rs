@@ -5,50 +5,26 @@
 //! store's sealed end instead of re-ingesting, and its recompute, which reads
 //! the sealed offsets from the store, is exact.
 
+mod support;
+
 use batch_layer::config::BatchArgs;
 use batch_layer::master_log::record::{parse, Parsed};
-use clap::Parser;
 use common::shutdown::CancellationToken;
 use common::store::Store;
-use lambda_core::view::{verify_and_decode, Manifest};
+use lambda_core::view::verify_and_decode;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use testkit::{consume_n, get, http, memory_broker, metric_sum, produce, recount, wait_for};
+use testkit::{consume_n, get, memory_broker, metric_sum, produce, recount, wait_for};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    batch: BatchArgs,
-}
-
-const TOKEN: &str = "s3cret";
 const CHUNK: i64 = 40;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn batch_args(brokers: &str, topic: &str, dir: &std::path::Path, store_url: &str) -> BatchArgs {
-    let dlq = format!("{topic}.dlq");
     let chunk = CHUNK.to_string();
-    let argv = [
-        "batch",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--dead-letter-topic",
-        &dlq,
-        "--data-dir",
-        dir.to_str().expect("utf-8 path"),
-        "--http-addr",
-        "127.0.0.1:0",
-        "--partitions",
-        "3",
-        "--recompute-interval",
-        "1h",
+    let extra = [
         "--bucket-size",
         "1",
-        "--admin-token",
-        TOKEN,
         "--store-url",
         store_url,
         "--chunk-offsets",
@@ -57,7 +33,44 @@ fn batch_args(brokers: &str, topic: &str, dir: &std::path::Path, store_url: &str
         "--segment-bytes",
         "4096",
     ];
-    Cli::try_parse_from(argv).expect("valid flags").batch
+    support::batch_args(brokers, topic, dir, &extra)
+}
+
+/// The partition and offset bounds a chunk's key names (parsed here, not
+/// by the code under test).
+fn chunk_bounds(key: &str) -> (i32, i64, i64) {
+    let (p, range) = key
+        .strip_prefix("master/p-")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("master/p-<p>/…");
+    let (from, to) = range
+        .strip_suffix(".chunk")
+        .and_then(|r| r.split_once('-'))
+        .expect("bounds");
+    (
+        p.parse().expect("partition"),
+        from.parse().expect("first"),
+        to.parse().expect("end"),
+    )
+}
+
+/// Per partition, the end of the chunks `store` holds.
+async fn sealed_ends(store: &Store) -> BTreeMap<i32, i64> {
+    let mut ends = BTreeMap::new();
+    for key in store.list("master").await.expect("list") {
+        let (p, _, to) = chunk_bounds(&key);
+        let end = ends.entry(p).or_default();
+        *end = to.max(*end);
+    }
+    ends
+}
+
+/// The texts of [`events`].
+fn texts(range: std::ops::Range<usize>) -> Vec<String> {
+    events(range)
+        .into_iter()
+        .map(|(_, t)| String::from_utf8(t).expect("utf-8"))
+        .collect()
 }
 
 /// The batch layer's metrics once `check` accepts them.
@@ -79,11 +92,7 @@ async fn metrics_when(
 /// A recompute's view, checked against a recount of `texts`.
 async fn assert_view_exact(addr: SocketAddr, texts: &[String], offsets: usize) {
     let (manifest, bytes) = tokio::task::spawn_blocking(move || {
-        let auth = format!("Bearer {TOKEN}");
-        let r =
-            http(addr, "POST", "/recompute", &[("Authorization", &auth)], b"").expect("recompute");
-        assert_eq!(r.status, 200, "{}", r.text());
-        let manifest: Manifest = serde_json::from_slice(&r.body).expect("manifest");
+        let manifest = support::recompute(addr);
         let bytes = get(addr, &format!("/views/{}", manifest.version))
             .expect("view")
             .body;
@@ -181,18 +190,8 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
     let store = Store::open(store_url).expect("store");
     let keys = store.list("master").await.expect("list");
     assert_eq!(keys.len() as i64, sealed, "{keys:?}");
-    let mut sealed_end: BTreeMap<i32, i64> = BTreeMap::new();
     for key in &keys {
-        let (p, range) = key
-            .strip_prefix("master/p-")
-            .and_then(|rest| rest.split_once('/'))
-            .expect("master/p-<p>/…");
-        let p: i32 = p.parse().expect("partition");
-        let (from, to) = range
-            .strip_suffix(".chunk")
-            .and_then(|r| r.split_once('-'))
-            .expect("bounds");
-        let (from, to): (i64, i64) = (from.parse().expect("first"), to.parse().expect("end"));
+        let (p, from, to) = chunk_bounds(key);
         assert_eq!((from % CHUNK, to - from), (0, CHUNK), "{key}");
         let bytes = store.get(key).await.expect("read").expect("listed");
         let (mut at, mut offsets) = (0, Vec::new());
@@ -212,9 +211,8 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
             }
         }
         assert_eq!(offsets, (from..to).collect::<Vec<_>>(), "{key}");
-        let end = sealed_end.entry(p).or_default();
-        *end = (*end).max(to);
     }
+    let sealed_end = sealed_ends(&store).await;
     let addr = first.http_addr;
     let m = tokio::task::spawn_blocking(move || get(addr, "/metrics").expect("metrics").text())
         .await
@@ -233,10 +231,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
         .expect("put");
     assert!(!again, "the store refused to overwrite {}", keys[0]);
     assert_eq!(store.get(&keys[0]).await.expect("read"), original);
-    let texts: Vec<String> = events(0..N)
-        .into_iter()
-        .map(|(_, t)| String::from_utf8(t).expect("utf-8"))
-        .collect();
+    let texts = texts(0..N);
     assert_view_exact(first.http_addr, &texts, N).await;
     token.cancel();
     first.wait().await.expect("stops cleanly");
@@ -266,10 +261,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
     // More events: the new instance seals the next chunks, and nothing it
     // could not read again is lost.
     produce(&brokers, &topic, events(N..N + 150)).await;
-    let all: Vec<String> = events(0..N + 150)
-        .into_iter()
-        .map(|(_, t)| String::from_utf8(t).expect("utf-8"))
-        .collect();
+    let all = self::texts(0..N + 150);
     metrics_when(second.http_addr, "the new events logged", |m| {
         metric_sum(m, "lambda_batch_log_end_offset") as usize == N + 150
             && metric_sum(m, "lambda_batch_chunks_sealed_total") > 0.0
@@ -294,16 +286,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
             && metric_sum(m, "lambda_batch_records_ingested_total") > 0.0
     })
     .await;
-    let sealed_now: i64 = {
-        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-        for key in store.list("master").await.expect("list") {
-            let (p, range) = key["master/p-".len()..].split_once('/').expect("key");
-            let end: i64 = range[21..41].parse().expect("end");
-            let e = ends.entry(p.parse().expect("partition")).or_default();
-            *e = (*e).max(end);
-        }
-        ends.values().sum()
-    };
+    let sealed_now: i64 = sealed_ends(&store).await.values().sum();
     assert_eq!(
         metric_sum(&m, "lambda_batch_records_ingested_total") as i64,
         (N + 150) as i64 - sealed_now,
@@ -318,7 +301,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("file://{}", dir.path().join("store").display());
+    let url = Store::file_url(&dir.path().join("store")).expect("url");
     the_master_dataset_is_sealed_into_the_store_and_read_back(&url).await;
 }
 

@@ -178,6 +178,20 @@ impl TextWriter {
         self.family(name, kind, help).sample(name, &[], value)
     }
 
+    /// A gauge family with one sample per partition (label `partition`).
+    pub fn per_partition(
+        &mut self,
+        name: &str,
+        help: &str,
+        offsets: impl IntoIterator<Item = (lambda_core::Partition, lambda_core::Offset)>,
+    ) -> &mut Self {
+        self.family(name, "gauge", help);
+        for (p, o) in offsets {
+            self.sample(name, &[("partition", &p.to_string())], o);
+        }
+        self
+    }
+
     pub fn finish(self) -> String {
         self.out
     }

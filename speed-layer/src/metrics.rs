@@ -167,26 +167,16 @@ impl SpeedMetrics {
                 ("publish", &self.publish_stage),
             ],
         );
-        w.family(
+        w.per_partition(
             "lambda_speed_position",
-            "gauge",
             "Next offset to consume (checkpointed), per partition.",
-        );
-        for (p, o) in positions.iter() {
-            w.sample("lambda_speed_position", &[("partition", &p.to_string())], o);
-        }
-        w.family(
+            positions.iter(),
+        )
+        .per_partition(
             "lambda_speed_batch_cut",
-            "gauge",
             "The batch cut below which buckets have expired, per partition.",
+            cut.iter(),
         );
-        for (p, o) in cut.iter() {
-            w.sample(
-                "lambda_speed_batch_cut",
-                &[("partition", &p.to_string())],
-                o,
-            );
-        }
         w.finish()
     }
 }
