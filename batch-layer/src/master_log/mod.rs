@@ -16,6 +16,7 @@
 //! offsets below the local log's start are read from the store.
 
 pub mod chunks;
+mod index;
 mod partition;
 pub mod record;
 mod segments;

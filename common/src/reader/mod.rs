@@ -31,16 +31,19 @@
 //!
 //! - this file: the reader, its limits, batches and errors;
 //! - `group`: assignment and revocation by a consumer group;
+//! - `markers`: positions past transaction markers and aborted records;
 //! - `positions`: the check that a partition still holds a position;
 //! - `resume`: the mid-batch resume guard.
 
 mod group;
+mod markers;
 mod positions;
 mod resume;
 
 pub use group::{Assignment, ReaderContext, ResumeAt};
 pub use resume::{Resume, ResumeCheck};
 
+use markers::{passed, PASSED_CHECK};
 use positions::{check_positions, watermark_client};
 
 use crate::client::Connection;
@@ -469,41 +472,6 @@ impl PartitionReader {
 }
 
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Moves each partition whose consumer position is past the offset
-/// after its last record there (see [`ReadBatch::passed`]); returns
-/// those. librdkafka moves a read-committed consumer's position past
-/// the transaction markers and aborted records it drops, in order with
-/// the records it delivers. Only partitions whose resume check is
-/// settled: before that a seek back may still come, and positions of
-/// records skipped below the resume position mean nothing.
-fn passed(
-    consumer: &StreamConsumer<ReaderContext>,
-    topic: &str,
-    resume: &Resume,
-    next: &mut BTreeMap<Partition, Offset>,
-) -> Vec<(Partition, Offset)> {
-    let Ok(positions) = consumer.position() else {
-        return Vec::new();
-    };
-    let mut passed = Vec::new();
-    for e in positions.elements_for_topic(topic) {
-        let (p, KafkaOffset::Offset(at)) = (e.partition(), e.offset()) else {
-            continue;
-        };
-        if let Some(next) = next.get_mut(&p) {
-            if at > *next && resume.settled(p) {
-                *next = at;
-                passed.push((p, at));
-            }
-        }
-    }
-    passed
-}
-
-/// How often a reader without records checks whether its position moved
-/// past a transaction marker.
-const PASSED_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a batch whose first record is `m` waits for more.
 fn linger_for(limits: &Limits, m: &BorrowedMessage<'_>) -> Duration {
