@@ -227,8 +227,11 @@ impl FetchService {
 
         // Lambda's patch: a read-committed consumer learns which producers'
         // records in the fetched range belong to aborted transactions (0.6.0
-        // always answered none, so aborted records were delivered).
-        let aborted = if isolation == IsolationLevel::ReadCommitted && !batches.is_empty() {
+        // always answered none, so aborted records were delivered). Only a
+        // transactional batch can be one, so a fetch of none (the usual
+        // case) costs no query.
+        let transactional = batches.iter().any(|batch| batch.is_transactional());
+        let aborted = if isolation == IsolationLevel::ReadCommitted && transactional {
             ctx.state()
                 .aborted_transactions(&tp, fetch_partition.fetch_offset, offset)
                 .await
