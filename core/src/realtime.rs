@@ -19,7 +19,7 @@
 //!   all upserts of every checkpoint up to `W`; applying exactly those makes
 //!   its counts exact at `W`, which is what its answers' `as_of` reports.
 
-use crate::cut::{Partition, Positions};
+use crate::cut::{Cut, Partition, Positions};
 use crate::window::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -110,6 +110,16 @@ pub struct Watermark {
     /// layers' watermarks.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub newest: BTreeMap<Partition, Millis>,
+    /// Per events partition where the speed layer last started *past* its
+    /// checkpoint — at a batch cut, having no checkpoint or one behind it —
+    /// the offset it started at: its counts cover the events from there to
+    /// `positions`, and the ones below are only in batch views whose cut
+    /// reaches it. A serving layer whose view and realtime counts both end
+    /// below it must not apply these counts until it holds such a view.
+    /// Absent for partitions it never started past a checkpoint (and from
+    /// older speed layers' watermarks).
+    #[serde(default, skip_serializing_if = "Cut::is_empty")]
+    pub starts: Cut,
 }
 
 /// One record of the realtime topic.
@@ -227,6 +237,7 @@ mod tests {
             positions: [(0, 10), (1, 4)].into_iter().collect(),
             oldest_event_ms: Some(1_764_633_600_000),
             newest: [(0, 1_764_633_601_000)].into_iter().collect(),
+            starts: [(1, 2)].into_iter().collect(),
         };
         let json = serde_json::to_vec(&w).expect("serialise");
         assert_eq!(
@@ -243,6 +254,7 @@ mod tests {
                 positions: [(0, 3)].into_iter().collect(),
                 oldest_event_ms: None,
                 newest: BTreeMap::new(),
+                starts: Cut::new(),
             }))
         );
         // A watermark payload under the upserts key is malformed upserts.

@@ -16,6 +16,7 @@
 //! m | "cut"                          →  JSON of the last batch cut applied
 //! m | "floor"                        →  JSON of the first live bucket per partition
 //! m | "asof"                         →  JSON of the events position the counts are exact at
+//! m | "starts"                       →  JSON of where the counts start past a checkpoint
 //! c | partition | bucket | word      →  count (the format before 0.1: read, then compacted away)
 //! ```
 //!
@@ -49,7 +50,7 @@ use common::sync::LockOrStop;
 use compaction::Compactor;
 use keys::{
     delta_key, delta_seq, event_time_key, offset_key, Floor, CACHE_BYTES, DELTA, EVENT_TIME,
-    LEGACY_COUNT, LOCK_WAIT, META_AS_OF, META_CUT, META_FLOOR, OFFSET, SNAPSHOT,
+    LEGACY_COUNT, LOCK_WAIT, META_AS_OF, META_CUT, META_FLOOR, META_STARTS, OFFSET, SNAPSHOT,
 };
 use lambda_core::chunk::ChunkWriter;
 use lambda_core::window::Millis;
@@ -322,6 +323,22 @@ impl RealtimeStore {
         self.inner.meta(META_AS_OF, "as-of")
     }
 
+    /// Per partition where the speed layer last started past its checkpoint,
+    /// the offset it started at (see `lambda_core::realtime::Watermark`).
+    pub fn starts(&self) -> Result<Cut, StoreError> {
+        self.inner.meta(META_STARTS, "starts")
+    }
+
+    /// Records [`starts`](Self::starts), durably: before any count past
+    /// them is checkpointed, so no watermark past them goes out without.
+    pub async fn set_starts(&self, starts: &Cut) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let json = serde_json::to_vec(starts).expect("a cut always serialises");
+        inner.tree.insert(META_STARTS, json).map_err(inner.err())?;
+        inner.db.flush_async().await.map_err(inner.err())?;
+        Ok(())
+    }
+
     /// Writes a micro-batch's counts and offsets atomically and durably.
     pub async fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         let inner = &self.inner;
@@ -448,6 +465,9 @@ mod tests {
             store.offsets().expect("offsets"),
             [(0, 25), (1, 3)].into_iter().collect()
         );
+        assert!(store.starts().expect("starts").is_empty(), "none yet");
+        let starts: Cut = [(1, 16)].into_iter().collect();
+        store.set_starts(&starts).await.expect("starts");
         assert_eq!(
             store.event_times().expect("event times"),
             [(0, 1_764_669_600_000), (1, 7)].into_iter().collect()
@@ -476,6 +496,7 @@ mod tests {
         drop(store);
         let store = RealtimeStore::open(dir.path()).expect("reopen");
         assert_eq!(counts(&store), live, "and gone from the disk");
+        assert_eq!(store.starts().expect("starts"), starts);
         assert_eq!(store.stats().deltas, 0);
         assert_eq!(store.offsets().expect("offsets").get(0), 25);
     }

@@ -115,6 +115,9 @@ impl Follower {
             }
             drop(read);
             if let Some(release) = gate.release() {
+                if !self.wait_for_view(&release.starts, &token).await {
+                    break;
+                }
                 let released_at = std::time::Instant::now();
                 let counts = {
                     let r = self.replica.read_or_stop("the replica");
@@ -167,6 +170,43 @@ impl Follower {
                 reason: &reason,
             }
             .emit(&self.metrics.malformed_realtime),
+        }
+    }
+
+    /// Holds a release until the replica covers where the speed layer
+    /// started past its checkpoint (see [`Replica::uncovered_starts`]): when
+    /// it started at a batch cut this replica's view does not reach yet,
+    /// its counts wait for the puller to install a view that does. Reading
+    /// waits with it (Kafka keeps the rest). False when cancelled first.
+    async fn wait_for_view(&self, starts: &Cut, token: &CancellationToken) -> bool {
+        let mut waited = false;
+        loop {
+            let missing = self
+                .replica
+                .read_or_stop("the replica")
+                .uncovered_starts(starts);
+            if missing.is_empty() {
+                if waited {
+                    self.health.follower_waiting(Cut::new());
+                    tracing::info!("A batch view reaching the speed layer's start is served; its counts apply.");
+                }
+                return true;
+            }
+            if !waited {
+                tracing::warn!(
+                    starts = %missing,
+                    "The speed layer started past its checkpoint, beyond this replica's batch view; its counts wait for a view whose cut reaches there (answers stay exact at the current as_of)."
+                );
+                self.health.follower_waiting(missing);
+                waited = true;
+            }
+            let pause = tokio::time::sleep(Duration::from_millis(50));
+            if common::shutdown::until_cancelled(token, pause)
+                .await
+                .is_none()
+            {
+                return false;
+            }
         }
     }
 

@@ -30,6 +30,11 @@ pub struct Release {
     /// Per events partition, the newest timestamp that moved its watermark,
     /// as the released watermarks tell.
     pub newest: BTreeMap<Partition, Millis>,
+    /// Per events partition, where the speed layer started past its
+    /// checkpoint, as the released watermarks tell (see
+    /// [`Watermark::starts`]): the replica applies the release only once
+    /// its view or its own counts reach these.
+    pub starts: Cut,
 }
 
 #[derive(Debug)]
@@ -40,6 +45,7 @@ struct Segment {
     next_offset: Offset,
     oldest_event_ms: Option<i64>,
     newest: BTreeMap<Partition, Millis>,
+    starts: Cut,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +95,7 @@ impl WatermarkGate {
                 next_offset: offset + 1,
                 oldest_event_ms: watermark.oldest_event_ms,
                 newest: watermark.newest,
+                starts: watermark.starts,
             });
             lane.latest = Some(watermark.positions.as_cut());
         }
@@ -130,6 +137,9 @@ impl WatermarkGate {
                     let n = release.newest.entry(p).or_insert(t);
                     *n = (*n).max(t);
                 }
+                for (p, o) in segment.starts.iter() {
+                    release.starts.set(p, o.max(release.starts.get(p)));
+                }
                 next = Some(segment.next_offset);
             }
             if let Some(next) = next {
@@ -153,6 +163,7 @@ mod tests {
             positions: pairs.iter().copied().collect(),
             oldest_event_ms: None,
             newest: BTreeMap::new(),
+            starts: Cut::new(),
         }
     }
 
@@ -202,14 +213,15 @@ mod tests {
 
     #[test]
     fn a_release_carries_the_oldest_event_time_of_what_it_releases() {
-        let at = |pairs: &[(i32, i64)], ms| Watermark {
+        let at = |pairs: &[(i32, i64)], ms, start| Watermark {
             positions: pairs.iter().copied().collect(),
             oldest_event_ms: Some(ms),
             newest: [(0, ms + 10)].into_iter().collect(),
+            starts: cut(&[(0, start)]),
         };
         let mut gate = WatermarkGate::new(1, None);
-        gate.watermark(0, 0, at(&[(0, 5)], 2_000));
-        gate.watermark(0, 1, at(&[(0, 9)], 1_000));
+        gate.watermark(0, 0, at(&[(0, 5)], 2_000, 4));
+        gate.watermark(0, 1, at(&[(0, 9)], 1_000, 2));
         gate.watermark(0, 2, mark(&[(0, 12)]));
         let release = gate.release().expect("released");
         assert_eq!(release.oldest_event_ms, Some(1_000));
@@ -217,6 +229,11 @@ mod tests {
             release.newest,
             [(0, 2_010)].into_iter().collect(),
             "the newest event time of what it releases"
+        );
+        assert_eq!(
+            release.starts,
+            cut(&[(0, 4)]),
+            "the latest start past a checkpoint of what it releases"
         );
         gate.watermark(0, 3, mark(&[(0, 15)]));
         assert_eq!(gate.release().map(|r| r.oldest_event_ms), Some(None));

@@ -44,6 +44,7 @@ struct Inner {
     ends: Ends,
     follower_positions: Positions,
     follower_held: usize,
+    follower_waiting: Cut,
     /// Recent (applied at, produce-to-visible) latencies, oldest first.
     visible: std::collections::VecDeque<(Instant, Duration)>,
 }
@@ -79,6 +80,9 @@ pub struct Snapshot {
     pub ends: Ends,
     pub follower_positions: Positions,
     pub follower_held: usize,
+    /// Where the speed layer started past its checkpoint beyond this
+    /// replica's view: its counts wait for a view that reaches there.
+    pub follower_waiting: Cut,
 }
 
 impl Health {
@@ -140,6 +144,12 @@ impl Health {
         i.follower_held = held;
     }
 
+    /// Records the starts the follower's next release waits for a view to
+    /// reach (empty: none).
+    pub fn follower_waiting(&self, starts: Cut) {
+        self.lock().follower_waiting = starts;
+    }
+
     /// Records how long the oldest event of a release took from its record
     /// timestamp to being visible in answers.
     pub fn visible(&self, latency: Duration) {
@@ -198,6 +208,7 @@ impl Health {
             ends: i.ends.clone(),
             follower_positions: i.follower_positions.clone(),
             follower_held: i.follower_held,
+            follower_waiting: i.follower_waiting.clone(),
         }
     }
 }

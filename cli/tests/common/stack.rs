@@ -573,6 +573,23 @@ pub fn recompute(addr: SocketAddr, mode: Option<&str>) -> Value {
     r
 }
 
+/// Recomputes through the batch layer's own endpoint (`addr` is the batch
+/// layer's), with no serving layer involved; returns the new view's cut.
+pub fn batch_recompute(addr: SocketAddr) -> Cut {
+    let auth = format!("Bearer {TOKEN}");
+    let r = http(
+        addr,
+        "POST",
+        "/recompute",
+        &[("Authorization", auth.as_str())],
+        b"",
+    )
+    .expect("POST /recompute");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let manifest: Value = serde_json::from_slice(&r.body).expect("JSON");
+    cut_of(&manifest["header"]["cut"])
+}
+
 /// POST the admin recompute to the serving layer; true on 200.
 pub fn admin_recompute(addr: SocketAddr) -> bool {
     let auth = format!("Bearer {TOKEN}");
@@ -681,7 +698,16 @@ impl Truth {
 /// unique ones spread over the stream), recording every answer.
 pub struct Sampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: tokio::task::JoinHandle<Vec<Sample>>,
+    handle: Option<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+/// A scenario that fails before [`Sampler::finish`] must still stop the
+/// sampling thread: the test's runtime waits for it before the failure is
+/// reported (a failed scenario hung until nextest's 300 s timeout).
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// One answer: word, count, `as_of`, batch view version.
@@ -719,16 +745,20 @@ impl Sampler {
             }
             samples
         });
-        Sampler { stop, handle }
+        Sampler {
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// Stops sampling and checks every sample against the truth at its own
     /// `as_of`, and that no word's count ever went down (a restarted serving
     /// layer answers only once it has restored its replica). Returns the
     /// samples.
-    pub async fn finish(self, truth: &Truth) -> Vec<Sample> {
+    pub async fn finish(mut self, truth: &Truth) -> Vec<Sample> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let samples = self.handle.await.expect("sampler");
+        let handle = self.handle.take().expect("finished once");
+        let samples = handle.await.expect("sampler");
         assert!(!samples.is_empty(), "the sampler got no answer at all");
         let mut last: HashMap<&str, u64> = HashMap::new();
         for (word, count, as_of, version) in &samples {

@@ -53,6 +53,7 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
             topic_lag: h.follower_positions.behind(&h.ends.realtime),
             topic_position: h.follower_positions,
             held_upserts: h.follower_held as u64,
+            waiting_for_view: h.follower_waiting,
             entries: entries as u64,
             stale: f.realtime.stale,
             error: h.kafka_error,

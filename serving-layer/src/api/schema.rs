@@ -198,6 +198,12 @@ pub struct RealtimeStatus {
     pub topic_lag: u64,
     /// Upserts received but waiting for their micro-batch's watermark.
     pub held_upserts: u64,
+    /// Per events partition where the speed layer started past its
+    /// checkpoint (at a batch cut) beyond this replica's batch view: its
+    /// counts wait until a view whose cut reaches there is served, and
+    /// answers stay exact at `as_of` meanwhile. Empty normally.
+    #[schema(value_type = PositionSchema)]
+    pub waiting_for_view: Cut,
     /// Realtime (word, bucket) counts held.
     pub entries: u64,
     pub stale: bool,

@@ -210,6 +210,18 @@ impl Replica {
         &self.realtime_as_of
     }
 
+    /// The starts past a checkpoint (of `starts`, see
+    /// [`lambda_core::realtime::Watermark::starts`]) beyond everything this
+    /// replica covers — its view's cut and its realtime counts. Applying
+    /// counts from there would leave the events in between counted nowhere
+    /// while `as_of` claimed them, so they wait for a view whose cut reaches
+    /// them. (Then a swap's reconciliation never sees such a gap either: the
+    /// realtime counts are below the new cut until the view is in.)
+    pub fn uncovered_starts(&self, starts: &Cut) -> Cut {
+        let as_of = self.as_of();
+        starts.iter().filter(|&(p, s)| s > as_of.get(p)).collect()
+    }
+
     /// How many (word, bucket) counts are held.
     pub fn realtime_entries(&self) -> usize {
         self.realtime.values().map(Vec::len).sum()
@@ -466,6 +478,36 @@ mod tests {
         assert!(r.swap_view(Arc::new(view(2, Cut::new(), size, &[]))));
         assert!(!r.swap_view(Arc::new(view(1, Cut::new(), size, &[("a", 100)]))));
         assert_eq!(r.view().map(|v| v.version()), Some(2));
+    }
+
+    #[test]
+    fn counts_started_past_what_the_replica_covers_are_named() {
+        let size = BucketSize::new(10).expect("10");
+        let mut r = Replica::new(size);
+        let starts: Cut = [(0, 20), (1, 40)].into_iter().collect();
+        assert_eq!(r.uncovered_starts(&starts), starts, "nothing covered yet");
+        r.swap_view(Arc::new(view(
+            1,
+            [(0, 10), (1, 40)].into_iter().collect(),
+            size,
+            &[],
+        )));
+        r.apply(Vec::new(), [(0, 15), (1, 42)].into_iter().collect());
+        // Partition 0's counts end at 15 and the view's cut is 10: the
+        // speed layer's counts from 20 would leave 15..20 counted nowhere.
+        assert_eq!(r.uncovered_starts(&starts), [(0, 20)].into_iter().collect());
+        // Counts reaching the start cover it, like a view whose cut does.
+        r.apply(Vec::new(), [(0, 20), (1, 42)].into_iter().collect());
+        assert!(r.uncovered_starts(&starts).is_empty());
+        r.swap_view(Arc::new(view(
+            2,
+            [(0, 30), (1, 40)].into_iter().collect(),
+            size,
+            &[],
+        )));
+        assert!(r
+            .uncovered_starts(&[(0, 30)].into_iter().collect())
+            .is_empty());
     }
 
     /// The event-time settings of the property test: 10 s windows.

@@ -109,6 +109,10 @@ struct RealtimeCounts {
     /// watermark, exact at `positions` (see `lambda_core::window`).
     newest: BTreeMap<Partition, Millis>,
     cut: Cut,
+    /// Per partition started past its checkpoint (at the batch cut), where
+    /// it started: every watermark says so (see
+    /// [`lambda_core::realtime::Watermark::starts`]).
+    starts: Cut,
 }
 
 pub async fn run(
@@ -128,6 +132,7 @@ pub async fn run(
         positions: store.offsets()?,
         newest: store.event_times()?,
         cut: store.applied_cut()?,
+        starts: store.starts()?,
         store,
     };
     // Every checkpointed count is re-published on start, repairing
@@ -138,6 +143,7 @@ pub async fn run(
         upserts: view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect(),
         positions: view.positions.clone(),
         newest: view.newest.clone(),
+        starts: view.starts.clone(),
         oldest_event_ms: None,
         checkpointed_at: Instant::now(),
     };
@@ -180,14 +186,11 @@ pub async fn run(
     let producer: FutureProducer = burst_producer_config(&config.kafka)
         .create()
         .map_err(kafka_err)?;
-    for p in 0..partitions as Partition {
-        let start = view.positions.get(p).max(view.cut.get(p));
-        view.positions.set(p, start);
-        tracing::info!(
-            partition = p,
-            offset = start,
-            "Resuming from the checkpoint."
-        );
+    let starts = view.start_positions(partitions);
+    if starts != view.starts {
+        // Durable before any count past them is checkpointed.
+        view.store.set_starts(&starts).await?;
+        view.starts = starts;
     }
     let mut consumer = consumer_config(&config.kafka, &config.group);
     consumer.set("queued.max.messages.kbytes", "65536");
@@ -239,12 +242,14 @@ pub async fn run(
                 store,
                 positions,
                 newest,
+                starts,
                 ..
             } = &mut view;
             let outlets = Outlets {
                 publish: &publish_tx,
                 metrics: &metrics,
                 stalls: &stalls,
+                starts,
             };
             let durable = checkpoint_then_publish(
                 store,
@@ -354,6 +359,8 @@ struct Outlets<'a> {
     publish: &'a mpsc::Sender<Publication>,
     metrics: &'a SpeedMetrics,
     stalls: &'a Stalls,
+    /// Where partitions started past their checkpoint, for the watermarks.
+    starts: &'a Cut,
 }
 
 /// Writes a micro-batch's changed counts and next offsets atomically,
@@ -374,6 +381,7 @@ async fn checkpoint_then_publish(
         publish,
         metrics,
         stalls,
+        starts,
     } = *outlets;
     let started = Instant::now();
     let write = DurableWrite {
@@ -398,6 +406,7 @@ async fn checkpoint_then_publish(
         upserts: checkpoint.counts,
         positions: positions.clone(),
         newest: newest.clone(),
+        starts: starts.clone(),
         oldest_event_ms,
         checkpointed_at: Instant::now(),
     };
@@ -408,6 +417,35 @@ async fn checkpoint_then_publish(
 }
 
 impl RealtimeCounts {
+    /// Moves every partition to where it starts — its checkpoint, or the
+    /// batch cut when that is ahead (or there is no checkpoint: never the
+    /// beginning or the end) — and returns where partitions started past
+    /// their checkpoint: the earlier such starts, with this start's.
+    fn start_positions(&mut self, partitions: usize) -> Cut {
+        let mut starts = self.starts.clone();
+        for p in 0..partitions as Partition {
+            let checkpointed = self.positions.get(p);
+            let start = checkpointed.max(self.cut.get(p));
+            self.positions.set(p, start);
+            if start > checkpointed {
+                starts.set(p, start);
+                tracing::info!(
+                    partition = p,
+                    offset = start,
+                    checkpoint = checkpointed,
+                    "Starting at the batch cut, past the checkpoint; serving layers holding an older view wait for one that reaches it."
+                );
+            } else {
+                tracing::info!(
+                    partition = p,
+                    offset = start,
+                    "Resuming from the checkpoint."
+                );
+            }
+        }
+        starts
+    }
+
     /// Takes the batch view's event time where its cut is ahead of this
     /// layer's position, so a partition resumed at the cut starts its
     /// watermark where a reader from offset 0 would have it.
@@ -481,6 +519,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_partition_behind_the_batch_cut_starts_at_it_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut view = RealtimeCounts {
+            store: RealtimeStore::open(dir.path()).expect("store"),
+            mirror: FxHashMap::default(),
+            positions: [(0, 40), (1, 10)].into_iter().collect(),
+            newest: BTreeMap::new(),
+            cut: [(0, 32), (1, 16), (2, 16)].into_iter().collect(),
+            starts: [(0, 8)].into_iter().collect(),
+        };
+        let starts = view.start_positions(4);
+        // 0 resumes at its checkpoint (ahead of the cut), 1 is behind the
+        // cut, 2 has no checkpoint, 3 has neither checkpoint nor cut.
+        assert_eq!(
+            view.positions,
+            [(0, 40), (1, 16), (2, 16), (3, 0)].into_iter().collect()
+        );
+        assert_eq!(
+            starts,
+            [(0, 8), (1, 16), (2, 16)].into_iter().collect(),
+            "the earlier start of 0 kept, 1 and 2 started past their checkpoint"
+        );
+    }
+
     fn checkpoint() -> Checkpoint {
         Checkpoint {
             counts: vec![(CountKey::new(0, 3, "lambda"), 7)],
@@ -510,6 +573,7 @@ mod tests {
             publish: &tx,
             metrics: &metrics,
             stalls: &stalls,
+            starts: &Cut::new(),
         };
         let mut newest = BTreeMap::new();
         let progress = (&mut positions, &mut newest);
@@ -541,6 +605,7 @@ mod tests {
             publish: &tx,
             metrics: &metrics,
             stalls: &stalls,
+            starts: &Cut::new(),
         };
         let mut newest = BTreeMap::new();
         let progress = (&mut positions, &mut newest);

@@ -14,7 +14,7 @@ use common::shutdown::CancellationToken;
 use common::telemetry::events::PublishRetried;
 use lambda_core::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
 use lambda_core::window::Millis;
-use lambda_core::{Partition, Positions};
+use lambda_core::{Cut, Partition, Positions};
 use rdkafka::producer::FutureProducer;
 use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
@@ -31,6 +31,9 @@ pub(super) struct Publication {
     /// Per partition, the newest timestamp that moved its watermark, at
     /// `positions`.
     pub(super) newest: BTreeMap<Partition, Millis>,
+    /// Where partitions started past their checkpoint (see
+    /// [`Watermark::starts`]).
+    pub(super) starts: Cut,
     /// The oldest counted event's record timestamp (none for the start-up
     /// re-publication).
     pub(super) oldest_event_ms: Option<i64>,
@@ -48,7 +51,7 @@ impl Publication {
         }
         let mut counts: FxHashMap<CountKey, u64> = self.upserts.into_iter().collect();
         let (mut positions, mut oldest) = (self.positions, self.oldest_event_ms);
-        let mut newest = self.newest;
+        let (mut newest, mut starts) = (self.newest, self.starts);
         for p in later {
             for (key, count) in p.upserts {
                 let c = counts.entry(key).or_insert(0);
@@ -56,6 +59,7 @@ impl Publication {
             }
             positions = p.positions;
             newest = p.newest;
+            starts = p.starts;
             oldest = match (oldest, p.oldest_event_ms) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -65,6 +69,7 @@ impl Publication {
             upserts: counts.into_iter().collect(),
             positions,
             newest,
+            starts,
             oldest_event_ms: oldest,
             checkpointed_at: self.checkpointed_at,
         }
@@ -98,6 +103,7 @@ pub(super) fn spawn_publisher(
                 positions: publication.positions,
                 oldest_event_ms: publication.oldest_event_ms,
                 newest: publication.newest,
+                starts: publication.starts,
             };
             if out.upserts(&publication.upserts, realtime_partitions).await
                 && out.watermark(&watermark, realtime_partitions).await
@@ -207,6 +213,7 @@ mod tests {
             upserts: upserts.iter().map(|&(w, c)| (key(w, 0), c)).collect(),
             positions: [(0, next)].into_iter().collect(),
             newest: [(0, next * 1_000)].into_iter().collect(),
+            starts: [(0, next / 2)].into_iter().collect(),
             oldest_event_ms: oldest,
             checkpointed_at: Instant::now(),
         }
@@ -228,6 +235,7 @@ mod tests {
         );
         assert_eq!(merged.positions, [(0, 9)].into_iter().collect());
         assert_eq!(merged.newest, [(0, 9_000)].into_iter().collect());
+        assert_eq!(merged.starts, [(0, 4)].into_iter().collect());
         assert_eq!(merged.oldest_event_ms, Some(400));
         assert_eq!(merged.checkpointed_at, started);
         let alone = publication(&[("a", 1)], 3, None).coalesce(Vec::new());
