@@ -76,7 +76,7 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     for m in &upserts {
         match RealtimeMessage::decode(m.key.as_deref(), Some(&m.payload)).expect("realtime message")
         {
-            RealtimeMessage::Upserts(us) => {
+            RealtimeMessage::Upserts { upserts: us, .. } => {
                 for u in us {
                     let c = published.entry(u.key()).or_insert(0);
                     *c = (*c).max(u.count);

@@ -18,6 +18,16 @@
 //!   A serving layer that has seen a watermark `W` on every partition holds
 //!   all upserts of every checkpoint up to `W`; applying exactly those makes
 //!   its counts exact at `W`, which is what its answers' `as_of` reports.
+//!
+//! Several speed layers may write the topic, each owning some events
+//! partitions (a consumer group shares them), and during a rebalance — or
+//! from a zombie that has not noticed it lost a partition — two of them may
+//! write counts of one events partition at once. So every message names its
+//! **writer** (a speed layer's id, kept in its data directory: a restarted
+//! instance is the same writer), and a watermark names only the events
+//! partitions its writer owns: a serving layer closes a writer's upserts of
+//! an events partition only with that writer's watermarks naming it, and
+//! never mixes two writers' half micro-batches (see the serving layer's gate).
 
 use crate::cut::{Cut, Partition, Positions};
 use crate::window::Millis;
@@ -27,8 +37,33 @@ use std::collections::BTreeMap;
 /// The key of watermark messages.
 pub const WATERMARK_KEY: &str = "watermark";
 
-/// The key of packed upserts.
+/// The key of packed upserts of writer 0 (a speed layer from before writer
+/// ids); other writers' keys are [`upserts_key`].
 pub const UPSERTS_KEY: &str = "upserts";
+
+/// Which speed layer wrote a realtime message (see the module's docs).
+pub type WriterId = u64;
+
+/// The key of packed upserts written by `writer`.
+pub fn upserts_key(writer: WriterId) -> String {
+    if writer == 0 {
+        UPSERTS_KEY.to_owned()
+    } else {
+        format!("{UPSERTS_KEY}/{writer:016x}")
+    }
+}
+
+/// The writer named by an upserts key, if it is one.
+fn upserts_writer(key: &[u8]) -> Option<WriterId> {
+    let rest = key.strip_prefix(UPSERTS_KEY.as_bytes())?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    let hex = std::str::from_utf8(rest.strip_prefix(b"/")?).ok()?;
+    (hex.len() == 16)
+        .then(|| WriterId::from_str_radix(hex, 16).ok())
+        .flatten()
+}
 
 /// A packed record is closed once its payload reaches this size, well under
 /// Kafka's default 1 MB message limit.
@@ -97,6 +132,10 @@ impl Packer {
 /// every events partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watermark {
+    /// Its writer; 0 from speed layers before writer ids.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub writer: WriterId,
+    /// The next offset of every events partition the writer owns.
     pub positions: Positions,
     /// The record timestamp (ms since the epoch) of the oldest event the
     /// micro-batch counted, if it counted any: serving layers measure how
@@ -122,10 +161,17 @@ pub struct Watermark {
     pub starts: Cut,
 }
 
+fn is_zero(writer: &WriterId) -> bool {
+    *writer == 0
+}
+
 /// One record of the realtime topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RealtimeMessage {
-    Upserts(Vec<RealtimeUpsert>),
+    Upserts {
+        writer: WriterId,
+        upserts: Vec<RealtimeUpsert>,
+    },
     Watermark(Watermark),
 }
 
@@ -137,20 +183,20 @@ impl RealtimeMessage {
             Some(k) if k == WATERMARK_KEY.as_bytes() => serde_json::from_slice(payload)
                 .map(Self::Watermark)
                 .map_err(|e| format!("malformed watermark: {e}")),
-            Some(k) if k == UPSERTS_KEY.as_bytes() => {
+            Some(k) if upserts_writer(k).is_some() => {
+                let writer = upserts_writer(k).expect("checked above");
                 serde_json::from_slice::<Vec<(String, Partition, u64, u64)>>(payload)
-                    .map(|packed| {
-                        Self::Upserts(
-                            packed
-                                .into_iter()
-                                .map(|(word, partition, bucket, count)| RealtimeUpsert {
-                                    word,
-                                    partition,
-                                    bucket,
-                                    count,
-                                })
-                                .collect(),
-                        )
+                    .map(|packed| Self::Upserts {
+                        writer,
+                        upserts: packed
+                            .into_iter()
+                            .map(|(word, partition, bucket, count)| RealtimeUpsert {
+                                word,
+                                partition,
+                                bucket,
+                                count,
+                            })
+                            .collect(),
                     })
                     .map_err(|e| format!("malformed upserts: {e}"))
             }
@@ -180,7 +226,7 @@ mod tests {
             .iter()
             .flat_map(
                 |p| match RealtimeMessage::decode(Some(UPSERTS_KEY.as_bytes()), Some(p)) {
-                    Ok(RealtimeMessage::Upserts(u)) => u,
+                    Ok(RealtimeMessage::Upserts { upserts, .. }) => upserts,
                     other => panic!("not upserts: {other:?}"),
                 },
             )
@@ -234,6 +280,7 @@ mod tests {
     #[test]
     fn watermarks_are_told_apart_by_their_key() {
         let w = Watermark {
+            writer: 0x00ab_cdef_0123_4567,
             positions: [(0, 10), (1, 4)].into_iter().collect(),
             oldest_event_ms: Some(1_764_633_600_000),
             newest: [(0, 1_764_633_601_000)].into_iter().collect(),
@@ -251,6 +298,7 @@ mod tests {
                 Some(br#"{"positions":{"0":3}}"#)
             ),
             Ok(RealtimeMessage::Watermark(Watermark {
+                writer: 0,
                 positions: [(0, 3)].into_iter().collect(),
                 oldest_event_ms: None,
                 newest: BTreeMap::new(),
@@ -261,5 +309,30 @@ mod tests {
         assert!(RealtimeMessage::decode(Some(UPSERTS_KEY.as_bytes()), Some(&json)).is_err());
         assert!(RealtimeMessage::decode(Some(b"0/0/a"), Some(b"[]")).is_err());
         assert!(RealtimeMessage::decode(None, None).is_err());
+    }
+
+    #[test]
+    fn upserts_name_their_writer_in_the_key() {
+        let payload = br#"[["a",1,2,3]]"#;
+        let decode = |key: &str| RealtimeMessage::decode(Some(key.as_bytes()), Some(payload));
+        let upserts = vec![upsert("a", 1, 2, 3)];
+        assert_eq!(upserts_key(0), UPSERTS_KEY, "writer 0 keeps the old key");
+        for writer in [0, 1, 0xfeed_0000_0000_beef, u64::MAX] {
+            assert_eq!(
+                decode(&upserts_key(writer)),
+                Ok(RealtimeMessage::Upserts {
+                    writer,
+                    upserts: upserts.clone()
+                })
+            );
+        }
+        for bad in [
+            "upserts/",
+            "upserts/12",
+            "upserts/zzzzzzzzzzzzzzzz",
+            "upserts-0000000000000001",
+        ] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
     }
 }

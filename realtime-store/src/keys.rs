@@ -12,6 +12,7 @@ pub(crate) const META_CUT: &[u8] = b"mcut";
 pub(crate) const META_FLOOR: &[u8] = b"mfloor";
 pub(crate) const META_AS_OF: &[u8] = b"masof";
 pub(crate) const META_STARTS: &[u8] = b"mstarts";
+pub(crate) const META_WRITER: &[u8] = b"mwriter";
 pub(crate) const CACHE_BYTES: u64 = 64 << 20;
 /// How long opening waits for a lock still held by a store closed in this
 /// process; another process holding it fails at once after this.

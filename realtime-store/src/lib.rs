@@ -17,6 +17,7 @@
 //! m | "floor"                        →  JSON of the first live bucket per partition
 //! m | "asof"                         →  JSON of the events position the counts are exact at
 //! m | "starts"                       →  JSON of where the counts start past a checkpoint
+//! m | "writer"                       →  the speed layer's writer id: u64 LE, never 0
 //! c | partition | bucket | word      →  count (the format before 0.1: read, then compacted away)
 //! ```
 //!
@@ -50,7 +51,8 @@ use common::sync::LockOrStop;
 use compaction::Compactor;
 use keys::{
     delta_key, delta_seq, event_time_key, offset_key, Floor, CACHE_BYTES, DELTA, EVENT_TIME,
-    LEGACY_COUNT, LOCK_WAIT, META_AS_OF, META_CUT, META_FLOOR, META_STARTS, OFFSET, SNAPSHOT,
+    LEGACY_COUNT, LOCK_WAIT, META_AS_OF, META_CUT, META_FLOOR, META_STARTS, META_WRITER, OFFSET,
+    SNAPSHOT,
 };
 use lambda_core::chunk::ChunkWriter;
 use lambda_core::window::Millis;
@@ -339,6 +341,28 @@ impl RealtimeStore {
         Ok(())
     }
 
+    /// The id this store's speed layer writes the realtime topic under (see
+    /// `lambda_core::realtime::WriterId`): made once, at random, and kept,
+    /// so a restarted instance is the same writer and two instances (two
+    /// data directories) are different ones.
+    pub async fn writer_id(&self) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        if let Some(v) = inner.tree.get(META_WRITER).map_err(inner.err())? {
+            let bytes: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| inner.malformed("writer id"))?;
+            return Ok(u64::from_le_bytes(bytes));
+        }
+        let id = random_writer_id();
+        inner
+            .tree
+            .insert(META_WRITER, &id.to_le_bytes())
+            .map_err(inner.err())?;
+        inner.db.flush_async().await.map_err(inner.err())?;
+        Ok(id)
+    }
+
     /// Writes a micro-batch's counts and offsets atomically and durably.
     pub async fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         let inner = &self.inner;
@@ -411,6 +435,20 @@ impl RealtimeStore {
         self.request_compaction();
         Ok(())
     }
+}
+
+/// A non-zero id unlikely to repeat: the standard library's randomly keyed
+/// hasher over the clock and the process id.
+fn random_writer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }
 
 #[cfg(test)]
@@ -497,6 +535,12 @@ mod tests {
         let store = RealtimeStore::open(dir.path()).expect("reopen");
         assert_eq!(counts(&store), live, "and gone from the disk");
         assert_eq!(store.starts().expect("starts"), starts);
+        let writer = store.writer_id().await.expect("writer");
+        assert_ne!(writer, 0);
+        assert_eq!(store.writer_id().await.expect("writer"), writer, "kept");
+        let other = tempfile::tempdir().expect("tempdir");
+        let other = RealtimeStore::open(other.path()).expect("open");
+        assert_ne!(other.writer_id().await.expect("writer"), writer);
         assert_eq!(store.stats().deltas, 0);
         assert_eq!(store.offsets().expect("offsets").get(0), 25);
     }

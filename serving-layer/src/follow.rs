@@ -158,10 +158,8 @@ impl Follower {
 
     fn accept<M: Message>(&self, gate: &mut WatermarkGate, m: &M) {
         match RealtimeMessage::decode(m.key(), m.payload()) {
-            Ok(RealtimeMessage::Upserts(upserts)) => {
-                for u in upserts {
-                    gate.upsert(m.partition(), u);
-                }
+            Ok(RealtimeMessage::Upserts { writer, upserts }) => {
+                gate.upsert(m.partition(), m.offset(), writer, upserts)
             }
             Ok(RealtimeMessage::Watermark(w)) => gate.watermark(m.partition(), m.offset(), w),
             Err(reason) => MalformedRealtimeMessage {

@@ -103,7 +103,7 @@ async fn counts_are_exact_and_poison_pills_are_dead_lettered() {
     for m in &upserts {
         match RealtimeMessage::decode(m.key.as_deref(), Some(&m.payload)).expect("realtime message")
         {
-            RealtimeMessage::Upserts(us) => {
+            RealtimeMessage::Upserts { upserts: us, .. } => {
                 for u in us {
                     assert_eq!(
                         m.partition,

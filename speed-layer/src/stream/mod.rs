@@ -207,6 +207,7 @@ pub async fn run(
         producer,
         config.realtime_topic.clone(),
         realtime_partitions,
+        view.store.writer_id().await?,
         Arc::clone(&metrics),
         token.clone(),
     );

@@ -12,7 +12,7 @@ use crate::metrics::SpeedMetrics;
 use common::kafka::send_all;
 use common::shutdown::CancellationToken;
 use common::telemetry::events::PublishRetried;
-use lambda_core::realtime::{route, Packer, Watermark, UPSERTS_KEY, WATERMARK_KEY};
+use lambda_core::realtime::{route, upserts_key, Packer, Watermark, WriterId, WATERMARK_KEY};
 use lambda_core::window::Millis;
 use lambda_core::{Cut, Partition, Positions};
 use rdkafka::producer::FutureProducer;
@@ -82,6 +82,7 @@ pub(super) fn spawn_publisher(
     producer: FutureProducer,
     topic: String,
     realtime_partitions: usize,
+    writer: WriterId,
     metrics: Arc<SpeedMetrics>,
     token: CancellationToken,
 ) -> (mpsc::Sender<Publication>, JoinHandle<()>) {
@@ -98,8 +99,10 @@ pub(super) fn spawn_publisher(
                 topic: &topic,
                 metrics: &metrics,
                 token: &token,
+                writer,
             };
             let watermark = Watermark {
+                writer,
                 positions: publication.positions,
                 oldest_event_ms: publication.oldest_event_ms,
                 newest: publication.newest,
@@ -123,6 +126,7 @@ struct Outbox<'a> {
     topic: &'a str,
     metrics: &'a SpeedMetrics,
     token: &'a CancellationToken,
+    writer: WriterId,
 }
 
 impl Outbox<'_> {
@@ -169,10 +173,11 @@ impl Outbox<'_> {
             .into_iter()
             .enumerate()
             .flat_map(|(r, packer)| {
+                let key = upserts_key(self.writer);
                 packer
                     .finish()
                     .into_iter()
-                    .map(move |payload| (UPSERTS_KEY.to_owned(), payload, Some(r as i32)))
+                    .map(move |payload| (key.clone(), payload, Some(r as i32)))
             })
             .collect();
         let delivered = self.deliver(records).await;
