@@ -69,9 +69,11 @@ pub mod env {
     pub const KAFKA_OPTIONS: &str = "LAMBDA_KAFKA_OPTIONS";
     pub const STORE_URL: &str = "LAMBDA_STORE_URL";
     pub const CHUNK_OFFSETS: &str = "LAMBDA_CHUNK_OFFSETS";
+    pub const SHARE_PARTITIONS: &str = "LAMBDA_SHARE_PARTITIONS";
 
     /// Every variable above.
     pub const ALL: &[&str] = &[
+        SHARE_PARTITIONS,
         BROKERS,
         TOPIC,
         DEAD_LETTER_TOPIC,

@@ -50,6 +50,14 @@ pub struct SpeedArgs {
     #[arg(long, env = env::MICRO_BATCH_WAIT, default_value = "0ms", value_parser = parse_duration)]
     pub micro_batch_wait: Duration,
 
+    /// Share the events partitions with the other speed layers started with
+    /// this flag (same brokers and topic, each with its own data directory):
+    /// Kafka's consumer group `lambda-speed` assigns them, and each instance
+    /// resumes a partition from its own checkpoint or the batch cut. Without
+    /// it this instance reads every partition: run exactly one.
+    #[arg(long, env = env::SHARE_PARTITIONS)]
+    pub share_partitions: bool,
+
     /// The consumer group the layer commits its positions under, for
     /// monitoring tools only (it resumes from its checkpoint): `lambda-speed`,
     /// or `lambda-replay` for `lambda replay`, so a replay does not

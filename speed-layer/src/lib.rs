@@ -130,6 +130,7 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
         micro_batch_records: args.micro_batch_records,
         micro_batch_wait: args.micro_batch_wait,
         group: args.group.clone(),
+        share_partitions: args.share_partitions,
         windows: args.stream.windows(),
     };
 

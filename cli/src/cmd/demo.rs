@@ -156,6 +156,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 micro_batch_records: 20_000,
                 micro_batch_wait: Duration::ZERO,
                 group: speed_layer::stream::GROUP.to_owned(),
+                share_partitions: false,
             },
             token.clone(),
         )

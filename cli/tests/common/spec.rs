@@ -12,16 +12,28 @@ pub enum Role {
     Batch,
     Speed,
     Serve,
+    /// A second speed layer (its own data directory and HTTP address), in
+    /// stacks that ask for one: the two share the partitions through the
+    /// consumer group.
+    Speed2,
 }
 
 impl Role {
     pub const ALL: [Role; 3] = [Role::Batch, Role::Speed, Role::Serve];
 
-    /// The role's subcommand.
+    /// The role's name (its data directory and log).
     pub fn name(self) -> &'static str {
         match self {
+            Role::Speed2 => "speed2",
+            other => other.subcommand(),
+        }
+    }
+
+    /// The role's subcommand.
+    pub fn subcommand(self) -> &'static str {
+        match self {
             Role::Batch => "batch",
-            Role::Speed => "speed",
+            Role::Speed | Role::Speed2 => "speed",
             Role::Serve => "serve",
         }
     }
@@ -112,7 +124,7 @@ impl StackSpec {
                 add("--recompute-interval", &self.recompute_interval);
                 add("--admin-token", &self.admin_token);
             }
-            Role::Speed => {
+            Role::Speed | Role::Speed2 => {
                 if let Some(url) = batch_url {
                     add("--batch-url", url);
                 }

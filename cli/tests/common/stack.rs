@@ -64,6 +64,8 @@ pub struct Options {
     /// The Kappa architecture: no batch layer; the speed and serving layers
     /// run with `--architecture kappa`.
     pub kappa: bool,
+    /// A second speed layer ([`Role::Speed2`]) sharing the partitions.
+    pub second_speed: bool,
 }
 
 impl Options {
@@ -133,8 +135,11 @@ impl Stack {
                 .await
                 .expect("topic");
         }
-        let addrs: BTreeMap<Role, SocketAddr> =
-            Role::ALL.iter().map(|&r| (r, free_addr())).collect();
+        let addrs: BTreeMap<Role, SocketAddr> = Role::ALL
+            .iter()
+            .chain(options.second_speed.then_some(&Role::Speed2))
+            .map(|&r| (r, free_addr()))
+            .collect();
         let spec = StackSpec {
             admin_token: TOKEN.to_owned(),
             max_event_bytes: MAX_EVENT_BYTES,
@@ -151,12 +156,15 @@ impl Stack {
             ..StackSpec::new(stack.kafka.brokers(), &topic)
         };
         let batch_url = format!("http://{}", addrs[&Role::Batch]);
-        let (roles, batch_url): (&[Role], _) = if options.kappa {
-            (&[Role::Speed, Role::Serve], None)
+        let (mut roles, batch_url) = if options.kappa {
+            (vec![Role::Speed, Role::Serve], None)
         } else {
-            (&Role::ALL, Some(batch_url.as_str()))
+            (Role::ALL.to_vec(), Some(batch_url.as_str()))
         };
-        for &role in roles {
+        if options.second_speed {
+            roles.push(Role::Speed2);
+        }
+        for &role in &roles {
             let data_dir = match (role, &options.batch_data_dir) {
                 (Role::Batch, Some(d)) => d.clone(),
                 _ => stack.dir.path().join(role.name()),
@@ -165,6 +173,9 @@ impl Stack {
             let mut args = spec.flags(role, &data_dir, &http, batch_url);
             if role == Role::Batch {
                 args.extend(options.batch_flags.iter().cloned());
+            }
+            if options.second_speed && matches!(role, Role::Speed | Role::Speed2) {
+                args.push("--share-partitions".to_owned());
             }
             if options.kappa {
                 args.extend(["--architecture".to_owned(), "kappa".to_owned()]);
@@ -180,7 +191,7 @@ impl Stack {
                 },
             );
         }
-        for &role in roles {
+        for role in roles {
             stack.start_role(role).await;
         }
         stack
@@ -266,7 +277,7 @@ impl Stack {
     pub async fn start_role(&mut self, role: Role) {
         let proc = self.procs.get_mut(&role).expect("role");
         assert!(proc.child.is_none(), "{} already running", role.name());
-        proc.child = Some(spawn_role(role.name(), &proc.args, &proc.log));
+        proc.child = Some(spawn_role(role.subcommand(), &proc.args, &proc.log));
         let addr = proc.addr;
         let up = tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(90);
@@ -281,6 +292,17 @@ impl Stack {
         .await
         .expect("join");
         assert!(up, "{} did not come up:\n{}", role.name(), self.logs());
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to a running role: a paused process
+    /// is a zombie once its group's session times out.
+    pub fn signal(&self, role: Role, signal: &str) {
+        let pid = self.procs[&role].child.as_ref().expect("role running").id();
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(sent.success(), "kill -{signal} {pid}");
     }
 
     /// SIGKILLs a role.

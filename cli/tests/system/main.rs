@@ -88,6 +88,96 @@ async fn speed_layer_sigkilled_during_production() {
     s.shutdown();
 }
 
+/// Two speed layers (`--share-partitions`) share the partitions through
+/// the consumer group `lambda-speed`. While events arrive, the second is
+/// SIGKILLed over and over (each start and death a rebalance), then the
+/// first stops (leaving the group) and later dies: each time the survivor
+/// takes every partition over — a dead member after the group's session
+/// timeout — resuming each from its own checkpoint or the batch cut, and
+/// hands some back when the other returns; last, the first is paused past
+/// its session timeout (a zombie) and resumed. Every sampled answer equals
+/// the truth at its `as_of`, every swap reconciles (the batch layer checks
+/// the speed layers' counts), and the end is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_speed_layers_share_the_partitions_exactly_through_kills_and_rebalances() {
+    let options = Options {
+        second_speed: true,
+        ..Options::default()
+    };
+    let mut s = Stack::start("sys-speed2", options).await;
+    let n = scaled(3000);
+    let producer = steady(&s, n);
+    let sampler = Sampler::start(&s, n);
+    let (a, b) = (s.addr(Role::Speed), s.addr(Role::Speed2));
+    let owned = |addr| -> Option<Vec<i32>> {
+        let st = json(addr, "/status")?;
+        Some(cut_of(&st["positions"]).iter().map(|(p, _)| p).collect())
+    };
+    let shared = move || {
+        let (pa, pb) = (owned(a)?, owned(b)?);
+        let disjoint = pa.iter().all(|p| !pb.contains(p));
+        (!pa.is_empty() && !pb.is_empty() && disjoint && pa.len() + pb.len() == 3).then_some(())
+    };
+    let owns_all = move |addr| move || (owned(addr)?.len() == 3).then_some(());
+    // The session timeout is 10 s; evicting a dead member takes up to one
+    // more heartbeat, and each of several dead members its own.
+    let wait = Duration::from_secs(90);
+    until("the two speed layers share the partitions", wait, shared).await;
+    s.kill(Role::Speed2);
+    s.kill_repeatedly(Role::Speed2, 2).await;
+    until(
+        "the first owns every partition after the kills",
+        wait,
+        owns_all(a),
+    )
+    .await;
+    s.start_role(Role::Speed2).await;
+    until("the two share them again", wait, shared).await;
+    s.stop(Role::Speed);
+    until(
+        "the second owns every partition once the first left",
+        wait,
+        owns_all(b),
+    )
+    .await;
+    s.start_role(Role::Speed).await;
+    until("the two share them once more", wait, shared).await;
+    s.kill(Role::Speed);
+    until(
+        "the second owns every partition once the first died",
+        wait,
+        owns_all(b),
+    )
+    .await;
+    s.start_role(Role::Speed).await;
+    until("the two share them after the restart", wait, shared).await;
+    producer.await.expect("producer");
+    // A zombie: the first instance paused past its session timeout while
+    // more events arrive; the second takes everything over; resumed, the
+    // first counts and publishes what it had before it notices (two
+    // writers of the same partitions at once), then rejoins.
+    let more = s.produce_in_background(events(n..n + scaled(1000)), 50, Duration::from_millis(200));
+    s.signal(Role::Speed, "STOP");
+    until(
+        "the second owns every partition while the first is paused",
+        wait,
+        owns_all(b),
+    )
+    .await;
+    s.signal(Role::Speed, "CONT");
+    until("the two share them after the zombie rejoined", wait, shared).await;
+    more.await.expect("producer");
+    let truth = s.assert_exact().await;
+    sampler.finish(&truth).await;
+    let logs = format!("{}{}", s.log(Role::Speed), s.log(Role::Speed2));
+    assert!(
+        logs.contains("handed back to the group"),
+        "no partition changed hands:\n{}",
+        s.logs()
+    );
+    s.shutdown();
+}
+
 /// The speed layer restarts past its checkpoint — at a batch cut it had
 /// not reached — while a serving layer holds the view before that cut: the
 /// events between the checkpoint and the cut are then in neither its view

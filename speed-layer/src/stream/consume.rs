@@ -9,7 +9,7 @@ use super::{RealtimeCounts, StreamConfig};
 use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::decode_message;
-use common::reader::{Limits, PartitionReader, ReaderError};
+use common::reader::{Assignment, Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
 use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::ConsumeFailure;
@@ -33,6 +33,9 @@ pub(super) struct Ctx<'a> {
 /// offset of every partition it read.
 #[derive(Default)]
 pub(super) struct MicroBatch {
+    /// Changes in the partitions owned, which come before any record (a
+    /// batch with changes has no records).
+    pub(super) changes: Vec<Assignment>,
     deltas: FxHashMap<BucketKey, BucketDeltas>,
     next: FxHashMap<Partition, Offset>,
     pub(super) records: usize,
@@ -287,10 +290,11 @@ pub(super) async fn next_batch(
         // The loop polls the batch cut in between.
         idle: Some(ctx.config.cut_poll_interval),
     };
-    let Some(read) = reader.next_batch(&limits, ctx.token).await? else {
+    let Some(mut read) = reader.next_batch(&limits, ctx.token).await? else {
         return Ok(None);
     };
     let mut batch = MicroBatch {
+        changes: std::mem::take(&mut read.changes),
         records: read.skipped,
         now_ms: common::now_ms(),
         ..MicroBatch::default()

@@ -26,7 +26,7 @@ use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{burst_producer_config, consumer_config, wait_for_partitions};
 use common::metrics::since_timestamp;
-use common::reader::{PartitionReader, ReaderError};
+use common::reader::{Assignment, PartitionReader, ReaderError, ResumeAt};
 use common::retry::{until_durable, DurableWrite, Stalls};
 use common::shutdown::CancellationToken;
 use common::sync::LockOrStop;
@@ -34,12 +34,12 @@ use common::telemetry::events::RecordsUnreadable;
 use common::unreadable::{ConsumeFailure, HeldPartitions};
 use consume::{next_batch, Ctx};
 use lambda_core::window::{Millis, WindowSettings};
-use lambda_core::{BucketSize, Cut, Partition, Positions, Tokenizer};
+use lambda_core::{BucketSize, Cut, Offset, Partition, Positions, Tokenizer};
 use publish::Publication;
 use rdkafka::producer::FutureProducer;
 use realtime_store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
 use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,16 +78,23 @@ pub struct StreamConfig {
     pub cut_poll_interval: Duration,
     pub micro_batch_records: usize,
     pub micro_batch_wait: Duration,
-    /// The consumer group its positions are committed under, for monitoring.
+    /// The consumer group its positions are committed under, for monitoring,
+    /// and that assigns the partitions when they are shared.
     pub group: String,
+    /// Whether the group assigns the partitions (several speed layers), or
+    /// this instance reads them all (one).
+    pub share_partitions: bool,
     pub windows: WindowSettings,
 }
 
 /// What the HTTP server reports.
 #[derive(Debug, Default, Clone)]
 pub struct SpeedStatus {
-    /// Checkpointed next offset per partition.
+    /// Checkpointed next offset per partition this instance owns.
     pub positions: Positions,
+    /// Checkpointed next offset of every partition ever read here, owned or
+    /// not: where a partition the group assigns resumes (with the cut).
+    pub checkpointed: Positions,
     /// The batch cut below which buckets have been expired.
     pub cut: Cut,
     pub ready: bool,
@@ -113,6 +120,8 @@ struct RealtimeCounts {
     /// it started: every watermark says so (see
     /// [`lambda_core::realtime::Watermark::starts`]).
     starts: Cut,
+    /// The partitions the consumer group gives this instance now.
+    owned: BTreeSet<Partition>,
 }
 
 pub async fn run(
@@ -133,6 +142,7 @@ pub async fn run(
         newest: store.event_times()?,
         cut: store.applied_cut()?,
         starts: store.starts()?,
+        owned: BTreeSet::new(),
         store,
     };
     // Every checkpointed count is re-published on start, repairing
@@ -151,9 +161,12 @@ pub async fn run(
     let realtime_partitions = partition_count(&config.kafka, &config.realtime_topic).await?;
 
     // Learn the batch cut before choosing where to start: a partition without
-    // a checkpoint starts at the cut, never at the beginning or the end.
-    let needs_cut =
-        (0..partitions as Partition).any(|p| view.positions.iter().all(|(q, _)| q != p));
+    // a checkpoint starts at the cut, never at the beginning or the end. The
+    // last cut applied here (kept in the store) will do when the batch layer
+    // is down: any batch view's cut is a place to start — one older than the
+    // newest only means counting events again that a view holds.
+    let needs_cut = view.cut.is_empty()
+        && (0..partitions as Partition).any(|p| view.positions.iter().all(|(q, _)| q != p));
     if let Some(url) = &config.batch_url {
         loop {
             match fetch_batch_cut(url).await {
@@ -186,21 +199,28 @@ pub async fn run(
     let producer: FutureProducer = burst_producer_config(&config.kafka)
         .create()
         .map_err(kafka_err)?;
-    let starts = view.start_positions(partitions);
-    if starts != view.starts {
-        // Durable before any count past them is checkpointed.
-        view.store.set_starts(&starts).await?;
-        view.starts = starts;
-    }
+    update_status(&status, &view, &metrics);
     let mut consumer = consumer_config(&config.kafka, &config.group);
     consumer.set("queued.max.messages.kbytes", "65536");
-    let mut reader = PartitionReader::open(
-        consumer,
-        &config.kafka,
-        &config.topic,
-        view.positions.iter(),
-    )
-    .await?;
+    let mut reader = if config.share_partitions {
+        // The group shares the partitions among the instances; each resumes
+        // where this instance's own state says.
+        let resume_at: ResumeAt = {
+            let status = Arc::clone(&status);
+            Arc::new(move |p| {
+                let s = status.lock_or_stop("the speed status");
+                resume_point(&s.checkpointed, &s.cut, p)
+            })
+        };
+        PartitionReader::join(consumer, &config.kafka, &config.topic, resume_at).await?
+    } else {
+        let placed: Vec<_> = (0..partitions as Partition)
+            .map(|p| (p, resume_point(&view.positions, &view.cut, p)))
+            .collect();
+        view.change_ownership(Assignment::Assigned(placed.clone()))
+            .await?;
+        PartitionReader::open(consumer, &config.kafka, &config.topic, placed).await?
+    };
 
     // Publication runs beside consumption (see `publish`).
     let (publish_tx, publisher) = publish::spawn_publisher(
@@ -229,6 +249,13 @@ pub async fn run(
         let Some(mut batch) = next_batch(&mut reader, &view, &mut tokenizer, &ctx).await? else {
             break;
         };
+        // Changes come in a batch of their own, before any record read after
+        // them; the previous batch is checkpointed and handed to the
+        // publisher already (a revoked partition's last counts included).
+        for change in std::mem::take(&mut batch.changes) {
+            view.change_ownership(change).await?;
+            update_status(&status, &view, &metrics);
+        }
         if batch.moved() {
             if let Some(oldest) = batch.oldest_event_ms {
                 metrics.consume_stage.observe(since_timestamp(oldest));
@@ -244,6 +271,7 @@ pub async fn run(
                 positions,
                 newest,
                 starts,
+                owned,
                 ..
             } = &mut view;
             let outlets = Outlets {
@@ -251,6 +279,7 @@ pub async fn run(
                 metrics: &metrics,
                 stalls: &stalls,
                 starts,
+                owned,
             };
             let durable = checkpoint_then_publish(
                 store,
@@ -266,7 +295,7 @@ pub async fn run(
             }
             if last_commit.elapsed() >= MONITORING_COMMIT_EVERY {
                 last_commit = Instant::now();
-                reader.commit_for_monitoring(&view.positions);
+                reader.commit_for_monitoring(&view.owned_positions());
             }
             update_status(&status, &view, &metrics);
         }
@@ -330,7 +359,8 @@ async fn partition_count(
 fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeCounts, metrics: &SpeedMetrics) {
     metrics.live_counts.set(view.mirror.len() as i64);
     let mut s = status.lock_or_stop("the speed status");
-    s.positions = view.positions.clone();
+    s.positions = view.owned_positions();
+    s.checkpointed = view.positions.clone();
     s.cut = view.cut.clone();
     s.ready = true;
     s.store = view.store.stats();
@@ -362,6 +392,8 @@ struct Outlets<'a> {
     stalls: &'a Stalls,
     /// Where partitions started past their checkpoint, for the watermarks.
     starts: &'a Cut,
+    /// The partitions owned: a watermark names only these.
+    owned: &'a BTreeSet<Partition>,
 }
 
 /// Writes a micro-batch's changed counts and next offsets atomically,
@@ -383,6 +415,7 @@ async fn checkpoint_then_publish(
         metrics,
         stalls,
         starts,
+        owned,
     } = *outlets;
     let started = Instant::now();
     let write = DurableWrite {
@@ -405,9 +438,12 @@ async fn checkpoint_then_publish(
         .set(started.elapsed().as_micros() as i64);
     let publication = Publication {
         upserts: checkpoint.counts,
-        positions: positions.clone(),
+        positions: positions
+            .iter()
+            .filter(|(p, _)| owned.contains(p))
+            .collect(),
         newest: newest.clone(),
-        starts: starts.clone(),
+        starts: starts.iter().filter(|(p, _)| owned.contains(p)).collect(),
         oldest_event_ms,
         checkpointed_at: Instant::now(),
     };
@@ -417,34 +453,73 @@ async fn checkpoint_then_publish(
     true
 }
 
+/// Where a partition the group assigns resumes: its checkpoint, or the batch
+/// cut when that is ahead (or there is no checkpoint) — never the beginning
+/// or the end.
+fn resume_point(checkpointed: &Positions, cut: &Cut, p: Partition) -> Offset {
+    checkpointed.get(p).max(cut.get(p))
+}
+
 impl RealtimeCounts {
-    /// Moves every partition to where it starts — its checkpoint, or the
-    /// batch cut when that is ahead (or there is no checkpoint: never the
-    /// beginning or the end) — and returns where partitions started past
-    /// their checkpoint: the earlier such starts, with this start's.
-    fn start_positions(&mut self, partitions: usize) -> Cut {
-        let mut starts = self.starts.clone();
-        for p in 0..partitions as Partition {
-            let checkpointed = self.positions.get(p);
-            let start = checkpointed.max(self.cut.get(p));
-            self.positions.set(p, start);
-            if start > checkpointed {
-                starts.set(p, start);
-                tracing::info!(
-                    partition = p,
-                    offset = start,
-                    checkpoint = checkpointed,
-                    "Starting at the batch cut, past the checkpoint; serving layers holding an older view wait for one that reaches it."
-                );
-            } else {
-                tracing::info!(
-                    partition = p,
-                    offset = start,
-                    "Resuming from the checkpoint."
-                );
+    /// The checkpointed positions of the partitions owned.
+    fn owned_positions(&self) -> Positions {
+        self.owned
+            .iter()
+            .map(|&p| (p, self.positions.get(p)))
+            .collect()
+    }
+
+    /// Applies a change the group made: an assigned partition starts where
+    /// [`resume_point`] placed it — past its checkpoint when the batch cut
+    /// is ahead, which is recorded durably in `starts` before any count
+    /// past it; a revoked one is no longer named in watermarks (its counts
+    /// stay, exact at its checkpoint, until a cut expires them).
+    async fn change_ownership(&mut self, change: Assignment) -> Result<(), StoreError> {
+        match change {
+            Assignment::Assigned(placed) => {
+                let before = self.starts.clone();
+                for (p, offset) in placed {
+                    self.start_partition(p, offset);
+                    self.owned.insert(p);
+                }
+                if self.starts != before {
+                    self.store.set_starts(&self.starts).await?;
+                }
+            }
+            Assignment::Revoked(partitions) => {
+                for p in partitions {
+                    self.owned.remove(&p);
+                    tracing::info!(
+                        partition = p,
+                        offset = self.positions.get(p),
+                        "Partition handed back to the group after its last checkpoint."
+                    );
+                }
             }
         }
-        starts
+        Ok(())
+    }
+
+    /// Moves partition `p` to `start`, recording in `starts` when that is
+    /// past its checkpoint.
+    fn start_partition(&mut self, p: Partition, start: Offset) {
+        let checkpointed = self.positions.get(p);
+        self.positions.set(p, start);
+        if start > checkpointed {
+            self.starts.set(p, start);
+            tracing::info!(
+                partition = p,
+                offset = start,
+                checkpoint = checkpointed,
+                "Starting at the batch cut, past the checkpoint; serving layers holding an older view wait for one that reaches it."
+            );
+        } else {
+            tracing::info!(
+                partition = p,
+                offset = start,
+                "Resuming from the checkpoint."
+            );
+        }
     }
 
     /// Takes the batch view's event time where its cut is ahead of this
@@ -520,8 +595,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_partition_behind_the_batch_cut_starts_at_it_and_says_so() {
+    #[tokio::test]
+    async fn an_assigned_partition_behind_the_batch_cut_starts_at_it_and_says_so() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut view = RealtimeCounts {
             store: RealtimeStore::open(dir.path()).expect("store"),
@@ -530,18 +605,33 @@ mod tests {
             newest: BTreeMap::new(),
             cut: [(0, 32), (1, 16), (2, 16)].into_iter().collect(),
             starts: [(0, 8)].into_iter().collect(),
+            owned: BTreeSet::new(),
         };
-        let starts = view.start_positions(4);
         // 0 resumes at its checkpoint (ahead of the cut), 1 is behind the
         // cut, 2 has no checkpoint, 3 has neither checkpoint nor cut.
+        let placed: Vec<_> = (0..4)
+            .map(|p| (p, resume_point(&view.positions, &view.cut, p)))
+            .collect();
+        assert_eq!(placed, vec![(0, 40), (1, 16), (2, 16), (3, 0)]);
+        view.change_ownership(Assignment::Assigned(placed))
+            .await
+            .expect("assigned");
         assert_eq!(
-            view.positions,
+            view.owned_positions(),
             [(0, 40), (1, 16), (2, 16), (3, 0)].into_iter().collect()
         );
+        let starts: Cut = [(0, 8), (1, 16), (2, 16)].into_iter().collect();
         assert_eq!(
-            starts,
-            [(0, 8), (1, 16), (2, 16)].into_iter().collect(),
-            "the earlier start of 0 kept, 1 and 2 started past their checkpoint"
+            view.starts, starts,
+            "0's earlier start kept; 1 and 2 start past their checkpoint"
+        );
+        assert_eq!(view.store.starts().expect("starts"), starts, "durably");
+        view.change_ownership(Assignment::Revoked(vec![1]))
+            .await
+            .expect("revoked");
+        assert_eq!(
+            view.owned_positions(),
+            [(0, 40), (2, 16), (3, 0)].into_iter().collect()
         );
     }
 
@@ -575,6 +665,7 @@ mod tests {
             metrics: &metrics,
             stalls: &stalls,
             starts: &Cut::new(),
+            owned: &[0].into_iter().collect(),
         };
         let mut newest = BTreeMap::new();
         let progress = (&mut positions, &mut newest);
@@ -607,6 +698,7 @@ mod tests {
             metrics: &metrics,
             stalls: &stalls,
             starts: &Cut::new(),
+            owned: &[0].into_iter().collect(),
         };
         let mut newest = BTreeMap::new();
         let progress = (&mut positions, &mut newest);

@@ -448,7 +448,10 @@ where
                         session_timeout_ms: inner.session_timeout_ms,
                         rebalance_timeout_ms: inner.rebalance_timeout_ms,
                         members: inner.members,
-                        generation_id: inner.generation_id,
+                        // Lambda: a new generation, so that every member's
+                        // next heartbeat says "rebalance in progress" and it
+                        // rejoins (tansu kept the generation).
+                        generation_id: inner.generation_id + 1,
                         state: Forming {
                             protocol_type: Some(inner.state.protocol_type),
                             protocol_name: Some(inner.state.protocol_name),
@@ -1362,6 +1365,19 @@ impl<O> Inner<O, Formed>
 where
     O: Storage,
 {
+    /// Lambda: whether a member's session has expired, removing nothing.
+    fn has_expired_member(&self, now: SystemTime) -> bool {
+        let timeout = u128::try_from(self.session_timeout_ms).unwrap_or(45_000);
+        self.members.values().any(|member| {
+            member.last_contact.is_none_or(|last_contact| {
+                now.duration_since(last_contact)
+                    .unwrap_or_default()
+                    .as_millis()
+                    > timeout
+            })
+        })
+    }
+
     fn missed_heartbeat(&mut self, group_id: &str, now: SystemTime) -> bool {
         debug!(?group_id, ?now);
 
@@ -2673,7 +2689,13 @@ where
             );
         }
 
-        if self.missed_heartbeat(group_id, now) || (generation_id < self.generation_id) {
+        // Lambda: only look for an expired member here. Removing it here
+        // (as tansu did) left the group Formed at the same generation, so the
+        // controller's `missed_heartbeat` found nothing left to remove, the
+        // live members rejoined into the old generation and were handed their
+        // old assignments: a dead member's partitions were never read again.
+        // The controller removes it and starts a new generation.
+        if self.has_expired_member(now) || (generation_id < self.generation_id) {
             return (
                 self,
                 HeartbeatResponse::default()
