@@ -161,7 +161,10 @@ impl Follower {
             Ok(RealtimeMessage::Upserts { writer, upserts }) => {
                 gate.upsert(m.partition(), m.offset(), writer, upserts)
             }
-            Ok(RealtimeMessage::Watermark(w)) => gate.watermark(m.partition(), m.offset(), w),
+            Ok(RealtimeMessage::Watermark(w)) => {
+                self.health.writer_seen(w.writer, &w.positions);
+                gate.watermark(m.partition(), m.offset(), w)
+            }
             Err(reason) => MalformedRealtimeMessage {
                 partition: m.partition(),
                 offset: m.offset(),

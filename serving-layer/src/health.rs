@@ -45,6 +45,9 @@ struct Inner {
     follower_positions: Positions,
     follower_held: usize,
     follower_waiting: Cut,
+    /// Per speed layer (writer id), its latest watermark's positions and
+    /// when it was read.
+    writers: std::collections::BTreeMap<u64, (Positions, Instant)>,
     /// Recent (applied at, produce-to-visible) latencies, oldest first.
     visible: std::collections::VecDeque<(Instant, Duration)>,
 }
@@ -83,7 +86,14 @@ pub struct Snapshot {
     /// Where the speed layer started past its checkpoint beyond this
     /// replica's view: its counts wait for a view that reaches there.
     pub follower_waiting: Cut,
+    /// The speed layers seen within [`WRITERS_SEEN_WITHIN`]: writer id,
+    /// positions, time since.
+    pub writers: Vec<(u64, Positions, Duration)>,
 }
+
+/// A speed layer whose watermarks stopped longer ago than this is gone from
+/// `/v1/status` (it died, or left without partitions).
+pub const WRITERS_SEEN_WITHIN: Duration = Duration::from_secs(60);
 
 impl Health {
     pub fn new(stale_after: Duration) -> Self {
@@ -142,6 +152,14 @@ impl Health {
         let mut i = self.lock();
         i.follower_positions = positions;
         i.follower_held = held;
+    }
+
+    /// Records a speed layer's watermark: the partitions it names are the
+    /// ones it owns.
+    pub fn writer_seen(&self, writer: u64, positions: &Positions) {
+        self.lock()
+            .writers
+            .insert(writer, (positions.clone(), Instant::now()));
     }
 
     /// Records the starts the follower's next release waits for a view to
@@ -209,6 +227,14 @@ impl Health {
             follower_positions: i.follower_positions.clone(),
             follower_held: i.follower_held,
             follower_waiting: i.follower_waiting.clone(),
+            writers: i
+                .writers
+                .iter()
+                .map(|(&w, (positions, at))| {
+                    (w, positions.clone(), now.saturating_duration_since(*at))
+                })
+                .filter(|(_, _, since)| *since <= WRITERS_SEEN_WITHIN)
+                .collect(),
         }
     }
 }

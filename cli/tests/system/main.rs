@@ -123,6 +123,26 @@ async fn two_speed_layers_share_the_partitions_exactly_through_kills_and_rebalan
     // more heartbeat, and each of several dead members its own.
     let wait = Duration::from_secs(90);
     until("the two speed layers share the partitions", wait, shared).await;
+    let serve = s.addr(Role::Serve);
+    until(
+        "the serving layer shows both, with their partitions",
+        wait,
+        move || {
+            let st = json(serve, "/v1/status")?;
+            let writers = st["realtime"]["writers"].as_array()?.clone();
+            let named: Vec<i32> = writers
+                .iter()
+                .flat_map(|w| {
+                    cut_of(&w["positions"])
+                        .iter()
+                        .map(|(p, _)| p)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (writers.len() == 2 && named.len() == 3).then_some(())
+        },
+    )
+    .await;
     s.kill(Role::Speed2);
     s.kill_repeatedly(Role::Speed2, 2).await;
     until(

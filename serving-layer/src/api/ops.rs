@@ -5,7 +5,7 @@ use super::error::{ApiError, ErrorBody};
 use super::query::{freshness, now_ms, rfc3339};
 use super::schema::{
     BatchStatus, RealtimeStatus, RecomputeAnswer, RecomputeStatus, StatusAnswer, StatusOk,
-    VisibilityStatus,
+    VisibilityStatus, WriterStatus,
 };
 use super::AppState;
 use axum::extract::rejection::QueryRejection;
@@ -54,6 +54,19 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
             topic_position: h.follower_positions,
             held_upserts: h.follower_held as u64,
             waiting_for_view: h.follower_waiting,
+            writers: h
+                .writers
+                .iter()
+                .map(|(writer, positions, since)| WriterStatus {
+                    writer: format!("{writer:016x}"),
+                    lag: positions
+                        .iter()
+                        .map(|(p, at)| (end.get(p) - at).max(0) as u64)
+                        .sum(),
+                    positions: positions.clone(),
+                    last_seen_ms: since.as_millis() as u64,
+                })
+                .collect(),
             entries: entries as u64,
             stale: f.realtime.stale,
             error: h.kafka_error,

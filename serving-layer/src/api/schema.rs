@@ -204,6 +204,9 @@ pub struct RealtimeStatus {
     /// answers stay exact at `as_of` meanwhile. Empty normally.
     #[schema(value_type = PositionSchema)]
     pub waiting_for_view: Cut,
+    /// The speed layers whose watermarks were read in the last minute: one
+    /// normally, several when they share the partitions.
+    pub writers: Vec<WriterStatus>,
     /// Realtime (word, bucket) counts held.
     pub entries: u64,
     pub stale: bool,
@@ -248,6 +251,21 @@ pub struct VisibilityStatus {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+}
+
+/// One speed layer writing the realtime topic, as its watermarks tell.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WriterStatus {
+    /// Its writer id (16 hex digits; kept in its data directory).
+    pub writer: String,
+    /// The events partitions its latest watermark named (the ones it owns),
+    /// each with the position its counts are exact at.
+    #[schema(value_type = PositionSchema)]
+    pub positions: Positions,
+    /// Events in Kafka on those partitions it has not counted yet.
+    pub lag: u64,
+    /// Since its latest watermark was read.
+    pub last_seen_ms: u64,
 }
 
 /// `POST /v1/admin/recompute`.
