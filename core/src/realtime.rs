@@ -183,8 +183,10 @@ impl RealtimeMessage {
             Some(k) if k == WATERMARK_KEY.as_bytes() => serde_json::from_slice(payload)
                 .map(Self::Watermark)
                 .map_err(|e| format!("malformed watermark: {e}")),
-            Some(k) if upserts_writer(k).is_some() => {
-                let writer = upserts_writer(k).expect("checked above");
+            Some(k) => {
+                let Some(writer) = upserts_writer(k) else {
+                    return Err(format!("unknown key {:?}", String::from_utf8_lossy(k)));
+                };
                 serde_json::from_slice::<Vec<(String, Partition, u64, u64)>>(payload)
                     .map(|packed| Self::Upserts {
                         writer,
@@ -200,10 +202,7 @@ impl RealtimeMessage {
                     })
                     .map_err(|e| format!("malformed upserts: {e}"))
             }
-            _ => Err(format!(
-                "unknown key {:?}",
-                key.map(String::from_utf8_lossy).unwrap_or_default()
-            )),
+            None => Err("the record has no key".to_owned()),
         }
     }
 }

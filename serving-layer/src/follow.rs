@@ -180,6 +180,9 @@ impl Follower {
     /// its counts wait for the puller to install a view that does. Reading
     /// waits with it (Kafka keeps the rest). False when cancelled first.
     async fn wait_for_view(&self, starts: &Cut, token: &CancellationToken) -> bool {
+        if starts.is_empty() {
+            return true;
+        }
         let mut waited = false;
         loop {
             let missing = self

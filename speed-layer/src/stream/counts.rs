@@ -1,0 +1,180 @@
+//! The speed layer's realtime counts and the partitions they cover: where
+//! an assigned partition starts, what a revocation changes, expiry below
+//! a new batch cut.
+
+use super::*;
+
+/// The speed layer's realtime counts: the durable store, its in-memory
+/// mirror, the positions they are exact at and the batch cut they start at.
+pub(super) struct RealtimeCounts {
+    pub(super) store: RealtimeStore,
+    pub(super) mirror: FxHashMap<CountKey, u64>,
+    pub(super) positions: Positions,
+    /// Per partition, the newest timestamp that moved its event-time
+    /// watermark, exact at `positions` (see `lambda_core::window`).
+    pub(super) newest: BTreeMap<Partition, Millis>,
+    pub(super) cut: Cut,
+    /// Per partition started past its checkpoint (at the batch cut), where
+    /// it started: every watermark says so (see
+    /// [`lambda_core::realtime::Watermark::starts`]).
+    pub(super) starts: Cut,
+    /// The partitions the consumer group gives this instance now.
+    pub(super) owned: BTreeSet<Partition>,
+}
+
+/// Where a partition the group assigns resumes: its checkpoint, or the batch
+/// cut when that is ahead (or there is no checkpoint) — never the beginning
+/// or the end.
+pub(super) fn resume_point(checkpointed: &Positions, cut: &Cut, p: Partition) -> Offset {
+    checkpointed.get(p).max(cut.get(p))
+}
+
+impl RealtimeCounts {
+    /// The checkpointed positions of the partitions owned.
+    pub(super) fn owned_positions(&self) -> Positions {
+        self.owned
+            .iter()
+            .map(|&p| (p, self.positions.get(p)))
+            .collect()
+    }
+
+    /// Applies a change the group made: an assigned partition starts where
+    /// [`resume_point`] placed it — past its checkpoint when the batch cut
+    /// is ahead, which is recorded durably in `starts` before any count
+    /// past it; a revoked one is no longer named in watermarks (its counts
+    /// stay, exact at its checkpoint, until a cut expires them).
+    pub(super) async fn change_ownership(&mut self, change: Assignment) -> Result<(), StoreError> {
+        match change {
+            Assignment::Assigned(placed) => {
+                let before = self.starts.clone();
+                for (p, offset) in placed {
+                    self.start_partition(p, offset);
+                    self.owned.insert(p);
+                }
+                if self.starts != before {
+                    self.store.set_starts(&self.starts).await?;
+                }
+            }
+            Assignment::Revoked(partitions) => {
+                for p in partitions {
+                    self.owned.remove(&p);
+                    tracing::info!(
+                        partition = p,
+                        offset = self.positions.get(p),
+                        "Partition handed back to the group after its last checkpoint."
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves partition `p` to `start`, recording in `starts` when that is
+    /// past its checkpoint.
+    pub(super) fn start_partition(&mut self, p: Partition, start: Offset) {
+        let checkpointed = self.positions.get(p);
+        self.positions.set(p, start);
+        if start > checkpointed {
+            self.starts.set(p, start);
+            tracing::info!(
+                partition = p,
+                offset = start,
+                checkpoint = checkpointed,
+                "Starting at the batch cut, past the checkpoint; serving layers holding an older view wait for one that reaches it."
+            );
+        } else {
+            tracing::info!(
+                partition = p,
+                offset = start,
+                "Resuming from the checkpoint."
+            );
+        }
+    }
+
+    /// Takes the batch view's event time where its cut is ahead of this
+    /// layer's position, so a partition resumed at the cut starts its
+    /// watermark where a reader from offset 0 would have it.
+    pub(super) fn adopt_event_time(&mut self, cut: &BatchCut) {
+        for (&p, &t) in &cut.newest {
+            if self.positions.get(p) <= cut.cut.get(p) {
+                let n = self.newest.entry(p).or_insert(t);
+                *n = (*n).max(t);
+            }
+        }
+    }
+}
+
+/// Deletes the buckets below a new batch cut (only ever moving forward).
+pub(super) async fn expire(
+    view: &mut RealtimeCounts,
+    cut: &Cut,
+    size: BucketSize,
+    metrics: &SpeedMetrics,
+) -> Result<(), StoreError> {
+    let merged: Cut = cut
+        .iter()
+        .map(|(p, o)| (p, o.max(view.cut.get(p))))
+        .chain(
+            view.cut
+                .iter()
+                .filter(|(p, _)| cut.iter().all(|(q, _)| q != *p)),
+        )
+        .collect();
+    if merged == view.cut {
+        return Ok(());
+    }
+    view.store.expire_below(&merged, size).await?;
+    let before = view.mirror.len();
+    view.mirror
+        .retain(|k, _| merged.is_realtime_bucket(size, k.bucket.partition, k.bucket.bucket));
+    let removed = before - view.mirror.len();
+    metrics.buckets_expired.add(removed as u64);
+    tracing::info!(cut = %merged, removed, "Expired realtime buckets below the batch cut.");
+    view.cut = merged;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_assigned_partition_behind_the_batch_cut_starts_at_it_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut view = RealtimeCounts {
+            store: RealtimeStore::open(dir.path()).expect("store"),
+            mirror: FxHashMap::default(),
+            positions: [(0, 40), (1, 10)].into_iter().collect(),
+            newest: BTreeMap::new(),
+            cut: [(0, 32), (1, 16), (2, 16)].into_iter().collect(),
+            starts: [(0, 8)].into_iter().collect(),
+            owned: BTreeSet::new(),
+        };
+        // 0 resumes at its checkpoint (ahead of the cut), 1 is behind the
+        // cut, 2 has no checkpoint, 3 has neither checkpoint nor cut.
+        let placed: Vec<_> = (0..4)
+            .map(|p| (p, resume_point(&view.positions, &view.cut, p)))
+            .collect();
+        assert_eq!(placed, vec![(0, 40), (1, 16), (2, 16), (3, 0)]);
+        view.change_ownership(Assignment::Assigned(placed))
+            .await
+            .expect("assigned");
+        assert_eq!(
+            view.owned_positions(),
+            [(0, 40), (1, 16), (2, 16), (3, 0)].into_iter().collect()
+        );
+        let starts: Cut = [(0, 8), (1, 16), (2, 16)].into_iter().collect();
+        assert_eq!(
+            view.starts, starts,
+            "0's earlier start kept; 1 and 2 start past their checkpoint"
+        );
+        assert_eq!(view.store.starts().expect("starts"), starts, "durably");
+        view.change_ownership(Assignment::Revoked(vec![1]))
+            .await
+            .expect("revoked");
+        assert_eq!(
+            view.owned_positions(),
+            [(0, 40), (2, 16), (3, 0)].into_iter().collect()
+        );
+    }
+}
