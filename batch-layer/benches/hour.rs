@@ -12,7 +12,6 @@
 
 use batch_layer::mapreduce::Engine;
 use batch_layer::master_log::{FsyncPolicy, LogOptions, MasterLog};
-use common::views::ViewStore;
 use lambda_core::lineage::RecomputeMode;
 use lambda_core::window::Millis;
 use lambda_core::BucketSize;
@@ -62,7 +61,7 @@ fn main() {
         ..LogOptions::default()
     };
     let log = Mutex::new(MasterLog::open(dir.path(), options).expect("log"));
-    let store = ViewStore::open(dir.path(), 2).expect("store");
+    let store = events::views_in(dir.path());
     let mut events = Events::new(vocabulary);
 
     let started = Instant::now();

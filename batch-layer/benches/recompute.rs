@@ -10,7 +10,6 @@
 
 use batch_layer::mapreduce::Engine;
 use batch_layer::master_log::{FsyncPolicy, LogOptions, MasterLog};
-use common::views::ViewStore;
 use lambda_core::lineage::RecomputeMode;
 use lambda_core::BucketSize;
 use std::sync::Mutex;
@@ -46,7 +45,7 @@ fn main() {
             ..LogOptions::default()
         };
         let log = Mutex::new(MasterLog::open(dir.path(), options).expect("log"));
-        let store = ViewStore::open(dir.path(), 2).expect("store");
+        let store = events::views_in(dir.path());
         let mut events = Events::new(100_000);
         append(&log, &mut events, history * multiple, |_| 0);
         timed(&log, &store, &engine, bucket, RecomputeMode::Full);

@@ -67,6 +67,21 @@ pub struct BatchArgs {
     #[arg(long, env = env::STORE_URL)]
     pub store_url: Option<String>,
 
+    /// Share the events partitions with the other batch instances started
+    /// with this flag (same brokers, topic and `--store-url`, each with its
+    /// own data directory): Kafka's consumer group `lambda-batch` assigns
+    /// them; each instance ingests and recomputes its own, and publishes
+    /// them into the view all instances compose in the store. Without it
+    /// this instance owns every partition: run exactly one.
+    #[arg(long, env = env::SHARE_PARTITIONS)]
+    pub share_partitions: bool,
+
+    /// The URL other batch instances reach this one's HTTP server at (they
+    /// forward recomputes to it). Default: `http://` and `--http-addr`, with
+    /// the host name (`$HOSTNAME`) for an unspecified address.
+    #[arg(long, env = env::ADVERTISED_URL)]
+    pub advertised_url: Option<String>,
+
     /// Offsets per sealed chunk of the master dataset (chunk k of a
     /// partition holds offsets [k × this, (k + 1) × this)). Every instance
     /// sharing a store must use the same.
@@ -91,6 +106,19 @@ impl BatchArgs {
             Some(url) => Ok(url.clone()),
             None => common::store::Store::file_url(&self.node.data_dir.join("store")),
         }
+    }
+
+    /// `--advertised-url`, or the default for the address the server is
+    /// bound to.
+    pub fn advertised_url(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.advertised_url {
+            return url.clone();
+        }
+        if bound.ip().is_unspecified() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".to_owned());
+            return format!("http://{host}:{}", bound.port());
+        }
+        format!("http://{bound}")
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

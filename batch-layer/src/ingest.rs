@@ -17,7 +17,7 @@ use crate::metrics::BatchMetrics;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{bulk_consumer_config, decode_message, topic_partitions};
 use common::now_ms;
-use common::reader::{Limits, PartitionReader, ReaderError};
+use common::reader::{Assignment, Limits, PartitionReader, ReaderError, ResumeAt};
 use common::retry::{until_durable, DurableWrite, Stalls};
 use common::shutdown::CancellationToken;
 use common::store::Store;
@@ -27,7 +27,7 @@ use common::unreadable::{ConsumeFailure, HeldPartitions};
 use lambda_core::window::WindowSettings;
 use lambda_core::{Offset, Partition, Positions};
 use rdkafka::message::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -58,6 +58,9 @@ pub struct IngestConfig {
     pub windows: WindowSettings,
     /// The shared store chunks are sealed into, if any.
     pub store: Option<Store>,
+    /// Share the partitions with the other batch instances in consumer
+    /// group [`GROUP`] (else read every partition).
+    pub share_partitions: bool,
 }
 
 /// One received record, owned, on its way into the log.
@@ -81,15 +84,28 @@ pub async fn run(
     stalls: Stalls,
     token: CancellationToken,
 ) -> Result<(), IngestError> {
-    let (mut partitions, resume_at) = positions(&config, &log).await?;
-    let mut reader = PartitionReader::open(
-        bulk_consumer_config(&config.kafka, GROUP),
-        &config.kafka,
-        &config.topic,
-        resume_at,
-    )
-    .await?;
+    let consumer = bulk_consumer_config(&config.kafka, GROUP);
+    let (mut partitions, mut reader) = if config.share_partitions {
+        // The group says which partitions this instance owns; each resumes
+        // at the log's end for it (the store's chunks included: another
+        // owner's, as last listed).
+        let resume_at: ResumeAt = {
+            let log = Arc::clone(&log);
+            Arc::new(move |p| log.lock_or_stop("the master log").end_offsets().get(p))
+        };
+        log.lock_or_stop("the master log")
+            .set_owned(BTreeSet::new());
+        let reader =
+            PartitionReader::join(consumer, &config.kafka, &config.topic, resume_at).await?;
+        (0, reader)
+    } else {
+        let (partitions, resume_at) = positions(&config, &log).await?;
+        let reader =
+            PartitionReader::open(consumer, &config.kafka, &config.topic, resume_at).await?;
+        (partitions, reader)
+    };
     let mut last_metadata_check = Instant::now();
+    let mut last_store_check = Instant::now();
     let limits = Limits {
         max_records: config.batch_records,
         max_bytes: BATCH_MAX_BYTES,
@@ -106,6 +122,32 @@ pub async fn run(
         let Some(read) = reader.next_batch(&limits, &token).await? else {
             break;
         };
+        if !read.changes.is_empty() {
+            let mut log = log.lock_or_stop("the master log");
+            let mut owned = log.owned().cloned().unwrap_or_default();
+            for change in &read.changes {
+                match change {
+                    Assignment::Assigned(placed) => owned.extend(placed.iter().map(|(p, _)| p)),
+                    Assignment::Revoked(revoked) => owned.retain(|p| !revoked.contains(p)),
+                }
+            }
+            tracing::info!(?owned, "Partitions owned by this batch instance changed.");
+            log.set_owned(owned);
+        }
+        // Another owner's chunks: at once for a partition just assigned
+        // (its records below them are skipped, not appended again), and
+        // every few seconds for the partitions this instance may own next.
+        let assigned = read
+            .changes
+            .iter()
+            .any(|c| matches!(c, Assignment::Assigned(_)));
+        if let (true, Some(store)) = (
+            config.share_partitions && (assigned || last_store_check.elapsed() > STORE_CHECK_EVERY),
+            &config.store,
+        ) {
+            last_store_check = Instant::now();
+            refresh_sealed(&log, store, &metrics).await;
+        }
         metrics.consumer_errors.add(read.transient_errors as u64);
         let mut batch = Vec::with_capacity(read.records.len());
         for m in &read.records {
@@ -138,7 +180,7 @@ pub async fn run(
             reader.hold(&held, failure).await?;
             metrics.held_partitions.set(held.len() as i64);
         }
-        if last_metadata_check.elapsed() > Duration::from_secs(30) {
+        if !config.share_partitions && last_metadata_check.elapsed() > Duration::from_secs(30) {
             last_metadata_check = Instant::now();
             let kafka = config.kafka.clone();
             let topic = config.topic.clone();
@@ -163,6 +205,32 @@ pub async fn run(
     reader.close().await;
     tracing::info!("Ingestion stopped.");
     Ok(())
+}
+
+/// How often an instance sharing the partitions lists the store for chunks
+/// other instances sealed.
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Takes in the chunks the store holds (see `MasterLog::refresh_sealed`);
+/// a store that fails is tried again at the next check, loudly.
+async fn refresh_sealed(log: &Mutex<MasterLog>, store: &Store, metrics: &BatchMetrics) {
+    let refreshed = match chunks::list(store).await {
+        Ok(listed) => log.lock_or_stop("the master log").refresh_sealed(listed),
+        Err(error) => {
+            metrics.store_errors.inc();
+            tracing::warn!(%error, "Cannot list the store's chunks; trying again later.");
+            return;
+        }
+    };
+    match refreshed {
+        Ok(partitions) if !partitions.is_empty() => {
+            tracing::debug!(?partitions, "Chunks other instances sealed taken in.");
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "Cannot delete a local log the store has overtaken; trying again later.");
+        }
+    }
 }
 
 /// Chunks taken from the log per round of sealing (each round takes the
@@ -265,7 +333,9 @@ async fn positions(
         topic: config.topic.clone(),
         brokers: config.kafka.to_string(),
     })?;
-    let ends = log.lock_or_stop("the master log").end_offsets();
+    let mut log = log.lock_or_stop("the master log");
+    log.set_owned((0..count as Partition).collect());
+    let ends = log.end_offsets();
     Ok((
         count,
         (0..count as Partition).map(|p| (p, ends.get(p))).collect(),

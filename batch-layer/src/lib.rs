@@ -16,20 +16,25 @@
 //! - [`recompute`]: chooses the bucket-aligned cut and runs the job over the
 //!   master log: in full, or over the new segments only, added to the
 //!   previous view (incremental); a full one checks the incremental chain.
-//! - views are written in `lambda_core::view`'s format to
-//!   `common::views::ViewStore`, the directory serving layers also use.
+//! - views: every partition's part and the view they compose, in the
+//!   shared store (`common::views::shared`, `lambda_core::compose`),
+//!   published under versions that batch instances claim one at a time.
 //! - [`server`]: publishes views over HTTP for serving layers to pull.
+//! - [`instances`]: the batch instances sharing a store, as each announces
+//!   itself there (status, recomputes that reach every instance).
 //! - [`config`], [`metrics`]: flags and Prometheus counters.
 //!
 //! [`start`] wires them into the running role (`lambda batch`).
 
 pub mod config;
 pub mod ingest;
+pub mod instances;
 pub mod mapreduce;
 pub mod master_log;
 pub mod metrics;
 pub mod recompute;
 pub mod server;
+
 pub mod word_table;
 
 use crate::config::BatchArgs;
@@ -45,7 +50,7 @@ use common::retry::Stalls;
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use common::telemetry::events::RecomputeFailed;
 use common::unreadable::HeldPartitions;
-use common::views::ViewStore;
+use common::views::SharedViews;
 use lambda_core::lineage::RecomputeMode;
 use lambda_core::view::{Manifest, ViewError};
 use lambda_core::window::WindowSettings;
@@ -129,10 +134,10 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         "Sealed chunks listed."
     );
     let runtime = tokio::runtime::Handle::current();
-    log.attach_store(shared.clone(), runtime, args.chunk_offsets, sealed)?;
+    log.attach_store(shared.clone(), runtime.clone(), args.chunk_offsets, sealed)?;
     tracing::info!(ends = %log.end_offsets(), "Master log recovered.");
     let log = Arc::new(Mutex::new(log));
-    let store = Arc::new(ViewStore::open(&args.node.data_dir, args.keep_views)?);
+    let store = Arc::new(SharedViews::open(shared.clone(), runtime, args.keep_views));
     let engine =
         Arc::new(
             Engine::background(args.threads).map_err(|source| BatchError::Threads {
@@ -153,7 +158,8 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     .map_err(BatchError::DeadLetter)?;
 
     let metrics = Arc::new(BatchMetrics::default());
-    if let Some(m) = store.latest()? {
+    let views = Arc::clone(&store);
+    if let Some(m) = tokio::task::spawn_blocking(move || views.latest()).await?? {
         metrics.view_version.set(m.version as i64);
         metrics.view_computed_at_ms.set(m.header.computed_at_ms);
     }
@@ -177,6 +183,8 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
     };
 
     let mut tasks = JoinSet::new();
+    let (shared_for_instances, log_for_instances) = (shared.clone(), Arc::clone(&log));
+    let instance_id = store.writer().to_owned();
     let ingest_config = ingest::IngestConfig {
         kafka: kafka.connection(),
         topic: kafka.topic.clone(),
@@ -185,6 +193,7 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
         batch_wait: Duration::from_millis(20),
         windows: args.stream.windows(),
         store: Some(shared),
+        share_partitions: args.share_partitions,
     };
     let failure = FailureSlot::default();
     {
@@ -227,6 +236,13 @@ pub async fn start(args: BatchArgs, token: CancellationToken) -> Result<RunningB
             token,
         ));
     }
+    tasks.spawn(instances::announce(
+        shared_for_instances,
+        Arc::clone(&log_for_instances),
+        instance_id,
+        args.advertised_url(http_addr),
+        token.clone(),
+    ));
     tasks.spawn(common::server::serve(
         listener,
         server::router(state),
@@ -283,7 +299,7 @@ impl Schedule {
 
 async fn recompute_loop(
     log: Arc<Mutex<MasterLog>>,
-    store: Arc<ViewStore>,
+    store: Arc<SharedViews>,
     engine: Arc<Engine>,
     metrics: Arc<BatchMetrics>,
     schedule: Schedule,

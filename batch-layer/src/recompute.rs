@@ -1,29 +1,35 @@
 //! Recompute: a new batch view from the master log, in full or
 //! incrementally.
 //!
-//! 1. Under the log's lock, take the durable end of every partition, align it
-//!    down to the bucket size (the cut), and list the segments to read: all
-//!    of them below the cut (full), or only those between the previous
-//!    view's cut and the new one (incremental).
-//! 2. Without the lock, run the MapReduce job over those segments; ingestion
-//!    keeps appending meanwhile, above the cut. An incremental recompute adds
-//!    the new counts to the previous view's
+//! Every partition is recomputed on its own, into a **part** (see
+//! `common::views::shared`): batch instances own different partitions, and the
+//! view serving layers read is the sum of every partition's newest part.
+//!
+//! 1. Under the log's lock, take the durable end of every partition this
+//!    instance owns, align it down to the bucket size (the cut), and list
+//!    each partition's segments to read: all of them below its cut (full),
+//!    or only those between its published part's cut and the new one
+//!    (incremental).
+//! 2. Without the lock, run the MapReduce job over each partition's
+//!    segments; ingestion keeps appending meanwhile, above the cut. An
+//!    incremental recompute adds the new counts to the published part's
 //!    ([`lambda_core::lineage::add_counts`]); a full one also computes that
 //!    sum and compares it with its own ([`lambda_core::lineage::FullCheck`]):
 //!    the full view wins, and a difference is reported.
-//! 3. Publish the view: file, fsync, rename, manifest.
+//! 3. Publish the parts and the view they compose in the shared store.
 
 use crate::mapreduce::{Combiner, Engine, JobOutput, JobStats, Order, RunOf};
 use crate::master_log::{LogError, MasterLog, RecordKind, SegmentRef};
 use common::now_ms;
 use common::sync::LockOrStop;
-use common::views::ViewStore;
+use common::views::SharedViews;
+use lambda_core::compose::{PartRef, Settings};
 use lambda_core::lineage::{add_counts, compare_counts, Lineage, RecomputeMode};
 use lambda_core::view::{BatchView, Manifest, ViewError, ViewOrigin, ViewWindows, WordCount};
 use lambda_core::window::{Key, Millis, Run, WindowSettings};
-use lambda_core::{BucketSize, Cut, Partition};
+use lambda_core::{BucketSize, Cut, Offset, Partition};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use thiserror::Error;
 
@@ -174,10 +180,10 @@ impl Request {
 /// How many differing words a full check names.
 const CHECK_EXAMPLES: usize = 5;
 
-/// The view a recompute builds on: the newest one, with the new events
-/// since its cut counted.
+/// The part a recompute builds on: its partition's newest, with the new
+/// events since its cut counted.
 struct Chain {
-    view: BatchView,
+    view: Arc<BatchView>,
     since: Counted,
 }
 
@@ -191,139 +197,270 @@ impl Chain {
     }
 }
 
-/// Recomputes from the master log and publishes a new view if the cut moved
-/// (or if `request.force` is set). An incremental recompute without a
-/// previous view it can build on (none, another bucket size, a cut behind
-/// it, a file that does not verify) computes in full.
+/// One partition to recompute: its new cut, every segment below it, and
+/// what to build on with the segments since its cut.
+struct Plan {
+    partition: Partition,
+    cut: Offset,
+    all: Vec<SegmentRef>,
+    base: Option<(Base, Vec<SegmentRef>)>,
+}
+
+/// What a partition's recompute builds on.
+enum Base {
+    /// Its published part.
+    Part(PartRef),
+    /// Nothing yet, in this view: the partition's first part adds all its
+    /// events to no counts, and carries on the view's chain.
+    Empty { version: u64, last_full_ms: i64 },
+}
+
+/// Recomputes from the master log into `views` (see [`Recomputer::run`]).
 pub fn recompute(
     log: &Mutex<MasterLog>,
-    store: &ViewStore,
+    views: &SharedViews,
     engine: &Engine,
     bucket_size: BucketSize,
     windows: &WindowSettings,
     request: Request,
 ) -> Result<Outcome, RecomputeError> {
-    let started = Instant::now();
-    let previous = store.latest()?;
-    let (cut, all, since_previous) = {
-        let log = log.lock_or_stop("the master log");
-        let cut: Cut = log.end_offsets().aligned_cut(bucket_size);
-        let all = log.segments_below(&cut);
-        let since = previous
-            .as_ref()
-            .filter(|prev| {
-                prev.header.bucket_size == bucket_size
-                    && cut.dominates(&prev.header.cut)
-                    && prev.header.windows.as_ref().map(|w| &w.settings) == Some(windows)
+    Recomputer {
+        log,
+        views,
+        engine,
+        bucket_size,
+        windows,
+    }
+    .run(request)
+}
+
+/// What every recompute of this batch layer shares.
+struct Recomputer<'a> {
+    log: &'a Mutex<MasterLog>,
+    views: &'a SharedViews,
+    engine: &'a Engine,
+    bucket_size: BucketSize,
+    windows: &'a WindowSettings,
+}
+
+impl Recomputer<'_> {
+    fn settings(&self) -> Settings {
+        Settings {
+            bucket_size: self.bucket_size,
+            windows: Some(*self.windows),
+        }
+    }
+
+    /// Recomputes every partition this instance owns whose cut moved (all
+    /// of them if `request.force` is set) into a part of its own, and
+    /// publishes the view they compose (see `common::views::shared`). A partition
+    /// whose published part already covers more (a previous owner's) is
+    /// left to it until this instance's log passes it. An incremental
+    /// recompute without a part it can build on (none, other settings, a
+    /// file that does not verify) computes that partition in full.
+    fn run(&self, request: Request) -> Result<Outcome, RecomputeError> {
+        let started = Instant::now();
+        let computed_at_ms = now_ms();
+        let previous = self.views.latest()?;
+        let version = previous.as_ref().map_or(1, |m| m.version + 1);
+        let same_settings = previous.as_ref().is_some_and(|prev| {
+            prev.header.bucket_size == self.bucket_size
+                && prev.header.windows.as_ref().map(|w| &w.settings) == Some(self.windows)
+        });
+        let published = |p: Partition| previous.as_ref().and_then(|m| m.parts.get(&p));
+        let base = |p: Partition| -> Option<(Base, Offset)> {
+            let previous = previous.as_ref().filter(|_| same_settings)?;
+            Some(match published(p) {
+                Some(part) => (Base::Part(part.clone()), part.cut),
+                None => (
+                    Base::Empty {
+                        version: previous.version,
+                        last_full_ms: previous.header.lineage.last_full_ms,
+                    },
+                    0,
+                ),
             })
-            .map(|prev| log.segments_between(&prev.header.cut, &cut));
-        (cut, all, since)
-    };
-    if let Some(prev) = &previous {
-        if !request.force && prev.header.cut == cut && prev.header.bucket_size == bucket_size {
+        };
+        // A full recompute recounts every partition; an incremental one
+        // those whose cut moved.
+        let full = request.mode == RecomputeMode::Full;
+        let plans: Vec<Plan> = {
+            let log = self.log.lock_or_stop("the master log");
+            let cut: Cut = log.owned_ends().aligned_cut(self.bucket_size);
+            cut.iter()
+                .filter(|&(p, c)| match published(p) {
+                    Some(part) if part.cut > c => {
+                        tracing::debug!(
+                            partition = p,
+                            published = part.cut,
+                            ours = c,
+                            "A published part covers more of this partition; leaving it."
+                        );
+                        false
+                    }
+                    Some(part) => full || request.force || part.cut < c || !same_settings,
+                    None => true,
+                })
+                .map(|(p, c)| {
+                    let one = |offset| -> Cut { [(p, offset)].into_iter().collect() };
+                    Plan {
+                        partition: p,
+                        cut: c,
+                        all: log.segments_below(&one(c)),
+                        base: base(p)
+                            .map(|(base, from)| (base, log.segments_between(&one(from), &one(c)))),
+                    }
+                })
+                .collect()
+        };
+        if let (true, Some(prev)) = (plans.is_empty(), &previous) {
             return Ok(Outcome::Unchanged(prev.clone()));
         }
-        if !cut.dominates(&prev.header.cut) {
-            tracing::warn!(previous = %prev.header.cut, new = %cut, "The new cut is behind the previous view's in some partition (was the log repaired?); computing in full.");
+        let parts = plans
+            .into_iter()
+            .map(|plan| self.part(plan, version, request.mode, computed_at_ms))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(pause) = request.fault_pause {
+            tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                "Fault injection: pausing before publishing the view."
+            );
+            std::thread::sleep(pause);
         }
+        let recomputed = parts.len();
+        let manifest = self.views.publish(self.settings(), parts)?;
+        if previous
+            .as_ref()
+            .is_some_and(|prev| prev.version == manifest.version)
+        {
+            return Ok(Outcome::Unchanged(manifest));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            version = manifest.version,
+            mode = %manifest.header.lineage.mode,
+            cut = %manifest.header.cut,
+            recomputed_partitions = recomputed,
+            events = manifest.header.events,
+            distinct_words = manifest.header.distinct_words,
+            seconds,
+            "Published batch view."
+        );
+        Ok(Outcome::Published { manifest, seconds })
     }
-    let chain = match (&previous, since_previous) {
-        (Some(prev), Some(segments)) => match store.load(prev) {
-            Ok(view) => {
-                let before = view
-                    .header
-                    .windows
-                    .as_ref()
-                    .map(|w| w.newest.clone())
-                    .unwrap_or_default();
-                let since = count(engine, &segments, windows, &before)?;
+
+    /// The part of one partition at its new cut, in the mode asked.
+    fn part(
+        &self,
+        plan: Plan,
+        version: u64,
+        mode: RecomputeMode,
+        computed_at_ms: i64,
+    ) -> Result<BatchView, RecomputeError> {
+        let Plan {
+            partition,
+            cut,
+            all,
+            base,
+        } = plan;
+        let (engine, windows) = (self.engine, self.windows);
+        let chain = match base {
+            Some((
+                Base::Empty {
+                    version,
+                    last_full_ms,
+                },
+                segments,
+            )) => {
+                let empty = ViewOrigin {
+                    lineage: Lineage {
+                        last_full_ms,
+                        ..Lineage::default()
+                    },
+                    ..ViewOrigin::new(version, Cut::new(), self.bucket_size)
+                };
+                let view = Arc::new(BatchView::build(empty, Vec::new()));
+                let since = count(engine, &segments, windows, &BTreeMap::new())?;
                 Some(Chain { view, since })
             }
-            Err(error) => {
-                tracing::warn!(version = prev.version, %error, "Cannot read the previous view to build on; computing in full.");
-                None
+            Some((Base::Part(reference), segments)) => match self.views.load_part(&reference) {
+                Ok(view) => {
+                    let before = view
+                        .header
+                        .windows
+                        .as_ref()
+                        .map(|w| w.newest.clone())
+                        .unwrap_or_default();
+                    let since = count(engine, &segments, windows, &before)?;
+                    Some(Chain { view, since })
+                }
+                Err(error) => {
+                    tracing::warn!(partition, version = reference.version, %error, "Cannot read the part to build on; computing the partition in full.");
+                    None
+                }
+            },
+            None => None,
+        };
+        let cut: Cut = [(partition, cut)].into_iter().collect();
+        let (words, origin) = match (mode, chain) {
+            (RecomputeMode::Incremental, Some(chain)) => {
+                tracing::debug!(partition, cut = %cut, base = chain.view.header.version, new_events = chain.since.stats.events, "Recomputing a partition incrementally.");
+                let base = &chain.view.header;
+                let event_time = ViewWindows::new(*windows, chain.since.newest.clone());
+                let origin = ViewOrigin {
+                    computed_at_ms,
+                    events: base.events + chain.since.stats.events,
+                    skipped_records: base.skipped_records + chain.since.stats.skipped,
+                    lineage: Lineage {
+                        mode: RecomputeMode::Incremental,
+                        base_version: Some(base.version),
+                        last_full_ms: base.lineage.last_full_ms,
+                        check: None,
+                    },
+                    windows: Some(event_time.clone()),
+                    ..ViewOrigin::new(version, cut, self.bucket_size)
+                };
+                (chain.counts(&event_time), origin)
             }
-        },
-        _ => None,
-    };
-    let version = previous.as_ref().map_or(1, |m| m.version + 1);
-    let computed_at_ms = now_ms();
-    let (words, origin) = match (request.mode, chain) {
-        (RecomputeMode::Incremental, Some(chain)) => {
-            tracing::info!(cut = %cut, base = chain.view.header.version, new_events = chain.since.stats.events, "Recomputing the batch view incrementally.");
-            let base = &chain.view.header;
-            let event_time = ViewWindows::new(*windows, chain.since.newest.clone());
-            let origin = ViewOrigin {
-                computed_at_ms,
-                events: base.events + chain.since.stats.events,
-                skipped_records: base.skipped_records + chain.since.stats.skipped,
-                lineage: Lineage {
-                    mode: RecomputeMode::Incremental,
-                    base_version: Some(base.version),
-                    last_full_ms: base.lineage.last_full_ms,
-                    check: None,
-                },
-                windows: Some(event_time.clone()),
-                ..ViewOrigin::new(version, cut.clone(), bucket_size)
-            };
-            (chain.counts(&event_time), origin)
-        }
-        (_, chain) => {
-            tracing::info!(cut = %cut, segments = all.len(), "Recomputing the batch view in full.");
-            let mut out = count(engine, &all, windows, &BTreeMap::new())?;
-            let event_time = ViewWindows::new(*windows, out.newest.clone());
-            event_time.retain(&mut out.words);
-            let check = chain.map(|chain| {
-                compare_counts(
-                    &out.words,
-                    &chain.counts(&event_time),
-                    chain.view.header.version,
-                    CHECK_EXAMPLES,
-                )
-            });
-            if let Some(check) = check.as_ref().filter(|c| !c.agreed) {
-                tracing::error!(
-                    version,
-                    chain_version = check.chain_version,
-                    differing_words = check.differing_words,
-                    examples = ?check.examples,
-                    "The full recompute differs from the incremental chain at the same cut; the full view wins."
-                );
+            (_, chain) => {
+                tracing::debug!(partition, cut = %cut, segments = all.len(), "Recomputing a partition in full.");
+                let mut out = count(engine, &all, windows, &BTreeMap::new())?;
+                let event_time = ViewWindows::new(*windows, out.newest.clone());
+                event_time.retain(&mut out.words);
+                let check = chain.map(|chain| {
+                    compare_counts(
+                        &out.words,
+                        &chain.counts(&event_time),
+                        chain.view.header.version,
+                        CHECK_EXAMPLES,
+                    )
+                });
+                if let Some(check) = check.as_ref().filter(|c| !c.agreed) {
+                    tracing::error!(
+                        version,
+                        partition,
+                        chain_version = check.chain_version,
+                        differing_words = check.differing_words,
+                        examples = ?check.examples,
+                        "The full recompute differs from the incremental chain at the same cut; the full view wins."
+                    );
+                }
+                let origin = ViewOrigin {
+                    computed_at_ms,
+                    events: out.stats.events,
+                    skipped_records: out.stats.skipped,
+                    lineage: Lineage {
+                        mode: RecomputeMode::Full,
+                        base_version: None,
+                        last_full_ms: computed_at_ms,
+                        check,
+                    },
+                    windows: Some(event_time),
+                    ..ViewOrigin::new(version, cut, self.bucket_size)
+                };
+                (out.words, origin)
             }
-            let origin = ViewOrigin {
-                computed_at_ms,
-                events: out.stats.events,
-                skipped_records: out.stats.skipped,
-                lineage: Lineage {
-                    mode: RecomputeMode::Full,
-                    base_version: None,
-                    last_full_ms: computed_at_ms,
-                    check,
-                },
-                windows: Some(event_time),
-                ..ViewOrigin::new(version, cut.clone(), bucket_size)
-            };
-            (out.words, origin)
-        }
-    };
-    if let Some(pause) = request.fault_pause {
-        tracing::warn!(
-            pause_ms = pause.as_millis() as u64,
-            "Fault injection: pausing before publishing the view."
-        );
-        std::thread::sleep(pause);
+        };
+        Ok(BatchView::build(origin, words))
     }
-    let view = BatchView::build(origin, words);
-    let manifest = store.publish(&view)?;
-    let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(
-        version,
-        mode = %manifest.header.lineage.mode,
-        cut = %cut,
-        events = manifest.header.events,
-        distinct_words = manifest.header.distinct_words,
-        seconds,
-        "Published batch view."
-    );
-    Ok(Outcome::Published { manifest, seconds })
 }

@@ -6,6 +6,8 @@
 //!   (403 without an admin token configured, 401 without the right one).
 //! - `GET /readyz`: 503 with the reason while a partition is held (a
 //!   record in it cannot be read) or a durable write keeps failing.
+//! - `GET /status`: this instance (its id in the store), the partitions it
+//!   owns with its master log's end for each, and the newest view.
 //! - `GET /metrics`, `GET /healthz`.
 
 use crate::master_log::MasterLog;
@@ -17,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::now_ms;
 use common::sync::LockOrStop;
-use common::views::ViewStore;
+use common::views::SharedViews;
 use lambda_core::lineage::RecomputeMode;
 use lambda_core::view::Manifest;
 use serde::Deserialize;
@@ -36,11 +38,14 @@ pub struct RecomputeRequest {
 #[derive(Debug, Deserialize)]
 struct RecomputeQuery {
     mode: Option<String>,
+    /// Set when another instance forwards the request: recompute here only.
+    #[serde(default)]
+    local: bool,
 }
 
 #[derive(Clone)]
 pub struct BatchState {
-    pub store: Arc<ViewStore>,
+    pub store: Arc<SharedViews>,
     pub log: Arc<Mutex<MasterLog>>,
     pub metrics: Arc<BatchMetrics>,
     pub recompute: mpsc::Sender<RecomputeRequest>,
@@ -55,6 +60,7 @@ pub fn router(state: BatchState) -> Router {
         .route("/views/latest", get(latest))
         .route("/views/{version}", get(view_file))
         .route("/recompute", post(recompute))
+        .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -137,13 +143,93 @@ async fn recompute(
         );
     }
     match rx.await {
-        Ok(Ok(manifest)) => Json(manifest).into_response(),
+        Ok(Ok(manifest)) if query.local => Json(manifest).into_response(),
+        Ok(Ok(manifest)) => match forward_recompute(&state, presented, query.mode).await {
+            // The newest view once every instance recomputed.
+            Ok(Some(newest)) if newest.version > manifest.version => Json(newest).into_response(),
+            Ok(_) => Json(manifest).into_response(),
+            Err(reason) => error(StatusCode::BAD_GATEWAY, reason),
+        },
         Ok(Err(message)) => internal(message),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the batch layer is shutting down",
         ),
     }
+}
+
+async fn status(State(state): State<BatchState>) -> Response {
+    let (owned, ends) = {
+        let log = state.log.lock_or_stop("the batch status");
+        (log.owned().cloned(), log.owned_ends())
+    };
+    let instances = match crate::instances::alive(state.store.store(), now_ms()).await {
+        Ok(instances) => instances,
+        Err(e) => return internal(e),
+    };
+    Json(json!({
+        "instance": state.store.writer(),
+        "owned": owned,
+        "ends": ends,
+        "view_version": state.metrics.view_version.get(),
+        "instances": instances,
+    }))
+    .into_response()
+}
+
+/// Asks every other live instance to recompute its partitions too (with
+/// the caller's credentials), one after the other; then the newest view.
+/// An instance that does not recompute fails the request, naming it.
+async fn forward_recompute(
+    state: &BatchState,
+    authorization: Option<&str>,
+    mode: Option<String>,
+) -> Result<Option<Manifest>, String> {
+    let others: Vec<crate::instances::Instance> =
+        crate::instances::alive(state.store.store(), now_ms())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|i| i.id != state.store.writer())
+            .collect();
+    if others.is_empty() {
+        return Ok(None);
+    }
+    let authorization = authorization.unwrap_or_default().to_owned();
+    let views = Arc::clone(&state.store);
+    tokio::task::spawn_blocking(move || {
+        for other in &others {
+            let failed = |reason: String| {
+                format!(
+                    "the batch instance {} at {} did not recompute: {reason}",
+                    other.id, other.url
+                )
+            };
+            let addr = common::http::resolve(&other.url).map_err(|e| failed(e.to_string()))?;
+            let path = match &mode {
+                Some(mode) => format!("/recompute?local=true&mode={mode}"),
+                None => "/recompute?local=true".to_owned(),
+            };
+            let response = common::http::http(
+                addr,
+                "POST",
+                &path,
+                &[("Authorization", &authorization)],
+                b"",
+            )
+            .map_err(|e| failed(e.to_string()))?;
+            if response.status != 200 {
+                return Err(failed(format!(
+                    "{}: {}",
+                    response.status,
+                    response.text().chars().take(300).collect::<String>()
+                )));
+            }
+        }
+        views.latest().map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 async fn metrics(State(state): State<BatchState>) -> Response {

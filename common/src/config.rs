@@ -40,6 +40,7 @@ pub mod env {
     pub const REPAIR: &str = "LAMBDA_REPAIR";
     pub const THREADS: &str = "LAMBDA_THREADS";
     pub const BATCH_URL: &str = "LAMBDA_BATCH_URL";
+    pub const ADVERTISED_URL: &str = "LAMBDA_ADVERTISED_URL";
     pub const CUT_POLL_INTERVAL: &str = "LAMBDA_CUT_POLL_INTERVAL";
     pub const MICRO_BATCH_RECORDS: &str = "LAMBDA_MICRO_BATCH_RECORDS";
     pub const MICRO_BATCH_WAIT: &str = "LAMBDA_MICRO_BATCH_WAIT";
@@ -74,6 +75,7 @@ pub mod env {
     /// Every variable above.
     pub const ALL: &[&str] = &[
         SHARE_PARTITIONS,
+        ADVERTISED_URL,
         BROKERS,
         TOPIC,
         DEAD_LETTER_TOPIC,

@@ -138,6 +138,23 @@ impl Store {
         }
     }
 
+    /// Writes `bytes` at `key`, replacing what is there.
+    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.objects
+            .put(&self.path(key), PutPayload::from(bytes))
+            .await
+            .map(drop)
+            .map_err(self.err("write", key))
+    }
+
+    /// Deletes the object at `key`; one that is not there is no error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.objects.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("delete", key)(e)),
+        }
+    }
+
     /// The object at `key`, if there is one.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match self.objects.get(&self.path(key)).await {

@@ -23,16 +23,21 @@
 //! - [`realtime`]: the realtime topic's messages (absolute-count upserts and
 //!   watermarks) that the speed layer publishes and serving replicas apply.
 //! - [`view`]: the batch view file and its manifest.
+//! - [`compose`]: one view per partition (a part), and their sum: how
+//!   batch instances that own different partitions make one view.
 //! - [`lineage`]: how a view was computed (full or incremental), and the
 //!   count arithmetic of the two: adding a delta, comparing two views.
+//! - [`instance`]: a batch instance as it announces itself to the others.
 //! - [`chunk`]: the binary form of a set of counts, as the realtime store
 //!   keeps them.
 //! - [`window`]: event-time windows, ranges, watermarks and lateness (the
 //!   arithmetic only, so far).
 
 pub mod chunk;
+pub mod compose;
 pub mod cut;
 pub mod event;
+pub mod instance;
 pub mod lineage;
 pub mod merge;
 pub mod realtime;

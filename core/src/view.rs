@@ -8,6 +8,7 @@
 //! whoever pulls a file checks it with [`verify_and_decode`]. Where the files
 //! live and how they are replaced atomically is `lambda_common::views`.
 
+use crate::compose::PartRef;
 use crate::cut::{BucketSize, Cut, Partition};
 use crate::lineage::Lineage;
 use crate::window::{Key, Millis, Window, WindowSettings};
@@ -37,6 +38,9 @@ pub enum ViewError {
         #[source]
         source: std::io::Error,
     },
+    /// The shared store holding views failed (raised by the view store).
+    #[error("batch view store: {0}")]
+    Store(String),
     #[error("batch view {what} is malformed: {reason}")]
     Malformed { what: String, reason: String },
     #[error(
@@ -125,6 +129,10 @@ pub struct Manifest {
     pub checksum: u32,
     pub bytes: u64,
     pub header: ViewHeader,
+    /// For a composed view (see [`crate::compose`]): the part each
+    /// partition's counts come from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<Partition, PartRef>,
 }
 
 impl Manifest {
@@ -225,6 +233,7 @@ impl BatchView {
             checksum: crc32c::crc32c(bytes),
             bytes: bytes.len() as u64,
             header: self.header.clone(),
+            parts: BTreeMap::new(),
         }
     }
 

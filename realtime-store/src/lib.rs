@@ -354,7 +354,7 @@ impl RealtimeStore {
                 .map_err(|_| inner.malformed("writer id"))?;
             return Ok(u64::from_le_bytes(bytes));
         }
-        let id = random_writer_id();
+        let id = common::random_id();
         inner
             .tree
             .insert(META_WRITER, &id.to_le_bytes())
@@ -435,20 +435,6 @@ impl RealtimeStore {
         self.request_compaction();
         Ok(())
     }
-}
-
-/// A non-zero id unlikely to repeat: the standard library's randomly keyed
-/// hasher over the clock and the process id.
-fn random_writer_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
-    h.finish().max(1)
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ struct Inner {
     /// Per speed layer (writer id), its latest watermark's positions and
     /// when it was read.
     writers: std::collections::BTreeMap<u64, (Positions, Instant)>,
+    /// The batch instances, as the batch layer last listed them.
+    batch_instances: Vec<lambda_core::instance::BatchInstance>,
     /// Recent (applied at, produce-to-visible) latencies, oldest first.
     visible: std::collections::VecDeque<(Instant, Duration)>,
 }
@@ -89,6 +91,8 @@ pub struct Snapshot {
     /// The speed layers seen within [`WRITERS_SEEN_WITHIN`]: writer id,
     /// positions, time since.
     pub writers: Vec<(u64, Positions, Duration)>,
+    /// The batch instances, as the batch layer last listed them.
+    pub batch_instances: Vec<lambda_core::instance::BatchInstance>,
 }
 
 /// A speed layer whose watermarks stopped longer ago than this is gone from
@@ -160,6 +164,11 @@ impl Health {
         self.lock()
             .writers
             .insert(writer, (positions.clone(), Instant::now()));
+    }
+
+    /// Records the batch instances the batch layer lists.
+    pub fn batch_instances(&self, instances: Vec<lambda_core::instance::BatchInstance>) {
+        self.lock().batch_instances = instances;
     }
 
     /// Records the starts the follower's next release waits for a view to
@@ -235,6 +244,7 @@ impl Health {
                 })
                 .filter(|(_, _, since)| *since <= WRITERS_SEEN_WITHIN)
                 .collect(),
+            batch_instances: i.batch_instances.clone(),
         }
     }
 }

@@ -99,8 +99,19 @@ impl Puller {
     }
 
     /// Fetches, verifies and stores a newer view; `None` if there is none.
+    /// Also takes the batch instances the batch layer lists.
     fn pull_blocking(&self) -> Result<Option<LoadedView>, PullError> {
         let url = &self.batch_url;
+        if let Some(body) = fetch(url, "/status")? {
+            #[derive(serde::Deserialize)]
+            struct Listed {
+                #[serde(default)]
+                instances: Vec<lambda_core::instance::BatchInstance>,
+            }
+            if let Ok(listed) = serde_json::from_slice::<Listed>(&body) {
+                self.health.batch_instances(listed.instances);
+            }
+        }
         let Some(body) = fetch(url, "/views/latest")? else {
             self.health.batch_ok();
             return Ok(None);

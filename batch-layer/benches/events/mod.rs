@@ -7,7 +7,7 @@
 use batch_layer::mapreduce::Engine;
 use batch_layer::master_log::{MasterLog, Record, RecordKind};
 use batch_layer::recompute::{recompute, Outcome, Request};
-use common::views::ViewStore;
+use common::views::SharedViews;
 use lambda_core::lineage::RecomputeMode;
 use lambda_core::view::Manifest;
 use lambda_core::window::{Millis, WindowSettings};
@@ -114,7 +114,7 @@ pub fn env(name: &str, default: usize) -> usize {
 /// the view it published.
 pub fn timed(
     log: &Mutex<MasterLog>,
-    store: &ViewStore,
+    store: &SharedViews,
     engine: &Engine,
     bucket: BucketSize,
     mode: RecomputeMode,
@@ -139,4 +139,12 @@ pub fn timed(
     };
     assert_eq!(manifest.header.lineage.mode, mode, "ran in the mode asked");
     (seconds, manifest)
+}
+
+/// The views of a store in `dir` (on a runtime of its own, for the store's
+/// calls).
+pub fn views_in(dir: &std::path::Path) -> SharedViews {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().expect("a runtime"));
+    SharedViews::in_directory(&dir.join("store"), runtime.handle().clone(), 2).expect("views")
 }

@@ -26,7 +26,7 @@ pub use record::{Record, RecordKind};
 pub use segments::{Lease, RecordIter, SegmentRef, Source};
 
 use lambda_core::{Cut, Offset, Partition, Positions};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -118,6 +118,9 @@ pub struct MasterLog {
     sealed: Option<Sealed>,
     /// Cloned into every reference to a local segment (see [`Self::trim`]).
     lease: Lease,
+    /// The partitions this instance owns (see [`Self::set_owned`]); `None`
+    /// until ingestion knows them.
+    owned: Option<BTreeSet<Partition>>,
 }
 
 /// The shared store the log seals chunks into, and what it holds.
@@ -166,6 +169,7 @@ impl MasterLog {
             partitions,
             sealed: None,
             lease: Lease::default(),
+            owned: None,
         })
     }
 
@@ -208,6 +212,53 @@ impl MasterLog {
             );
         }
         sync_dir(&self.root)
+    }
+
+    /// Takes in what the store holds now (`chunks`, see [`chunks::list`]):
+    /// chunks other instances sealed since this one last looked (they own
+    /// partitions this one may own next). A local log the store has
+    /// overtaken is deleted, as at start, unless a reference to a local
+    /// segment is alive (a recompute reading): then that partition waits
+    /// for a later call, so no reader ever sees the store's chunks and the
+    /// local log overlap. Returns the partitions brought up to the store.
+    pub fn refresh_sealed(
+        &mut self,
+        chunks: BTreeMap<Partition, Vec<chunks::Chunk>>,
+    ) -> Result<Vec<Partition>, LogError> {
+        let leased = std::sync::Arc::strong_count(&self.lease.0) > 1;
+        let mut refreshed = Vec::new();
+        for (p, listed) in chunks {
+            let Some(end) = listed.last().map(|c| c.end) else {
+                continue;
+            };
+            if end <= self.sealed_end(p) {
+                continue;
+            }
+            let stale = self
+                .partitions
+                .get(&p)
+                .and_then(PartitionLog::next_offset)
+                .is_some_and(|next| next <= end);
+            if stale {
+                if leased {
+                    continue;
+                }
+                self.partitions.remove(&p);
+                let dir = self.root.join(format!("p-{p}"));
+                fs::remove_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
+                sync_dir(&self.root)?;
+                tracing::info!(
+                    partition = p,
+                    sealed_end = end,
+                    "Another instance sealed past the local log; resuming at the store's end."
+                );
+            }
+            if let Some(sealed) = &mut self.sealed {
+                sealed.chunks.insert(p, listed);
+                refreshed.push(p);
+            }
+        }
+        Ok(refreshed)
     }
 
     /// The offset below which `partition`'s chunks are sealed in the store.
@@ -366,6 +417,28 @@ impl MasterLog {
             }
         }
         ends.into_iter().collect()
+    }
+
+    /// Records which partitions this instance owns now: all of the topic's,
+    /// or the ones its consumer group assigned it. Recomputes cover those.
+    pub fn set_owned(&mut self, partitions: BTreeSet<Partition>) {
+        self.owned = Some(partitions);
+    }
+
+    /// The partitions this instance owns, once ingestion has said.
+    pub fn owned(&self) -> Option<&BTreeSet<Partition>> {
+        self.owned.as_ref()
+    }
+
+    /// The ends of the partitions this instance owns (one without records
+    /// at 0); before ingestion has said which, of every partition the log
+    /// holds.
+    pub fn owned_ends(&self) -> Positions {
+        let ends = self.end_offsets();
+        match &self.owned {
+            Some(owned) => owned.iter().map(|&p| (p, ends.get(p))).collect(),
+            None => ends,
+        }
     }
 
     /// The segments holding records below `cut`, as independent units of work

@@ -133,6 +133,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                         repair: false,
                         threads: 0,
                         store_url: None,
+                        share_partitions: false,
+                        advertised_url: None,
                         chunk_offsets: batch_layer::config::DEFAULT_CHUNK_OFFSETS,
                         fault_recompute_pause: None,
                     },

@@ -16,6 +16,9 @@ pub enum Role {
     /// stacks that ask for one: the two share the partitions through the
     /// consumer group.
     Speed2,
+    /// A second batch layer, in stacks that ask for one: the two share the
+    /// partitions through the consumer group and the store.
+    Batch2,
 }
 
 impl Role {
@@ -25,6 +28,7 @@ impl Role {
     pub fn name(self) -> &'static str {
         match self {
             Role::Speed2 => "speed2",
+            Role::Batch2 => "batch2",
             other => other.subcommand(),
         }
     }
@@ -32,7 +36,7 @@ impl Role {
     /// The role's subcommand.
     pub fn subcommand(self) -> &'static str {
         match self {
-            Role::Batch => "batch",
+            Role::Batch | Role::Batch2 => "batch",
             Role::Speed | Role::Speed2 => "speed",
             Role::Serve => "serve",
         }
@@ -120,7 +124,7 @@ impl StackSpec {
         .to_vec();
         let mut add = |flag: &str, value: &str| f.extend([flag.to_owned(), value.to_owned()]);
         match role {
-            Role::Batch => {
+            Role::Batch | Role::Batch2 => {
                 add("--recompute-interval", &self.recompute_interval);
                 add("--admin-token", &self.admin_token);
             }

@@ -66,6 +66,10 @@ pub struct Options {
     pub kappa: bool,
     /// A second speed layer ([`Role::Speed2`]) sharing the partitions.
     pub second_speed: bool,
+    /// A second batch layer ([`Role::Batch2`]) sharing the partitions and
+    /// a store (with chunks of 200 offsets, so partitions change hands
+    /// between sealed chunks and local tails).
+    pub second_batch: bool,
 }
 
 impl Options {
@@ -138,6 +142,7 @@ impl Stack {
         let addrs: BTreeMap<Role, SocketAddr> = Role::ALL
             .iter()
             .chain(options.second_speed.then_some(&Role::Speed2))
+            .chain(options.second_batch.then_some(&Role::Batch2))
             .map(|&r| (r, free_addr()))
             .collect();
         let spec = StackSpec {
@@ -164,6 +169,11 @@ impl Stack {
         if options.second_speed {
             roles.push(Role::Speed2);
         }
+        if options.second_batch {
+            roles.push(Role::Batch2);
+        }
+        let shared_store =
+            ::common::store::Store::file_url(&stack.dir.path().join("store")).expect("a store URL");
         for &role in &roles {
             let data_dir = match (role, &options.batch_data_dir) {
                 (Role::Batch, Some(d)) => d.clone(),
@@ -171,8 +181,20 @@ impl Stack {
             };
             let http = addrs[&role].to_string();
             let mut args = spec.flags(role, &data_dir, &http, batch_url);
-            if role == Role::Batch {
+            if matches!(role, Role::Batch | Role::Batch2) {
                 args.extend(options.batch_flags.iter().cloned());
+            }
+            if options.second_batch && matches!(role, Role::Batch | Role::Batch2) {
+                args.extend(
+                    [
+                        "--share-partitions",
+                        "--store-url",
+                        &shared_store,
+                        "--chunk-offsets",
+                        "200",
+                    ]
+                    .map(str::to_owned),
+                );
             }
             if options.second_speed && matches!(role, Role::Speed | Role::Speed2) {
                 args.push("--share-partitions".to_owned());
@@ -801,12 +823,12 @@ impl Sampler {
 }
 
 /// Waits until `check` holds, polling; panics with `what` after `timeout`.
-pub async fn until(
+pub async fn until<T: Send + 'static>(
     what: &'static str,
     timeout: Duration,
-    check: impl FnMut() -> Option<()> + Send + 'static,
-) {
+    check: impl FnMut() -> Option<T> + Send + 'static,
+) -> T {
     tokio::task::spawn_blocking(move || wait_for(what, timeout, check))
         .await
-        .expect(what);
+        .expect(what)
 }

@@ -198,6 +198,123 @@ async fn two_speed_layers_share_the_partitions_exactly_through_kills_and_rebalan
     s.shutdown();
 }
 
+/// Two batch layers (`--share-partitions`, one store) share the partitions
+/// through the consumer group `lambda-batch`: each ingests its own, seals
+/// them into the store in chunks of 200 offsets and recomputes them into
+/// parts, and every view is the sum of each partition's newest part. While
+/// events arrive, the second is SIGKILLed over and over, then paused past
+/// its session timeout (a zombie, which on waking may still publish parts
+/// of partitions it lost) and resumed; the first takes every partition
+/// over each time, from the store's chunks and Kafka. Every swap the
+/// serving layer makes reconciles (a partition counted twice or not at all
+/// in a view would not), every sampled answer equals the truth at its
+/// `as_of`, and the last view counts exactly the events below its cut,
+/// composed from both instances' parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batch_layers_share_the_partitions_exactly_through_kills_and_a_zombie() {
+    let options = Options {
+        second_batch: true,
+        ..Options::default()
+    };
+    let mut s = Stack::start("sys-batch2", options).await;
+    let n = scaled(3000);
+    let producer = steady(&s, n);
+    let sampler = Sampler::start(&s, n);
+    let (a, b) = (s.addr(Role::Batch), s.addr(Role::Batch2));
+    let owned = |addr| -> Option<Vec<i64>> {
+        let st = json(addr, "/status")?;
+        st["owned"]
+            .as_array()?
+            .iter()
+            .map(|p| p.as_i64())
+            .collect::<Option<Vec<_>>>()
+    };
+    let shared = move || {
+        let (pa, pb) = (owned(a)?, owned(b)?);
+        let disjoint = pa.iter().all(|p| !pb.contains(p));
+        (!pa.is_empty() && !pb.is_empty() && disjoint && pa.len() + pb.len() == 3).then_some(())
+    };
+    let owns_all = move |addr| move || (owned(addr)?.len() == 3).then_some(());
+    let wait = Duration::from_secs(90);
+    until("the two batch layers share the partitions", wait, shared).await;
+    s.kill(Role::Batch2);
+    s.kill_repeatedly(Role::Batch2, 2).await;
+    until(
+        "the first owns every partition after the kills",
+        wait,
+        owns_all(a),
+    )
+    .await;
+    s.start_role(Role::Batch2).await;
+    until("the two share them again", wait, shared).await;
+    s.signal(Role::Batch2, "STOP");
+    until(
+        "the first owns every partition while the second is paused",
+        wait,
+        owns_all(a),
+    )
+    .await;
+    s.signal(Role::Batch2, "CONT");
+    until("the two share them after the zombie rejoined", wait, shared).await;
+    producer.await.expect("producer");
+    let truth = s.assert_exact().await;
+    sampler.finish(&truth).await;
+
+    // The last view: once both instances recomputed to the end, its cut is
+    // the aligned end of every partition, it sums parts of both, and it
+    // counts exactly the events below its cut.
+    let ends = s.topic_ends().await;
+    let aligned: ::lambda_core::Cut = ends.iter().map(|(p, e)| (p, e - e % 16)).collect();
+    let want = aligned.clone();
+    let manifest = until("a view at the aligned ends", wait, move || {
+        let m = json(a, "/views/latest")?;
+        (cut_of(&m["header"]["cut"]) == want).then_some(m)
+    })
+    .await;
+    let writers: std::collections::BTreeSet<String> = manifest["parts"]
+        .as_object()
+        .expect("parts")
+        .values()
+        .map(|p| {
+            p["key"]
+                .as_str()
+                .expect("key")
+                .rsplit('-')
+                .next()
+                .expect("writer")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        writers.len(),
+        2,
+        "the view sums parts of both instances: {manifest}"
+    );
+    let version = manifest["version"].as_u64().expect("version");
+    let bytes = ::testkit::get(b, &format!("/views/{version}"))
+        .expect("the view from the other instance")
+        .body;
+    let view = ::lambda_core::view::BatchView::decode(&bytes).expect("decodes");
+    let mut wrong = Vec::new();
+    for word in truth.counts.keys() {
+        let (got, want) = (view.get(word), truth.at(word, &aligned));
+        if got != want {
+            wrong.push(format!("{word}: view {got}, truth {want}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the composed view is wrong at {aligned}: {wrong:?}"
+    );
+    assert!(
+        s.log(Role::Batch)
+            .contains("Partitions owned by this batch instance changed"),
+        "no partition changed hands:\n{}",
+        s.logs()
+    );
+    s.shutdown();
+}
+
 /// The speed layer restarts past its checkpoint — at a batch cut it had
 /// not reached — while a serving layer holds the view before that cut: the
 /// events between the checkpoint and the cut are then in neither its view

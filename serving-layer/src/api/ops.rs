@@ -4,8 +4,8 @@
 use super::error::{ApiError, ErrorBody};
 use super::query::{freshness, now_ms, rfc3339};
 use super::schema::{
-    BatchStatus, RealtimeStatus, RecomputeAnswer, RecomputeStatus, StatusAnswer, StatusOk,
-    VisibilityStatus, WriterStatus,
+    BatchInstanceStatus, BatchStatus, RealtimeStatus, RecomputeAnswer, RecomputeStatus,
+    StatusAnswer, StatusOk, VisibilityStatus, WriterStatus,
 };
 use super::AppState;
 use axum::extract::rejection::QueryRejection;
@@ -46,6 +46,22 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
             view: f.batch,
             error: h.batch_error,
             recompute,
+            instances: h
+                .batch_instances
+                .iter()
+                .map(|i| BatchInstanceStatus {
+                    id: i.id.clone(),
+                    url: i.url.clone(),
+                    owned: i.owned.clone(),
+                    lag: i
+                        .owned
+                        .iter()
+                        .map(|&p| (end.get(p) - i.ends.get(p)).max(0) as u64)
+                        .sum(),
+                    ends: i.ends.clone(),
+                    last_seen_ms: (now_ms() - i.updated_ms).max(0) as u64,
+                })
+                .collect(),
         },
         realtime: RealtimeStatus {
             lag: f.realtime.as_of.behind(end),

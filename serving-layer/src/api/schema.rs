@@ -142,6 +142,26 @@ pub struct BatchStatus {
     pub error: Option<String>,
     /// How the view served was computed; null before the first view.
     pub recompute: Option<RecomputeStatus>,
+    /// The batch instances sharing the store, as the batch layer lists
+    /// them: one normally, several when they share the partitions.
+    pub instances: Vec<BatchInstanceStatus>,
+}
+
+/// A batch instance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchInstanceStatus {
+    /// Its id (names its parts of the views in the store).
+    pub id: String,
+    pub url: String,
+    /// The partitions it owns.
+    pub owned: Vec<i32>,
+    /// Its master log's end per partition it owns.
+    #[schema(value_type = PositionSchema)]
+    pub ends: Positions,
+    /// Events of its partitions not in its master log yet.
+    pub lag: u64,
+    /// Since it last announced itself.
+    pub last_seen_ms: u64,
 }
 
 /// How a batch view was computed.

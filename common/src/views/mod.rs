@@ -1,5 +1,7 @@
-//! Where batch views live: a directory of immutable, versioned view files and
-//! the manifest that points at the newest (the format is `lambda_core::view`).
+//! Where batch views live: in the shared store, where batch instances
+//! publish them ([`shared`]), and in a serving layer's local copy, a
+//! directory of immutable, versioned view files and the manifest that
+//! points at the newest ([`ViewStore`]; the format is `lambda_core::view`).
 //!
 //! ```text
 //! <data-dir>/views/view-<version, 10 digits>.tsv
@@ -9,6 +11,10 @@
 //! Files are written to a temporary name, fsynced and renamed, and the
 //! manifest is replaced the same way after the view is durable, so a crash
 //! leaves either the old or the new view.
+
+pub mod shared;
+
+pub use shared::SharedViews;
 
 use lambda_core::view::{verify_and_decode, BatchView, Manifest, ViewError};
 use std::fs::{self, File};
