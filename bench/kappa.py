@@ -28,7 +28,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import LAMBDA, ROOT, free_port, metric, rss_mb, stop_all, wait_http  # noqa: E402
+from load import LAMBDA, ROOT, free_port, post, metric, rss_mb, stop_all, wait_http  # noqa: E402
 
 TOKEN = "bench-kappa-token"
 
@@ -62,12 +62,6 @@ class PeakRss:
         self.stop.set()
         self.thread.join()
         return self.peak
-
-
-def post(url):
-    req = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(req, timeout=3600) as r:
-        return json.loads(r.read())
 
 
 def main():
@@ -121,7 +115,7 @@ def main():
 
         batch_rss = PeakRss(procs["batch"].pid)
         t = time.time()
-        full = post(f"http://{batch_addr}/recompute?mode=full")
+        full = post(f"http://{batch_addr}/recompute?mode=full", TOKEN)
         full_s = time.time() - t
         batch_peak = batch_rss.finish()
         subprocess.run([LAMBDA, "produce", corpus + ".more", "--brokers", broker],
@@ -129,7 +123,7 @@ def main():
         while metric("http://" + batch_addr, "lambda_batch_log_end_offset") < args.events + extra:
             time.sleep(0.2)
         t = time.time()
-        incr = post(f"http://{batch_addr}/recompute?mode=incremental")
+        incr = post(f"http://{batch_addr}/recompute?mode=incremental", TOKEN)
         incr_s = time.time() - t
         lambda_state = du_mb(os.path.join(work, "batch"))
         log_mb = du_mb(os.path.join(work, "batch", "master-log"))

@@ -58,6 +58,13 @@ def metric(url, family):
     return total
 
 
+def post(url, token, timeout=3600):
+    """POSTs with a bearer token; the JSON answer."""
+    req = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
 def rss_mb(pid):
     try:
         with open(f"/proc/{pid}/status") as f:

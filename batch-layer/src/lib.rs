@@ -20,8 +20,8 @@
 //!   shared store (`common::views::shared`, `lambda_core::compose`),
 //!   published under versions that batch instances claim one at a time.
 //! - [`server`]: publishes views over HTTP for serving layers to pull.
-//! - [`instances`]: the batch instances sharing a store, as each announces
-//!   itself there (status, recomputes that reach every instance).
+//! - [`instances`]: this instance announcing itself in the shared store
+//!   (`common::instances`: status, recomputes that reach every instance).
 //! - [`config`], [`metrics`]: flags and Prometheus counters.
 //!
 //! [`start`] wires them into the running role (`lambda batch`).
@@ -48,6 +48,7 @@ use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::retry::Stalls;
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
+use common::sync::LockOrStop;
 use common::telemetry::events::RecomputeFailed;
 use common::unreadable::HeldPartitions;
 use common::views::SharedViews;
@@ -280,12 +281,28 @@ struct Schedule {
 
 impl Schedule {
     /// The mode of the next recompute: the one asked for, else full if the
-    /// newest view's chain had no full recompute for `full_every`, else the
-    /// configured one.
-    fn mode(&self, asked: Option<RecomputeMode>, latest: Option<&Manifest>) -> RecomputeMode {
+    /// parts of the partitions this instance owns (of the newest view) had
+    /// no full recompute for `full_every`, else the configured one. (Other
+    /// instances' parts are theirs to recompute.)
+    fn mode(
+        &self,
+        asked: Option<RecomputeMode>,
+        latest: Option<&Manifest>,
+        owned: Option<&std::collections::BTreeSet<lambda_core::Partition>>,
+    ) -> RecomputeMode {
         let full_due = |every: Duration| {
             latest.is_some_and(|m| {
-                let since_full = common::now_ms() - m.header.lineage.last_full_ms;
+                let last_full = owned
+                    .map(|owned| {
+                        m.parts
+                            .iter()
+                            .filter(|(p, _)| owned.contains(p))
+                            .map(|(_, part)| part.last_full_ms)
+                            .min()
+                            .unwrap_or(i64::MAX)
+                    })
+                    .unwrap_or(m.header.lineage.last_full_ms);
+                let since_full = common::now_ms().saturating_sub(last_full);
                 since_full >= every.as_millis() as i64
             })
         };
@@ -317,7 +334,8 @@ async fn recompute_loop(
         let asked = request.as_ref().and_then(|r| r.mode);
         let (log, store, engine) = (Arc::clone(&log), Arc::clone(&store), Arc::clone(&engine));
         let result = tokio::task::spawn_blocking(move || {
-            let mode = schedule.mode(asked, store.latest()?.as_ref());
+            let owned = log.lock_or_stop("the master log").owned().cloned();
+            let mode = schedule.mode(asked, store.latest()?.as_ref(), owned.as_ref());
             let request = recompute::Request {
                 // A full recompute asked for is done even if the cut has not
                 // moved: it is how an operator fixes a view.
@@ -357,5 +375,77 @@ async fn recompute_loop(
         if let Some(request) = request {
             let _ = request.reply.send(answer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_core::compose::PartRef;
+    use lambda_core::view::{BatchView, ViewOrigin};
+
+    #[test]
+    fn a_full_recompute_is_due_by_the_parts_this_instance_owns() {
+        let hour = Duration::from_secs(3600);
+        let schedule = Schedule {
+            bucket_size: BucketSize::DEFAULT,
+            windows: WindowSettings::default(),
+            interval: Duration::from_secs(30),
+            mode: RecomputeMode::Incremental,
+            full_every: Some(hour),
+            fault_pause: None,
+        };
+        let now = common::now_ms();
+        let part = |last_full_ms| PartRef {
+            key: String::new(),
+            checksum: 0,
+            bytes: 0,
+            cut: 16,
+            version: 1,
+            last_full_ms,
+        };
+        let view = BatchView::build(
+            ViewOrigin::new(
+                2,
+                [(0, 16), (1, 16)].into_iter().collect(),
+                BucketSize::DEFAULT,
+            ),
+            Vec::new(),
+        );
+        let mut manifest = view.manifest(&view.encode());
+        // Partition 0's chain had its full recompute two hours ago, 1's just now.
+        manifest.parts = [(0, part(now - 7_200_000)), (1, part(now))]
+            .into_iter()
+            .collect();
+        manifest.header.lineage.last_full_ms = now - 7_200_000;
+        let owns = |ps: &[i32]| Some(ps.iter().copied().collect());
+        let mode = |owned: Option<std::collections::BTreeSet<i32>>| {
+            schedule.mode(None, Some(&manifest), owned.as_ref())
+        };
+        assert_eq!(
+            mode(owns(&[1])),
+            RecomputeMode::Incremental,
+            "its own are recent"
+        );
+        assert_eq!(mode(owns(&[0, 1])), RecomputeMode::Full);
+        assert_eq!(
+            mode(None),
+            RecomputeMode::Full,
+            "no ownership known: the view's"
+        );
+        assert_eq!(
+            mode(owns(&[])),
+            RecomputeMode::Incremental,
+            "nothing of its own"
+        );
+        assert_eq!(
+            schedule.mode(
+                Some(RecomputeMode::Full),
+                Some(&manifest),
+                owns(&[1]).as_ref()
+            ),
+            RecomputeMode::Full,
+            "asked for"
+        );
     }
 }

@@ -142,19 +142,40 @@ async fn recompute(
             "the batch layer is shutting down",
         );
     }
-    match rx.await {
-        Ok(Ok(manifest)) if query.local => Json(manifest).into_response(),
-        Ok(Ok(manifest)) => match forward_recompute(&state, presented, query.mode).await {
-            // The newest view once every instance recomputed.
-            Ok(Some(newest)) if newest.version > manifest.version => Json(newest).into_response(),
-            Ok(_) => Json(manifest).into_response(),
-            Err(reason) => error(StatusCode::BAD_GATEWAY, reason),
-        },
-        Ok(Err(message)) => internal(message),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the batch layer is shutting down",
-        ),
+    // The other instances recompute their partitions at the same time.
+    let forwarding = (!query.local).then(|| {
+        let (state, mode) = (state.clone(), query.mode.clone());
+        let authorization = presented.unwrap_or_default().to_owned();
+        tokio::spawn(async move { forward_recompute(&state, authorization, mode).await })
+    });
+    let manifest = match rx.await {
+        Ok(Ok(manifest)) => manifest,
+        Ok(Err(message)) => return internal(message),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the batch layer is shutting down",
+            )
+        }
+    };
+    let Some(forwarding) = forwarding else {
+        return Json(manifest).into_response();
+    };
+    match forwarding.await.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(false) => Json(manifest).into_response(),
+        // The newest view once every instance recomputed.
+        Ok(true) => {
+            let views = Arc::clone(&state.store);
+            match tokio::task::spawn_blocking(move || views.latest()).await {
+                Ok(Ok(Some(newest))) if newest.version > manifest.version => {
+                    Json(newest).into_response()
+                }
+                Ok(Ok(_)) => Json(manifest).into_response(),
+                Ok(Err(e)) => internal(e),
+                Err(e) => internal(e),
+            }
+        }
+        Err(reason) => error(StatusCode::BAD_GATEWAY, reason),
     }
 }
 
@@ -163,7 +184,7 @@ async fn status(State(state): State<BatchState>) -> Response {
         let log = state.log.lock_or_stop("the batch status");
         (log.owned().cloned(), log.owned_ends())
     };
-    let instances = match crate::instances::alive(state.store.store(), now_ms()).await {
+    let instances = match common::instances::alive(state.store.store(), now_ms()).await {
         Ok(instances) => instances,
         Err(e) => return internal(e),
     };
@@ -178,58 +199,67 @@ async fn status(State(state): State<BatchState>) -> Response {
 }
 
 /// Asks every other live instance to recompute its partitions too (with
-/// the caller's credentials), one after the other; then the newest view.
-/// An instance that does not recompute fails the request, naming it.
+/// the caller's credentials), all at once; true if there were any. An
+/// instance that does not recompute fails the request, naming it.
 async fn forward_recompute(
     state: &BatchState,
-    authorization: Option<&str>,
+    authorization: String,
     mode: Option<String>,
-) -> Result<Option<Manifest>, String> {
-    let others: Vec<crate::instances::Instance> =
-        crate::instances::alive(state.store.store(), now_ms())
+) -> Result<bool, String> {
+    let others: Vec<lambda_core::instance::BatchInstance> =
+        common::instances::alive(state.store.store(), now_ms())
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
             .filter(|i| i.id != state.store.writer())
             .collect();
     if others.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
-    let authorization = authorization.unwrap_or_default().to_owned();
-    let views = Arc::clone(&state.store);
-    tokio::task::spawn_blocking(move || {
-        for other in &others {
-            let failed = |reason: String| {
-                format!(
-                    "the batch instance {} at {} did not recompute: {reason}",
-                    other.id, other.url
-                )
-            };
-            let addr = common::http::resolve(&other.url).map_err(|e| failed(e.to_string()))?;
-            let path = match &mode {
-                Some(mode) => format!("/recompute?local=true&mode={mode}"),
-                None => "/recompute?local=true".to_owned(),
-            };
-            let response = common::http::http(
-                addr,
-                "POST",
-                &path,
-                &[("Authorization", &authorization)],
-                b"",
+    let path = match &mode {
+        Some(mode) => format!("/recompute?local=true&mode={mode}"),
+        None => "/recompute?local=true".to_owned(),
+    };
+    let ask = move |other: &lambda_core::instance::BatchInstance| -> Result<(), String> {
+        let failed = |reason: String| {
+            format!(
+                "the batch instance {} at {} did not recompute: {reason}",
+                other.id, other.url
             )
-            .map_err(|e| failed(e.to_string()))?;
-            if response.status != 200 {
-                return Err(failed(format!(
-                    "{}: {}",
-                    response.status,
-                    response.text().chars().take(300).collect::<String>()
-                )));
-            }
+        };
+        let addr = common::http::resolve(&other.url).map_err(|e| failed(e.to_string()))?;
+        let response = common::http::http(
+            addr,
+            "POST",
+            &path,
+            &[("Authorization", &authorization)],
+            b"",
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        if response.status != 200 {
+            return Err(failed(format!(
+                "{}: {}",
+                response.status,
+                response.text().chars().take(300).collect::<String>()
+            )));
         }
-        views.latest().map_err(|e| e.to_string())
+        Ok(())
+    };
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            let asked: Vec<_> = others.iter().map(|o| scope.spawn(|| ask(o))).collect();
+            asked
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a forward panicked".into()))
+                })
+                .collect::<Result<Vec<()>, String>>()
+        })
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())??;
+    Ok(true)
 }
 
 async fn metrics(State(state): State<BatchState>) -> Response {

@@ -169,6 +169,11 @@ async fn demo_answers_match_the_corpus_external_events_and_the_dashboard() {
         dom.contains("class=\"series-point\""),
         "no series of the looked-up word rendered:\n{dom}"
     );
+    // The instances of the batch and speed layers, with their partitions.
+    assert!(
+        dom.matches("<span>instance ").count() >= 2 && dom.contains("<span>partitions 0, 1"),
+        "the layers' instances are not shown:\n{dom}"
+    );
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../dashboard.png");
     let shot_arg = format!("--screenshot={}", shot.display());
     let url = format!("http://{serving}/#lookup=Zyxwvut");

@@ -143,6 +143,15 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// `--batch-url` of the speed and serving layers: one batch instance's URL,
+/// or several comma-separated, each checked.
+pub fn batch_bases(batch_url: Option<&str>) -> Result<Option<crate::http::Bases>, ConfigError> {
+    batch_url
+        .map(crate::http::Bases::parse)
+        .transpose()
+        .map_err(|e| ConfigError::new("batch-url", e.to_string()))
+}
+
 impl ConfigError {
     pub(crate) fn new(flag: &'static str, message: impl Into<String>) -> Self {
         Self {

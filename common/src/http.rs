@@ -114,9 +114,114 @@ pub fn resolve(base: &str) -> std::io::Result<SocketAddr> {
     })
 }
 
+/// Several base URLs of interchangeable servers (batch instances sharing a
+/// store serve the same views): `http://a:7071,http://b:7071`. A request
+/// goes to the one that answered last, then to each other in turn.
+#[derive(Debug)]
+pub struct Bases {
+    urls: Vec<String>,
+    last: std::sync::atomic::AtomicUsize,
+}
+
+impl Bases {
+    /// Parses a comma-separated list, each resolved once to check it.
+    pub fn parse(list: &str) -> std::io::Result<Self> {
+        let urls: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if urls.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no URL given",
+            ));
+        }
+        for url in &urls {
+            resolve(url).map_err(|e| std::io::Error::new(e.kind(), format!("`{url}`: {e}")))?;
+        }
+        Ok(Self {
+            urls,
+            last: Default::default(),
+        })
+    }
+
+    /// The URLs, as given.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Sends `request` to the server that answered last, then to the others
+    /// in turn; the first answer (any status) wins, with its server's URL.
+    /// If none answers, the last error, naming every URL tried.
+    pub fn request(
+        &self,
+        request: impl Fn(SocketAddr) -> std::io::Result<HttpResponse>,
+    ) -> std::io::Result<(&str, HttpResponse)> {
+        use std::sync::atomic::Ordering;
+        let first = self.last.load(Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for i in (0..self.urls.len()).map(|k| (first + k) % self.urls.len()) {
+            let url = &self.urls[i];
+            match resolve(url).and_then(&request) {
+                Ok(response) => {
+                    self.last.store(i, Ordering::Relaxed);
+                    return Ok((url, response));
+                }
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            errors.join("; "),
+        ))
+    }
+}
+
+impl std::fmt::Display for Bases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.urls.join(","))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bases_fail_over_to_the_next_server_and_remember_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let up = listener.local_addr().expect("addr");
+        let down = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let bases = Bases::parse(&format!("http://{down}, http://{up}")).expect("parse");
+        assert_eq!(bases.urls().len(), 2);
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().expect("accept");
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .expect("write");
+            }
+        });
+        let (url, r) = bases.request(|a| get(a, "/x")).expect("one answers");
+        assert_eq!((url, r.status), (format!("http://{up}").as_str(), 200));
+        let (url, _) = bases.request(|a| get(a, "/x")).expect("again");
+        assert_eq!(
+            url,
+            format!("http://{up}"),
+            "starts with the one that answered"
+        );
+        server.join().expect("server");
+        let err = bases.request(|a| get(a, "/x")).expect_err("none answers");
+        assert!(err.to_string().contains(&down.to_string()), "{err}");
+        assert!(Bases::parse(" , ").is_err());
+        assert!(Bases::parse("http://127.0.0.1:1/path").is_err());
+    }
 
     #[test]
     fn parses_plain_and_chunked_responses() {

@@ -42,6 +42,7 @@ pub mod client;
 pub mod config;
 pub mod dead_letter;
 pub mod http;
+pub mod instances;
 pub mod kafka;
 pub mod metrics;
 pub mod reader;

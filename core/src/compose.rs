@@ -31,6 +31,11 @@ pub struct PartRef {
     pub cut: Offset,
     /// The version in the part's header.
     pub version: u64,
+    /// When the newest full recompute of the part's chain ran (its
+    /// lineage's): each owner schedules full recomputes of its own
+    /// partitions by it.
+    #[serde(default)]
+    pub last_full_ms: i64,
 }
 
 /// Whether `candidate` replaces `current` as its partition's part: it
@@ -293,6 +298,7 @@ mod tests {
             bytes: 0,
             cut,
             version,
+            last_full_ms: 0,
         };
         assert!(newer(&r(10, 1), None));
         assert!(newer(&r(20, 1), Some(&r(10, 5))), "further cut wins");

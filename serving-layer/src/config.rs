@@ -23,8 +23,10 @@ pub struct ServeArgs {
     pub http_addr: SocketAddr,
 
     /// The batch layer's URL (`http://host:port`) to pull views from and to
-    /// forward recomputes to. Without it, answers come from realtime counts
-    /// alone.
+    /// forward recomputes to; with batch instances sharing the partitions,
+    /// any or several of them, comma-separated (each serves the same views;
+    /// the next is tried when one does not answer). Without it, answers
+    /// come from realtime counts alone.
     #[arg(long, env = env::BATCH_URL)]
     pub batch_url: Option<String>,
 
@@ -91,12 +93,12 @@ impl ServeArgs {
         }
         self.architecture
             .check_batch_url(self.batch_url.as_deref())?;
-        if let Some(url) = &self.batch_url {
-            common::http::resolve(url).map_err(|e| ConfigError {
-                flag: "batch-url",
-                message: format!("`{url}`: {e}"),
-            })?;
-        }
+        self.batch_bases()?;
         Ok(())
+    }
+
+    /// `--batch-url`'s instances, checked.
+    pub fn batch_bases(&self) -> Result<Option<common::http::Bases>, ConfigError> {
+        common::config::batch_bases(self.batch_url.as_deref())
     }
 }

@@ -150,9 +150,10 @@ pub async fn start(
     let pull_now = Arc::new(Notify::new());
 
     let mut tasks = JoinSet::new();
-    if let Some(url) = &args.batch_url {
+    let batch = args.batch_bases()?.map(Arc::new);
+    if let Some(bases) = &batch {
         let puller = views::Puller {
-            batch_url: url.clone(),
+            batch_url: Arc::clone(bases),
             cache,
             replica: Arc::clone(&replica),
             store: Arc::clone(&store),
@@ -210,7 +211,7 @@ pub async fn start(
         health,
         metrics,
         args.admin_token.as_deref().map(Arc::from),
-        args.batch_url.clone(),
+        batch,
         pull_now,
         Limits {
             concurrency: Arc::new(Semaphore::new(args.max_concurrency)),

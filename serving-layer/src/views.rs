@@ -9,7 +9,7 @@
 use crate::health::Health;
 use crate::reconcile;
 use crate::replica::{LoadedView, Replica};
-use common::http::{get, resolve};
+use common::http::{get, Bases};
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
 use common::views::ViewStore;
@@ -51,20 +51,22 @@ pub enum PullError {
 /// What the puller works with.
 #[derive(Clone)]
 pub struct Puller {
-    pub batch_url: String,
+    pub batch_url: Arc<Bases>,
     pub cache: Arc<ViewStore>,
     pub replica: Arc<RwLock<Replica>>,
     pub store: Arc<RealtimeStore>,
     pub health: Arc<Health>,
 }
 
-fn fetch(url: &str, path: &str) -> Result<Option<Vec<u8>>, PullError> {
-    let unreachable = |reason: String| PullError::Unreachable {
-        url: url.to_owned(),
-        reason,
-    };
-    let addr = resolve(url).map_err(|e| unreachable(e.to_string()))?;
-    let response = get(addr, path).map_err(|e| unreachable(e.to_string()))?;
+/// `GET path` from any batch instance (the one that answered last first).
+fn fetch(bases: &Bases, path: &str) -> Result<Option<Vec<u8>>, PullError> {
+    let (url, response) =
+        bases
+            .request(|addr| get(addr, path))
+            .map_err(|e| PullError::Unreachable {
+                url: bases.to_string(),
+                reason: e.to_string(),
+            })?;
     match response.status {
         200 => Ok(Some(response.body)),
         404 => Ok(None),
@@ -84,7 +86,7 @@ impl Puller {
         let loaded = tokio::task::spawn_blocking(move || this.pull_blocking())
             .await
             .map_err(|e| PullError::Unreachable {
-                url: self.batch_url.clone(),
+                url: self.batch_url.to_string(),
                 reason: e.to_string(),
             })??;
         if let Some(view) = loaded {
@@ -101,7 +103,7 @@ impl Puller {
     /// Fetches, verifies and stores a newer view; `None` if there is none.
     /// Also takes the batch instances the batch layer lists.
     fn pull_blocking(&self) -> Result<Option<LoadedView>, PullError> {
-        let url = &self.batch_url;
+        let url = &*self.batch_url;
         if let Some(body) = fetch(url, "/status")? {
             #[derive(serde::Deserialize)]
             struct Listed {
@@ -118,7 +120,7 @@ impl Puller {
         };
         let manifest: Manifest =
             serde_json::from_slice(&body).map_err(|e| PullError::Manifest {
-                url: url.clone(),
+                url: url.to_string(),
                 reason: e.to_string(),
             })?;
         self.health.batch_ok();

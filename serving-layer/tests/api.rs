@@ -68,7 +68,7 @@ fn app_with(
         Arc::new(Health::new(Duration::from_secs(5))),
         Arc::new(ServingMetrics::default()),
         token.map(Arc::from),
-        batch_url,
+        batch_url.map(|url| Arc::new(common::http::Bases::parse(&url).expect("a batch URL"))),
         Arc::new(Notify::new()),
         Limits {
             concurrency: Arc::new(Semaphore::new(8)),

@@ -23,8 +23,10 @@ pub struct SpeedArgs {
     pub http_addr: SocketAddr,
 
     /// The batch layer's URL (`http://host:port`), whose view manifest gives
-    /// the cut below which buckets expire. Without it the speed layer counts
-    /// everything from offset 0 and never expires.
+    /// the cut below which buckets expire; several batch instances
+    /// comma-separated (any answers; the next is tried when one does not).
+    /// Without it the speed layer counts everything from offset 0 and never
+    /// expires.
     #[arg(long, env = env::BATCH_URL)]
     pub batch_url: Option<String>,
 
@@ -79,12 +81,12 @@ impl SpeedArgs {
         }
         self.architecture
             .check_batch_url(self.batch_url.as_deref())?;
-        if let Some(url) = &self.batch_url {
-            common::http::resolve(url).map_err(|e| ConfigError {
-                flag: "batch-url",
-                message: format!("`{url}`: {e}"),
-            })?;
-        }
+        self.batch_bases()?;
         Ok(())
+    }
+
+    /// `--batch-url`'s instances (comma-separated), checked.
+    pub fn batch_bases(&self) -> Result<Option<common::http::Bases>, ConfigError> {
+        common::config::batch_bases(self.batch_url.as_deref())
     }
 }

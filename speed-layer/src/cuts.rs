@@ -1,10 +1,11 @@
 //! Following the batch layer's cut: the manifest at `GET /views/latest`.
 
-use common::http::{get, resolve};
+use common::http::{get, Bases};
 use lambda_core::view::Manifest;
 use lambda_core::window::Millis;
 use lambda_core::{Cut, Partition};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What the speed layer takes from the newest batch view.
 #[derive(Debug, Clone, Default)]
@@ -15,14 +16,14 @@ pub struct BatchCut {
     pub newest: BTreeMap<Partition, Millis>,
 }
 
-/// The newest batch view's cut. `Ok(None)` when the batch layer has no view
-/// yet (404); an error when it cannot be reached or answers nonsense.
-pub async fn fetch_batch_cut(batch_url: &str) -> Result<Option<BatchCut>, String> {
-    let url = batch_url.to_owned();
+/// The newest batch view's cut, from any of the batch layer's instances.
+/// `Ok(None)` when the batch layer has no view yet (404); an error when it
+/// cannot be reached or answers nonsense.
+pub async fn fetch_batch_cut(batch: Arc<Bases>) -> Result<Option<BatchCut>, String> {
     tokio::task::spawn_blocking(move || {
-        let addr = resolve(&url).map_err(|e| format!("cannot resolve {url}: {e}"))?;
-        let response = get(addr, "/views/latest")
-            .map_err(|e| format!("cannot reach the batch layer at {url}: {e}"))?;
+        let (url, response) = batch
+            .request(|addr| get(addr, "/views/latest"))
+            .map_err(|e| format!("cannot reach the batch layer: {e}"))?;
         match response.status {
             200 => {
                 let m: Manifest = serde_json::from_slice(&response.body)

@@ -125,7 +125,7 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
         realtime_topic: kafka.realtime_topic.clone(),
         bucket_size: args.stream.bucket_size,
         max_event_bytes: args.stream.max_event_bytes,
-        batch_url: args.batch_url.clone(),
+        batch_url: args.batch_bases()?.map(Arc::new),
         cut_poll_interval: args.cut_poll_interval,
         micro_batch_records: args.micro_batch_records,
         micro_batch_wait: args.micro_batch_wait,

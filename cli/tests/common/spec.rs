@@ -19,6 +19,9 @@ pub enum Role {
     /// A second batch layer, in stacks that ask for one: the two share the
     /// partitions through the consumer group and the store.
     Batch2,
+    /// A second serving replica, in stacks that ask for one (it pulls views
+    /// from the second batch layer when there is one).
+    Serve2,
 }
 
 impl Role {
@@ -29,6 +32,7 @@ impl Role {
         match self {
             Role::Speed2 => "speed2",
             Role::Batch2 => "batch2",
+            Role::Serve2 => "serve2",
             other => other.subcommand(),
         }
     }
@@ -38,7 +42,7 @@ impl Role {
         match self {
             Role::Batch | Role::Batch2 => "batch",
             Role::Speed | Role::Speed2 => "speed",
-            Role::Serve => "serve",
+            Role::Serve | Role::Serve2 => "serve",
         }
     }
 }
@@ -137,7 +141,7 @@ impl StackSpec {
                     add("--micro-batch-records", &n.to_string());
                 }
             }
-            Role::Serve => {
+            Role::Serve | Role::Serve2 => {
                 if let Some(url) = batch_url {
                     add("--batch-url", url);
                 }

@@ -70,6 +70,9 @@ pub struct Options {
     /// a store (with chunks of 200 offsets, so partitions change hands
     /// between sealed chunks and local tails).
     pub second_batch: bool,
+    /// A second serving replica ([`Role::Serve2`]); the end-of-scenario
+    /// check covers both.
+    pub second_serve: bool,
 }
 
 impl Options {
@@ -143,6 +146,7 @@ impl Stack {
             .iter()
             .chain(options.second_speed.then_some(&Role::Speed2))
             .chain(options.second_batch.then_some(&Role::Batch2))
+            .chain(options.second_serve.then_some(&Role::Serve2))
             .map(|&r| (r, free_addr()))
             .collect();
         let spec = StackSpec {
@@ -172,6 +176,19 @@ impl Stack {
         if options.second_batch {
             roles.push(Role::Batch2);
         }
+        if options.second_serve {
+            roles.push(Role::Serve2);
+        }
+        // With two batch layers, every speed and serving layer lists both
+        // (the second speed layer and replica the second first): either
+        // serves the same views.
+        let both = addrs.get(&Role::Batch2).map(|b2| {
+            let b1 = addrs[&Role::Batch];
+            (
+                format!("http://{b1},http://{b2}"),
+                format!("http://{b2},http://{b1}"),
+            )
+        });
         let shared_store =
             ::common::store::Store::file_url(&stack.dir.path().join("store")).expect("a store URL");
         for &role in &roles {
@@ -180,6 +197,11 @@ impl Stack {
                 _ => stack.dir.path().join(role.name()),
             };
             let http = addrs[&role].to_string();
+            let batch_url = match (role, &both) {
+                (Role::Speed | Role::Serve, Some((first, _))) => Some(first.as_str()),
+                (Role::Speed2 | Role::Serve2, Some((_, second))) => Some(second.as_str()),
+                _ => batch_url,
+            };
             let mut args = spec.flags(role, &data_dir, &http, batch_url);
             if matches!(role, Role::Batch | Role::Batch2) {
                 args.extend(options.batch_flags.iter().cloned());
@@ -430,7 +452,20 @@ impl Stack {
 
     /// Waits until the serving layer's answers cover `ends`.
     pub async fn wait_served(&self, ends: &Cut, timeout: Duration) {
-        let addr = self.addr(Role::Serve);
+        self.wait_served_by(Role::Serve, ends, timeout).await;
+    }
+
+    /// The serving replicas this stack runs.
+    pub fn replicas(&self) -> Vec<Role> {
+        self.roles()
+            .into_iter()
+            .filter(|r| matches!(r, Role::Serve | Role::Serve2))
+            .collect()
+    }
+
+    /// Waits until serving replica `role` answers at `as_of` == `ends`.
+    pub async fn wait_served_by(&self, role: Role, ends: &Cut, timeout: Duration) {
+        let addr = self.addr(role);
         let want = ends.clone();
         let reached = tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + timeout;
@@ -448,10 +483,11 @@ impl Stack {
         })
         .await
         .expect("join");
-        let status = json(self.addr(Role::Serve), "/v1/status");
+        let status = json(addr, "/v1/status");
         assert!(
             reached,
-            "serving never reached as_of {ends}; status {status:?}\n{}",
+            "{} never reached as_of {ends}; status {status:?}\n{}",
+            role.name(),
             self.logs()
         );
     }
@@ -463,8 +499,17 @@ impl Stack {
     pub async fn assert_exact(&self) -> Truth {
         let (ends, records) = self.topic_records().await;
         let truth = Truth::of(&records);
-        self.wait_served(&ends, Duration::from_secs(180)).await;
-        let addr = self.addr(Role::Serve);
+        for role in self.replicas() {
+            self.assert_exact_on(role, &truth, &ends).await;
+        }
+        truth
+    }
+
+    /// [`Self::assert_exact`] on one serving replica.
+    async fn assert_exact_on(&self, role: Role, truth: &Truth, ends: &Cut) {
+        self.wait_served_by(role, ends, Duration::from_secs(180))
+            .await;
+        let addr = self.addr(role);
         let words: Vec<(String, u64)> = truth.counts.iter().map(|(w, c)| (w.clone(), *c)).collect();
         let want_top = truth.top(100);
         let ends_c = ends.clone();
@@ -499,7 +544,8 @@ impl Stack {
         .expect("join");
         assert!(
             mismatches.is_empty(),
-            "{} of {} words differ from the truth (first 20):\n{}\n{}",
+            "{}: {} of {} words differ from the truth (first 20):\n{}\n{}",
+            role.name(),
             mismatches.len(),
             truth.counts.len(),
             mismatches
@@ -511,12 +557,12 @@ impl Stack {
             self.logs()
         );
         eprintln!(
-            "exact: {} words, {} good events, {} bad records, as_of {ends}",
+            "{} exact: {} words, {} good events, {} bad records, as_of {ends}",
+            role.name(),
             truth.counts.len(),
             truth.good_events,
             truth.bad.len()
         );
-        truth
     }
 
     /// Stops every role with SIGTERM (each must exit 0), then the broker.
@@ -760,7 +806,12 @@ pub type Sample = (String, u64, Cut, u64);
 impl Sampler {
     /// Samples the serving layer of `stack` for a stream of `events` events.
     pub fn start(stack: &Stack, events: usize) -> Sampler {
-        let serve = stack.addr(Role::Serve);
+        Self::start_on(stack, Role::Serve, events)
+    }
+
+    /// Samples serving replica `role`.
+    pub fn start_on(stack: &Stack, role: Role, events: usize) -> Sampler {
+        let serve = stack.addr(role);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let handle = tokio::task::spawn_blocking(move || {

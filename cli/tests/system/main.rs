@@ -257,6 +257,9 @@ async fn two_batch_layers_share_the_partitions_exactly_through_kills_and_a_zombi
     s.signal(Role::Batch2, "CONT");
     until("the two share them after the zombie rejoined", wait, shared).await;
     producer.await.expect("producer");
+    // More events for every partition once they share: each instance's
+    // partitions move, so the last view takes a part from each.
+    s.produce(events(n..n + 300)).await;
     let truth = s.assert_exact().await;
     sampler.finish(&truth).await;
 
@@ -312,6 +315,148 @@ async fn two_batch_layers_share_the_partitions_exactly_through_kills_and_a_zombi
         "no partition changed hands:\n{}",
         s.logs()
     );
+    s.shutdown();
+}
+
+/// Two of each layer: two batch layers and two speed layers sharing the
+/// partitions, two serving replicas (the second pulling views from the
+/// second batch layer). Every recompute pauses 1 s before it publishes, and
+/// the second batch layer is SIGKILLed in such a pause (the first is
+/// assigned its partitions while recomputing its own), the second speed
+/// layer at the same time; both come back; then the first speed layer is
+/// paused past its session timeout (a zombie) and resumed. Both replicas
+/// sample answers throughout and end exact at the topic's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_each_layer_stay_exact_through_kills_a_zombie_and_a_rebalance_mid_recompute() {
+    let options = Options {
+        second_batch: true,
+        second_speed: true,
+        second_serve: true,
+        batch_flags: vec!["--fault-recompute-pause".into(), "1s".into()],
+        ..Options::default()
+    };
+    let mut s = Stack::start("sys-2x2x2", options).await;
+    let n = scaled(3000);
+    let producer = steady(&s, n);
+    let samplers = [
+        Sampler::start_on(&s, Role::Serve, n),
+        Sampler::start_on(&s, Role::Serve2, n),
+    ];
+    // Who owns what: a batch layer's `owned`, a speed layer's positions.
+    let owned = |role: Role, addr| -> Option<Vec<i32>> {
+        let st = json(addr, "/status")?;
+        Some(match role {
+            Role::Batch | Role::Batch2 => st["owned"]
+                .as_array()?
+                .iter()
+                .map(|p| p.as_i64().map(|p| p as i32))
+                .collect::<Option<Vec<_>>>()?,
+            _ => cut_of(&st["positions"]).iter().map(|(p, _)| p).collect(),
+        })
+    };
+    let addrs: BTreeMap<Role, std::net::SocketAddr> =
+        s.roles().into_iter().map(|r| (r, s.addr(r))).collect();
+    let pair = |one: Role, two: Role| {
+        let (a, b) = (addrs[&one], addrs[&two]);
+        move || {
+            let (pa, pb) = (owned(one, a)?, owned(two, b)?);
+            let disjoint = pa.iter().all(|p| !pb.contains(p));
+            (!pa.is_empty() && !pb.is_empty() && disjoint && pa.len() + pb.len() == 3).then_some(())
+        }
+    };
+    let all = |role: Role| {
+        let addr = addrs[&role];
+        move || (owned(role, addr)?.len() == 3).then_some(())
+    };
+    let wait = Duration::from_secs(90);
+    until(
+        "the batch layers share the partitions",
+        wait,
+        pair(Role::Batch, Role::Batch2),
+    )
+    .await;
+    until(
+        "the speed layers share the partitions",
+        wait,
+        pair(Role::Speed, Role::Speed2),
+    )
+    .await;
+    // Kill the second batch layer while a recompute of its pauses.
+    let pauses = |s: &Stack| s.log(Role::Batch2).matches("Fault injection").count();
+    let before = pauses(&s);
+    let deadline = std::time::Instant::now() + wait;
+    while pauses(&s) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recompute paused:\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.kill(Role::Batch2);
+    s.kill(Role::Speed2);
+    until(
+        "the first batch layer owns every partition",
+        wait,
+        all(Role::Batch),
+    )
+    .await;
+    until(
+        "the first speed layer owns every partition",
+        wait,
+        all(Role::Speed),
+    )
+    .await;
+    s.start_role(Role::Batch2).await;
+    s.start_role(Role::Speed2).await;
+    until(
+        "the batch layers share them again",
+        wait,
+        pair(Role::Batch, Role::Batch2),
+    )
+    .await;
+    until(
+        "the speed layers share them again",
+        wait,
+        pair(Role::Speed, Role::Speed2),
+    )
+    .await;
+    s.signal(Role::Speed, "STOP");
+    until(
+        "the second speed layer owns every partition",
+        wait,
+        all(Role::Speed2),
+    )
+    .await;
+    s.signal(Role::Speed, "CONT");
+    until(
+        "the speed layers share them after the zombie",
+        wait,
+        pair(Role::Speed, Role::Speed2),
+    )
+    .await;
+    producer.await.expect("producer");
+    let truth = s.assert_exact().await;
+    for sampler in samplers {
+        sampler.finish(&truth).await;
+    }
+    // The second replica lists both batch instances with their partitions.
+    let serve2 = s.addr(Role::Serve2);
+    until(
+        "the second replica lists both batch instances",
+        wait,
+        move || {
+            let st = json(serve2, "/v1/status")?;
+            let instances = st["batch"]["instances"].as_array()?.clone();
+            let owned: usize = instances
+                .iter()
+                .filter_map(|i| i["owned"].as_array())
+                .map(Vec::len)
+                .sum();
+            (instances.len() == 2 && owned == 3).then_some(())
+        },
+    )
+    .await;
     s.shutdown();
 }
 

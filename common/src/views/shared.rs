@@ -222,6 +222,7 @@ impl SharedViews {
                 bytes: bytes.len() as u64,
                 cut,
                 version: part.header.version,
+                last_full_ms: part.header.lineage.last_full_ms,
             };
             self.block_on(self.store.put(&key, bytes))?;
             mine.insert(partition, (reference, Arc::new(part)));

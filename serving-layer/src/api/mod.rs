@@ -41,6 +41,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
+use common::http::Bases;
 use common::sync::LockOrStop;
 use error::ApiError;
 use lambda_core::view::Manifest;
@@ -70,7 +71,9 @@ pub struct Shared {
     pub health: Arc<Health>,
     pub metrics: Arc<ServingMetrics>,
     pub admin_token: Option<Arc<str>>,
-    pub batch_url: Option<String>,
+    /// The batch layer's instances (any of them serves the same views and
+    /// takes recomputes), if there is a batch layer.
+    pub batch_url: Option<Arc<Bases>>,
     /// Wakes the view puller (after a forwarded recompute).
     pub pull_now: Arc<Notify>,
     pub limits: Limits,
@@ -91,7 +94,7 @@ impl AppState {
         health: Arc<Health>,
         metrics: Arc<ServingMetrics>,
         admin_token: Option<Arc<str>>,
-        batch_url: Option<String>,
+        batch_url: Option<Arc<Bases>>,
         pull_now: Arc<Notify>,
         limits: Limits,
     ) -> Self {
@@ -248,22 +251,21 @@ async fn limit_request(State(state): State<AppState>, request: Request, next: Ne
 
 /// Forwards a recompute to the batch layer with the admin token.
 async fn forward_recompute(
-    url: String,
+    bases: Arc<Bases>,
     token: Arc<str>,
     mode: Option<lambda_core::lineage::RecomputeMode>,
 ) -> Result<Manifest, ApiError> {
     tokio::task::spawn_blocking(move || {
-        let unreachable = |e: std::io::Error| {
-            ApiError::Unavailable(format!("batch layer at {url} unreachable: {e}"))
-        };
-        let addr = common::http::resolve(&url).map_err(unreachable)?;
         let auth = format!("Bearer {token}");
         let path = match mode {
             Some(mode) => format!("/recompute?mode={mode}"),
             None => "/recompute".to_owned(),
         };
-        let response = common::http::http(addr, "POST", &path, &[("Authorization", &auth)], b"")
-            .map_err(unreachable)?;
+        let (_, response) = bases
+            .request(|addr| {
+                common::http::http(addr, "POST", &path, &[("Authorization", &auth)], b"")
+            })
+            .map_err(|e| ApiError::Unavailable(format!("batch layer unreachable: {e}")))?;
         if response.status != 200 {
             return Err(ApiError::BadGateway(format!(
                 "the batch layer answered {}: {}",
