@@ -12,6 +12,7 @@
 #   8. ranged answers over an hour of one-minute windows (criterion) (issue 17)
 #   9. ranged top-K over HTTP under live load (bench/windows_wrk.sh) (issue 17)
 #  10. an hour of events at 20,000/s: view size, recompute times  (issue 17)
+#  11. scale-out: one instance vs two sharing the partitions (bench/scaleout.py) (issue 16)
 #
 # Usage: bash bench/all.sh
 #   MR_MB=50 MR_RUNS=3 EVENTS=500000 LOAD_RATE=20000 LOAD_SECONDS=300 bash bench/all.sh
@@ -19,6 +20,7 @@
 #   LOAD_SECONDS=0 skips the load run, FRESH_SECONDS=0 the freshness run.
 #   KAPPA_EVENTS=1000000 (0 skips the Kappa run).
 #   HOUR_MINUTES=60 (0 skips the hour of events: 72 M events, 5 GB of log).
+#   SCALE_EVENTS=1000000 (0 skips the scale-out run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${BENCH_DIR:-target/bench}
@@ -31,48 +33,54 @@ FRESH_RATES=${FRESH_RATES:-100,5000,20000}
 FRESH_SECONDS=${FRESH_SECONDS:-60}
 KAPPA_EVENTS=${KAPPA_EVENTS:-1000000}
 HOUR_MINUTES=${HOUR_MINUTES:-60}
+SCALE_EVENTS=${SCALE_EVENTS:-1000000}
 
 python3 -c 'import duckdb, confluent_kafka' 2>/dev/null || python3 -m pip install -q -r bench/requirements.txt
 cargo build --release -q -p cli
 
 step() { printf '\n=== %s\n' "$*" >&2; }
 
-step "1/10 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
+step "1/11 mapreduce vs duckdb (${MR_MB} MB, best of ${MR_RUNS})"
 bash bench/mapreduce_vs_duckdb.sh "$MR_MB" "$MR_RUNS" | tee "$OUT/mapreduce.txt"
 
-step "2/10 speed layer vs plain consumer"
+step "2/11 speed layer vs plain consumer"
 cargo bench -q -p lambda-speed --bench throughput 2>/dev/null | tee "$OUT/speed.txt"
 
-step "3/10 serving layer (wrk)"
+step "3/11 serving layer (wrk)"
 bash bench/serving_wrk.sh | tee "$OUT/serving.txt"
 
 if [ "$LOAD_SECONDS" -gt 0 ]; then
-  step "4/10 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
+  step "4/11 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
   python3 bench/load.py --rate "$LOAD_RATE" --duration "$LOAD_SECONDS" 2>"$OUT/load.err" | tee "$OUT/load.txt" || true
 fi
 
 if [ "$FRESH_SECONDS" -gt 0 ]; then
-  step "5/10 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
+  step "5/11 freshness (${FRESH_RATES} events/s, ${FRESH_SECONDS} s each)"
   python3 bench/freshness.py --rates "$FRESH_RATES" --seconds "$FRESH_SECONDS" | tee "$OUT/freshness.txt" || true
 fi
 
-step "6/10 recompute: full vs incremental at 1x/2x/4x history"
+step "6/11 recompute: full vs incremental at 1x/2x/4x history"
 cargo bench -q -p lambda-batch --bench recompute 2>/dev/null | tee "$OUT/recompute.txt"
 
 if [ "$KAPPA_EVENTS" -gt 0 ]; then
-  step "7/10 Lambda and Kappa reprocessing ${KAPPA_EVENTS} events"
+  step "7/11 Lambda and Kappa reprocessing ${KAPPA_EVENTS} events"
   python3 bench/kappa.py --events "$KAPPA_EVENTS" 2>"$OUT/kappa.err" | tee "$OUT/kappa.txt" || true
 fi
 
-step "8/10 ranged answers over an hour of one-minute windows"
+step "8/11 ranged answers over an hour of one-minute windows"
 cargo bench -q -p lambda-serving --bench windows 2>&1 | grep -E '^(view|first|top_10|word_)|time:' | tee "$OUT/windows.txt"
 
-step "9/10 ranged top-K over HTTP under live load (wrk)"
+step "9/11 ranged top-K over HTTP under live load (wrk)"
 bash bench/windows_wrk.sh | tee "$OUT/windows_wrk.txt"
 
 if [ "$HOUR_MINUTES" -gt 0 ]; then
-  step "10/10 ${HOUR_MINUTES} minutes of events at 20,000/s: view size and recompute times"
+  step "10/11 ${HOUR_MINUTES} minutes of events at 20,000/s: view size and recompute times"
   BENCH_MINUTES="$HOUR_MINUTES" cargo bench -q -p lambda-batch --bench hour 2>/dev/null | tee "$OUT/hour.txt"
+fi
+
+if [ "$SCALE_EVENTS" -gt 0 ]; then
+  step "11/11 scale-out: one instance vs two over ${SCALE_EVENTS} events"
+  python3 bench/scaleout.py --events "$SCALE_EVENTS" 2>"$OUT/scaleout.err" | tee "$OUT/scaleout.txt" || true
 fi
 
 python3 - "$OUT" <<'EOF'
@@ -87,7 +95,7 @@ def find(text, pattern, group=1):
 mr, sp, sv, ld = read("mapreduce.txt"), read("speed.txt"), read("serving.txt"), read("load.txt")
 fr = read("freshness.txt")
 rc, kp, wn = read("recompute.txt"), read("kappa.txt"), read("windows.txt")
-ww, hr = read("windows_wrk.txt"), read("hour.txt")
+ww, hr, so = read("windows_wrk.txt"), read("hour.txt"), read("scaleout.txt")
 def fresh(rate):
     # | rate | probes | p50 | p99 | max | missed | ...
     m = re.search(r"^\| " + rate + r" \| \d+ \| (\S+) \| (\S+) \| (\S+) \| (\d+) \|", fr, re.M)
@@ -115,6 +123,9 @@ rows = [
     ("ranged top 10 over HTTP p99 ms (round 1 / 2)", find(ww, r"^1\s+/v1/top\?k=10&from=-1h\s+\S+\s+\S+\s+(\S+)") + " / " + find(ww, r"^2\s+/v1/top\?k=10&from=-1h\s+\S+\s+\S+\s+(\S+)"), "<= 20 at 64 connections"),
     ("an hour at 20,000/s: view MB", find(hr, r"^batch view\s+(\S+) MB"), ""),
     ("an hour at 20,000/s: full / incremental recompute s", find(hr, r"^full recompute\s+(\S+) s") + " / " + find(hr, r"incremental\s+(\S+) s"), ""),
+    ("full recompute s, 1 / 2 batch instances", find(so, r"^batch x1: full recompute\s+(\S+)") + " / " + find(so, r"^batch x2: full recompute\s+(\S+)"), ""),
+    ("speed events/s, 1 / 2 instances", find(so, r"^speed x1: assigned -> counted all\s+\S+\s+(\S+)") + " / " + find(so, r"^speed x2: assigned -> counted all\s+\S+\s+(\S+)"), ""),
+    ("SIGKILL -> survivor owns all s, batch / speed", find(so, r"^batch: SIGKILL -> survivor owns all\s+(\S+)") + " / " + find(so, r"^speed: SIGKILL -> survivor owns all\s+(\S+)"), "session timeout 10 s"),
 ]
 print(f"\nSummary ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release})\n")
 print("| measure | value | target |")

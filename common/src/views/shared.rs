@@ -123,10 +123,19 @@ impl SharedViews {
 
     /// The newest view's manifest, if any view was published.
     pub fn latest(&self) -> Result<Option<Manifest>, ViewError> {
-        match self.sets()?.last() {
-            Some(&version) => self.manifest(version),
-            None => Ok(None),
+        // A set listed and then pruned by another instance (several newer
+        // ones were published meanwhile) is looked for again.
+        for _ in 0..3 {
+            let Some(&version) = self.sets()?.last() else {
+                return Ok(None);
+            };
+            if let Some(manifest) = self.manifest(version)? {
+                return Ok(Some(manifest));
+            }
         }
+        Err(ViewError::Store(
+            "the newest view keeps being pruned while read (is --keep-views 1?)".into(),
+        ))
     }
 
     fn manifest(&self, version: u64) -> Result<Option<Manifest>, ViewError> {
