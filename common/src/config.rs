@@ -325,6 +325,17 @@ impl Architecture {
             _ => Ok(()),
         }
     }
+
+    /// A store of batch views makes no sense without a batch layer.
+    pub fn check_store_url(self, store_url: Option<&str>) -> Result<(), ConfigError> {
+        match (self, store_url) {
+            (Architecture::Kappa, Some(_)) => Err(ConfigError::new(
+                "store-url",
+                "the kappa architecture has no batch views: leave it unset",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Display for Architecture {

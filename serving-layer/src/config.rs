@@ -30,6 +30,14 @@ pub struct ServeArgs {
     #[arg(long, env = env::BATCH_URL)]
     pub batch_url: Option<String>,
 
+    /// Read batch views from the shared store the batch instances publish
+    /// them to (`file:///path`, `s3://bucket/prefix` with the usual `AWS_*`
+    /// variables), instead of through `--batch-url` (which then only
+    /// forwards recomputes; without it they go to a live batch instance
+    /// listed in the store).
+    #[arg(long, env = env::STORE_URL)]
+    pub store_url: Option<String>,
+
     /// `lambda` (with a batch layer) or `kappa` (none: every event counted
     /// from offset 0, never expired; `--batch-url` must be unset).
     #[arg(long, env = env::ARCHITECTURE, default_value = "lambda")]
@@ -93,6 +101,8 @@ impl ServeArgs {
         }
         self.architecture
             .check_batch_url(self.batch_url.as_deref())?;
+        self.architecture
+            .check_store_url(self.store_url.as_deref())?;
         self.batch_bases()?;
         Ok(())
     }

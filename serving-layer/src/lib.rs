@@ -41,7 +41,7 @@ use common::config::ConfigError;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use common::sync::ReadWriteOrStop;
-use common::views::ViewStore;
+use common::views::{ViewSource, ViewStore};
 use lambda_core::view::ViewError;
 use realtime_store::{RealtimeStore, StoreError, StoreOptions};
 use std::net::SocketAddr;
@@ -59,6 +59,8 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("batch views: {0}")]
+    SharedStore(#[source] common::store::StoreError),
     #[error("local batch view copy: {0}")]
     View(#[from] ViewError),
     #[error(transparent)]
@@ -151,9 +153,15 @@ pub async fn start(
 
     let mut tasks = JoinSet::new();
     let batch = args.batch_bases()?.map(Arc::new);
-    if let Some(bases) = &batch {
+    let source = ViewSource::from_flags(
+        batch.clone(),
+        args.store_url.as_deref(),
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(ServeError::SharedStore)?;
+    if let Some(source) = &source {
         let puller = views::Puller {
-            batch_url: Arc::clone(bases),
+            source: source.clone(),
             cache,
             replica: Arc::clone(&replica),
             store: Arc::clone(&store),
@@ -212,6 +220,7 @@ pub async fn start(
         metrics,
         args.admin_token.as_deref().map(Arc::from),
         batch,
+        source,
         pull_now,
         Limits {
             concurrency: Arc::new(Semaphore::new(args.max_concurrency)),

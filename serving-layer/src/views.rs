@@ -9,11 +9,10 @@
 use crate::health::Health;
 use crate::reconcile;
 use crate::replica::{LoadedView, Replica};
-use common::http::{get, Bases};
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
-use common::views::ViewStore;
-use lambda_core::view::{verify_and_decode, Manifest, ViewError};
+use common::views::{ViewSource, ViewStore};
+use lambda_core::view::{verify_and_decode, ViewError};
 use lambda_core::BucketSize;
 use realtime_store::RealtimeStore;
 use std::sync::{Arc, RwLock};
@@ -23,16 +22,10 @@ use tokio::sync::Notify;
 
 #[derive(Debug, Error)]
 pub enum PullError {
-    #[error("cannot reach the batch layer at {url}: {reason}")]
+    #[error("cannot reach {url}: {reason}")]
     Unreachable { url: String, reason: String },
-    #[error("the batch layer at {url} answered {status} for {path}")]
-    Status {
-        url: String,
-        path: String,
-        status: u16,
-    },
-    #[error("malformed manifest from {url}: {reason}")]
-    Manifest { url: String, reason: String },
+    #[error(transparent)]
+    Source(#[from] common::views::source::SourceError),
     #[error(transparent)]
     View(#[from] ViewError),
     #[error(
@@ -51,31 +44,12 @@ pub enum PullError {
 /// What the puller works with.
 #[derive(Clone)]
 pub struct Puller {
-    pub batch_url: Arc<Bases>,
+    /// Any batch instance, or the shared store.
+    pub source: ViewSource,
     pub cache: Arc<ViewStore>,
     pub replica: Arc<RwLock<Replica>>,
     pub store: Arc<RealtimeStore>,
     pub health: Arc<Health>,
-}
-
-/// `GET path` from any batch instance (the one that answered last first).
-fn fetch(bases: &Bases, path: &str) -> Result<Option<Vec<u8>>, PullError> {
-    let (url, response) =
-        bases
-            .request(|addr| get(addr, path))
-            .map_err(|e| PullError::Unreachable {
-                url: bases.to_string(),
-                reason: e.to_string(),
-            })?;
-    match response.status {
-        200 => Ok(Some(response.body)),
-        404 => Ok(None),
-        status => Err(PullError::Status {
-            url: url.to_owned(),
-            path: path.to_owned(),
-            status,
-        }),
-    }
 }
 
 impl Puller {
@@ -86,7 +60,7 @@ impl Puller {
         let loaded = tokio::task::spawn_blocking(move || this.pull_blocking())
             .await
             .map_err(|e| PullError::Unreachable {
-                url: self.batch_url.to_string(),
+                url: self.source.name(),
                 reason: e.to_string(),
             })??;
         if let Some(view) = loaded {
@@ -101,34 +75,22 @@ impl Puller {
     }
 
     /// Fetches, verifies and stores a newer view; `None` if there is none.
-    /// Also takes the batch instances the batch layer lists.
+    /// Also takes the batch instances the source lists.
     fn pull_blocking(&self) -> Result<Option<LoadedView>, PullError> {
-        let url = &*self.batch_url;
-        if let Some(body) = fetch(url, "/status")? {
-            #[derive(serde::Deserialize)]
-            struct Listed {
-                #[serde(default)]
-                instances: Vec<lambda_core::instance::BatchInstance>,
-            }
-            if let Ok(listed) = serde_json::from_slice::<Listed>(&body) {
-                self.health.batch_instances(listed.instances);
-            }
+        let source = &self.source;
+        match source.instances() {
+            Ok(instances) => self.health.batch_instances(instances),
+            Err(error) => tracing::debug!(%error, "Cannot list the batch instances."),
         }
-        let Some(body) = fetch(url, "/views/latest")? else {
+        let Some(manifest) = source.latest()? else {
             self.health.batch_ok();
             return Ok(None);
         };
-        let manifest: Manifest =
-            serde_json::from_slice(&body).map_err(|e| PullError::Manifest {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
         self.health.batch_ok();
         if self.current().is_some_and(|v| v >= manifest.version) {
             return Ok(None);
         }
-        let path = format!("/views/{}", manifest.version);
-        let Some(bytes) = fetch(url, &path)? else {
+        let Some(bytes) = source.read(manifest.version)? else {
             // Pruned between the two requests: the next poll sees a newer one.
             return Ok(None);
         };

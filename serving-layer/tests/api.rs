@@ -63,12 +63,15 @@ fn app_with(
     batch_url: Option<String>,
     timeout: Duration,
 ) -> App {
+    let batch =
+        batch_url.map(|url| Arc::new(common::http::Bases::parse(&url).expect("a batch URL")));
     let state = AppState::new(
         replica,
         Arc::new(Health::new(Duration::from_secs(5))),
         Arc::new(ServingMetrics::default()),
         token.map(Arc::from),
-        batch_url.map(|url| Arc::new(common::http::Bases::parse(&url).expect("a batch URL"))),
+        batch.clone(),
+        batch.map(common::views::ViewSource::Batch),
         Arc::new(Notify::new()),
         Limits {
             concurrency: Arc::new(Semaphore::new(8)),

@@ -30,6 +30,12 @@ pub struct SpeedArgs {
     #[arg(long, env = env::BATCH_URL)]
     pub batch_url: Option<String>,
 
+    /// Read the batch cut from the shared store the batch instances publish
+    /// their views to (`file:///path`, `s3://bucket/prefix`), instead of
+    /// through `--batch-url`.
+    #[arg(long, env = env::STORE_URL)]
+    pub store_url: Option<String>,
+
     /// `lambda` (with a batch layer) or `kappa` (none: every event counted
     /// from offset 0, never expired; `--batch-url` must be unset).
     #[arg(long, env = env::ARCHITECTURE, default_value = "lambda")]
@@ -81,6 +87,8 @@ impl SpeedArgs {
         }
         self.architecture
             .check_batch_url(self.batch_url.as_deref())?;
+        self.architecture
+            .check_store_url(self.store_url.as_deref())?;
         self.batch_bases()?;
         Ok(())
     }

@@ -36,6 +36,7 @@ use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::server::{json_error, prometheus};
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
 use common::sync::LockOrStop;
+use common::views::ViewSource;
 use realtime_store::{RealtimeStore, StoreError, StoreOptions};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -125,7 +126,12 @@ pub async fn start(args: SpeedArgs, token: CancellationToken) -> Result<RunningS
         realtime_topic: kafka.realtime_topic.clone(),
         bucket_size: args.stream.bucket_size,
         max_event_bytes: args.stream.max_event_bytes,
-        batch_url: args.batch_bases()?.map(Arc::new),
+        batch_url: ViewSource::from_flags(
+            args.batch_bases()?.map(Arc::new),
+            args.store_url.as_deref(),
+            tokio::runtime::Handle::current(),
+        )
+        .map_err(|e| SpeedError::Failed(format!("batch views: {e}")))?,
         cut_poll_interval: args.cut_poll_interval,
         micro_batch_records: args.micro_batch_records,
         micro_batch_wait: args.micro_batch_wait,

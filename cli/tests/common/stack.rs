@@ -182,13 +182,9 @@ impl Stack {
         // With two batch layers, every speed and serving layer lists both
         // (the second speed layer and replica the second first): either
         // serves the same views.
-        let both = addrs.get(&Role::Batch2).map(|b2| {
-            let b1 = addrs[&Role::Batch];
-            (
-                format!("http://{b1},http://{b2}"),
-                format!("http://{b2},http://{b1}"),
-            )
-        });
+        let both = addrs
+            .get(&Role::Batch2)
+            .map(|b2| format!("http://{},http://{b2}", addrs[&Role::Batch]));
         let shared_store =
             ::common::store::Store::file_url(&stack.dir.path().join("store")).expect("a store URL");
         for &role in &roles {
@@ -197,12 +193,18 @@ impl Stack {
                 _ => stack.dir.path().join(role.name()),
             };
             let http = addrs[&role].to_string();
+            // With two batch layers the second speed layer and replica read
+            // the views from the store itself.
+            let from_store = both.is_some() && matches!(role, Role::Speed2 | Role::Serve2);
             let batch_url = match (role, &both) {
-                (Role::Speed | Role::Serve, Some((first, _))) => Some(first.as_str()),
-                (Role::Speed2 | Role::Serve2, Some((_, second))) => Some(second.as_str()),
+                (Role::Speed | Role::Serve, Some(both)) => Some(both.as_str()),
+                _ if from_store => None,
                 _ => batch_url,
             };
             let mut args = spec.flags(role, &data_dir, &http, batch_url);
+            if from_store {
+                args.extend(["--store-url".to_owned(), shared_store.clone()]);
+            }
             if matches!(role, Role::Batch | Role::Batch2) {
                 args.extend(options.batch_flags.iter().cloned());
             }

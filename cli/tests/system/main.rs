@@ -440,8 +440,15 @@ async fn two_of_each_layer_stay_exact_through_kills_a_zombie_and_a_rebalance_mid
     for sampler in samplers {
         sampler.finish(&truth).await;
     }
-    // The second replica lists both batch instances with their partitions.
+    // The second replica, reading views from the store, swapped views in
+    // and lists both batch instances with their partitions.
     let serve2 = s.addr(Role::Serve2);
+    let st = json(serve2, "/v1/status").expect("status");
+    assert!(
+        st["batch"]["version"].as_u64() > Some(1)
+            && st["reconciliation"]["checked_swaps"].as_u64() > Some(0),
+        "the second replica has no view from the store: {st}"
+    );
     until(
         "the second replica lists both batch instances",
         wait,

@@ -13,8 +13,10 @@
 //! leaves either the old or the new view.
 
 pub mod shared;
+pub mod source;
 
 pub use shared::SharedViews;
+pub use source::ViewSource;
 
 use lambda_core::view::{verify_and_decode, BatchView, Manifest, ViewError};
 use std::fs::{self, File};

@@ -109,6 +109,14 @@ impl SharedViews {
         &self.store
     }
 
+    /// Runs a store call to completion (blocking).
+    pub fn block_on_store<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Result<T, crate::store::StoreError> {
+        self.runtime.block_on(f)
+    }
+
     fn block_on<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,

@@ -43,6 +43,7 @@ use axum::routing::{get, post};
 use axum::{BoxError, Router};
 use common::http::Bases;
 use common::sync::LockOrStop;
+use common::views::ViewSource;
 use error::ApiError;
 use lambda_core::view::Manifest;
 use lambda_core::window::Range;
@@ -71,9 +72,11 @@ pub struct Shared {
     pub health: Arc<Health>,
     pub metrics: Arc<ServingMetrics>,
     pub admin_token: Option<Arc<str>>,
-    /// The batch layer's instances (any of them serves the same views and
-    /// takes recomputes), if there is a batch layer.
+    /// `--batch-url`: where recomputes are forwarded (any instance takes
+    /// them), if given.
     pub batch_url: Option<Arc<Bases>>,
+    /// Where batch views come from, if there is a batch layer.
+    pub views: Option<ViewSource>,
     /// Wakes the view puller (after a forwarded recompute).
     pub pull_now: Arc<Notify>,
     pub limits: Limits,
@@ -95,6 +98,7 @@ impl AppState {
         metrics: Arc<ServingMetrics>,
         admin_token: Option<Arc<str>>,
         batch_url: Option<Arc<Bases>>,
+        views: Option<ViewSource>,
         pull_now: Arc<Notify>,
         limits: Limits,
     ) -> Self {
@@ -104,6 +108,7 @@ impl AppState {
             metrics,
             admin_token,
             batch_url,
+            views,
             pull_now,
             limits,
             top_cache: TopCache::default(),

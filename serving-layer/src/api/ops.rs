@@ -16,6 +16,7 @@ use axum::Json;
 use common::auth::AdminRefusal;
 use common::sync::ReadWriteOrStop;
 use lambda_core::lineage::RecomputeMode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Each layer's position, lag, and the batch view's version and age.
@@ -39,7 +40,7 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusAnswer> {
         uptime_ms: h.uptime.as_millis() as u64,
         lag: f.as_of.behind(end),
         batch: BatchStatus {
-            lag: match state.batch_url {
+            lag: match state.views {
                 Some(_) => f.batch.cut.behind(end),
                 None => 0,
             },
@@ -147,10 +148,21 @@ pub async fn recompute(
         .admin_token
         .clone()
         .expect("authorized, so a token is set");
-    let Some(url) = state.batch_url.clone() else {
-        return Err(ApiError::Unavailable(
-            "no batch layer configured (set LAMBDA_BATCH_URL)".into(),
-        ));
+    let url = match (&state.batch_url, &state.views) {
+        (Some(bases), _) => Arc::clone(bases),
+        (None, Some(views)) => {
+            let views = views.clone();
+            tokio::task::spawn_blocking(move || views.recompute_targets())
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map(Arc::new)
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        }
+        (None, None) => {
+            return Err(ApiError::Unavailable(
+                "no batch layer configured (set LAMBDA_BATCH_URL)".into(),
+            ))
+        }
     };
     let bad_mode = || ApiError::BadRequest("mode must be `full` or `incremental`".into());
     let Query(query) = query.map_err(|_| bad_mode())?;

@@ -105,7 +105,7 @@ pub(crate) fn freshness(state: &AppState, replica: &Replica) -> Freshness {
     let view = replica.view();
     let computed = view.map(|v| v.manifest.header.computed_at_ms);
     let mut stale = Vec::new();
-    let batch_stale = state.batch_url.is_some() && health.batch_stale;
+    let batch_stale = state.views.is_some() && health.batch_stale;
     if batch_stale {
         stale.push("batch".to_owned());
     }

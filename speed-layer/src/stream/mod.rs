@@ -82,7 +82,8 @@ pub struct StreamConfig {
     pub realtime_topic: String,
     pub bucket_size: BucketSize,
     pub max_event_bytes: usize,
-    pub batch_url: Option<Arc<common::http::Bases>>,
+    /// Where the batch layer's views are read (their cut), if there is one.
+    pub batch_url: Option<common::views::ViewSource>,
     pub cut_poll_interval: Duration,
     pub micro_batch_records: usize,
     pub micro_batch_wait: Duration,
@@ -159,7 +160,7 @@ pub async fn run(
         && (0..partitions as Partition).any(|p| view.positions.iter().all(|(q, _)| q != p));
     if let Some(url) = &config.batch_url {
         loop {
-            match fetch_batch_cut(Arc::clone(url)).await {
+            match fetch_batch_cut(url.clone()).await {
                 Ok(cut) => {
                     let cut = cut.unwrap_or_default();
                     expire(&mut view, &cut.cut, config.bucket_size, &metrics).await?;
@@ -309,7 +310,7 @@ pub async fn run(
         if let Some(url) = &config.batch_url {
             if last_cut_poll.elapsed() >= config.cut_poll_interval {
                 last_cut_poll = Instant::now();
-                match fetch_batch_cut(Arc::clone(url)).await {
+                match fetch_batch_cut(url.clone()).await {
                     Ok(Some(cut)) => {
                         expire(&mut view, &cut.cut, config.bucket_size, &metrics).await?;
                         view.adopt_event_time(&cut);
