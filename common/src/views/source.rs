@@ -20,10 +20,13 @@ pub enum ViewSource {
 
 /// Why a source could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{source_name}: {reason}")]
-pub struct SourceError {
-    pub source_name: String,
-    pub reason: String,
+pub enum SourceError {
+    /// No batch instance answered (the reason names every URL tried).
+    #[error("cannot reach the batch layer: {reason}")]
+    Unreachable { reason: String },
+    /// The source answered, or was read, but not with a view.
+    #[error("{source_name}: {reason}")]
+    Failed { source_name: String, reason: String },
 }
 
 impl ViewSource {
@@ -54,7 +57,7 @@ impl ViewSource {
     }
 
     fn error(&self, reason: impl std::fmt::Display) -> SourceError {
-        SourceError {
+        SourceError::Failed {
             source_name: self.name(),
             reason: reason.to_string(),
         }
@@ -62,9 +65,12 @@ impl ViewSource {
 
     /// `GET path` from any batch instance: the body, `None` on 404.
     fn fetch(&self, bases: &Bases, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
-        let (_, response) = bases
-            .request(|addr| get(addr, path))
-            .map_err(|e| self.error(e))?;
+        let (_, response) =
+            bases
+                .request(|addr| get(addr, path))
+                .map_err(|e| SourceError::Unreachable {
+                    reason: e.to_string(),
+                })?;
         match response.status {
             200 => Ok(Some(response.body)),
             404 => Ok(None),
