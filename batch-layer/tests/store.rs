@@ -3,7 +3,8 @@
 //! (`moto`, started here): sealed chunks hold exactly their offsets' records,
 //! CRC-checked; a batch layer on a new, empty data directory resumes at the
 //! store's sealed end instead of re-ingesting, and its recompute, which reads
-//! the sealed offsets from the store, is exact.
+//! the sealed offsets from the store, is exact, and the views it publishes
+//! are read back from the store as the other roles read them.
 
 mod support;
 
@@ -11,6 +12,7 @@ use batch_layer::config::BatchArgs;
 use batch_layer::master_log::record::{parse, Parsed};
 use common::shutdown::CancellationToken;
 use common::store::Store;
+use common::views::source::ViewSource;
 use lambda_core::view::verify_and_decode;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -89,13 +91,29 @@ async fn metrics_when(
     .expect("join")
 }
 
-/// A recompute's view, checked against a recount of `texts`.
-async fn assert_view_exact(addr: SocketAddr, texts: &[String], offsets: usize) {
+/// A recompute's view, checked against a recount of `texts`; a reader of
+/// the store (what `lambda serve --store-url` and `lambda speed
+/// --store-url` use) finds the same view there, byte for byte.
+async fn assert_view_exact(addr: SocketAddr, store_url: &str, texts: &[String], offsets: usize) {
+    let source = ViewSource::from_flags(None, Some(store_url), tokio::runtime::Handle::current())
+        .expect("the store opens")
+        .expect("a source");
     let (manifest, bytes) = tokio::task::spawn_blocking(move || {
         let manifest = support::recompute(addr);
         let bytes = get(addr, &format!("/views/{}", manifest.version))
             .expect("view")
             .body;
+        let newest = source.latest().expect("the store's newest view");
+        assert_eq!(
+            newest.as_ref().map(|m| m.version),
+            Some(manifest.version),
+            "the store's newest view is the one the batch layer served"
+        );
+        let stored = source.read(manifest.version).expect("read").expect("kept");
+        assert!(
+            stored == bytes,
+            "the store holds the view the batch layer served"
+        );
         (manifest, bytes)
     })
     .await
@@ -232,7 +250,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
     assert!(!again, "the store refused to overwrite {}", keys[0]);
     assert_eq!(store.get(&keys[0]).await.expect("read"), original);
     let texts = texts(0..N);
-    assert_view_exact(first.http_addr, &texts, N).await;
+    assert_view_exact(first.http_addr, store_url, &texts, N).await;
     token.cancel();
     first.wait().await.expect("stops cleanly");
 
@@ -256,7 +274,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
         tail,
         "only the tail came from Kafka"
     );
-    assert_view_exact(second.http_addr, &texts, N).await;
+    assert_view_exact(second.http_addr, store_url, &texts, N).await;
 
     // More events: the new instance seals the next chunks, and nothing it
     // could not read again is lost.
@@ -267,7 +285,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
             && metric_sum(m, "lambda_batch_chunks_sealed_total") > 0.0
     })
     .await;
-    assert_view_exact(second.http_addr, &all, N + 150).await;
+    assert_view_exact(second.http_addr, store_url, &all, N + 150).await;
     token.cancel();
     second.wait().await.expect("stops cleanly");
 
@@ -292,7 +310,7 @@ async fn the_master_dataset_is_sealed_into_the_store_and_read_back(store_url: &s
         (N + 150) as i64 - sealed_now,
         "only what the store does not hold came from Kafka"
     );
-    assert_view_exact(again.http_addr, &all, N + 150).await;
+    assert_view_exact(again.http_addr, store_url, &all, N + 150).await;
     token.cancel();
     again.wait().await.expect("stops cleanly");
     broker.stop().await;
