@@ -123,6 +123,7 @@ fn main() {
         // of each stage (a ratio far below 1 shows here first).
         let metrics = get(addr, "/metrics").expect("metrics").text();
         let batches = metric_sum(&metrics, "lambda_speed_micro_batches_total");
+        let live = metric_sum(&metrics, "lambda_speed_live_counts");
         let mut stages = String::new();
         for stage in ["consume", "checkpoint", "publish"] {
             let of = |part: &str| {
@@ -142,7 +143,7 @@ fn main() {
         println!("{:<28} {:>12.0}", "speed layer (count+commit)", speed);
         println!("ratio speed/plain: {:.2}", speed / plain);
         println!(
-            "speed layer: {batches} micro-batches ({:.0} records each); stage means:{stages}",
+            "speed layer: {batches} micro-batches ({:.0} records each), {live} live counts; stage means:{stages}",
             events as f64 / batches.max(1.0)
         );
     });

@@ -228,30 +228,30 @@ impl MicroBatch {
     /// new absolute counts (what is checkpointed and then published).
     pub(super) fn apply(&mut self, view: &mut RealtimeCounts) -> Vec<(CountKey, u64)> {
         let mut changed = Vec::with_capacity(self.deltas.values().map(BucketDeltas::keys).sum());
-        let mut add = |bucket, word: Box<str>, delta| {
-            let key = CountKey { bucket, word };
-            // A key seen before is updated in place, without a copy.
-            let count = match view.mirror.get_mut(&key) {
-                Some(c) => {
-                    *c += delta;
-                    *c
-                }
-                None => {
-                    view.mirror.insert(key.clone(), delta);
-                    delta
-                }
-            };
-            changed.push((key, count));
-        };
         for (bucket, deltas) in self.deltas.drain() {
+            let counts = view.mirror.bucket(bucket);
+            let mut add = |word: Box<str>, delta| {
+                // A key seen before is updated in place, without a copy.
+                let count = match counts.get_mut(&word) {
+                    Some(c) => {
+                        *c += delta;
+                        *c
+                    }
+                    None => {
+                        counts.insert(word.clone(), delta);
+                        delta
+                    }
+                };
+                changed.push((CountKey { bucket, word }, count));
+            };
             for (word, delta) in deltas.words {
                 for (window, n) in delta.windows() {
-                    add(bucket, Key::InWindow(window, &word).encode().into(), n);
+                    add(Key::InWindow(window, &word).encode().into(), n);
                 }
-                add(bucket, word, delta.all);
+                add(word, delta.all);
             }
             for (window, n) in deltas.late {
-                add(bucket, Key::Late(window).encode().into(), n);
+                add(Key::Late(window).encode().into(), n);
             }
         }
         changed

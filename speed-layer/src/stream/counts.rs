@@ -3,12 +3,71 @@
 //! a new batch cut.
 
 use super::*;
+use lambda_core::BucketKey;
+
+/// The live counts in memory, per bucket, then per key. A bucket covers
+/// `--bucket-size` offsets, so its map stays small: a new key never makes
+/// the map of every count held grow and rehash (with one new word per event
+/// that was half the speed layer's time), and a new cut drops whole buckets.
+#[derive(Default)]
+pub(super) struct Mirror {
+    buckets: FxHashMap<BucketKey, FxHashMap<Box<str>, u64>>,
+}
+
+impl Mirror {
+    /// The counts the store loaded.
+    pub(super) fn from_counts(counts: FxHashMap<CountKey, u64>) -> Self {
+        let mut mirror = Self::default();
+        for (CountKey { bucket, word }, count) in counts {
+            mirror.bucket(bucket).insert(word, count);
+        }
+        mirror
+    }
+
+    /// The counts of one bucket, to update in place.
+    pub(super) fn bucket(&mut self, bucket: BucketKey) -> &mut FxHashMap<Box<str>, u64> {
+        self.buckets.entry(bucket).or_default()
+    }
+
+    /// How many counts are held.
+    pub(super) fn len(&self) -> usize {
+        self.buckets.values().map(FxHashMap::len).sum()
+    }
+
+    /// Every count held.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (CountKey, u64)> + '_ {
+        self.buckets.iter().flat_map(|(&bucket, counts)| {
+            counts.iter().map(move |(word, &count)| {
+                (
+                    CountKey {
+                        bucket,
+                        word: word.clone(),
+                    },
+                    count,
+                )
+            })
+        })
+    }
+
+    /// Keeps the buckets `keep` accepts; returns how many counts went.
+    pub(super) fn retain_buckets(&mut self, keep: impl Fn(BucketKey) -> bool) -> usize {
+        let mut removed = 0;
+        self.buckets.retain(|&bucket, counts| {
+            let kept = keep(bucket);
+            if !kept {
+                removed += counts.len();
+            }
+            kept
+        });
+        removed
+    }
+}
 
 /// The speed layer's realtime counts: the durable store, its in-memory
 /// mirror, the positions they are exact at and the batch cut they start at.
 pub(super) struct RealtimeCounts {
     pub(super) store: RealtimeStore,
-    pub(super) mirror: FxHashMap<CountKey, u64>,
+    pub(super) mirror: Mirror,
     pub(super) positions: Positions,
     /// Per partition, the newest timestamp that moved its event-time
     /// watermark, exact at `positions` (see `lambda_core::window`).
@@ -124,10 +183,9 @@ pub(super) async fn expire(
         return Ok(());
     }
     view.store.expire_below(&merged, size).await?;
-    let before = view.mirror.len();
-    view.mirror
-        .retain(|k, _| merged.is_realtime_bucket(size, k.bucket.partition, k.bucket.bucket));
-    let removed = before - view.mirror.len();
+    let removed = view
+        .mirror
+        .retain_buckets(|b| merged.is_realtime_bucket(size, b.partition, b.bucket));
     metrics.buckets_expired.add(removed as u64);
     tracing::info!(cut = %merged, removed, "Expired realtime buckets below the batch cut.");
     view.cut = merged;
@@ -138,12 +196,44 @@ pub(super) async fn expire(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_mirror_holds_every_count_once_and_a_cut_drops_whole_buckets() {
+        let counts: FxHashMap<CountKey, u64> = [
+            (CountKey::new(0, 1, "a"), 1),
+            (CountKey::new(0, 1, "b"), 2),
+            (CountKey::new(0, 2, "a"), 3),
+            (CountKey::new(1, 1, "a"), 4),
+        ]
+        .into_iter()
+        .collect();
+        let mut mirror = Mirror::from_counts(counts.clone());
+        assert_eq!(mirror.len(), 4);
+        let back: FxHashMap<CountKey, u64> = mirror.iter().collect();
+        assert_eq!(back, counts);
+        *mirror
+            .bucket(BucketKey {
+                partition: 0,
+                bucket: 2,
+            })
+            .get_mut("a")
+            .expect("held") += 5;
+        // Partition 0 below bucket 2 goes: two counts.
+        let removed = mirror.retain_buckets(|b| b.partition != 0 || b.bucket >= 2);
+        assert_eq!(removed, 2);
+        let left: FxHashMap<CountKey, u64> = mirror.iter().collect();
+        let want: FxHashMap<CountKey, u64> =
+            [(CountKey::new(0, 2, "a"), 8), (CountKey::new(1, 1, "a"), 4)]
+                .into_iter()
+                .collect();
+        assert_eq!(left, want);
+    }
+
     #[tokio::test]
     async fn an_assigned_partition_behind_the_batch_cut_starts_at_it_and_says_so() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut view = RealtimeCounts {
             store: RealtimeStore::open(dir.path()).expect("store"),
-            mirror: FxHashMap::default(),
+            mirror: Mirror::default(),
             positions: [(0, 40), (1, 10)].into_iter().collect(),
             newest: BTreeMap::new(),
             cut: [(0, 32), (1, 16), (2, 16)].into_iter().collect(),

@@ -128,7 +128,7 @@ pub async fn run(
         source,
     };
     let mut view = RealtimeCounts {
-        mirror: store.load_counts()?,
+        mirror: counts::Mirror::from_counts(store.load_counts()?),
         positions: store.offsets()?,
         newest: store.event_times()?,
         cut: store.applied_cut()?,
@@ -141,7 +141,7 @@ pub async fn run(
     // a serving layer still on an older view needs the final values of
     // buckets the new cut is about to drop here.
     let republish = Publication {
-        upserts: view.mirror.iter().map(|(k, c)| (k.clone(), *c)).collect(),
+        upserts: view.mirror.iter().collect(),
         positions: view.positions.clone(),
         newest: view.newest.clone(),
         starts: view.starts.clone(),
