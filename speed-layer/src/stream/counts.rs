@@ -73,6 +73,10 @@ pub(super) struct RealtimeCounts {
     /// watermark, exact at `positions` (see `lambda_core::window`).
     pub(super) newest: BTreeMap<Partition, Millis>,
     pub(super) cut: Cut,
+    /// Per partition, the event time at `cut` (the newest timestamp that
+    /// moved the batch view's watermark below it): where a partition
+    /// started at the cut begins its watermark.
+    pub(super) cut_newest: BTreeMap<Partition, Millis>,
     /// Per partition started past its checkpoint (at the batch cut), where
     /// it started: every watermark says so (see
     /// [`lambda_core::realtime::Watermark::starts`]).
@@ -135,6 +139,13 @@ impl RealtimeCounts {
         self.positions.set(p, start);
         if start > checkpointed {
             self.starts.set(p, start);
+            // Its events from the cut on are late or not by the watermark
+            // a reader from offset 0 would have there, as in the batch
+            // layer (the one kept here is from its checkpoint, behind).
+            if let Some(&t) = self.cut_newest.get(&p) {
+                let n = self.newest.entry(p).or_insert(t);
+                *n = (*n).max(t);
+            }
             tracing::info!(
                 partition = p,
                 offset = start,
@@ -155,6 +166,8 @@ impl RealtimeCounts {
     /// watermark where a reader from offset 0 would have it.
     pub(super) fn adopt_event_time(&mut self, cut: &BatchCut) {
         for (&p, &t) in &cut.newest {
+            let at_cut = self.cut_newest.entry(p).or_insert(t);
+            *at_cut = (*at_cut).max(t);
             if self.positions.get(p) <= cut.cut.get(p) {
                 let n = self.newest.entry(p).or_insert(t);
                 *n = (*n).max(t);
@@ -235,8 +248,9 @@ mod tests {
             store: RealtimeStore::open(dir.path()).expect("store"),
             mirror: Mirror::default(),
             positions: [(0, 40), (1, 10)].into_iter().collect(),
-            newest: BTreeMap::new(),
+            newest: [(1, 1_000)].into_iter().collect(),
             cut: [(0, 32), (1, 16), (2, 16)].into_iter().collect(),
+            cut_newest: [(0, 9_000), (1, 5_000), (2, 7_000)].into_iter().collect(),
             starts: [(0, 8)].into_iter().collect(),
             owned: BTreeSet::new(),
         };
@@ -259,6 +273,11 @@ mod tests {
             "0's earlier start kept; 1 and 2 start past their checkpoint"
         );
         assert_eq!(view.store.starts().expect("starts"), starts, "durably");
+        assert_eq!(
+            view.newest,
+            [(1, 5_000), (2, 7_000)].into_iter().collect(),
+            "a partition started at the cut takes the event time there; 0 resumed keeps its own"
+        );
         view.change_ownership(Assignment::Revoked(vec![1]))
             .await
             .expect("revoked");

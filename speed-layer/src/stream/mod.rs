@@ -132,6 +132,7 @@ pub async fn run(
         positions: store.offsets()?,
         newest: store.event_times()?,
         cut: store.applied_cut()?,
+        cut_newest: BTreeMap::new(),
         starts: store.starts()?,
         owned: BTreeSet::new(),
         store,
