@@ -134,10 +134,17 @@ impl RealtimeCounts {
 
     /// Moves partition `p` to `start`, recording in `starts` when that is
     /// past its checkpoint.
+    ///
+    /// Never back: the group asks where to resume when it assigns, which can
+    /// be while a micro-batch read before the rebalance is still to be
+    /// checkpointed (a partition revoked and assigned again in one
+    /// rebalance). Its counts are in the mirror by now, so the position
+    /// stays at the checkpoint and the records below it that the reader
+    /// delivers again are skipped as redelivered, not counted twice.
     pub(super) fn start_partition(&mut self, p: Partition, start: Offset) {
         let checkpointed = self.positions.get(p);
-        self.positions.set(p, start);
         if start > checkpointed {
+            self.positions.set(p, start);
             self.starts.set(p, start);
             // Its events from the cut on are late or not by the watermark
             // a reader from offset 0 would have there, as in the batch
@@ -155,7 +162,8 @@ impl RealtimeCounts {
         } else {
             tracing::info!(
                 partition = p,
-                offset = start,
+                offset = checkpointed,
+                asked = start,
                 "Resuming from the checkpoint."
             );
         }
@@ -285,5 +293,16 @@ mod tests {
             view.owned_positions(),
             [(0, 40), (2, 16), (3, 0)].into_iter().collect()
         );
+        // Revoked and assigned again in one rebalance, with a resume point
+        // taken before the last micro-batch (to 60) was checkpointed: the
+        // position stays at the checkpoint, so nothing is counted twice.
+        view.positions.set(0, 60);
+        view.change_ownership(Assignment::Revoked(vec![0]))
+            .await
+            .expect("revoked");
+        view.change_ownership(Assignment::Assigned(vec![(0, 40)]))
+            .await
+            .expect("assigned");
+        assert_eq!(view.positions.get(0), 60, "never back below the checkpoint");
     }
 }
