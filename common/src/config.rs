@@ -315,26 +315,24 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    /// Kappa has no batch layer: a `--batch-url` would contradict it.
-    pub fn check_batch_url(self, batch_url: Option<&str>) -> Result<(), ConfigError> {
-        match (self, batch_url) {
-            (Architecture::Kappa, Some(_)) => Err(ConfigError::new(
-                "batch-url",
-                "the kappa architecture has no batch layer: leave it unset",
-            )),
-            _ => Ok(()),
+    /// Kappa has no batch layer: a `--batch-url` or a `--store-url` to
+    /// read batch views from would contradict it.
+    pub fn check_batch_sources(
+        self,
+        batch_url: Option<&str>,
+        store_url: Option<&str>,
+    ) -> Result<(), ConfigError> {
+        if self == Architecture::Kappa {
+            for (flag, value) in [("batch-url", batch_url), ("store-url", store_url)] {
+                if value.is_some() {
+                    return Err(ConfigError::new(
+                        flag,
+                        "the kappa architecture has no batch layer: leave it unset",
+                    ));
+                }
+            }
         }
-    }
-
-    /// A store of batch views makes no sense without a batch layer.
-    pub fn check_store_url(self, store_url: Option<&str>) -> Result<(), ConfigError> {
-        match (self, store_url) {
-            (Architecture::Kappa, Some(_)) => Err(ConfigError::new(
-                "store-url",
-                "the kappa architecture has no batch views: leave it unset",
-            )),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 }
 

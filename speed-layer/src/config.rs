@@ -86,9 +86,7 @@ impl SpeedArgs {
             });
         }
         self.architecture
-            .check_batch_url(self.batch_url.as_deref())?;
-        self.architecture
-            .check_store_url(self.store_url.as_deref())?;
+            .check_batch_sources(self.batch_url.as_deref(), self.store_url.as_deref())?;
         self.batch_bases()?;
         Ok(())
     }
