@@ -1,11 +1,15 @@
-//! Compaction: folding the deltas into a new snapshot, on a background
-//! thread once the deltas outgrow the snapshot and after every expiry, or on
-//! the caller's thread when asked.
+//! Compaction: folding the deltas into the snapshot, bucket by bucket, on a
+//! background thread once the deltas hold `--realtime-compact-bytes` and
+//! after every expiry, or on the caller's thread when asked.
 
-use crate::keys::snapshot_key;
+use crate::keys::{bucket_chunk, bucket_key, bucket_prefix, Floor, META_FLOOR};
+use crate::replay::floor_of;
 use crate::{Compaction, Inner, RealtimeStore, StoreError};
 use common::sync::LockOrStop;
 use lambda_core::chunk::ChunkWriter;
+use lambda_core::{BucketKey, CountKey};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -38,6 +42,7 @@ impl Compactor {
                         Ok(Some(c)) => tracing::info!(
                             store = %worker.path,
                             deltas = c.deltas,
+                            buckets = c.buckets,
                             counts = c.counts,
                             expired = c.expired,
                             snapshot_bytes = c.snapshot_bytes,
@@ -62,8 +67,12 @@ impl Compactor {
 }
 
 impl Inner {
-    /// Folds every delta written so far into a new snapshot, leaving out
-    /// expired counts, and removes what it replaced, atomically.
+    /// Folds every delta written so far into the snapshot, one bucket at a
+    /// time: only the buckets the deltas changed are read and rewritten,
+    /// and the buckets below the floor are removed unread, so a compaction
+    /// costs what changed since the last one, not the whole store. The
+    /// rewritten buckets, the removals and the folded deltas go in one
+    /// atomic batch.
     pub(crate) fn compact(
         &self,
         closing: Option<&AtomicBool>,
@@ -74,23 +83,73 @@ impl Inner {
             return Ok(None);
         }
         let below = self.log().next_seq;
-        let folded = self.read(below)?;
-        let mut writer = ChunkWriter::default();
-        for (k, c) in &folded.counts {
-            writer.push(k, *c);
-        }
-        let snapshot_bytes = writer.bytes();
-        let chunks = writer.finish();
-        let kept = chunks.len();
+        let changes = self.changes(below)?;
+        let floor: Floor = self.meta(META_FLOOR, "floor")?;
+        let mut done = Compaction {
+            deltas: changes.deltas,
+            buckets: 0,
+            counts: 0,
+            expired: 0,
+            snapshot_bytes: 0,
+        };
         let mut batch = sled::Batch::default();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            batch.insert(&snapshot_key(i as u32), chunk);
+        let (mut written, mut replaced) = (0, changes.legacy_bytes);
+        // Whole buckets below the floor go, unread.
+        for (&partition, &first_live) in &floor {
+            let expired = bucket_prefix(partition, 0)..bucket_prefix(partition, first_live);
+            let mut last = None;
+            for item in self.tree.range(expired) {
+                let (k, v) = item.map_err(self.err())?;
+                replaced += v.len() as u64;
+                let bucket = k.get(..13).map(<[u8]>::to_vec);
+                done.expired += u64::from(bucket != last);
+                last = bucket;
+                batch.remove(k);
+            }
         }
-        let stale = folded.snapshot_keys.into_iter().filter(|k| {
-            k.len() != 5
-                || u32::from_be_bytes(k[1..5].try_into().expect("4 bytes")) as usize >= kept
-        });
-        for k in stale.chain(folded.legacy_keys).chain(folded.delta_keys) {
+        // Each live bucket that changed: its snapshot, the changes over it.
+        let mut changed: BTreeMap<BucketKey, Vec<(CountKey, u64)>> = BTreeMap::new();
+        for (key, count) in changes.counts {
+            if key.bucket.bucket >= floor_of(&floor, key.bucket.partition) {
+                changed.entry(key.bucket).or_default().push((key, count));
+            }
+        }
+        for (bucket, counts) in changed {
+            if stopping() {
+                return Ok(None);
+            }
+            let prefix = bucket_prefix(bucket.partition, bucket.bucket);
+            let mut merged = FxHashMap::default();
+            let (old_keys, old_bytes) = self.bucket_snapshot(&prefix, &mut merged)?;
+            replaced += old_bytes;
+            let mut writer = ChunkWriter::default();
+            if merged.is_empty() {
+                // A new bucket (the usual case): nothing to merge with.
+                for (k, c) in &counts {
+                    writer.push(k, *c);
+                }
+                done.counts += counts.len() as u64;
+            } else {
+                merged.extend(counts);
+                for (k, c) in &merged {
+                    writer.push(k, *c);
+                }
+                done.counts += merged.len() as u64;
+            }
+            written += writer.bytes();
+            let chunks = writer.finish();
+            let kept = chunks.len();
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                batch.insert(&bucket_key(bucket.partition, bucket.bucket, i as u32), chunk);
+            }
+            for k in old_keys {
+                if bucket_chunk(&k).is_none_or(|i| i as usize >= kept) {
+                    batch.remove(k);
+                }
+            }
+            done.buckets += 1;
+        }
+        for k in changes.folded_keys {
             batch.remove(k);
         }
         if stopping() {
@@ -99,16 +158,12 @@ impl Inner {
         self.tree.apply_batch(batch).map_err(self.err())?;
         self.db.flush().map_err(self.err())?;
         let mut log = self.log();
-        log.snapshot_bytes = snapshot_bytes;
-        log.delta_bytes = log.delta_bytes.saturating_sub(folded.delta_bytes);
-        log.deltas = log.deltas.saturating_sub(folded.deltas);
+        log.snapshot_bytes = (log.snapshot_bytes + written).saturating_sub(replaced);
+        log.delta_bytes = log.delta_bytes.saturating_sub(changes.delta_bytes);
+        log.deltas = log.deltas.saturating_sub(changes.deltas);
         log.compactions += 1;
-        Ok(Some(Compaction {
-            deltas: folded.deltas,
-            counts: folded.counts.len() as u64,
-            expired: folded.expired,
-            snapshot_bytes,
-        }))
+        done.snapshot_bytes = log.snapshot_bytes;
+        Ok(Some(done))
     }
 }
 

@@ -3,6 +3,9 @@
 use lambda_core::Partition;
 use std::collections::BTreeMap;
 
+/// The snapshot, one entry per (partition, bucket): what compaction writes.
+pub(crate) const BUCKETED: u8 = b'b';
+/// The snapshot before it was kept per bucket: read, then compacted away.
 pub(crate) const SNAPSHOT: u8 = b's';
 pub(crate) const DELTA: u8 = b'd';
 pub(crate) const OFFSET: u8 = b'o';
@@ -30,10 +33,35 @@ pub(crate) fn event_time_key(partition: Partition) -> [u8; 5] {
     k
 }
 
+/// A chunk of the old whole-store snapshot (tests write one to check it is
+/// still read and compacted away).
+#[cfg(test)]
 pub(crate) fn snapshot_key(chunk: u32) -> [u8; 5] {
     let mut k = [SNAPSHOT; 5];
     k[1..].copy_from_slice(&chunk.to_be_bytes());
     k
+}
+
+/// Where one (partition, bucket)'s snapshot chunks start; chunk `i` is
+/// this prefix and `i` (u32 BE). Partitions are non-negative, so the
+/// big-endian bytes keep one partition's buckets in order.
+pub(crate) fn bucket_prefix(partition: Partition, bucket: u64) -> [u8; 13] {
+    let mut k = [BUCKETED; 13];
+    k[1..5].copy_from_slice(&partition.to_be_bytes());
+    k[5..13].copy_from_slice(&bucket.to_be_bytes());
+    k
+}
+
+pub(crate) fn bucket_key(partition: Partition, bucket: u64, chunk: u32) -> [u8; 17] {
+    let mut k = [0; 17];
+    k[..13].copy_from_slice(&bucket_prefix(partition, bucket));
+    k[13..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// The chunk index of a snapshot key, if it is one.
+pub(crate) fn bucket_chunk(key: &[u8]) -> Option<u32> {
+    (key.len() == 17).then(|| u32::from_be_bytes(key[13..].try_into().expect("4 bytes")))
 }
 
 pub(crate) fn delta_key(seq: u64, chunk: u32) -> [u8; 13] {
