@@ -124,6 +124,32 @@ fn find_bucket(buckets: &[(BucketKey, u64)], bucket: &BucketKey) -> Result<usize
     }
 }
 
+/// Raises a key's buckets to `counts` where they are higher (counts only
+/// grow); returns what that adds above `cut`, for its ranking.
+fn raise(
+    buckets: &mut Vec<(BucketKey, u64)>,
+    counts: &[(BucketKey, u64)],
+    cut: &Cut,
+    size: BucketSize,
+) -> u64 {
+    let mut added = 0;
+    for &(bucket, count) in counts {
+        let i = find_bucket(buckets, &bucket);
+        let held = i.map_or(0, |i| buckets[i].1);
+        if count <= held {
+            continue;
+        }
+        if cut.is_realtime_bucket(size, bucket.partition, bucket.bucket) {
+            added += count - held;
+        }
+        match i {
+            Ok(i) => buckets[i].1 = count,
+            Err(i) => buckets.insert(i, (bucket, count)),
+        }
+    }
+    added
+}
+
 /// Adds `delta` to `key`'s realtime ranking: the all-time one for a word,
 /// its window's for a windowed key (a late-events key only marks its window
 /// as having realtime counts).
@@ -274,9 +300,14 @@ impl Replica {
     /// The absolute values `upserts` lead to (`max` with what is held), one
     /// per key; what the follower makes durable before [`Self::apply`].
     /// Upserts for buckets the current view already covers are dropped.
+    ///
+    /// The result comes grouped by word (a key's buckets next to each
+    /// other), so that each word is looked up once here and once in
+    /// [`Self::apply`], not once per bucket: a release under load carries
+    /// each word for several partitions and buckets.
     pub fn resolve(&self, upserts: &[RealtimeUpsert]) -> Vec<(CountKey, u64)> {
         let cut = self.cut();
-        let mut out: FxHashMap<CountKey, u64> = FxHashMap::default();
+        let mut by_word: FxHashMap<&str, Vec<(BucketKey, u64)>> = FxHashMap::default();
         for u in upserts {
             if !cut.is_realtime_bucket(self.size, u.partition, u.bucket) {
                 continue;
@@ -285,47 +316,65 @@ impl Replica {
                 partition: u.partition,
                 bucket: u.bucket,
             };
-            let held = self
-                .realtime
-                .get(u.word.as_str())
-                .and_then(|b| find_bucket(b, &bucket).ok().map(|i| b[i].1))
-                .unwrap_or(0);
-            let key = CountKey {
-                bucket,
-                word: u.word.as_str().into(),
-            };
-            let value = out.entry(key).or_insert(held);
-            *value = (*value).max(u.count);
+            by_word
+                .entry(u.word.as_str())
+                .or_default()
+                .push((bucket, u.count));
         }
-        out.into_iter().collect()
+        let mut out = Vec::with_capacity(upserts.len());
+        for (word, mut changed) in by_word {
+            // Coalesced releases can carry one bucket more than once: its
+            // largest count comes first and is kept.
+            changed.sort_unstable_by(|(a, x), (b, y)| {
+                (a.bucket, a.partition)
+                    .cmp(&(b.bucket, b.partition))
+                    .then(y.cmp(x))
+            });
+            changed.dedup_by_key(|(k, _)| *k);
+            let held = self.realtime.get(word);
+            for (bucket, count) in changed {
+                let held = held
+                    .and_then(|b| find_bucket(b, &bucket).ok().map(|i| b[i].1))
+                    .unwrap_or(0);
+                let word = word.into();
+                out.push((CountKey { bucket, word }, count.max(held)));
+            }
+        }
+        out
     }
 
     /// Applies resolved counts and moves the realtime position to `as_of`.
+    /// Counts apply as `max` with what is held, in any order; a word's
+    /// counts next to each other (as [`Self::resolve`] gives them) are
+    /// applied with one lookup and one change of its ranking.
     pub fn apply(&mut self, counts: Vec<(CountKey, u64)>, as_of: Cut) {
-        for (CountKey { bucket, word }, count) in counts {
-            let held = self
-                .realtime
-                .get(&*word)
-                .and_then(|b| find_bucket(b, &bucket).ok().map(|i| b[i].1))
-                .unwrap_or(0);
-            if count <= held {
-                continue;
+        let cut = self.cut().clone();
+        let size = self.size;
+        let mut counts = counts.into_iter().peekable();
+        let mut run = Vec::new();
+        while let Some((CountKey { bucket, word }, count)) = counts.next() {
+            run.clear();
+            run.push((bucket, count));
+            while let Some((next, _)) = counts.peek() {
+                if next.word != word {
+                    break;
+                }
+                let (next, count) = counts.next().expect("peeked");
+                run.push((next.bucket, count));
             }
-            if self
-                .cut()
-                .is_realtime_bucket(self.size, bucket.partition, bucket.bucket)
-            {
-                rank(
-                    &mut self.ranked,
-                    &mut self.ranked_windows,
-                    &word,
-                    count - held,
-                );
-            }
-            let buckets = self.realtime.entry(word).or_default();
-            match find_bucket(buckets, &bucket) {
-                Ok(i) => buckets[i].1 = count,
-                Err(i) => buckets.insert(i, (bucket, count)),
+            let added = match self.realtime.get_mut(&*word) {
+                Some(buckets) => raise(buckets, &run, &cut, size),
+                None => {
+                    let mut buckets = Vec::new();
+                    let added = raise(&mut buckets, &run, &cut, size);
+                    if !buckets.is_empty() {
+                        self.realtime.insert(word.clone(), buckets);
+                    }
+                    added
+                }
+            };
+            if added > 0 {
+                rank(&mut self.ranked, &mut self.ranked_windows, &word, added);
             }
         }
         self.realtime_as_of = as_of;
