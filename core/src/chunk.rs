@@ -24,14 +24,19 @@ pub struct ChunkWriter {
 
 impl ChunkWriter {
     pub fn push(&mut self, key: &CountKey, count: u64) {
+        self.push_parts(key.bucket, &key.word, count);
+    }
+
+    /// [`push`](Self::push) for a key held in parts.
+    pub fn push_parts(&mut self, bucket: BucketKey, word: &str, count: u64) {
         let out = &mut self.current;
         let before = out.len();
         // Partitions are non-negative; the cast keeps the bits either way.
-        put_varint(out, u64::from(key.bucket.partition as u32));
-        put_varint(out, key.bucket.bucket);
+        put_varint(out, u64::from(bucket.partition as u32));
+        put_varint(out, bucket.bucket);
         put_varint(out, count);
-        put_varint(out, key.word.len() as u64);
-        out.extend_from_slice(key.word.as_bytes());
+        put_varint(out, word.len() as u64);
+        out.extend_from_slice(word.as_bytes());
         self.bytes += (out.len() - before) as u64;
         if out.len() >= CHUNK_BYTES {
             self.done.push(std::mem::take(out));
@@ -53,6 +58,22 @@ impl ChunkWriter {
 
 /// Calls `f` with every entry of a chunk, in order.
 pub fn decode(chunk: &[u8], mut f: impl FnMut(CountKey, u64)) -> Result<(), &'static str> {
+    decode_parts(chunk, |bucket, word, count| {
+        f(
+            CountKey {
+                bucket,
+                word: word.into(),
+            },
+            count,
+        )
+    })
+}
+
+/// [`decode`] without allocating: the word is borrowed from the chunk.
+pub fn decode_parts(
+    chunk: &[u8],
+    mut f: impl FnMut(BucketKey, &str, u64),
+) -> Result<(), &'static str> {
     let mut pos = 0;
     while pos < chunk.len() {
         let partition = get_varint(chunk, &mut pos).ok_or("malformed partition")?;
@@ -67,13 +88,7 @@ pub fn decode(chunk: &[u8], mut f: impl FnMut(CountKey, u64)) -> Result<(), &'st
             .ok_or("word runs past the chunk")?;
         let word = std::str::from_utf8(&chunk[pos..end]).map_err(|_| "word is not UTF-8")?;
         pos = end;
-        f(
-            CountKey {
-                bucket: BucketKey { partition, bucket },
-                word: word.into(),
-            },
-            count,
-        );
+        f(BucketKey { partition, bucket }, word, count);
     }
     Ok(())
 }

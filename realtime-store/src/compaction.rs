@@ -3,13 +3,10 @@
 //! after every expiry, or on the caller's thread when asked.
 
 use crate::keys::{bucket_chunk, bucket_key, bucket_prefix, Floor, META_FLOOR};
-use crate::replay::floor_of;
+use crate::replay::Buckets;
 use crate::{Compaction, Inner, RealtimeStore, StoreError};
 use common::sync::LockOrStop;
 use lambda_core::chunk::ChunkWriter;
-use lambda_core::{BucketKey, CountKey};
-use rustc_hash::FxHashMap;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -83,8 +80,9 @@ impl Inner {
             return Ok(None);
         }
         let below = self.log().next_seq;
-        let changes = self.changes(below)?;
         let floor: Floor = self.meta(META_FLOOR, "floor")?;
+        // Below the floor nothing is kept: not read into memory either.
+        let changes = self.changes(below, &floor)?;
         let mut done = Compaction {
             deltas: changes.deltas,
             buckets: 0,
@@ -108,34 +106,26 @@ impl Inner {
             }
         }
         // Each live bucket that changed: its snapshot, the changes over it.
-        let mut changed: BTreeMap<BucketKey, Vec<(CountKey, u64)>> = BTreeMap::new();
-        for (key, count) in changes.counts {
-            if key.bucket.bucket >= floor_of(&floor, key.bucket.partition) {
-                changed.entry(key.bucket).or_default().push((key, count));
-            }
-        }
-        for (bucket, counts) in changed {
+        for (bucket, changed) in changes.counts {
             if stopping() {
                 return Ok(None);
             }
             let prefix = bucket_prefix(bucket.partition, bucket.bucket);
-            let mut merged = FxHashMap::default();
-            let (old_keys, old_bytes) = self.bucket_snapshot(&prefix, &mut merged)?;
+            let mut old = Buckets::default();
+            let (old_keys, old_bytes) = self.snapshot_under(&prefix, &floor, &mut old)?;
             replaced += old_bytes;
-            let mut writer = ChunkWriter::default();
-            if merged.is_empty() {
-                // A new bucket (the usual case): nothing to merge with.
-                for (k, c) in &counts {
-                    writer.push(k, *c);
-                }
-                done.counts += counts.len() as u64;
+            // A new bucket (the usual case) has nothing to merge with.
+            let mut words = old.remove(&bucket).unwrap_or_default();
+            if words.is_empty() {
+                words = changed;
             } else {
-                merged.extend(counts);
-                for (k, c) in &merged {
-                    writer.push(k, *c);
-                }
-                done.counts += merged.len() as u64;
+                words.extend(changed);
             }
+            let mut writer = ChunkWriter::default();
+            for (word, c) in &words {
+                writer.push_parts(bucket, word, *c);
+            }
+            done.counts += words.len() as u64;
             written += writer.bytes();
             let chunks = writer.finish();
             let kept = chunks.len();
