@@ -130,7 +130,10 @@ impl Inner {
             let chunks = writer.finish();
             let kept = chunks.len();
             for (i, chunk) in chunks.into_iter().enumerate() {
-                batch.insert(&bucket_key(bucket.partition, bucket.bucket, i as u32), chunk);
+                batch.insert(
+                    &bucket_key(bucket.partition, bucket.bucket, i as u32),
+                    chunk,
+                );
             }
             for k in old_keys {
                 if bucket_chunk(&k).is_none_or(|i| i as usize >= kept) {

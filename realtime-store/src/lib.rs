@@ -59,8 +59,8 @@ use common::sync::LockOrStop;
 use compaction::Compactor;
 use keys::{
     delta_key, delta_seq, event_time_key, offset_key, Floor, BUCKETED, CACHE_BYTES, DELTA,
-    EVENT_TIME, LEGACY_COUNT, LOCK_WAIT, META_AS_OF, META_CUT, META_FLOOR, META_STARTS, META_WRITER, OFFSET,
-    SNAPSHOT,
+    EVENT_TIME, LEGACY_COUNT, LOCK_WAIT, META_AS_OF, META_CUT, META_FLOOR, META_STARTS,
+    META_WRITER, OFFSET, SNAPSHOT,
 };
 use lambda_core::chunk::ChunkWriter;
 use lambda_core::window::Millis;
@@ -623,7 +623,10 @@ mod tests {
         want.retain(|(k, _)| k.bucket.bucket >= 4);
         assert_eq!(counts(&store), want);
         drop(store);
-        assert_eq!(counts(&RealtimeStore::open(dir.path()).expect("reopen")), want);
+        assert_eq!(
+            counts(&RealtimeStore::open(dir.path()).expect("reopen")),
+            want
+        );
     }
 
     #[tokio::test]
