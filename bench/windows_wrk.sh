@@ -57,7 +57,7 @@ started=$(date +%s.%N)
 lag() { curl -sf "$base/v1/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lag"])'; }
 for _ in $(seq 1200); do [ "$(lag)" = 0 ] && break; sleep 0.5; done
 recompute_started=$(date +%s.%N)
-curl -sf -X POST -H "Authorization: Bearer bench" "$base/v1/admin/recompute" >/dev/null
+curl -sSf -X POST -H "Authorization: Bearer bench" "$base/v1/admin/recompute" >/dev/null || { echo "the forced recompute failed:"; tail -20 "$work/demo.log"; exit 1; }
 recompute_done=$(date +%s.%N)
 status=$(curl -sf "$base/v1/status")
 view_bytes=$(find "$work/data" -path '*views*' -type f -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f1)

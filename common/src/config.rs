@@ -345,15 +345,15 @@ impl std::fmt::Display for Architecture {
     }
 }
 
-/// The realtime store's checkpoint log is compacted once it outgrows its
-/// snapshot and holds at least this many bytes.
+/// The realtime store's checkpoint log is compacted once it holds this many
+/// bytes.
 pub const DEFAULT_REALTIME_COMPACT_BYTES: u64 = 32 << 20;
 
 /// How the speed and serving layers keep realtime counts on disk.
 #[derive(Debug, Clone, Args)]
 pub struct RealtimeStoreArgs {
-    /// Compact the realtime store once its checkpoint deltas hold more bytes
-    /// than its snapshot and at least this many.
+    /// Compact the realtime store once its checkpoint deltas hold this many
+    /// bytes (a compaction rewrites only the buckets they changed).
     #[arg(long, env = env::REALTIME_COMPACT_BYTES, default_value_t = DEFAULT_REALTIME_COMPACT_BYTES)]
     pub realtime_compact_bytes: u64,
 }

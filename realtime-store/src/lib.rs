@@ -152,8 +152,7 @@ pub struct RealtimeStore {
 /// Tuning for [`RealtimeStore::open_with`].
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
-    /// Deltas are compacted once they hold more bytes than the snapshot and
-    /// at least this many.
+    /// Deltas are compacted once they hold more than this many bytes.
     pub compact_min_bytes: u64,
 }
 
@@ -678,7 +677,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deltas_that_outgrow_the_snapshot_are_compacted_in_the_background() {
+    async fn deltas_that_reach_the_threshold_are_compacted_in_the_background() {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = StoreOptions {
             compact_min_bytes: 4 << 10,
