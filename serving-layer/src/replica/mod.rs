@@ -717,15 +717,27 @@ mod tests {
         let first: Vec<(&str, u64)> = first.iter().map(|(w, c)| (w.as_str(), *c)).collect();
         let mut replica = Replica::new(size).with_windows(test_windows());
         replica.swap_view(Arc::new(view(1, first_cut, size, &first)));
-        let upserts: Vec<RealtimeUpsert> = realtime
+        // Two releases, as the follower sees them under load: an earlier
+        // one with part of each count, then one carrying the final counts
+        // followed by older (smaller) ones again, as a coalesced release
+        // can. Counts apply as `max`: the largest must win.
+        let halves: Vec<RealtimeUpsert> = realtime
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|((p, b, w), c)| upsert(w, *p, *b, c / 2))
+            .collect();
+        let mut upserts: Vec<RealtimeUpsert> = realtime
             .iter()
             .map(|((p, b, w), c)| upsert(w, *p, *b, *c))
             .collect();
-        let resolved = replica.resolve(&upserts);
+        upserts.extend(halves.iter().cloned());
         let ends: Cut = per_partition
             .iter()
             .map(|(&p, e)| (p, e.len() as i64))
             .collect();
+        let resolved = replica.resolve(&halves);
+        replica.apply(resolved, Cut::new());
+        let resolved = replica.resolve(&upserts);
         replica.apply(resolved, ends);
 
         let ranked = |counts: BTreeMap<String, u64>| {
