@@ -19,10 +19,13 @@ pub mod chunks;
 mod index;
 mod partition;
 pub mod record;
+mod sealing;
 mod segments;
 
 pub use partition::{sync_dir, PartitionLog, SegmentMeta};
 pub use record::{Record, RecordKind};
+use sealing::Sealed;
+pub use sealing::ToSeal;
 pub use segments::{Lease, RecordIter, SegmentRef, Source};
 
 use lambda_core::{Cut, Offset, Partition, Positions};
@@ -123,25 +126,6 @@ pub struct MasterLog {
     owned: Option<BTreeSet<Partition>>,
 }
 
-/// The shared store the log seals chunks into, and what it holds.
-#[derive(Debug)]
-struct Sealed {
-    store: common::store::Store,
-    runtime: tokio::runtime::Handle,
-    /// Offsets per chunk.
-    size: Offset,
-    chunks: BTreeMap<Partition, Vec<chunks::Chunk>>,
-}
-
-/// A chunk ready to seal: its bounds and the local segments holding it.
-#[derive(Debug)]
-pub struct ToSeal {
-    pub partition: Partition,
-    pub first: Offset,
-    pub end: Offset,
-    pub segments: Vec<SegmentRef>,
-}
-
 impl MasterLog {
     /// Opens the log under `data_dir`, recovering every partition found.
     pub fn open(data_dir: &Path, options: LogOptions) -> Result<Self, LogError> {
@@ -171,188 +155,6 @@ impl MasterLog {
             lease: Lease::default(),
             owned: None,
         })
-    }
-
-    /// Seals chunks of `size` offsets into `store` from now on, which
-    /// already holds `chunks` (see [`chunks::list`]): where the local log
-    /// ends at or below their end (a new, lost or stale data directory:
-    /// another instance sealed further), its segments are deleted and it
-    /// resumes at their end, so the local log always continues the store
-    /// without a hole; the offsets below its start are read from the store.
-    pub fn attach_store(
-        &mut self,
-        store: common::store::Store,
-        runtime: tokio::runtime::Handle,
-        size: Offset,
-        chunks: BTreeMap<Partition, Vec<chunks::Chunk>>,
-    ) -> Result<(), LogError> {
-        self.sealed = Some(Sealed {
-            store,
-            runtime,
-            size,
-            chunks,
-        });
-        let stale: Vec<Partition> = self
-            .partitions
-            .iter()
-            .filter(|(&p, log)| {
-                log.next_offset()
-                    .is_some_and(|next| next <= self.sealed_end(p))
-            })
-            .map(|(&p, _)| p)
-            .collect();
-        for p in stale {
-            self.partitions.remove(&p);
-            let dir = self.root.join(format!("p-{p}"));
-            fs::remove_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
-            tracing::info!(
-                partition = p,
-                sealed_end = self.sealed_end(p),
-                "The store holds everything the local log had; resuming at its end."
-            );
-        }
-        sync_dir(&self.root)
-    }
-
-    /// Takes in what the store holds now (`chunks`, see [`chunks::list`]):
-    /// chunks other instances sealed since this one last looked (they own
-    /// partitions this one may own next). A local log the store has
-    /// overtaken is deleted, as at start, unless a reference to a local
-    /// segment is alive (a recompute reading): then that partition waits
-    /// for a later call, so no reader ever sees the store's chunks and the
-    /// local log overlap. Returns the partitions brought up to the store.
-    pub fn refresh_sealed(
-        &mut self,
-        chunks: BTreeMap<Partition, Vec<chunks::Chunk>>,
-    ) -> Result<Vec<Partition>, LogError> {
-        let leased = std::sync::Arc::strong_count(&self.lease.0) > 1;
-        let mut refreshed = Vec::new();
-        for (p, listed) in chunks {
-            let Some(end) = listed.last().map(|c| c.end) else {
-                continue;
-            };
-            if end <= self.sealed_end(p) {
-                continue;
-            }
-            let stale = self
-                .partitions
-                .get(&p)
-                .and_then(PartitionLog::next_offset)
-                .is_some_and(|next| next <= end);
-            if stale {
-                if leased {
-                    continue;
-                }
-                self.partitions.remove(&p);
-                let dir = self.root.join(format!("p-{p}"));
-                fs::remove_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
-                sync_dir(&self.root)?;
-                tracing::info!(
-                    partition = p,
-                    sealed_end = end,
-                    "Another instance sealed past the local log; resuming at the store's end."
-                );
-            }
-            if let Some(sealed) = &mut self.sealed {
-                sealed.chunks.insert(p, listed);
-                refreshed.push(p);
-            }
-        }
-        Ok(refreshed)
-    }
-
-    /// The offset below which `partition`'s chunks are sealed in the store.
-    pub fn sealed_end(&self, partition: Partition) -> Offset {
-        self.sealed
-            .as_ref()
-            .and_then(|s| s.chunks.get(&partition)?.last().map(|c| c.end))
-            .unwrap_or(0)
-    }
-
-    /// Per partition with sealed chunks, the offset below which the store
-    /// holds it.
-    pub fn sealed_ends(&self) -> Positions {
-        self.sealed
-            .iter()
-            .flat_map(|s| &s.chunks)
-            .filter_map(|(&p, chunks)| chunks.last().map(|c| (p, c.end)))
-            .collect()
-    }
-
-    /// The first offset the local log holds for `partition` (everything
-    /// below comes from the store).
-    fn local_start(&self, partition: Partition) -> Offset {
-        match self
-            .partitions
-            .get(&partition)
-            .and_then(|l| l.segments().first())
-        {
-            Some(first) => first.base_offset,
-            None => self.sealed_end(partition),
-        }
-    }
-
-    /// The chunks the local log has passed but the store does not hold yet,
-    /// at most `max` of them, oldest first per partition.
-    pub fn to_seal(&self, max: usize) -> Vec<ToSeal> {
-        let Some(sealed) = &self.sealed else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (&partition, log) in &self.partitions {
-            let Some(next) = log.next_offset() else {
-                continue;
-            };
-            let mut first = self.sealed_end(partition);
-            // The local log must hold the whole chunk.
-            if self.local_start(partition) > first {
-                continue;
-            }
-            while first + sealed.size <= next && out.len() < max {
-                let end = first + sealed.size;
-                let bounds = |o| -> Cut { [(partition, o)].into_iter().collect() };
-                out.push(ToSeal {
-                    partition,
-                    first,
-                    end,
-                    segments: self.segments_between(&bounds(first), &bounds(end)),
-                });
-                first = end;
-            }
-        }
-        out
-    }
-
-    /// Deletes the local segments wholly below each partition's sealed end
-    /// (the store holds them), unless a reference to a local segment is
-    /// alive (a recompute reading, say): then it waits for a later call.
-    /// Returns how many segments were deleted.
-    pub fn trim(&mut self) -> Result<usize, LogError> {
-        if self.sealed.is_none() || std::sync::Arc::strong_count(&self.lease.0) > 1 {
-            return Ok(0);
-        }
-        let ends: Vec<(Partition, Offset)> = self
-            .partitions
-            .keys()
-            .map(|&p| (p, self.sealed_end(p)))
-            .collect();
-        let mut trimmed = 0;
-        for (p, end) in ends {
-            if let Some(log) = self.partitions.get_mut(&p) {
-                trimmed += log.trim_below(end)?;
-            }
-        }
-        Ok(trimmed)
-    }
-
-    /// Notes that `chunk` of `partition` is in the store.
-    pub fn note_sealed(&mut self, partition: Partition, chunk: chunks::Chunk) {
-        let end = self.sealed_end(partition);
-        if let Some(sealed) = &mut self.sealed {
-            if chunk.first == end {
-                sealed.chunks.entry(partition).or_default().push(chunk);
-            }
-        }
     }
 
     pub fn options(&self) -> &LogOptions {
@@ -402,14 +204,7 @@ impl MasterLog {
     /// and the largest cut a view may take. Partitions without records are
     /// absent.
     pub fn end_offsets(&self) -> Positions {
-        let mut ends: BTreeMap<Partition, Offset> = BTreeMap::new();
-        if let Some(sealed) = &self.sealed {
-            for (&p, chunks) in &sealed.chunks {
-                if let Some(last) = chunks.last() {
-                    ends.insert(p, last.end);
-                }
-            }
-        }
+        let mut ends: BTreeMap<Partition, Offset> = self.sealed_ends().iter().collect();
         for (&p, log) in &self.partitions {
             if let Some(next) = log.next_offset() {
                 let end = ends.entry(p).or_insert(next);
