@@ -74,10 +74,9 @@ pub(super) async fn checkpoint_then_publish(
         .set(started.elapsed().as_micros() as i64);
     let publication = Publication {
         upserts: checkpoint.counts,
-        positions: positions
-            .iter()
-            .filter(|(p, _)| owned.contains(p))
-            .collect(),
+        // Every owned partition, one never checkpointed at 0 too: a serving
+        // layer's `as_of` names only the partitions watermarks name.
+        positions: owned.iter().map(|&p| (p, positions.get(p))).collect(),
         newest: newest.clone(),
         starts: starts.iter().filter(|(p, _)| owned.contains(p)).collect(),
         oldest_event_ms,
@@ -177,7 +176,7 @@ mod tests {
             metrics: &metrics,
             stalls: &stalls,
             starts: &Cut::new(),
-            owned: &[0].into_iter().collect(),
+            owned: &[0, 1].into_iter().collect(),
         };
         let mut newest = BTreeMap::new();
         let progress = (&mut positions, &mut newest);
@@ -188,7 +187,11 @@ mod tests {
         assert_eq!(metrics.checkpoint_failures.get(), 2);
         let published = rx.try_recv().expect("published after the checkpoint");
         assert_eq!(published.upserts, checkpoint().counts);
-        assert_eq!(published.positions.get(0), 25);
+        assert_eq!(
+            published.positions,
+            [(0, 25), (1, 0)].into_iter().collect(),
+            "every owned partition, one never checkpointed at 0"
+        );
         assert_eq!(positions.get(0), 25);
         assert_eq!(published.newest, [(0, 1_000)].into_iter().collect());
     }
