@@ -89,9 +89,21 @@ impl RealtimeUpsert {
 /// stable across processes and versions, and free of allocation (it runs
 /// for every published count).
 pub fn route(word: &str, partition: Partition, bucket: u64, partitions: usize) -> i32 {
-    let mut crc = crc32c::crc32c(&partition.to_be_bytes());
-    crc = crc32c::crc32c_append(crc, &bucket.to_be_bytes());
-    crc = crc32c::crc32c_append(crc, word.as_bytes());
+    // One CRC over the key's bytes gathered on the stack when they fit: the
+    // same value as three appends, at a third of the calls.
+    const HEAD: usize = 4 + 8;
+    let mut key = [0u8; 64];
+    let w = word.as_bytes();
+    let crc = if let Some(tail) = key.get_mut(HEAD..HEAD + w.len()) {
+        tail.copy_from_slice(w);
+        key[..4].copy_from_slice(&partition.to_be_bytes());
+        key[4..HEAD].copy_from_slice(&bucket.to_be_bytes());
+        crc32c::crc32c(&key[..HEAD + w.len()])
+    } else {
+        let crc = crc32c::crc32c(&partition.to_be_bytes());
+        let crc = crc32c::crc32c_append(crc, &bucket.to_be_bytes());
+        crc32c::crc32c_append(crc, w)
+    };
     (crc as usize % partitions.max(1)) as i32
 }
 
@@ -267,7 +279,19 @@ mod tests {
 
     #[test]
     fn routing_is_stable_and_spreads_keys() {
-        assert_eq!(route("café", 2, 7, 4), route("café", 2, 7, 4));
+        // The values of every version so far: a key's upserts stay on one
+        // realtime partition across an upgrade.
+        let long = "x".repeat(80);
+        let pinned = [
+            ("café", 2, 7, 754_715_845),
+            ("lambda", 0, 0, -1_667_509_819),
+            ("", 3, u64::MAX, -159_367_111),
+            (long.as_str(), 1, 12_345, 1_952_507_589),
+            ("#29938191@u2250", 7, 99, 496_212_150),
+        ];
+        for (word, p, b, want) in pinned {
+            assert_eq!(route(word, p, b, 1 << 40), want, "{word:?} {p} {b}");
+        }
         let mut used = [0usize; 4];
         for i in 0..1000 {
             used[route(&format!("w{i}"), 0, 0, 4) as usize] += 1;
