@@ -1,6 +1,9 @@
 //! The checkpoint: a micro-batch made durable, then handed to the publisher.
 
 use super::*;
+use consume::MicroBatch;
+use counts::Mirror;
+use tokio::task::JoinHandle;
 
 /// Where micro-batches are made durable: the realtime store (tests use
 /// one that fails).
@@ -20,39 +23,64 @@ impl Durable for RealtimeStore {
     }
 }
 
-/// Where a checkpointed micro-batch goes, and what reports on its checkpoint.
-#[derive(Clone, Copy)]
-pub(super) struct Outlets<'a> {
-    pub(super) publish: &'a mpsc::Sender<Publication>,
-    pub(super) metrics: &'a SpeedMetrics,
-    pub(super) stalls: &'a Stalls,
+/// Where a checkpointed micro-batch goes, and what reports on its
+/// checkpoint. Owned, so a checkpoint can run beside the counting of the
+/// next micro-batch (see [`InFlight`]).
+#[derive(Clone)]
+pub(super) struct Outlets {
+    pub(super) publish: mpsc::Sender<Publication>,
+    pub(super) metrics: Arc<SpeedMetrics>,
+    pub(super) stalls: Stalls,
+    /// Told the positions once they are durable.
+    pub(super) status: Arc<Mutex<SpeedStatus>>,
+    pub(super) token: CancellationToken,
+}
+
+/// Where a micro-batch leaves the partitions, once it is durable: what its
+/// watermark and the status report.
+pub(super) struct Progress {
+    /// The next offset of every partition ever read, this batch's included.
+    pub(super) positions: Positions,
+    /// Per partition, the newest timestamp that moved its watermark.
+    pub(super) newest: BTreeMap<Partition, Millis>,
     /// Where partitions started past their checkpoint, for the watermarks.
-    pub(super) starts: &'a Cut,
+    pub(super) starts: Cut,
     /// The partitions owned: a watermark names only these.
-    pub(super) owned: &'a BTreeSet<Partition>,
+    pub(super) owned: BTreeSet<Partition>,
+}
+
+impl Progress {
+    /// The positions of the partitions owned — every one, one never
+    /// checkpointed at 0 too: a serving layer's `as_of` names only the
+    /// partitions watermarks name.
+    fn owned_positions(&self) -> Positions {
+        self.owned
+            .iter()
+            .map(|&p| (p, self.positions.get(p)))
+            .collect()
+    }
 }
 
 /// Writes a micro-batch's changed counts and next offsets atomically,
-/// retrying until they are durable (consumption waits meanwhile:
-/// backpressure, not loss), then moves `positions` and hands the counts to
-/// the publisher — never the other way round. False when the role stopped
-/// before the checkpoint was durable: then nothing of the micro-batch is
-/// published and the positions stay, so a restart recounts it.
+/// retrying until they are durable (the next micro-batch waits for it before
+/// its own checkpoint: backpressure, not loss), then reports the positions
+/// and hands the counts to the publisher — never the other way round. False
+/// when the role stopped before the checkpoint was durable: then nothing of
+/// the micro-batch is published or reported, so a restart recounts it.
 pub(super) async fn checkpoint_then_publish(
     store: &impl Durable,
-    (positions, newest): (&mut Positions, &mut BTreeMap<Partition, Millis>),
     checkpoint: Checkpoint,
+    progress: Progress,
     oldest_event_ms: Option<i64>,
-    outlets: &Outlets<'_>,
-    token: &CancellationToken,
+    outlets: &Outlets,
 ) -> bool {
     let Outlets {
         publish,
         metrics,
         stalls,
-        starts,
-        owned,
-    } = *outlets;
+        status,
+        token,
+    } = outlets;
     let started = Instant::now();
     let write = DurableWrite {
         what: "the checkpoint",
@@ -63,22 +91,26 @@ pub(super) async fn checkpoint_then_publish(
     if durable.is_none() {
         return false;
     }
-    for (p, o) in &checkpoint.next_offsets {
-        positions.set(*p, *o);
-    }
-    newest.extend(checkpoint.event_times.iter().copied());
     metrics.micro_batches.inc();
     metrics.checkpoint_stage.observe(started.elapsed());
     metrics
         .last_checkpoint_us
         .set(started.elapsed().as_micros() as i64);
+    let positions = progress.owned_positions();
+    {
+        let mut s = status.lock_or_stop("the speed status");
+        s.positions = positions.clone();
+        s.checkpointed = progress.positions;
+    }
     let publication = Publication {
         upserts: checkpoint.counts,
-        // Every owned partition, one never checkpointed at 0 too: a serving
-        // layer's `as_of` names only the partitions watermarks name.
-        positions: owned.iter().map(|&p| (p, positions.get(p))).collect(),
-        newest: newest.clone(),
-        starts: starts.iter().filter(|(p, _)| owned.contains(p)).collect(),
+        positions,
+        newest: progress.newest,
+        starts: progress
+            .starts
+            .iter()
+            .filter(|(p, _)| progress.owned.contains(p))
+            .collect(),
         oldest_event_ms,
         checkpointed_at: Instant::now(),
     };
@@ -86,6 +118,57 @@ pub(super) async fn checkpoint_then_publish(
         tracing::error!("The publisher stopped; upserts will be re-published on restart.");
     }
     true
+}
+
+/// A micro-batch being applied to the live counts, checkpointed and handed
+/// to the publisher on a task of its own while the stream loop reads and
+/// counts the next one: the two take turns on the critical path otherwise
+/// (reading and counting about half of it, applying and checkpointing the
+/// rest). One at a time: the loop lands it before the next one starts and
+/// before anything else touches the live counts or the partitions (a
+/// rebalance, a new batch cut, a held partition, the end).
+pub(super) struct InFlight {
+    task: JoinHandle<(Mirror, bool)>,
+}
+
+impl InFlight {
+    /// Starts `batch` on its way. The live counts go with it and come back
+    /// when it lands; `progress` is where it leaves the partitions.
+    pub(super) fn start(
+        store: Arc<RealtimeStore>,
+        mut mirror: Mirror,
+        mut batch: MicroBatch,
+        progress: Progress,
+        outlets: Outlets,
+    ) -> Self {
+        let task = tokio::spawn(async move {
+            let checkpoint = Checkpoint {
+                counts: batch.apply(&mut mirror),
+                next_offsets: batch.next_offsets(),
+                as_of: None,
+                event_times: batch.event_times(),
+            };
+            let oldest = batch.oldest_event_ms;
+            let durable =
+                checkpoint_then_publish(&*store, checkpoint, progress, oldest, &outlets).await;
+            outlets.metrics.live_counts.set(mirror.len() as i64);
+            (mirror, durable)
+        });
+        Self { task }
+    }
+
+    /// Waits until it is durable and handed to the publisher (or the role
+    /// stopped first: false); the live counts return to `mirror`.
+    pub(super) async fn land(self, mirror: &mut Mirror) -> bool {
+        match self.task.await {
+            Ok((counts, durable)) => {
+                *mirror = counts;
+                durable
+            }
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +205,25 @@ mod tests {
         }
     }
 
+    fn outlets(tx: mpsc::Sender<Publication>) -> Outlets {
+        Outlets {
+            publish: tx,
+            metrics: Arc::default(),
+            stalls: Stalls::default(),
+            status: Arc::default(),
+            token: CancellationToken::new(),
+        }
+    }
+
+    fn progress(owned: &[Partition]) -> Progress {
+        Progress {
+            positions: [(0, 25)].into_iter().collect(),
+            newest: [(0, 1_000)].into_iter().collect(),
+            starts: Cut::new(),
+            owned: owned.iter().copied().collect(),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_checkpoint_that_keeps_failing_and_is_cancelled_publishes_nothing() {
         let store = Flaky {
@@ -129,26 +231,15 @@ mod tests {
             attempts: AtomicUsize::new(0),
         };
         let (tx, mut rx) = mpsc::channel(4);
-        let (metrics, token) = (SpeedMetrics::default(), CancellationToken::new());
-        let mut positions: Positions = [(0, 20)].into_iter().collect();
+        let out = outlets(tx);
+        out.status.lock_or_stop("the status").checkpointed = [(0, 20)].into_iter().collect();
         let stop = async {
-            while metrics.checkpoint_failures.get() < 3 {
+            while out.metrics.checkpoint_failures.get() < 3 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            token.cancel();
+            out.token.cancel();
         };
-        let stalls = Stalls::default();
-        let outlets = Outlets {
-            publish: &tx,
-            metrics: &metrics,
-            stalls: &stalls,
-            starts: &Cut::new(),
-            owned: &[0].into_iter().collect(),
-        };
-        let mut newest = BTreeMap::new();
-        let progress = (&mut positions, &mut newest);
-        let attempt =
-            checkpoint_then_publish(&store, progress, checkpoint(), None, &outlets, &token);
+        let attempt = checkpoint_then_publish(&store, checkpoint(), progress(&[0]), None, &out);
         let (durable, ()) = tokio::join!(attempt, stop);
         assert!(!durable, "reported as not durable");
         assert_eq!(
@@ -156,9 +247,10 @@ mod tests {
             Some(TryRecvError::Empty),
             "nothing published"
         );
-        assert_eq!(positions.get(0), 20, "the positions did not move");
-        assert!(newest.is_empty(), "nor did the event time");
-        assert_eq!(metrics.micro_batches.get(), 0);
+        let status = out.status.lock_or_stop("the status").clone();
+        assert_eq!(status.checkpointed.get(0), 20, "the positions did not move");
+        assert!(status.positions.is_empty());
+        assert_eq!(out.metrics.micro_batches.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -168,31 +260,22 @@ mod tests {
             attempts: AtomicUsize::new(0),
         };
         let (tx, mut rx) = mpsc::channel(4);
-        let (metrics, token) = (SpeedMetrics::default(), CancellationToken::new());
-        let mut positions: Positions = [(0, 20)].into_iter().collect();
-        let stalls = Stalls::default();
-        let outlets = Outlets {
-            publish: &tx,
-            metrics: &metrics,
-            stalls: &stalls,
-            starts: &Cut::new(),
-            owned: &[0, 1].into_iter().collect(),
-        };
-        let mut newest = BTreeMap::new();
-        let progress = (&mut positions, &mut newest);
+        let out = outlets(tx);
         let durable =
-            checkpoint_then_publish(&store, progress, checkpoint(), None, &outlets, &token).await;
+            checkpoint_then_publish(&store, checkpoint(), progress(&[0, 1]), None, &out).await;
         assert!(durable);
         assert_eq!(store.attempts.load(Ordering::Relaxed), 3);
-        assert_eq!(metrics.checkpoint_failures.get(), 2);
+        assert_eq!(out.metrics.checkpoint_failures.get(), 2);
         let published = rx.try_recv().expect("published after the checkpoint");
         assert_eq!(published.upserts, checkpoint().counts);
+        let owned: Positions = [(0, 25), (1, 0)].into_iter().collect();
         assert_eq!(
-            published.positions,
-            [(0, 25), (1, 0)].into_iter().collect(),
+            published.positions, owned,
             "every owned partition, one never checkpointed at 0"
         );
-        assert_eq!(positions.get(0), 25);
         assert_eq!(published.newest, [(0, 1_000)].into_iter().collect());
+        let status = out.status.lock_or_stop("the status").clone();
+        assert_eq!(status.positions, owned, "reported once durable");
+        assert_eq!(status.checkpointed.get(0), 25);
     }
 }

@@ -5,6 +5,7 @@
 //! and publishes each event at once and a loaded one shares the fixed cost
 //! per batch (an fsync, a watermark) among many records.
 
+use super::counts::Mirror;
 use super::{RealtimeCounts, StreamConfig};
 use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
@@ -13,7 +14,7 @@ use common::reader::{Assignment, Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
 use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::ConsumeFailure;
-use lambda_core::window::{Arrival, Key, Millis, Window};
+use lambda_core::window::{Arrival, Key, Millis, Window, WindowedKeys};
 use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
 use rdkafka::message::Message;
 use realtime_store::CountKey;
@@ -224,12 +225,20 @@ impl MicroBatch {
             .collect()
     }
 
-    /// Adds the deltas to the mirror; returns the changed keys with their
-    /// new absolute counts (what is checkpointed and then published).
-    pub(super) fn apply(&mut self, view: &mut RealtimeCounts) -> Vec<(CountKey, u64)> {
+    /// Adds the deltas to the live counts; returns the changed keys with
+    /// their new absolute counts (what is checkpointed and then published).
+    pub(super) fn apply(&mut self, mirror: &mut Mirror) -> Vec<(CountKey, u64)> {
         let mut changed = Vec::with_capacity(self.deltas.values().map(BucketDeltas::keys).sum());
+        // Most words of a batch share a window: its key prefix is written
+        // once, not formatted anew per word.
+        let (mut windowed, mut prefix) = (WindowedKeys::default(), None);
         for (bucket, deltas) in self.deltas.drain() {
-            let counts = view.mirror.bucket(bucket);
+            let counts = mirror.bucket(bucket);
+            if counts.is_empty() {
+                // A new bucket takes all of its keys from this batch or
+                // the next: sized once rather than grown step by step.
+                counts.reserve(deltas.keys());
+            }
             let mut add = |word: Box<str>, delta| {
                 // A key seen before is updated in place, without a copy.
                 let count = match counts.get_mut(&word) {
@@ -246,7 +255,11 @@ impl MicroBatch {
             };
             for (word, delta) in deltas.words {
                 for (window, n) in delta.windows() {
-                    add(Key::InWindow(window, &word).encode().into(), n);
+                    if prefix != Some(window) {
+                        windowed.set_window(window);
+                        prefix = Some(window);
+                    }
+                    add(windowed.key(&word).into(), n);
                 }
                 add(word, delta.all);
             }

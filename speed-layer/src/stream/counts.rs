@@ -66,7 +66,9 @@ impl Mirror {
 /// The speed layer's realtime counts: the durable store, its in-memory
 /// mirror, the positions they are exact at and the batch cut they start at.
 pub(super) struct RealtimeCounts {
-    pub(super) store: RealtimeStore,
+    /// Shared with the micro-batch being checkpointed (see
+    /// `checkpoint::InFlight`).
+    pub(super) store: Arc<RealtimeStore>,
     pub(super) mirror: Mirror,
     pub(super) positions: Positions,
     /// Per partition, the newest timestamp that moved its event-time
@@ -253,7 +255,7 @@ mod tests {
     async fn an_assigned_partition_behind_the_batch_cut_starts_at_it_and_says_so() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut view = RealtimeCounts {
-            store: RealtimeStore::open(dir.path()).expect("store"),
+            store: Arc::new(RealtimeStore::open(dir.path()).expect("store")),
             mirror: Mirror::default(),
             positions: [(0, 40), (1, 10)].into_iter().collect(),
             newest: [(1, 1_000)].into_iter().collect(),

@@ -18,7 +18,8 @@
 //! - this file: the loop and its configuration and status;
 //! - `counts`: the counts, the partitions they cover (assignment,
 //!   revocation, where a partition starts) and expiry below a new batch cut;
-//! - `checkpoint`: a micro-batch made durable, then handed to the publisher;
+//! - `checkpoint`: a micro-batch applied and made durable, then handed to
+//!   the publisher, on a task of its own while the next one is counted;
 //! - `consume`: records counted into adaptive micro-batches;
 //! - `publish`: checkpointed counts to the realtime topic, coalesced.
 
@@ -29,7 +30,7 @@ mod publish;
 
 use crate::cuts::{fetch_batch_cut, BatchCut};
 use crate::metrics::SpeedMetrics;
-use checkpoint::{checkpoint_then_publish, Outlets};
+use checkpoint::{InFlight, Outlets, Progress};
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{burst_producer_config, consumer_config, wait_for_partitions};
 use common::metrics::since_timestamp;
@@ -135,7 +136,7 @@ pub async fn run(
         cut_newest: BTreeMap::new(),
         starts: store.starts()?,
         owned: BTreeSet::new(),
-        store,
+        store: Arc::new(store),
     };
     // Every checkpointed count is re-published on start, repairing
     // publications a crash interrupted. The snapshot is taken before expiry:
@@ -228,7 +229,14 @@ pub async fn run(
     update_status(&status, &view, &metrics);
 
     let mut tokenizer = Tokenizer::new();
-    let stalls = status.lock_or_stop("the speed status").stalls.clone();
+    let outlets = Outlets {
+        publish: publish_tx.clone(),
+        metrics: Arc::clone(&metrics),
+        stalls: status.lock_or_stop("the speed status").stalls.clone(),
+        status: Arc::clone(&status),
+        token: token.clone(),
+    };
+    let mut in_flight: Option<InFlight> = None;
     let mut last_cut_poll = Instant::now();
     let mut last_commit = Instant::now();
     while !token.is_cancelled() {
@@ -238,62 +246,65 @@ pub async fn run(
             metrics: &metrics,
             token: &token,
         };
+        // Read and counted while the previous micro-batch is checkpointed.
         let Some(mut batch) = next_batch(&mut reader, &view, &mut tokenizer, &ctx).await? else {
             break;
         };
+        let unreadable = batch.unreadable.take();
         // Changes come in a batch of their own, before any record read after
-        // them; the previous batch is checkpointed and handed to the
-        // publisher already (a revoked partition's last counts included).
-        for change in std::mem::take(&mut batch.changes) {
-            view.change_ownership(change).await?;
-            update_status(&status, &view, &metrics);
+        // them, and once the previous batch is checkpointed and handed to
+        // the publisher (a revoked partition's last counts included).
+        if !batch.changes.is_empty() {
+            if !land(&mut in_flight, &mut view, &status, &metrics).await {
+                break;
+            }
+            for change in std::mem::take(&mut batch.changes) {
+                view.change_ownership(change).await?;
+                update_status(&status, &view, &metrics);
+            }
         }
         if batch.moved() {
             if let Some(oldest) = batch.oldest_event_ms {
                 metrics.consume_stage.observe(since_timestamp(oldest));
             }
-            let checkpoint = Checkpoint {
-                counts: batch.apply(&mut view),
-                next_offsets: batch.next_offsets(),
-                as_of: None,
-                event_times: batch.event_times(),
-            };
-            let RealtimeCounts {
-                store,
-                positions,
-                newest,
-                starts,
-                owned,
-                ..
-            } = &mut view;
-            let outlets = Outlets {
-                publish: &publish_tx,
-                metrics: &metrics,
-                stalls: &stalls,
-                starts,
-                owned,
-            };
-            let durable = checkpoint_then_publish(
-                store,
-                (positions, newest),
-                checkpoint,
-                batch.oldest_event_ms,
-                &outlets,
-                &token,
-            )
-            .await;
-            if !durable {
+            if !land(&mut in_flight, &mut view, &status, &metrics).await {
                 break;
             }
             if last_commit.elapsed() >= MONITORING_COMMIT_EVERY {
                 last_commit = Instant::now();
                 reader.commit_for_monitoring(&view.owned_positions());
             }
-            update_status(&status, &view, &metrics);
+            // The next batch is read from where this one ends: its counts
+            // are in the live counts it returns with.
+            for (p, o) in batch.next_offsets() {
+                view.positions.set(p, o);
+            }
+            view.newest.extend(batch.event_times());
+            let progress = Progress {
+                positions: view.positions.clone(),
+                newest: view.newest.clone(),
+                starts: view.starts.clone(),
+                owned: view.owned.clone(),
+            };
+            let mirror = std::mem::take(&mut view.mirror);
+            let store = Arc::clone(&view.store);
+            in_flight = Some(InFlight::start(
+                store,
+                mirror,
+                batch,
+                progress,
+                outlets.clone(),
+            ));
+        } else if !land(&mut in_flight, &mut view, &status, &metrics).await {
+            // Nothing read: the batch in flight has had time to land.
+            break;
         }
-        if let Some(failure) = batch.unreadable.take() {
-            // What was read before it is checkpointed and published above;
+        if let Some(failure) = unreadable {
+            // What was read before it is checkpointed and published first;
             // the unreadable records stay in Kafka, their partition held.
+            if !land(&mut in_flight, &mut view, &status, &metrics).await {
+                break;
+            }
             RecordsUnreadable {
                 topic: reader.topic(),
                 failure: &failure,
@@ -303,7 +314,7 @@ pub async fn run(
             let outcome = reader.hold(&held, failure).await;
             metrics.held_partitions.set(held.len() as i64);
             if let Err(failure) = outcome {
-                drop(publish_tx);
+                drop((outlets, publish_tx));
                 let _ = publisher.await;
                 return Err(failure.into());
             }
@@ -313,6 +324,9 @@ pub async fn run(
                 last_cut_poll = Instant::now();
                 match fetch_batch_cut(url.clone()).await {
                     Ok(Some(cut)) => {
+                        if !land(&mut in_flight, &mut view, &status, &metrics).await {
+                            break;
+                        }
                         expire(&mut view, &cut.cut, config.bucket_size, &metrics).await?;
                         view.adopt_event_time(&cut);
                         update_status(&status, &view, &metrics);
@@ -325,6 +339,8 @@ pub async fn run(
             }
         }
     }
+    land(&mut in_flight, &mut view, &status, &metrics).await;
+    drop(outlets);
     drop(publish_tx);
     let _ = publisher.await;
     // No last monitoring commit here: closing a consumer with a commit in
@@ -346,6 +362,25 @@ async fn partition_count(
             topic: topic.to_owned(),
             brokers: kafka.to_string(),
         })
+}
+
+/// Lands the micro-batch in flight, if any (see [`InFlight`]): the live
+/// counts are back in `view` and the status says so. False when it was not
+/// made durable because the role stopped.
+async fn land(
+    in_flight: &mut Option<InFlight>,
+    view: &mut RealtimeCounts,
+    status: &Mutex<SpeedStatus>,
+    metrics: &SpeedMetrics,
+) -> bool {
+    let Some(batch) = in_flight.take() else {
+        return true;
+    };
+    let durable = batch.land(&mut view.mirror).await;
+    if durable {
+        update_status(status, view, metrics);
+    }
+    durable
 }
 
 fn update_status(status: &Mutex<SpeedStatus>, view: &RealtimeCounts, metrics: &SpeedMetrics) {

@@ -49,7 +49,9 @@ impl Publication {
         if later.is_empty() {
             return self;
         }
-        let mut counts: FxHashMap<CountKey, u64> = self.upserts.into_iter().collect();
+        let total = self.upserts.len() + later.iter().map(|p| p.upserts.len()).sum::<usize>();
+        let mut counts = FxHashMap::with_capacity_and_hasher(total, Default::default());
+        counts.extend(self.upserts);
         let (mut positions, mut oldest) = (self.positions, self.oldest_event_ms);
         let (mut newest, mut starts) = (self.newest, self.starts);
         for p in later {
