@@ -309,3 +309,61 @@ async fn positions_pass_transaction_markers_to_each_partitions_end() {
     );
     broker.stop().await;
 }
+
+/// A batch read while the user's previous batch is still on its way stays
+/// open until that one lands (`next_batch_while`): records produced
+/// meanwhile join it instead of starting a batch of their own; once it
+/// lands, the batch closes with what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stays_open_while_busy_and_takes_what_arrives_meanwhile() {
+    let (_broker, brokers, topic) = memory_broker("busy").await;
+    let kafka = Connection::plaintext(&brokers);
+    ensure_topic(&kafka, &topic, 1, TIMEOUT)
+        .await
+        .expect("topic");
+    let mut reader = PartitionReader::open(
+        consumer_config(&kafka, &::testkit::unique("busy")),
+        &kafka,
+        &topic,
+        [(0, 0)],
+    )
+    .await
+    .expect("opens");
+    produce_to_partitions(&kafka, &topic, [(0, b"first".to_vec())]).await;
+    let limits = Limits {
+        max_records: 100,
+        idle: None,
+        ..LIMITS
+    };
+    let token = CancellationToken::new();
+    let (produced_tx, produced) = tokio::sync::oneshot::channel::<()>();
+    // Busy until the later records are produced and have had ample time
+    // to arrive (the consumer waits at most 100 ms per fetch).
+    let busy = async move {
+        let _ = produced.await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
+    let later = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let more = [(0, b"second".to_vec()), (0, b"third".to_vec())];
+        produce_to_partitions(&kafka, &topic, more).await;
+        let _ = produced_tx.send(());
+    };
+    let (batch, ()) = tokio::join!(reader.next_batch_while(&limits, &token, busy), later);
+    let batch = batch.expect("reads").expect("not cancelled");
+    let payloads: Vec<&str> = batch
+        .records
+        .iter()
+        .map(|m| std::str::from_utf8(m.payload().unwrap_or_default()).expect("utf-8"))
+        .collect();
+    assert_eq!(payloads, ["first", "second", "third"], "one batch");
+    drop(batch);
+    // Nothing holding it open: what is at hand, at once.
+    produce_to_partitions(&kafka, &topic, [(0, b"fourth".to_vec())]).await;
+    let batch = reader
+        .next_batch(&limits, &token)
+        .await
+        .expect("reads")
+        .expect("not cancelled");
+    assert_eq!(batch.records.len(), 1);
+}

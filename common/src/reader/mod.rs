@@ -247,6 +247,23 @@ impl PartitionReader {
         limits: &Limits,
         token: &crate::shutdown::CancellationToken,
     ) -> Result<Option<ReadBatch<'_>>, ReaderError> {
+        self.next_batch_while(limits, token, std::future::ready(()))
+            .await
+    }
+
+    /// [`next_batch`](Self::next_batch), but a batch with records stays open
+    /// past its linger until `busy` completes: records that arrive meanwhile
+    /// join it instead of starting a batch of their own. For a reader whose
+    /// previous batch is still on its way (being checkpointed): batches then
+    /// grow with the load, and an idle one still closes at once.
+    pub async fn next_batch_while(
+        &mut self,
+        limits: &Limits,
+        token: &crate::shutdown::CancellationToken,
+        busy: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<ReadBatch<'_>>, ReaderError> {
+        tokio::pin!(busy);
+        let mut busy_done = false;
         let mut batch = ReadBatch {
             changes: Vec::new(),
             records: Vec::new(),
@@ -354,14 +371,28 @@ impl PartitionReader {
             // (tokio's timeout polls the future first), so a zero linger
             // means "what the consumer has at hand".
             let deadline = until.unwrap_or(started);
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(m) if context.has_queued() => {
+            let received = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(m) => Some(m),
+                Err(_) if !busy_done => tokio::select! {
+                    // Done first: with nothing buffered, a batch closes as
+                    // soon as nothing holds it open.
+                    biased;
+                    () = &mut busy => {
+                        busy_done = true;
+                        None
+                    }
+                    m = consumer.recv() => Some(m),
+                },
+                Err(_) => None,
+            };
+            match received {
+                Some(m) if context.has_queued() => {
                     // A rebalance: the batch ends before it (see above).
                     self.read_again(&m)?;
                     break;
                 }
-                Ok(m) => next = Some(m),
-                Err(_) => break,
+                Some(m) => next = Some(m),
+                None => break,
             }
         }
         // Not when a rebalance ended the batch: the record received with it

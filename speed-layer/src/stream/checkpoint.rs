@@ -3,6 +3,7 @@
 use super::*;
 use consume::MicroBatch;
 use counts::Mirror;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Where micro-batches are made durable: the realtime store (tests use
@@ -129,6 +130,8 @@ pub(super) async fn checkpoint_then_publish(
 /// rebalance, a new batch cut, a held partition, the end).
 pub(super) struct InFlight {
     task: JoinHandle<(Mirror, bool)>,
+    /// Says true once the task is done.
+    done: watch::Receiver<bool>,
 }
 
 impl InFlight {
@@ -141,6 +144,7 @@ impl InFlight {
         progress: Progress,
         outlets: Outlets,
     ) -> Self {
+        let (tell, done) = watch::channel(false);
         let task = tokio::spawn(async move {
             let checkpoint = Checkpoint {
                 counts: batch.apply(&mut mirror),
@@ -152,9 +156,19 @@ impl InFlight {
             let durable =
                 checkpoint_then_publish(&*store, checkpoint, progress, oldest, &outlets).await;
             outlets.metrics.live_counts.set(mirror.len() as i64);
+            let _ = tell.send(true);
             (mirror, durable)
         });
-        Self { task }
+        Self { task, done }
+    }
+
+    /// Completes once it is ready to land (or its task is gone), without
+    /// landing it.
+    pub(super) fn landed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut done = self.done.clone();
+        async move {
+            let _ = done.wait_for(|&d| d).await;
+        }
     }
 
     /// Waits until it is durable and handed to the publisher (or the role

@@ -5,6 +5,7 @@
 //! and publishes each event at once and a loaded one shares the fixed cost
 //! per batch (an fsync, a watermark) among many records.
 
+use super::checkpoint::InFlight;
 use super::counts::Mirror;
 use super::{RealtimeCounts, StreamConfig};
 use crate::metrics::SpeedMetrics;
@@ -294,6 +295,7 @@ pub(super) async fn next_batch(
     view: &RealtimeCounts,
     tokenizer: &mut Tokenizer,
     ctx: &Ctx<'_>,
+    in_flight: Option<&InFlight>,
 ) -> Result<Option<MicroBatch>, ReaderError> {
     let limits = Limits {
         max_records: ctx.config.micro_batch_records,
@@ -303,7 +305,16 @@ pub(super) async fn next_batch(
         // The loop polls the batch cut in between.
         idle: Some(ctx.config.cut_poll_interval),
     };
-    let Some(mut read) = reader.next_batch(&limits, ctx.token).await? else {
+    // While the previous batch is still being checkpointed, this one takes
+    // what arrives meanwhile rather than closing at once: one checkpoint
+    // and one publication then carry it all.
+    let landed = in_flight.map(InFlight::landed);
+    let busy = async move {
+        if let Some(landed) = landed {
+            landed.await;
+        }
+    };
+    let Some(mut read) = reader.next_batch_while(&limits, ctx.token, busy).await? else {
         return Ok(None);
     };
     let mut batch = MicroBatch {

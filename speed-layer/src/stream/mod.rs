@@ -247,7 +247,8 @@ pub async fn run(
             token: &token,
         };
         // Read and counted while the previous micro-batch is checkpointed.
-        let Some(mut batch) = next_batch(&mut reader, &view, &mut tokenizer, &ctx).await? else {
+        let reading = next_batch(&mut reader, &view, &mut tokenizer, &ctx, in_flight.as_ref());
+        let Some(mut batch) = reading.await? else {
             break;
         };
         let unreadable = batch.unreadable.take();
