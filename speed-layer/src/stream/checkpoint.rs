@@ -50,18 +50,6 @@ pub(super) struct Progress {
     pub(super) owned: BTreeSet<Partition>,
 }
 
-impl Progress {
-    /// The positions of the partitions owned — every one, one never
-    /// checkpointed at 0 too: a serving layer's `as_of` names only the
-    /// partitions watermarks name.
-    fn owned_positions(&self) -> Positions {
-        self.owned
-            .iter()
-            .map(|&p| (p, self.positions.get(p)))
-            .collect()
-    }
-}
-
 /// Writes a micro-batch's changed counts and next offsets atomically,
 /// retrying until they are durable (the next micro-batch waits for it before
 /// its own checkpoint: backpressure, not loss), then reports the positions
@@ -97,7 +85,7 @@ pub(super) async fn checkpoint_then_publish(
     metrics
         .last_checkpoint_us
         .set(started.elapsed().as_micros() as i64);
-    let positions = progress.owned_positions();
+    let positions = counts::owned_positions(&progress.owned, &progress.positions);
     {
         let mut s = status.lock_or_stop("the speed status");
         s.positions = positions.clone();

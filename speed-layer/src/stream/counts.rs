@@ -94,13 +94,17 @@ pub(super) fn resume_point(checkpointed: &Positions, cut: &Cut, p: Partition) ->
     checkpointed.get(p).max(cut.get(p))
 }
 
+/// The positions of the partitions owned — every one, one never
+/// checkpointed at 0 too: a serving layer's `as_of` names only the
+/// partitions watermarks name.
+pub(super) fn owned_positions(owned: &BTreeSet<Partition>, positions: &Positions) -> Positions {
+    owned.iter().map(|&p| (p, positions.get(p))).collect()
+}
+
 impl RealtimeCounts {
     /// The checkpointed positions of the partitions owned.
     pub(super) fn owned_positions(&self) -> Positions {
-        self.owned
-            .iter()
-            .map(|&p| (p, self.positions.get(p)))
-            .collect()
+        owned_positions(&self.owned, &self.positions)
     }
 
     /// Applies a change the group made: an assigned partition starts where
