@@ -60,8 +60,18 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First: it applies to memory mapped before it too, but the sooner the
+    // fewer huge pages were zeroed for nothing.
+    let huge_pages = common::memory::avoid_transparent_huge_pages();
     let cli = Cli::parse();
     common::telemetry::init();
+    match huge_pages {
+        Ok(outcome) => tracing::debug!(?outcome, "Transparent huge pages."),
+        Err(error) => tracing::warn!(
+            %error,
+            "Cannot turn transparent huge pages off for this process; it runs, but slower."
+        ),
+    }
     match cli.command {
         Command::Demo(args) => cmd::demo::run(*args),
         Command::Broker(args) => cmd::broker::run(args),

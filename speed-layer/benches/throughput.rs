@@ -33,6 +33,8 @@ const VOCAB: [&str; 16] = [
 ];
 
 fn main() {
+    // As `lambda` does first thing (see `common::memory`).
+    common::memory::avoid_transparent_huge_pages().expect("prctl");
     let events: usize = std::env::var("EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
