@@ -40,9 +40,52 @@ pub fn this_threads_nice() -> i32 {
     }
 }
 
+/// Runs `work` on a thread of its own at background priority and waits for
+/// it without holding a runtime thread: for CPU-heavy work off the latency
+/// path that holds no lock the latency path needs (a thread at nice 10
+/// holding such a lock would make the path wait behind its low priority).
+/// A panic in `work` resumes here; an error only when the thread cannot
+/// be started.
+pub async fn run<T, F>(name: &str, work: F) -> std::io::Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (tell, answer) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            lower_this_threads_priority();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let _ = tell.send(outcome);
+        })?;
+    match answer.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => Err(std::io::Error::other(format!(
+            "the background thread `{name}` ended without an answer"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn background_work_runs_at_background_priority_and_returns_its_answer() {
+        let here = this_threads_nice();
+        let there = run("test", this_threads_nice).await.expect("thread");
+        assert_eq!(there, (here + BACKGROUND_NICE).min(19));
+        assert_eq!(this_threads_nice(), here);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "boom")]
+    async fn a_panic_in_background_work_resumes_in_the_caller() {
+        let _: () = run("test", || panic!("boom")).await.expect("thread");
+    }
 
     #[cfg(target_os = "linux")]
     #[test]

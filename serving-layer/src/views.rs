@@ -8,7 +8,7 @@
 
 use crate::health::Health;
 use crate::reconcile;
-use crate::replica::{LoadedView, Replica};
+use crate::replica::{LoadedView, Replica, SHARDS};
 use common::shutdown::CancellationToken;
 use common::sync::ReadWriteOrStop;
 use common::views::{ViewSource, ViewStore};
@@ -57,7 +57,10 @@ impl Puller {
     /// version now loaded.
     pub async fn pull_once(&self) -> Result<Option<u64>, PullError> {
         let this = self.clone();
-        let loaded = tokio::task::spawn_blocking(move || this.pull_blocking())
+        // Fetching, verifying and indexing a view is CPU work no answer
+        // waits for: at background priority, so the follower and the
+        // queries get the cores first.
+        let loaded = common::background::run("view-pull", move || this.pull_blocking())
             .await
             .map_err(|e| PullError::Unreachable {
                 url: self.source.name(),
@@ -109,23 +112,36 @@ impl Puller {
 
     /// Swaps `view` in, then expires the realtime buckets it covers. First,
     /// while the replica still holds the realtime buckets between the two
-    /// cuts, reconciles the swap (see [`crate::reconcile`]).
+    /// cuts, reconciles the swap (see [`crate::reconcile`]). The work over
+    /// the realtime counts takes the replica's lock a shard at a time, on a
+    /// blocking thread, so the follower applies releases in between (see
+    /// `replica::swap`).
     pub async fn install(&self, view: Arc<LoadedView>) -> Result<(), PullError> {
+        let started = std::time::Instant::now();
         self.reconcile(&view).await;
         let (version, cut) = (view.version(), view.cut().clone());
-        let (swapped, size) = {
-            let mut r = self.replica.write_or_stop("the replica");
-            (r.swap_view(view), r.bucket_size())
-        };
-        if !swapped {
+        let replica = Arc::clone(&self.replica);
+        let swapped = tokio::task::spawn_blocking(move || {
+            let lock = || replica.write_or_stop("the replica");
+            if !lock().begin_swap(view) {
+                return None;
+            }
+            while !lock().rerank_slice() {}
+            let (swapped, size) = {
+                let mut r = lock();
+                (r.finish_swap(), r.bucket_size())
+            };
+            let removed: usize = (0..SHARDS).map(|s| lock().expire_shard(s)).sum();
+            swapped.then_some((size, removed))
+        })
+        .await
+        .expect("a swap does not panic");
+        let Some((size, removed)) = swapped else {
             return Ok(());
-        }
-        let removed = {
-            let mut r = self.replica.write_or_stop("the replica");
-            r.expire()
         };
         self.store.expire_below(&cut, size).await?;
-        tracing::info!(version, %cut, expired = removed, "Batch view swapped in.");
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::info!(version, %cut, expired = removed, ms, "Batch view swapped in.");
         Ok(())
     }
 }
@@ -138,31 +154,54 @@ impl Puller {
                 .filter(|old| old.version() < new.version())
                 .map(|old| {
                     let skipped = reconcile::uncovered(old.cut(), new.cut(), r.realtime_as_of());
-                    let between = if skipped.is_empty() {
-                        r.realtime_between(old.cut(), new.cut())
-                    } else {
-                        Default::default()
-                    };
-                    (Arc::clone(old), skipped, between)
+                    (Arc::clone(old), skipped)
                 })
         };
-        let Some((old, skipped, between)) = taken else {
+        let Some((old, skipped)) = taken else {
             return;
         };
         let new = Arc::clone(new);
-        // A merge join over both views: off the runtime's threads.
-        let checked = tokio::task::spawn_blocking(move || {
-            if skipped.is_empty() {
+        let checked = if skipped.is_empty() {
+            // The buckets between the cuts (final once `skipped` is empty,
+            // see `replica::swap`), a shard at a time and at normal
+            // priority: it holds the replica's read lock.
+            let (cuts, replica) = (
+                (old.cut().clone(), new.cut().clone()),
+                Arc::clone(&self.replica),
+            );
+            let between = tokio::task::spawn_blocking(move || {
+                let mut between = Default::default();
+                for shard in 0..SHARDS {
+                    replica.read_or_stop("the replica").realtime_between_shard(
+                        &cuts.0,
+                        &cuts.1,
+                        shard,
+                        &mut between,
+                    );
+                }
+                between
+            })
+            .await
+            .expect("collecting counts does not panic");
+            // A merge join over both views, which holds no lock: at
+            // background priority.
+            let checked = common::background::run("reconcile", move || {
                 reconcile::check(old.batch_view(), new.batch_view(), between)
-            } else {
-                reconcile::SwapCheck {
-                    skipped_partitions: skipped,
-                    ..reconcile::SwapCheck::new(old.version(), new.version())
+            })
+            .await;
+            match checked {
+                Ok(checked) => checked,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot reconcile the view swap.");
+                    return;
                 }
             }
-        })
-        .await
-        .expect("the reconciliation does not panic");
+        } else {
+            reconcile::SwapCheck {
+                skipped_partitions: skipped,
+                ..reconcile::SwapCheck::new(old.version(), new.version())
+            }
+        };
         self.health.reconciliation.record(checked);
     }
 }

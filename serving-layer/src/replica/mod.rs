@@ -2,8 +2,9 @@
 //! counts it follows, merged per query.
 //!
 //! Both halves live behind one lock so a query always sees a view together
-//! with realtime counts that fit it: a view swap and the expiry of buckets
-//! below its cut can never be observed half done. The merge itself is
+//! with realtime counts that fit it: a view is installed with its rankings
+//! in one piece, and buckets below its cut, expired a shard at a time
+//! after it (see [`swap`]), are ignored by the merge rule until they are. The merge itself is
 //! [`lambda_core::merge`]'s rule; this module adds lookup structures and the exact
 //! top-K.
 
@@ -21,7 +22,11 @@ use std::sync::{Arc, Mutex};
 use windows::{SumsCache, WindowRun};
 
 mod ranking;
+mod swap;
 mod windows;
+
+pub use swap::SHARDS;
+use swap::{PendingSwap, Realtime};
 
 /// A verified batch view, loaded for queries.
 ///
@@ -125,22 +130,25 @@ fn find_bucket(buckets: &[(BucketKey, u64)], bucket: &BucketKey) -> Result<usize
 }
 
 /// Raises a key's buckets to `counts` where they are higher (counts only
-/// grow); returns what that adds above `cut`, for its ranking.
+/// grow); returns what that adds above each of `cuts` (the current view's,
+/// and the one of a view on its way), for their rankings.
 fn raise(
     buckets: &mut Vec<(BucketKey, u64)>,
     counts: &[(BucketKey, u64)],
-    cut: &Cut,
+    cuts: [Option<&Cut>; 2],
     size: BucketSize,
-) -> u64 {
-    let mut added = 0;
+) -> [u64; 2] {
+    let mut added = [0; 2];
     for &(bucket, count) in counts {
         let i = find_bucket(buckets, &bucket);
         let held = i.map_or(0, |i| buckets[i].1);
         if count <= held {
             continue;
         }
-        if cut.is_realtime_bucket(size, bucket.partition, bucket.bucket) {
-            added += count - held;
+        for (added, cut) in added.iter_mut().zip(cuts) {
+            if cut.is_some_and(|c| c.is_realtime_bucket(size, bucket.partition, bucket.bucket)) {
+                *added += count - held;
+            }
         }
         match i {
             Ok(i) => buckets[i].1 = count,
@@ -170,9 +178,8 @@ pub struct Replica {
     size: BucketSize,
     windows: WindowSettings,
     view: Option<Arc<LoadedView>>,
-    /// Realtime counts by key (a word, or a windowed key of
-    /// [`lambda_core::window::Key`]), then bucket (see [`find_bucket`]).
-    realtime: FxHashMap<Box<str>, Vec<(BucketKey, u64)>>,
+    /// Realtime counts by key, then bucket, in shards (see [`swap`]).
+    realtime: Realtime,
     /// Realtime counts above the cut per word, in count order (see
     /// [`Ranking`]): all-time ones …
     ranked: Ranking,
@@ -187,6 +194,8 @@ pub struct Replica {
     realtime_loaded: bool,
     /// Bumped on every change, so derived answers (top-K) can be cached.
     generation: u64,
+    /// A view on its way in (see [`swap`]).
+    pending: Option<PendingSwap>,
 }
 
 impl Replica {
@@ -195,13 +204,14 @@ impl Replica {
             size,
             windows: WindowSettings::default(),
             view: None,
-            realtime: FxHashMap::default(),
+            realtime: Realtime::default(),
             ranked: Ranking::default(),
             ranked_windows: BTreeMap::new(),
             newest: BTreeMap::new(),
             realtime_as_of: Cut::new(),
             realtime_loaded: false,
             generation: 0,
+            pending: None,
         }
     }
 
@@ -250,7 +260,7 @@ impl Replica {
 
     /// How many (word, bucket) counts are held.
     pub fn realtime_entries(&self) -> usize {
-        self.realtime.values().map(Vec::len).sum()
+        self.realtime.entries()
     }
 
     /// The current view's cut (empty before the first view).
@@ -362,94 +372,33 @@ impl Replica {
                 let (next, count) = counts.next().expect("peeked");
                 run.push((next.bucket, count));
             }
-            let added = match self.realtime.get_mut(&*word) {
-                Some(buckets) => raise(buckets, &run, &cut, size),
+            let shard = Realtime::shard_of(&word);
+            // A view on its way whose rankings already hold this shard
+            // ranks what is added above its cut too (see `swap`).
+            let pending = self.pending.as_mut().filter(|p| shard < p.ranked_shards);
+            let cuts = [Some(&cut), pending.as_ref().map(|p| p.view.cut())];
+            let shard = self.realtime.shard_mut(shard);
+            let added = match shard.get_mut(&*word) {
+                Some(buckets) => raise(buckets, &run, cuts, size),
                 None => {
                     let mut buckets = Vec::new();
-                    let added = raise(&mut buckets, &run, &cut, size);
+                    let added = raise(&mut buckets, &run, cuts, size);
                     if !buckets.is_empty() {
-                        self.realtime.insert(word.clone(), buckets);
+                        shard.insert(word.clone(), buckets);
                     }
                     added
                 }
             };
-            if added > 0 {
-                rank(&mut self.ranked, &mut self.ranked_windows, &word, added);
+            if added[0] > 0 {
+                rank(&mut self.ranked, &mut self.ranked_windows, &word, added[0]);
+            }
+            if let Some(p) = pending.filter(|_| added[1] > 0) {
+                rank(&mut p.ranked, &mut p.ranked_windows, &word, added[1]);
             }
         }
         self.realtime_as_of = as_of;
         self.realtime_loaded = true;
         self.generation += 1;
-    }
-
-    /// Installs `view` if it is newer than the current one; returns whether
-    /// it did. Realtime buckets below its cut stay until [`Self::expire`],
-    /// and the merge rule ignores them meanwhile.
-    pub fn swap_view(&mut self, view: Arc<LoadedView>) -> bool {
-        if self
-            .view
-            .as_ref()
-            .is_some_and(|v| v.version() >= view.version())
-        {
-            return false;
-        }
-        self.view = Some(view);
-        self.rerank();
-        self.generation += 1;
-        true
-    }
-
-    /// Rebuilds the realtime rankings for the current cut.
-    fn rerank(&mut self) {
-        let (cut, size) = (self.cut().clone(), self.size);
-        let (mut ranked, mut windows) = (Ranking::default(), BTreeMap::new());
-        for (key, buckets) in &self.realtime {
-            let above = realtime_count(&cut, size, buckets.iter().copied());
-            if above > 0 {
-                rank(&mut ranked, &mut windows, key, above);
-            }
-        }
-        self.ranked = ranked;
-        self.ranked_windows = windows;
-    }
-
-    /// Per word, the realtime counts of the buckets between two cuts
-    /// (`old ≤ bucket start < new`): what a view swap from `old` to `new`
-    /// hands over (see `reconcile`).
-    pub fn realtime_between(&self, old: &Cut, new: &Cut) -> FxHashMap<Box<str>, u64> {
-        let size = self.size;
-        self.realtime
-            .iter()
-            .filter_map(|(word, buckets)| {
-                let sum: u64 = buckets
-                    .iter()
-                    .filter(|(k, _)| {
-                        old.is_realtime_bucket(size, k.partition, k.bucket)
-                            && !new.is_realtime_bucket(size, k.partition, k.bucket)
-                    })
-                    .map(|(_, c)| c)
-                    .sum();
-                (sum > 0).then(|| (word.clone(), sum))
-            })
-            .collect()
-    }
-
-    /// Drops realtime buckets the current view covers; returns how many.
-    pub fn expire(&mut self) -> usize {
-        let cut = self.cut().clone();
-        let size = self.size;
-        let mut removed = 0;
-        self.realtime.retain(|_, buckets| {
-            let before = buckets.len();
-            buckets.retain(|(k, _)| cut.is_realtime_bucket(size, k.partition, k.bucket));
-            removed += before - buckets.len();
-            !buckets.is_empty()
-        });
-        // The rankings hold only counts above the cut already.
-        if removed > 0 {
-            self.generation += 1;
-        }
-        removed
     }
 
     /// Restores realtime counts from the durable store at start.
@@ -665,6 +614,7 @@ mod tests {
         cut_at: &[u64],
         swap_to: &[u64],
         (k, ranges): (usize, &[(i64, i64)]),
+        slices_before: usize,
     ) -> Result<(), TestCaseError> {
         let size = BucketSize::new(size).expect("positive");
         let mut per_partition: BTreeMap<i32, Vec<Vec<String>>> = BTreeMap::new();
@@ -716,7 +666,7 @@ mod tests {
         let first: Vec<(String, u64)> = batch_counts(&first_cut).into_iter().collect();
         let first: Vec<(&str, u64)> = first.iter().map(|(w, c)| (w.as_str(), *c)).collect();
         let mut replica = Replica::new(size).with_windows(test_windows());
-        replica.swap_view(Arc::new(view(1, first_cut, size, &first)));
+        replica.swap_view(Arc::new(view(1, first_cut.clone(), size, &first)));
         // Two releases, as the follower sees them under load: an earlier
         // one with part of each count, then one carrying the final counts
         // followed by older (smaller) ones again, as a coalesced release
@@ -738,7 +688,7 @@ mod tests {
         let resolved = replica.resolve(&halves);
         replica.apply(resolved, Cut::new());
         let resolved = replica.resolve(&upserts);
-        replica.apply(resolved, ends);
+        replica.apply(resolved, ends.clone());
 
         let ranked = |counts: BTreeMap<String, u64>| {
             let mut expected: Vec<(String, u64)> = counts.into_iter().collect();
@@ -812,10 +762,36 @@ mod tests {
             .collect();
         let second: Vec<(String, u64)> = batch_counts(&second_cut).into_iter().collect();
         let second: Vec<(&str, u64)> = second.iter().map(|(w, c)| (w.as_str(), *c)).collect();
-        replica.swap_view(Arc::new(view(2, second_cut, size, &second)));
+        replica.swap_view(Arc::new(view(2, second_cut.clone(), size, &second)));
         check(&replica)?;
         replica.expire();
-        check(&replica)
+        check(&replica)?;
+
+        // The same, but the final release is applied while the second view
+        // is on its way, `slices_before` shards ranked for it (the follower
+        // applies between a swap's slices, see `swap`), and expiry comes a
+        // shard at a time.
+        let mut sliced = Replica::new(size).with_windows(test_windows());
+        sliced.swap_view(Arc::new(view(1, first_cut, size, &first)));
+        let resolved = sliced.resolve(&halves);
+        sliced.apply(resolved, Cut::new());
+        prop_assert!(sliced.begin_swap(Arc::new(view(2, second_cut, size, &second))));
+        for _ in 0..slices_before {
+            sliced.rerank_slice();
+        }
+        let resolved = sliced.resolve(&upserts);
+        sliced.apply(resolved, ends);
+        prop_assert!(sliced.finish_swap());
+        check(&sliced)?;
+        for shard in 0..SHARDS / 2 {
+            sliced.expire_shard(shard);
+        }
+        check(&sliced)?;
+        for shard in SHARDS / 2..SHARDS {
+            sliced.expire_shard(shard);
+        }
+        prop_assert_eq!(sliced.realtime_entries(), replica.realtime_entries());
+        check(&sliced)
     }
 
     proptest! {
@@ -830,8 +806,9 @@ mod tests {
             swap_to in prop::collection::vec(0..=100u64, 3),
             k in 1..8usize,
             ranges in prop::collection::vec((0i64..100_000, 0i64..60_000), 3),
+            slices_before in 0..=SHARDS,
         ) {
-            check_against_recount(&events, size, &cut_at, &swap_to, (k, &ranges))?;
+            check_against_recount(&events, size, &cut_at, &swap_to, (k, &ranges), slices_before)?;
         }
     }
 }
