@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`replica`]: the merged state, per-word merge and exact top-K.
+//! - [`replica`]: the merged state, per-word merge and exact top-K; a view
+//!   swap a shard of realtime counts at a time (`replica::swap`).
 //! - [`gate`]: releases realtime upserts a whole checkpoint at a time.
 //! - [`follow`]: the realtime-topic follower (into the realtime store, with
 //!   its topic positions).
