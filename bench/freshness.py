@@ -14,7 +14,7 @@ Prints one row per rate: probes, p50 / p99 / max, missed, the serving
 layer's own view (`/v1/status` visibility) and the mean time per stage from
 `lambda_stage_seconds` (the latency budget).
 
-Usage: python3 bench/freshness.py [--rates 100,5000,20000] [--seconds 60]
+Usage: python3 bench/freshness.py [--rates 100,5000,20000] [--seconds 60] [--keep DIR]
 Needs: target/release/lambda (cargo build --release -p cli) and
 `pip install -r bench/requirements.txt` (confluent-kafka).
 Exit status 1 if a probe was missed or the load could not be delivered.
@@ -38,6 +38,9 @@ LAMBDA = os.environ.get("LAMBDA_BIN") or os.path.join(ROOT, "target", "release",
 PROBE_EVERY = 0.25
 POLL_EVERY = 0.002
 MISSED_AFTER = 10.0
+# With --keep: what the layers say about swaps, expiries and compactions,
+# without the embedded broker's per-request lines.
+KEEP_LOG = "warn,batch_layer=info,speed_layer=info,serving_layer=info,lambda_realtime_store=info"
 
 
 def pct(values, p):
@@ -77,7 +80,7 @@ def corpus_for(work, events):
     return path
 
 
-def run_rate(rate, seconds, work):
+def run_rate(rate, seconds, work, keep=None):
     from confluent_kafka import Producer
 
     data = os.path.join(work, f"demo-{rate}")
@@ -88,7 +91,7 @@ def run_rate(rate, seconds, work):
         [LAMBDA, "demo", "--no-sample", "--data-dir", data, "--broker-addr", broker,
          "--http-addr", addr["serve"], "--batch-addr", addr["batch"], "--speed-addr", addr["speed"],
          *os.environ.get("FRESH_DEMO_FLAGS", "").split()],
-        stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RUST_LOG": "warn"})
+        stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RUST_LOG": KEEP_LOG if keep else "warn"})
     load = None
     try:
         serve = "http://" + addr["serve"]
@@ -99,7 +102,7 @@ def run_rate(rate, seconds, work):
         time.sleep(3)  # let the load reach its rate
         stages_before = stage_sums([serve, "http://" + addr["speed"]])
         producer = Producer({"bootstrap.servers": broker, "linger.ms": 0, "acks": "all"})
-        latencies, missed = [], 0
+        latencies, missed, probes = [], 0, []
         pending = {}  # word -> produce time
         lock = threading.Lock()
         stop = threading.Event()
@@ -124,6 +127,7 @@ def run_rate(rate, seconds, work):
                     now = time.time()
                     if seen:
                         latencies.append(now - t0)
+                        probes.append((t0, now - t0))
                     elif now - t0 > MISSED_AFTER:
                         missed += 1
                     else:
@@ -155,6 +159,12 @@ def run_rate(rate, seconds, work):
             budget[stage] = (s1 - s0) / (c1 - c0) * 1e3 if c1 > c0 else float("nan")
         load.terminate()
         load_ok = load.wait(timeout=30) in (0, -15)
+        if keep:
+            with open(os.path.join(keep, f"probes-{rate}.tsv"), "w") as out:
+                out.write("produced_utc\tlatency_ms\n")
+                for t0, latency in sorted(probes):
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t0)) + f"{t0 % 1:.3f}"[1:]
+                    out.write(f"{stamp}Z\t{latency * 1e3:.1f}\n")
         return {
             "rate": rate, "probes": n, "latencies": latencies, "missed": missed,
             "visibility": status.get("visibility", {}), "budget": budget, "load_ok": load_ok,
@@ -174,6 +184,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="100,5000,20000")
     ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--keep", metavar="DIR",
+                    help="keep each rate's demo log (our crates at info) and its probes "
+                         "(produce time, latency) in DIR, to line slow probes up with "
+                         "what the layers logged (view swaps, expiries, compactions)")
     args = ap.parse_args()
     if not os.path.exists(LAMBDA):
         raise SystemExit("build first: cargo build --release -p cli")
@@ -182,7 +196,11 @@ def main():
     try:
         for rate in [int(r) for r in args.rates.split(",")]:
             print(f"rate {rate} events/s for {args.seconds} s ...", file=sys.stderr)
-            rows.append(run_rate(rate, args.seconds, work))
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+            rows.append(run_rate(rate, args.seconds, work, args.keep))
+            if args.keep:
+                shutil.copy(os.path.join(work, f"demo-{rate}.log"), args.keep)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     stages = ["consume", "checkpoint", "publish", "apply"]
