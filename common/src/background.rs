@@ -7,6 +7,13 @@
 //! tenth of a normal one). On a 2-core machine running all three layers,
 //! recomputes and compactions at normal priority held the cores for
 //! hundreds of milliseconds and delayed new events by as much.
+//!
+//! What background work must not do is hold a lock the latency path takes:
+//! a thread at nice 10 preempted while holding it makes the path wait
+//! behind its low priority. Work that ends in such a lock prepares at
+//! background priority and hands what it prepared to a thread at normal
+//! priority that takes the lock (the realtime store's compactions write
+//! their batch that way: sled's batches take a lock of the whole process).
 
 /// How much background threads lower their priority, in niceness (0 is
 /// normal, 19 the lowest).

@@ -29,11 +29,14 @@
 //! snapshot and then the deltas in order rebuilds the view, whatever a crash
 //! interrupted. Expiry records the cut and its bucket floor: counts below the
 //! floor are dropped from everything the store returns at once, and from the
-//! disk at the compaction it starts. Compaction runs on its own thread, once
+//! disk at the compaction it starts. Compaction runs in the background, once
 //! the deltas hold `--realtime-compact-bytes` and after every expiry; it
-//! rewrites the snapshot of every bucket the deltas changed, removes the
-//! buckets below the floor and the deltas it folded in, in one atomic batch,
-//! while checkpoints go on appending. The snapshot is kept per bucket because
+//! rewrites the snapshot of every bucket the deltas changed and removes the
+//! buckets below the floor, in atomic batches of about 1 MiB, then the
+//! deltas it folded in, while checkpoints go on appending (a compaction cut
+//! short between batches reads as before: see `compaction`). It prepares at
+//! background priority and writes at normal priority, in short batches,
+//! because every sled batch in the process takes one lock. The snapshot is kept per bucket because
 //! buckets are offset ranges: new events change only the newest buckets, and
 //! expiry drops whole old ones, so a compaction reads and writes what changed
 //! rather than every live count (which, re-read after every view swap, had
@@ -90,6 +93,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("realtime store at {path}: its compaction writer thread ended (a bug: see the panic logged before)")]
+    WriterGone { path: String },
 }
 
 /// What a micro-batch changes: absolute counts and next offsets.
@@ -710,6 +715,69 @@ mod tests {
             counts(&RealtimeStore::open(dir.path()).expect("reopen")),
             want
         );
+    }
+
+    /// Each thread of this process whose name starts with `prefix`, with
+    /// its niceness (`/proc/self/task/<tid>/stat`, field 19).
+    #[cfg(target_os = "linux")]
+    fn threads_nice(prefix: &str) -> Vec<i32> {
+        let mut nice = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+            let path = task.expect("task").path();
+            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                continue; // ended meanwhile
+            };
+            if !comm.starts_with(prefix) {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+                continue;
+            };
+            // Fields after the name, which ends with the last `)`: state is
+            // field 3, niceness field 19.
+            let after = &stat[stat.rfind(')').expect("stat has a name") + 2..];
+            let field: &str = after.split(' ').nth(19 - 3).expect("nice");
+            nice.push(field.parse().expect("a number"));
+        }
+        nice
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn compactions_prepare_at_background_priority_and_write_at_the_openers() {
+        // The write takes sled's process-wide batch lock, which checkpoints
+        // and the serving layer's releases take too: at background priority
+        // it made them wait behind it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RealtimeStore::open_with(
+            dir.path(),
+            StoreOptions {
+                compact_min_bytes: 0,
+            },
+        )
+        .expect("open");
+        commit(&store, vec![(key(0, 0, "word"), 1)]).await;
+        // Once one is written, both threads are past anything they do first.
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while store.stats().compactions == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no compaction: {:?}",
+                store.stats()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(counts(&store), vec![(key(0, 0, "word"), 1)]);
+        let here = common::background::this_threads_nice();
+        let lower = (here + common::background::BACKGROUND_NICE).min(19);
+        for (thread, want) in [("realtime-compac", lower), ("realtime-writer", here)] {
+            let found = threads_nice(thread);
+            assert!(!found.is_empty(), "no thread {thread}");
+            assert!(
+                found.iter().all(|&n| n == want),
+                "{thread} threads at {found:?}, want {want} (the opener at {here})"
+            );
+        }
     }
 
     #[derive(Debug, Clone)]

@@ -9,14 +9,17 @@ use common::broker::{BrokerStorage, EmbeddedBroker};
 use common::config::{env, Architecture, KafkaArgs, NodeArgs, RealtimeStoreArgs, StreamArgs};
 use common::kafka::{ensure_layer_topics, producer_config, send_all};
 use common::shutdown::CancellationToken;
+use lambda_core::BucketSize;
 use serving_layer::config::ServeArgs;
 use speed_layer::config::SpeedArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The realtime bucket size of the demo's layers.
-const DEMO_BUCKET_SIZE: u64 = 64;
+/// The demo's realtime bucket size: small, so that at the sample's modest
+/// rate each recompute visibly moves the cut and the hand-off from speed to
+/// batch shows (the other roles default to [`BucketSize::DEFAULT`]).
+const DEMO_BUCKET_SIZE: &str = "64";
 
 /// The built-in sample corpus, streamed line by line.
 const CORPUS: &str = include_str!("../corpus.txt");
@@ -66,6 +69,12 @@ pub struct DemoArgs {
     /// layer answers from it alone).
     #[arg(long, env = env::ARCHITECTURE, default_value = "lambda")]
     pub architecture: Architecture,
+    /// Realtime bucket size B in offsets (batch cuts are aligned to it). The
+    /// demo's small default shows the hand-off at the sample's rate; under
+    /// heavy load larger buckets mean fewer realtime counts to hold, swap
+    /// and expire. Do not change it on existing data.
+    #[arg(long, env = env::BUCKET_SIZE, default_value = DEMO_BUCKET_SIZE)]
+    pub bucket_size: BucketSize,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -99,11 +108,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ensure_layer_topics(&kafka)
             .await
             .with_context(|| format!("cannot create the topics on {brokers}"))?;
-        // Small buckets, so that at the demo's modest rate each recompute
-        // visibly moves the cut and the hand-off from speed to batch shows.
-        let stream = StreamArgs::with_bucket_size(
-            lambda_core::BucketSize::new(DEMO_BUCKET_SIZE).expect("non-zero"),
-        );
+        let stream = StreamArgs::with_bucket_size(args.bucket_size);
         let store = RealtimeStoreArgs {
             realtime_compact_bytes: common::config::DEFAULT_REALTIME_COMPACT_BYTES,
         };
