@@ -27,9 +27,20 @@ use std::sync::Arc;
 /// which is all [`top_of_sums`] needs.
 #[derive(Debug, Default)]
 pub(super) struct Ranking {
-    sums: FxHashMap<Arc<str>, u64>,
-    /// Sum descending, then the words with that sum.
-    order: BTreeMap<Reverse<u64>, FxHashSet<Arc<str>>>,
+    /// Each word's sum, and where it stands among the words of that sum.
+    sums: FxHashMap<Arc<str>, Place>,
+    /// Sum descending, then the words with that sum. A word leaves its list
+    /// by `swap_remove` at its place, so a change costs three lookups by
+    /// word (its own, the one moved into its place, its new place) and no
+    /// search.
+    order: BTreeMap<Reverse<u64>, Vec<Arc<str>>>,
+}
+
+/// A word's sum and its index in that sum's list of words.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    sum: u64,
+    index: usize,
 }
 
 impl Ranking {
@@ -39,24 +50,44 @@ impl Ranking {
             return;
         }
         let (key, old) = match self.sums.get_key_value(word) {
-            Some((key, &old)) => (Arc::clone(key), old),
+            Some((key, &place)) => {
+                let key = Arc::clone(key);
+                self.take_out(place);
+                (key, place.sum)
+            }
             None => (Arc::<str>::from(word), 0),
         };
-        if let Some(words) = self.order.get_mut(&Reverse(old)) {
-            words.remove(&key);
-            if words.is_empty() {
-                self.order.remove(&Reverse(old));
+        let sum = old + delta;
+        let words = self.order.entry(Reverse(sum)).or_default();
+        let index = words.len();
+        words.push(Arc::clone(&key));
+        self.sums.insert(key, Place { sum, index });
+    }
+
+    /// Takes the word at `place` out of its sum's list; the word moved into
+    /// its index learns its new place.
+    fn take_out(&mut self, place: Place) {
+        let words = self
+            .order
+            .get_mut(&Reverse(place.sum))
+            .expect("every ranked word is in the order under its sum");
+        words.swap_remove(place.index);
+        match words.get(place.index) {
+            Some(moved) => {
+                self.sums
+                    .get_mut(&**moved)
+                    .expect("every word in the order is ranked")
+                    .index = place.index;
             }
+            None if words.is_empty() => {
+                self.order.remove(&Reverse(place.sum));
+            }
+            None => {}
         }
-        self.order
-            .entry(Reverse(old + delta))
-            .or_default()
-            .insert(Arc::clone(&key));
-        self.sums.insert(key, old + delta);
     }
 
     pub(super) fn get(&self, word: &str) -> u64 {
-        self.sums.get(word).copied().unwrap_or(0)
+        self.sums.get(word).map_or(0, |p| p.sum)
     }
 
     /// Count descending; the words of one count in no particular order.
@@ -149,6 +180,33 @@ mod tests {
     }
 
     proptest! {
+        /// Any sequence of additions: every word's sum as a model adds it
+        /// up, in count order, each word where its place says.
+        #[test]
+        fn a_ranking_holds_every_sum_in_count_order(
+            adds in prop::collection::vec(("[a-h]", 0u64..4), 0..80),
+        ) {
+            let mut r = Ranking::default();
+            let mut model: BTreeMap<String, u64> = BTreeMap::new();
+            for (w, d) in &adds {
+                r.add(w, *d);
+                *model.entry(w.clone()).or_default() += d;
+            }
+            model.retain(|_, c| *c > 0);
+            for (w, &c) in &model {
+                prop_assert_eq!(r.get(w), c);
+            }
+            let listed: Vec<(&str, u64)> = r.iter().collect();
+            prop_assert!(listed.windows(2).all(|p| p[0].1 >= p[1].1), "{:?}", listed);
+            let listed: BTreeMap<String, u64> =
+                listed.into_iter().map(|(w, c)| (w.to_owned(), c)).collect();
+            prop_assert_eq!(&listed, &model);
+            for (w, place) in &r.sums {
+                prop_assert_eq!(&r.order[&Reverse(place.sum)][place.index], w);
+            }
+            prop_assert!(r.order.values().all(|words| !words.is_empty()));
+        }
+
         /// The threshold algorithm's top-K == sorting every word's sum.
         #[test]
         fn top_of_sums_equals_sorting_every_sum(
