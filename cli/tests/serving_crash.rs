@@ -63,6 +63,10 @@ async fn sigkill_of_the_serving_layer_loses_and_duplicates_nothing() {
         "summed over their windows too (every event has a timestamp)"
     );
     assert_eq!(per_word.late, 0, "events produced in order are not late");
+    assert!(
+        per_word.all_time_keys > 0,
+        "the replica keeps the all-time counts it derives from the windowed ones"
+    );
     assert_eq!(
         store.as_of().expect("as-of").total_offsets() as usize,
         TOTAL,

@@ -59,6 +59,11 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     );
     assert_eq!(per_word.late, 0, "events produced in order are not late");
     assert_eq!(
+        (per_word.all_time_keys, per_word.untimed),
+        (0, 0),
+        "each occurrence is counted under its window only"
+    );
+    assert_eq!(
         store.offsets().expect("offsets").total_offsets() as usize,
         TOTAL
     );

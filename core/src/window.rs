@@ -23,6 +23,23 @@
 //! view format are therefore unchanged, and a window's answer is exact at
 //! `as_of` for the same reasons an all-time answer is.
 //!
+//! # The speed layer counts each word once
+//!
+//! The batch view holds a word's all-time count beside its windowed ones.
+//! The speed layer does not: an event's words are counted under their
+//! window's key only (`#<window>@<word>`, or `#@<word>` for an event without
+//! a timestamp, [`Key::Untimed`]), and a serving layer derives the all-time
+//! count of a word in a bucket as the sum of them ([`Key::adds_to`],
+//! [`all_time_counts`]). Counting, checkpointing, publishing and applying
+//! two keys per word had made the realtime path carry twice the keys the
+//! events need.
+//!
+//! A word's all-time key in a bucket is still published where the speed
+//! layer has one: buckets it began counting before this rule (its store
+//! then holds the word's all-time count, and it goes on counting it there
+//! as before). Where a bucket's all-time key of a word comes with its
+//! windowed ones, it is the count, and theirs add nothing to it.
+//!
 //! # Far-future timestamps
 //!
 //! A timestamp more than `max_future` ahead of the clock of the layer that
@@ -34,8 +51,10 @@
 //! on arrival.
 
 use crate::cut::Partition;
+use crate::merge::CountKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::time::Duration;
 use thiserror::Error;
@@ -94,6 +113,9 @@ pub enum Key<'a> {
     InWindow(Window, &'a str),
     /// How many of a window's events were late.
     Late(Window),
+    /// A word's count among events without a timestamp (speed layer only:
+    /// the batch view counts those all-time only).
+    Untimed(&'a str),
 }
 
 /// The first character of every windowed key; no word starts with it.
@@ -106,6 +128,9 @@ impl<'a> Key<'a> {
         let Some(rest) = key.strip_prefix(WINDOW_MARK) else {
             return Some(Key::Word(key));
         };
+        if let Some(word) = rest.strip_prefix('@') {
+            return Some(Key::Untimed(word));
+        }
         let split = rest.find(|c: char| !c.is_ascii_digit())?;
         let window = Window(rest[..split].parse().ok()?);
         match &rest[split..] {
@@ -125,8 +150,51 @@ impl<'a> Key<'a> {
             Key::Word(w) => w.to_owned(),
             Key::InWindow(window, w) => format!("{WINDOW_MARK}{}@{w}", window.0),
             Key::Late(window) => format!("{WINDOW_MARK}{}!", window.0),
+            Key::Untimed(w) => format!("{WINDOW_MARK}@{w}"),
         }
     }
+
+    /// The word whose all-time count this key's count is part of, where a
+    /// serving layer derives it (see the module's docs): a windowed or an
+    /// untimed count.
+    pub fn adds_to(self) -> Option<&'a str> {
+        match self {
+            Key::InWindow(_, w) | Key::Untimed(w) => Some(w),
+            Key::Word(_) | Key::Late(_) => None,
+        }
+    }
+}
+
+/// The all-time counts per (word, bucket) that a speed layer's counts make:
+/// its all-time key of a word where it has one, the sum of the word's
+/// windowed and untimed counts where not (see the module's docs). For
+/// reading a whole store at once (a replay, tests); a serving layer derives
+/// them as upserts arrive.
+pub fn all_time_counts(
+    counts: impl IntoIterator<Item = (CountKey, u64)>,
+) -> HashMap<CountKey, u64> {
+    let (mut given, mut derived) = (HashMap::new(), HashMap::<CountKey, u64>::new());
+    for (key, count) in counts {
+        match Key::parse(&key.word) {
+            Some(Key::Word(_)) => {
+                given.insert(key, count);
+            }
+            Some(k) => {
+                if let Some(word) = k.adds_to() {
+                    let key = CountKey {
+                        bucket: key.bucket,
+                        word: word.into(),
+                    };
+                    *derived.entry(key).or_default() += count;
+                }
+            }
+            None => {}
+        }
+    }
+    for (key, count) in derived {
+        given.entry(key).or_insert(count);
+    }
+    given
 }
 
 /// Builds `#<window>@<word>` keys into one buffer: the window's prefix is
@@ -588,12 +656,17 @@ mod tests {
             prop_assert_eq!(keys.key(&word), k.as_str());
             let late = Key::Late(w).encode();
             prop_assert_eq!(Key::parse(&late), Some(Key::Late(w)));
+            let untimed = Key::Untimed(&word).encode();
+            prop_assert!(!Key::is_word(&untimed));
+            prop_assert_eq!(Key::parse(&untimed), Some(Key::Untimed(&word)));
+            prop_assert_eq!(Key::parse(&untimed).and_then(Key::adds_to), Some(word.as_str()));
+            prop_assert_eq!(Key::parse(&k).and_then(Key::adds_to), Some(word.as_str()));
         }
     }
 
     #[test]
     fn malformed_windowed_keys_are_not_read() {
-        for bad in ["#", "#12", "#x@a", "#12?a", "#@a"] {
+        for bad in ["#", "#12", "#x@a", "#12?a", "#-@a"] {
             assert_eq!(Key::parse(bad), None, "{bad}");
         }
         assert_eq!(
@@ -601,6 +674,28 @@ mod tests {
             Some(Key::InWindow(Window(7), "")),
             "an empty word parses; no layer writes one"
         );
+    }
+
+    #[test]
+    fn all_time_counts_are_given_or_summed_from_windows_per_bucket() {
+        let key = |b: u64, k: &str| CountKey::new(0, b, k);
+        let counts = [
+            // Bucket 0: counted before the rule, its all-time key given.
+            (key(0, "a"), 5),
+            (key(0, &Key::InWindow(Window(1), "a").encode()), 3),
+            (key(0, &Key::InWindow(Window(2), "a").encode()), 1),
+            // Bucket 1: derived from two windows and untimed events.
+            (key(1, &Key::InWindow(Window(1), "a").encode()), 2),
+            (key(1, &Key::InWindow(Window(2), "a").encode()), 4),
+            (key(1, &Key::Untimed("a").encode()), 1),
+            (key(1, &Key::Late(Window(1)).encode()), 9),
+            (key(1, &Key::InWindow(Window(2), "b").encode()), 1),
+        ];
+        let all = all_time_counts(counts);
+        let want: HashMap<CountKey, u64> = [(key(0, "a"), 5), (key(1, "a"), 7), (key(1, "b"), 1)]
+            .into_iter()
+            .collect();
+        assert_eq!(all, want);
     }
 
     #[test]

@@ -94,7 +94,9 @@ pub fn check(old: &BatchView, new: &BatchView, mut between: FxHashMap<Box<str>, 
     let kept = |key: &str| match Key::parse(key) {
         Some(Key::Word(_)) => true,
         Some(Key::InWindow(w, _) | Key::Late(w)) => horizon.is_some_and(|h| w >= h),
-        None => false,
+        // Part of the all-time counts, which are compared; views keep no
+        // count of untimed events apart.
+        Some(Key::Untimed(_)) | None => false,
     };
     let mut compare = |word: &str, batch_delta: i64, realtime: u64| {
         if !kept(word) {

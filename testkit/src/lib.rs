@@ -41,26 +41,37 @@ pub fn recount<T: AsRef<str>>(texts: impl IntoIterator<Item = T>) -> HashMap<Str
 
 /// Realtime counts per word, all-time and summed over every window, and the
 /// late events: when every event has a timestamp, each occurrence of a word
-/// is counted once all-time and once in its window, so the two maps must be
-/// equal.
+/// is counted once in its window, and the all-time counts (given, or
+/// derived from those, see [`lambda_core::window::all_time_counts`]) must
+/// equal their sums.
 #[derive(Debug, Default)]
 pub struct PerWord {
     pub all_time: HashMap<String, u64>,
     pub in_windows: HashMap<String, u64>,
+    /// Counts of events without a timestamp.
+    pub untimed: u64,
     pub late: u64,
+    /// How many (word, bucket) all-time counts the store holds itself (a
+    /// speed layer's: none; a serving layer's: every one it derived).
+    pub all_time_keys: usize,
 }
 
 impl PerWord {
     pub fn of(counts: impl IntoIterator<Item = (lambda_core::CountKey, u64)>) -> PerWord {
-        use lambda_core::window::Key;
+        use lambda_core::window::{all_time_counts, Key};
+        let counts: Vec<_> = counts.into_iter().collect();
         let mut out = PerWord::default();
-        for (k, c) in counts {
+        for (k, c) in &counts {
             match Key::parse(&k.word) {
-                Some(Key::Word(w)) => *out.all_time.entry(w.to_owned()).or_insert(0) += c,
+                Some(Key::Word(_)) => out.all_time_keys += 1,
                 Some(Key::InWindow(_, w)) => *out.in_windows.entry(w.to_owned()).or_insert(0) += c,
+                Some(Key::Untimed(_)) => out.untimed += c,
                 Some(Key::Late(_)) => out.late += c,
                 None => panic!("a key no layer writes: {:?}", k.word),
             }
+        }
+        for (k, c) in all_time_counts(counts) {
+            *out.all_time.entry(k.word.into()).or_insert(0) += c;
         }
         out
     }
@@ -77,12 +88,10 @@ pub fn realtime_per_word(
         .expect("the realtime store opens");
     let mut below = 0;
     let mut out = HashMap::new();
-    for (k, c) in store.load_counts().expect("counts") {
-        // All-time words only: the windowed keys of the same events are
-        // checked by the windows tests.
-        if !lambda_core::window::Key::is_word(&k.word) {
-            continue;
-        }
+    let counts = store.load_counts().expect("counts");
+    // All-time counts only: the windowed keys of the same events are checked
+    // by the windows tests.
+    for (k, c) in lambda_core::window::all_time_counts(counts) {
         if cut.is_realtime_bucket(size, k.bucket.partition, k.bucket.bucket) {
             *out.entry(k.word.to_string()).or_insert(0) += c;
         } else {

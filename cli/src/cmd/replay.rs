@@ -16,6 +16,7 @@ use common::config::{env, Architecture};
 use common::shutdown::CancellationToken;
 use lambda_core::lineage::differences;
 use lambda_core::view::{verify_and_decode, BatchView, Manifest, WordCount};
+use lambda_core::window::{all_time_counts, Key};
 use lambda_core::{BucketSize, Cut, Positions};
 use speed_layer::config::SpeedArgs;
 use std::collections::BTreeMap;
@@ -231,16 +232,26 @@ async fn fetch_view(url: &str) -> anyhow::Result<BatchView> {
     .await?
 }
 
-/// Per word, the replay's counts of the events below `cut`: every bucket
-/// below it (the cut is bucket-aligned).
+/// Per key, the replay's counts of the events below `cut` (every bucket
+/// below it: the cut is bucket-aligned) as a batch view holds them: all-time
+/// counts derived from the windowed ones (see `lambda_core::window`), the
+/// windowed ones, and no count of events without a timestamp apart.
 fn counts_below(data_dir: &Path, cut: &Cut, size: BucketSize) -> anyhow::Result<Vec<WordCount>> {
     let store = realtime_store::RealtimeStore::open(&data_dir.join("realtime"))
         .context("cannot open the replay's realtime store")?;
+    let below: Vec<_> = store
+        .load_counts()?
+        .into_iter()
+        .filter(|(key, _)| !cut.is_realtime_bucket(size, key.bucket.partition, key.bucket.bucket))
+        .collect();
     let mut counts: BTreeMap<Box<str>, u64> = BTreeMap::new();
-    for (key, count) in store.load_counts()? {
-        if !cut.is_realtime_bucket(size, key.bucket.partition, key.bucket.bucket) {
-            *counts.entry(key.word).or_insert(0) += count;
+    for (key, count) in below.iter().filter(|(key, _)| !Key::is_word(&key.word)) {
+        if !matches!(Key::parse(&key.word), Some(Key::Untimed(_))) {
+            *counts.entry(key.word.clone()).or_insert(0) += count;
         }
+    }
+    for (key, count) in all_time_counts(below) {
+        *counts.entry(key.word).or_insert(0) += count;
     }
     Ok(counts
         .into_iter()

@@ -16,7 +16,7 @@ use lambda_core::window::{Key, Millis, Window, WindowSettings};
 use lambda_core::{BucketKey, BucketSize, Cut, Partition};
 use ranking::{top_of_sums, Ordered, Ranking};
 use realtime_store::CountKey;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use windows::{SumsCache, WindowRun};
@@ -158,6 +158,23 @@ fn raise(
     added
 }
 
+/// Sorts a key's counts by bucket (as they are held), a bucket's largest
+/// count first: coalesced releases can carry one bucket more than once.
+fn sort_by_bucket_largest_first(counts: &mut [(BucketKey, u64)]) {
+    counts.sort_unstable_by(|(a, x), (b, y)| {
+        (a.bucket, a.partition)
+            .cmp(&(b.bucket, b.partition))
+            .then(y.cmp(x))
+    });
+}
+
+/// What a key holds in `bucket` (0 for nothing).
+fn held_in(buckets: Option<&Vec<(BucketKey, u64)>>, bucket: &BucketKey) -> u64 {
+    buckets
+        .and_then(|b| find_bucket(b, bucket).ok().map(|i| b[i].1))
+        .unwrap_or(0)
+}
+
 /// Adds `delta` to `key`'s realtime ranking: the all-time one for a word,
 /// its window's for a windowed key (a late-events key only marks its window
 /// as having realtime counts).
@@ -168,7 +185,8 @@ fn rank(all: &mut Ranking, windows: &mut BTreeMap<Window, Ranking>, key: &str, d
         Some(Key::Late(w)) => {
             windows.entry(w).or_default();
         }
-        None => {}
+        // Ranked as part of the all-time count derived from it.
+        Some(Key::Untimed(_)) | None => {}
     }
 }
 
@@ -311,13 +329,23 @@ impl Replica {
     /// per key; what the follower makes durable before [`Self::apply`].
     /// Upserts for buckets the current view already covers are dropped.
     ///
-    /// The result comes grouped by word (a key's buckets next to each
-    /// other), so that each word is looked up once here and once in
+    /// A word's all-time count in a bucket is derived here: the speed layer
+    /// counts each occurrence under its window's key only, so the all-time
+    /// count grows by what the word's windowed (and untimed) counts grew
+    /// above what is held — unless the release gives the all-time count
+    /// itself (a bucket the speed layer counted before that rule, see
+    /// `lambda_core::window`), which then stands. The derivation reads what
+    /// is held, so releases are resolved and applied one after the other.
+    ///
+    /// The result comes grouped by key (a key's buckets next to each
+    /// other), so that each key is looked up once here and once in
     /// [`Self::apply`], not once per bucket: a release under load carries
     /// each word for several partitions and buckets.
     pub fn resolve(&self, upserts: &[RealtimeUpsert]) -> Vec<(CountKey, u64)> {
         let cut = self.cut();
-        let mut by_word: FxHashMap<&str, Vec<(BucketKey, u64)>> = FxHashMap::default();
+        let mut by_key: FxHashMap<&str, Vec<(BucketKey, u64)>> = FxHashMap::default();
+        // The (word, bucket)s whose all-time count the release gives.
+        let mut given: FxHashSet<(&str, BucketKey)> = FxHashSet::default();
         for u in upserts {
             if !cut.is_realtime_bucket(self.size, u.partition, u.bucket) {
                 continue;
@@ -326,28 +354,54 @@ impl Replica {
                 partition: u.partition,
                 bucket: u.bucket,
             };
-            by_word
+            if Key::is_word(&u.word) {
+                given.insert((u.word.as_str(), bucket));
+            }
+            by_key
                 .entry(u.word.as_str())
                 .or_default()
                 .push((bucket, u.count));
         }
         let mut out = Vec::with_capacity(upserts.len());
-        for (word, mut changed) in by_word {
-            // Coalesced releases can carry one bucket more than once: its
-            // largest count comes first and is kept.
-            changed.sort_unstable_by(|(a, x), (b, y)| {
-                (a.bucket, a.partition)
-                    .cmp(&(b.bucket, b.partition))
-                    .then(y.cmp(x))
-            });
+        // Per word, what its windowed and untimed counts add per bucket.
+        let mut added: FxHashMap<&str, Vec<(BucketKey, u64)>> = FxHashMap::default();
+        for (key, mut changed) in by_key {
+            sort_by_bucket_largest_first(&mut changed);
             changed.dedup_by_key(|(k, _)| *k);
-            let held = self.realtime.get(word);
+            let adds_to = Key::parse(key).and_then(Key::adds_to);
+            let held = self.realtime.get(key);
             for (bucket, count) in changed {
-                let held = held
-                    .and_then(|b| find_bucket(b, &bucket).ok().map(|i| b[i].1))
-                    .unwrap_or(0);
-                let word = word.into();
-                out.push((CountKey { bucket, word }, count.max(held)));
+                let held = held_in(held, &bucket);
+                if let Some(word) = adds_to.filter(|_| count > held) {
+                    added.entry(word).or_default().push((bucket, count - held));
+                }
+                out.push((
+                    CountKey {
+                        bucket,
+                        word: key.into(),
+                    },
+                    count.max(held),
+                ));
+            }
+        }
+        for (word, mut adds) in added {
+            sort_by_bucket_largest_first(&mut adds);
+            let held = self.realtime.get(word);
+            let mut adds = adds.into_iter().peekable();
+            while let Some((bucket, mut add)) = adds.next() {
+                while let Some((_, more)) = adds.next_if(|(b, _)| *b == bucket) {
+                    add += more;
+                }
+                if !given.contains(&(word, bucket)) {
+                    let count = held_in(held, &bucket) + add;
+                    out.push((
+                        CountKey {
+                            bucket,
+                            word: word.into(),
+                        },
+                        count,
+                    ));
+                }
             }
         }
         out
@@ -479,6 +533,63 @@ mod tests {
     }
 
     #[test]
+    fn all_time_counts_grow_by_what_windowed_ones_add_unless_given() {
+        let size = BucketSize::new(10).expect("10");
+        let mut r = Replica::new(size);
+        let (w1, w2) = (Window(1), Window(2));
+        let in_window = |w, word| Key::InWindow(w, word).encode();
+        let release = [
+            upsert(&in_window(w1, "a"), 0, 0, 3),
+            upsert(&in_window(w2, "a"), 0, 0, 2),
+            upsert(&Key::Untimed("a").encode(), 0, 0, 1),
+            upsert(&in_window(w1, "a"), 0, 1, 4),
+            // The same count twice (a coalesced release), and a smaller one.
+            upsert(&in_window(w1, "b"), 0, 0, 5),
+            upsert(&in_window(w1, "b"), 0, 0, 5),
+            upsert(&in_window(w1, "b"), 0, 0, 2),
+        ];
+        let resolved = r.resolve(&release);
+        r.apply(resolved, Cut::new());
+        assert_eq!(r.word("a").total(), 10);
+        assert_eq!(r.word("b").total(), 5);
+        assert_eq!(r.top(1), vec![("a".to_owned(), 10)]);
+        // Redelivered, or behind what is held: nothing more.
+        let again = r.resolve(&[
+            upsert(&in_window(w1, "a"), 0, 0, 3),
+            upsert(&in_window(w1, "b"), 0, 0, 4),
+        ]);
+        r.apply(again, Cut::new());
+        assert_eq!((r.word("a").total(), r.word("b").total()), (10, 5));
+        // Grown: the all-time count grows by as much.
+        let grown = r.resolve(&[upsert(&in_window(w2, "a"), 0, 0, 6)]);
+        r.apply(grown, Cut::new());
+        assert_eq!(r.word("a").total(), 14);
+        // A bucket counted before the rule gives its all-time count with
+        // the windowed ones of the same events: it stands, and they add
+        // nothing to it — even where what is held has the all-time count
+        // ahead of the windowed ones.
+        let given = r.resolve(&[upsert("c", 0, 0, 1)]);
+        r.apply(given, Cut::new());
+        let given = r.resolve(&[
+            upsert("c", 0, 0, 2),
+            upsert(&in_window(w1, "c"), 0, 0, 1),
+            upsert(&in_window(w2, "c"), 0, 0, 1),
+        ]);
+        r.apply(given, Cut::new());
+        assert_eq!(r.word("c").total(), 2);
+        let windows = Range {
+            from: w1,
+            to: Window(3),
+        };
+        assert_eq!(r.word_in("c", windows).total(), 2);
+        assert_eq!(
+            r.word_in("a", windows).total(),
+            13,
+            "the untimed one is in no window"
+        );
+    }
+
+    #[test]
     fn counts_started_past_what_the_replica_covers_are_named() {
         let size = BucketSize::new(10).expect("10");
         let mut r = Replica::new(size);
@@ -578,29 +689,41 @@ mod tests {
         }
     }
 
-    /// Every key an event counts under, as the layers count them: its
-    /// words, its words in its window, and its window's late key if it
-    /// arrived late (`mark` is its partition's watermark before it).
+    /// Every key an event counts under in a batch view (its words, its
+    /// words in its window, and its window's late key if it arrived late;
+    /// `mark` is its partition's watermark before it), then in the speed
+    /// layer: the same but each word once, in its window or as untimed —
+    /// or, for a partition counted before that rule (`all_time`), as the
+    /// batch view counts it.
     fn keys_of(
         text: &str,
         t: Option<i64>,
         mark: &mut lambda_core::window::EventWatermark,
         tokenizer: &mut Tokenizer,
-    ) -> Vec<String> {
+        all_time: bool,
+    ) -> (Vec<String>, Vec<String>) {
         let s = test_windows();
         let arrival = mark.arrive(s.size, t, false);
         let window = arrival.window(s.size, t);
-        let mut keys = Vec::new();
+        let (mut batch, mut speed) = (Vec::new(), Vec::new());
         tokenizer.for_each_word(text, |w| {
-            keys.push(w.to_owned());
+            batch.push(w.to_owned());
             if let Some(window) = window {
-                keys.push(Key::InWindow(window, w).encode());
+                batch.push(Key::InWindow(window, w).encode());
             }
+            speed.push(match window {
+                Some(window) => Key::InWindow(window, w).encode(),
+                None => Key::Untimed(w).encode(),
+            });
         });
         if let (lambda_core::window::Arrival::Late, Some(window)) = (arrival, window) {
-            keys.push(Key::Late(window).encode());
+            batch.push(Key::Late(window).encode());
+            speed.push(Key::Late(window).encode());
         }
-        keys
+        if all_time {
+            speed = batch.clone();
+        }
+        (batch, speed)
     }
 
     /// A stream of events split at a random aligned cut into a batch view
@@ -615,16 +738,21 @@ mod tests {
         swap_to: &[u64],
         (k, ranges): (usize, &[(i64, i64)]),
         slices_before: usize,
+        all_time_partition: Option<i32>,
     ) -> Result<(), TestCaseError> {
         let size = BucketSize::new(size).expect("positive");
-        let mut per_partition: BTreeMap<i32, Vec<Vec<String>>> = BTreeMap::new();
+        // Per partition, per event: its keys in a batch view and in the
+        // speed layer.
+        type Keys = (Vec<String>, Vec<String>);
+        let mut per_partition: BTreeMap<i32, Vec<Keys>> = BTreeMap::new();
         let mut marks: BTreeMap<i32, lambda_core::window::EventWatermark> = BTreeMap::new();
         let mut tokenizer = Tokenizer::new();
         for (p, text, t) in events {
             let mark = marks
                 .entry(*p)
                 .or_insert_with(|| test_windows().watermark());
-            let keys = keys_of(text, *t, mark, &mut tokenizer);
+            let all_time = all_time_partition == Some(*p);
+            let keys = keys_of(text, *t, mark, &mut tokenizer, all_time);
             per_partition.entry(*p).or_default().push(keys);
         }
         let mut truth: BTreeMap<String, u64> = BTreeMap::new();
@@ -642,7 +770,7 @@ mod tests {
         let batch_counts = |cut: &Cut| {
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             for (&p, evs) in &per_partition {
-                for (o, keys) in evs.iter().enumerate() {
+                for (o, (keys, _)) in evs.iter().enumerate() {
                     if cut.includes(p, o as i64) {
                         for key in keys {
                             *counts.entry(key.clone()).or_default() += 1;
@@ -653,9 +781,11 @@ mod tests {
             counts
         };
         for (&p, evs) in &per_partition {
-            for (o, keys) in evs.iter().enumerate() {
-                for key in keys {
+            for (o, (batch_keys, speed_keys)) in evs.iter().enumerate() {
+                for key in batch_keys {
                     *truth.entry(key.clone()).or_default() += 1;
+                }
+                for key in speed_keys {
                     *realtime
                         .entry((p, size.bucket_of(o as i64), key.clone()))
                         .or_default() += 1;
@@ -807,8 +937,11 @@ mod tests {
             k in 1..8usize,
             ranges in prop::collection::vec((0i64..100_000, 0i64..60_000), 3),
             slices_before in 0..=SHARDS,
+            all_time_partition in prop::option::of(0..3i32),
         ) {
-            check_against_recount(&events, size, &cut_at, &swap_to, (k, &ranges), slices_before)?;
+            check_against_recount(
+                &events, size, &cut_at, &swap_to, (k, &ranges), slices_before, all_time_partition,
+            )?;
         }
     }
 }

@@ -54,10 +54,10 @@ pub(super) struct MicroBatch {
     now_ms: Millis,
 }
 
-/// A micro-batch's counts in one bucket: per word, all-time and per window
-/// (the windowed keys are spelled out only once per batch, in
-/// [`MicroBatch::apply`]: one lookup per word occurrence, not two), and the
-/// late events per window.
+/// A micro-batch's counts in one bucket: per word, its occurrences and how
+/// many fell in each window (the windowed keys are spelled out only once
+/// per batch, in [`MicroBatch::apply`]: one lookup per word occurrence, not
+/// two), and the late events per window.
 #[derive(Default)]
 struct BucketDeltas {
     words: FxHashMap<Box<str>, WordDelta>,
@@ -91,6 +91,13 @@ impl WordDelta {
     fn windows(&self) -> impl Iterator<Item = (Window, u64)> + '_ {
         self.window.into_iter().chain(self.more.iter().copied())
     }
+
+    /// How many keys it changes: one per window, and one for its events
+    /// without a timestamp (or its all-time count, where that is kept).
+    fn keys(&self) -> usize {
+        let timed: u64 = self.windows().map(|(_, n)| n).sum();
+        self.windows().count() + usize::from(timed < self.all)
+    }
 }
 
 impl BucketDeltas {
@@ -108,12 +115,7 @@ impl BucketDeltas {
 
     /// How many keys [`MicroBatch::apply`] will change.
     fn keys(&self) -> usize {
-        self.late.len()
-            + self
-                .words
-                .values()
-                .map(|d| 1 + d.windows().count())
-                .sum::<usize>()
+        self.late.len() + self.words.values().map(WordDelta::keys).sum::<usize>()
     }
 }
 
@@ -234,13 +236,14 @@ impl MicroBatch {
         // once, not formatted anew per word.
         let (mut windowed, mut prefix) = (WindowedKeys::default(), None);
         for (bucket, deltas) in self.deltas.drain() {
+            let given = mirror.holds_all_time(bucket);
             let counts = mirror.bucket(bucket);
             if counts.is_empty() {
                 // A new bucket takes all of its keys from this batch or
                 // the next: sized once rather than grown step by step.
                 counts.reserve(deltas.keys());
             }
-            let mut add = |word: Box<str>, delta| {
+            let mut add = |counts: &mut FxHashMap<Box<str>, u64>, word: Box<str>, delta| {
                 // A key seen before is updated in place, without a copy.
                 let count = match counts.get_mut(&word) {
                     Some(c) => {
@@ -255,17 +258,28 @@ impl MicroBatch {
                 changed.push((CountKey { bucket, word }, count));
             };
             for (word, delta) in deltas.words {
+                // Each occurrence counts under its window's key only; a
+                // serving layer derives the word's all-time count from them
+                // (see `lambda_core::window`) …
+                let mut untimed = delta.all;
                 for (window, n) in delta.windows() {
                     if prefix != Some(window) {
                         windowed.set_window(window);
                         prefix = Some(window);
                     }
-                    add(windowed.key(&word).into(), n);
+                    add(counts, windowed.key(&word).into(), n);
+                    untimed -= n;
                 }
-                add(word, delta.all);
+                // … except where this bucket was counted before that rule
+                // and holds the word's all-time count: that goes on.
+                if given && counts.contains_key(&word) {
+                    add(counts, word, delta.all);
+                } else if untimed > 0 {
+                    add(counts, Key::Untimed(&word).encode().into(), untimed);
+                }
             }
             for (window, n) in deltas.late {
-                add(Key::Late(window).encode().into(), n);
+                add(counts, Key::Late(window).encode().into(), n);
             }
         }
         changed
@@ -338,4 +352,48 @@ pub(super) async fn next_batch(
     }
     batch.unreadable = read.unreadable;
     Ok(Some(batch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(bucket: u64, word: &str) -> CountKey {
+        CountKey::new(0, bucket, word)
+    }
+
+    #[test]
+    fn words_count_under_their_window_only_except_where_all_time_is_kept() {
+        let (w1, w2) = (Window(1), Window(2));
+        let in_window = |w, word| Key::InWindow(w, word).encode();
+        // Bucket 0 was counted before the rule: it holds `x`'s all-time
+        // count. Bucket 1 is new.
+        let loaded = [(key(0, "x"), 2), (key(0, &in_window(w1, "x")), 2)];
+        let mut mirror = Mirror::from_counts(loaded.into_iter().collect());
+        let mut batch = MicroBatch::default();
+        for bucket in [0, 1] {
+            let deltas = batch.deltas.entry(key(bucket, "").bucket).or_default();
+            deltas.bump("x", Some(w1));
+            deltas.bump("x", Some(w2));
+            deltas.bump("x", None);
+            deltas.bump("y", Some(w1));
+        }
+        let mut changed = batch.apply(&mut mirror);
+        changed.sort();
+        let mut want = vec![
+            // Its all-time count goes on where it is kept …
+            (key(0, "x"), 5),
+            (key(0, &in_window(w1, "x")), 3),
+            (key(0, &in_window(w2, "x")), 1),
+            // … and nowhere else: an untimed occurrence has a key of its own.
+            (key(0, &in_window(w1, "y")), 1),
+            (key(1, &in_window(w1, "x")), 1),
+            (key(1, &in_window(w2, "x")), 1),
+            (key(1, &Key::Untimed("x").encode()), 1),
+            (key(1, &in_window(w1, "y")), 1),
+        ];
+        want.sort();
+        assert_eq!(changed, want);
+        assert_eq!(mirror.len(), 8, "two loaded and six new");
+    }
 }

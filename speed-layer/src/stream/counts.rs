@@ -3,7 +3,9 @@
 //! a new batch cut.
 
 use super::*;
+use lambda_core::window::Key;
 use lambda_core::BucketKey;
+use rustc_hash::FxHashSet;
 
 /// The live counts in memory, per bucket, then per key. A bucket covers
 /// `--bucket-size` offsets, so its map stays small: a new key never makes
@@ -12,6 +14,10 @@ use lambda_core::BucketKey;
 #[derive(Default)]
 pub(super) struct Mirror {
     buckets: FxHashMap<BucketKey, FxHashMap<Box<str>, u64>>,
+    /// The buckets loaded with words' all-time counts, counted before each
+    /// word was counted under its window only (see `lambda_core::window`):
+    /// those go on being counted there. No other bucket gets one.
+    all_time: FxHashSet<BucketKey>,
 }
 
 impl Mirror {
@@ -19,9 +25,17 @@ impl Mirror {
     pub(super) fn from_counts(counts: FxHashMap<CountKey, u64>) -> Self {
         let mut mirror = Self::default();
         for (CountKey { bucket, word }, count) in counts {
+            if Key::is_word(&word) {
+                mirror.all_time.insert(bucket);
+            }
             mirror.bucket(bucket).insert(word, count);
         }
         mirror
+    }
+
+    /// Whether `bucket` may hold words' all-time counts.
+    pub(super) fn holds_all_time(&self, bucket: BucketKey) -> bool {
+        self.all_time.contains(&bucket)
     }
 
     /// The counts of one bucket, to update in place.
@@ -54,9 +68,11 @@ impl Mirror {
     /// millions of keys, and the stream loop would wait for it.
     pub(super) fn retain_buckets(&mut self, keep: impl Fn(BucketKey) -> bool) -> usize {
         let (mut removed, mut gone) = (0, Vec::new());
+        let all_time = &mut self.all_time;
         self.buckets.retain(|&bucket, counts| {
             let kept = keep(bucket);
             if !kept {
+                all_time.remove(&bucket);
                 removed += counts.len();
                 gone.push(std::mem::take(counts));
             }
