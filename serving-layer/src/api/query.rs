@@ -292,7 +292,14 @@ pub async fn top(
     if !(1..=MAX_K).contains(&k) {
         return Err(bad_k());
     }
-    let replica = state.replica.read_or_stop("the replica");
+    let mut replica = state.replica.read_or_stop("the replica");
+    // The rankings take in what releases added since the last top-K (see
+    // `Replica::rank_pending`); a release may come in between, hence the loop.
+    while !replica.is_ranked() {
+        drop(replica);
+        state.replica.write_or_stop("the replica").rank_pending();
+        replica = state.replica.read_or_stop("the replica");
+    }
     let range = RangeParams {
         from: params.from,
         to: params.to,

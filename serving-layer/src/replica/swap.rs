@@ -148,6 +148,8 @@ impl Replica {
         self.view = Some(p.view);
         self.ranked = p.ranked;
         self.ranked_windows = p.ranked_windows;
+        // Gains above the old cut: the new rankings hold every count.
+        self.unranked.clear();
         self.generation += 1;
         true
     }

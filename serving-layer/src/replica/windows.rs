@@ -259,6 +259,7 @@ impl Replica {
         k: usize,
         sums: Option<&RangeSums>,
     ) -> Vec<(String, u64)> {
+        assert!(self.is_ranked(), "a top-K needs the rankings up to date");
         let realtime: Vec<_> = self
             .ranked_windows
             .range(range.from..range.to)
