@@ -148,13 +148,19 @@ impl MicroBatch {
         metrics.records_consumed.inc();
         self.records += 1;
         let (p, o) = (m.partition(), m.offset());
-        // Redelivered (already checkpointed) offsets are not counted again.
-        if o < view.positions.get(p) || self.next.get(&p).is_some_and(|&n| o < n) {
+        // Redelivered (already checkpointed) offsets are not counted again,
+        // nor are those a batch view has (the cut may have overtaken the
+        // partition's position, see `RealtimeCounts::take_cut`).
+        let redelivered = o < view.positions.get(p) || self.next.get(&p).is_some_and(|&n| o < n);
+        let below_cut = view.cut.includes(p, o);
+        if below_cut {
+            metrics.below_cut_skipped.inc();
+        }
+        if redelivered {
             return;
         }
         self.next.insert(p, o + 1);
-        if view.cut.includes(p, o) {
-            metrics.below_cut_skipped.inc();
+        if below_cut {
             return;
         }
         match decode_message(m, config.max_event_bytes) {

@@ -1,6 +1,6 @@
 //! The speed layer's realtime counts and the partitions they cover: where
-//! an assigned partition starts, what a revocation changes, expiry below
-//! a new batch cut.
+//! an assigned partition starts, what a revocation changes, what a new
+//! batch cut changes (expiry below it, partitions it overtook).
 
 use super::*;
 use lambda_core::window::Key;
@@ -159,6 +159,43 @@ impl RealtimeCounts {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Takes a new batch cut (`cut_of` the batch layer's answer): expires
+    /// the buckets below it, adopts its event time, and moves every owned
+    /// partition it overtook on to it.
+    ///
+    /// A cut overtakes a partition when the batch layer reads faster than
+    /// this one (a burst of dead letters, each sent and acknowledged before
+    /// the next record, is enough). The records up to the cut are then
+    /// skipped — a view reaching the cut has them — which is a start past
+    /// the checkpoint like an assignment behind the cut: recorded durably in
+    /// `starts` before any count past it, so that a serving layer whose
+    /// view is older waits for one reaching it instead of claiming the
+    /// skipped events at its `as_of` (and its reconciliation of that swap
+    /// sees their counts missing).
+    pub(super) async fn take_cut(
+        &mut self,
+        cut: &BatchCut,
+        size: BucketSize,
+        metrics: &SpeedMetrics,
+    ) -> Result<(), StoreError> {
+        expire(self, &cut.cut, size, metrics).await?;
+        self.adopt_event_time(cut);
+        let before = self.starts.clone();
+        let overtaken: Vec<(Partition, Offset)> = self
+            .owned
+            .iter()
+            .map(|&p| (p, self.cut.get(p)))
+            .filter(|&(p, at)| self.positions.get(p) < at)
+            .collect();
+        for (p, at) in overtaken {
+            self.start_partition(p, at);
+        }
+        if self.starts != before {
+            self.store.set_starts(&self.starts).await?;
         }
         Ok(())
     }
@@ -337,5 +374,50 @@ mod tests {
             .await
             .expect("assigned");
         assert_eq!(view.positions.get(0), 60, "never back below the checkpoint");
+    }
+    #[tokio::test]
+    async fn a_cut_overtaking_an_owned_partition_moves_it_there_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = BucketSize::new(8).expect("8");
+        let mut view = RealtimeCounts {
+            store: Arc::new(RealtimeStore::open(dir.path()).expect("store")),
+            mirror: Mirror::from_counts(
+                [
+                    (CountKey::new(0, 1, "#@a"), 2),
+                    (CountKey::new(1, 5, "#@b"), 1),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            positions: [(0, 12), (1, 44), (2, 3)].into_iter().collect(),
+            newest: BTreeMap::new(),
+            cut: Cut::new(),
+            cut_newest: BTreeMap::new(),
+            starts: Cut::new(),
+            // 2 was handed to another instance.
+            owned: [0, 1].into_iter().collect(),
+        };
+        let cut = BatchCut {
+            cut: [(0, 24), (1, 40), (2, 16)].into_iter().collect(),
+            newest: [(0, 7_000)].into_iter().collect(),
+        };
+        view.take_cut(&cut, size, &SpeedMetrics::default())
+            .await
+            .expect("cut taken");
+        // 0 was behind the cut: it goes on from there, and says so durably
+        // before any count past it. 1 was ahead; 2 is not owned.
+        assert_eq!(
+            view.positions,
+            [(0, 24), (1, 44), (2, 3)].into_iter().collect()
+        );
+        let starts: Cut = [(0, 24)].into_iter().collect();
+        assert_eq!(view.starts, starts);
+        assert_eq!(view.store.starts().expect("starts"), starts, "durably");
+        assert_eq!(
+            view.newest.get(&0),
+            Some(&7_000),
+            "its watermark starts at the cut's"
+        );
+        assert_eq!(view.mirror.len(), 1, "the buckets below the cut expired");
     }
 }

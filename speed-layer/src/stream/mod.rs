@@ -41,7 +41,7 @@ use common::sync::LockOrStop;
 use common::telemetry::events::RecordsUnreadable;
 use common::unreadable::{ConsumeFailure, HeldPartitions};
 use consume::{next_batch, Ctx};
-use counts::{expire, resume_point, RealtimeCounts};
+use counts::{resume_point, RealtimeCounts};
 use lambda_core::window::{Millis, WindowSettings};
 use lambda_core::{BucketSize, Cut, Offset, Partition, Positions, Tokenizer};
 use publish::Publication;
@@ -165,8 +165,7 @@ pub async fn run(
             match fetch_batch_cut(url.clone()).await {
                 Ok(cut) => {
                     let cut = cut.unwrap_or_default();
-                    expire(&mut view, &cut.cut, config.bucket_size, &metrics).await?;
-                    view.adopt_event_time(&cut);
+                    view.take_cut(&cut, config.bucket_size, &metrics).await?;
                     break;
                 }
                 Err(error) if needs_cut => {
@@ -328,8 +327,7 @@ pub async fn run(
                         if !land(&mut in_flight, &mut view, &status, &metrics).await {
                             break;
                         }
-                        expire(&mut view, &cut.cut, config.bucket_size, &metrics).await?;
-                        view.adopt_event_time(&cut);
+                        view.take_cut(&cut, config.bucket_size, &metrics).await?;
                         update_status(&status, &view, &metrics);
                     }
                     Ok(None) => {}
