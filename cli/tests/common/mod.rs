@@ -55,6 +55,10 @@ pub fn spawn_role(role: &str, args: &[String], log: &Path) -> RoleProcess {
         .arg(role)
         .args(args)
         .env("RUST_LOG", "info")
+        // A role that fails logs its error chain last, not the backtrace of
+        // where the error was made (panics keep theirs): the failing test
+        // shows a log's last lines.
+        .env("RUST_LIB_BACKTRACE", "0")
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()

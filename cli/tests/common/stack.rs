@@ -265,9 +265,24 @@ impl Stack {
         let mut out = String::new();
         for role in self.roles() {
             let text = self.log(role);
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let lines: Vec<&str> = text.lines().collect();
+            let (earlier, tail) = lines.split_at(lines.len().saturating_sub(40));
+            // Errors scrolled out of the tail (a role's error exit, say,
+            // followed by a backtrace) are the first thing to read.
+            let errors: Vec<&&str> = earlier
+                .iter()
+                .filter(|l| l.contains(" ERROR ") || l.starts_with("Error:"))
+                .take(20)
+                .collect();
+            if !errors.is_empty() {
+                out.push_str(&format!("--- {} (errors before that) ---\n", role.name()));
+                for l in errors {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
             out.push_str(&format!("--- {} (last 40 lines) ---\n", role.name()));
-            for l in tail.iter().rev() {
+            for l in tail {
                 out.push_str(l);
                 out.push('\n');
             }
