@@ -527,37 +527,7 @@ async fn a_speed_layer_started_past_its_checkpoint_waits_for_a_view_reaching_it(
     // Without the batch layer the serving layer cannot get the new view.
     s.stop(Role::Batch);
     s.start_role(Role::Serve).await;
-    until(
-        "the serving layer waits for a view, or serves the speed layer's end",
-        Duration::from_secs(60),
-        move || {
-            let st = json(serve, "/v1/status")?;
-            let waiting = !cut_of(&st["realtime"]["waiting_for_view"]).is_empty();
-            (waiting || cut_of(&st["as_of"]) == ends).then_some(())
-        },
-    )
-    .await;
-    let (_, records) = s.topic_records().await;
-    let truth = stack::Truth::of(&records);
-    let words: Vec<String> = truth.counts.keys().cloned().collect();
-    let answers = tokio::task::spawn_blocking(move || {
-        let answers: Vec<(String, u64, ::lambda_core::Cut)> = words
-            .into_iter()
-            .map(|w| {
-                let a = json(serve, &format!("/v1/words/{w}")).expect("answer");
-                (w, a["count"].as_u64().expect("count"), cut_of(&a["as_of"]))
-            })
-            .collect();
-        (answers, json(serve, "/v1/status").expect("status"))
-    });
-    let (answers, status) = answers.await.expect("join");
-    for (word, count, as_of) in &answers {
-        assert_eq!(
-            *count,
-            truth.at(word, as_of),
-            "{word} answered {count} at as_of {as_of} with view v1 (status {status})"
-        );
-    }
+    let status = exact_at_as_of_once_waiting_or_at(&s, &ends).await;
     assert_eq!(
         cut_of(&status["as_of"]),
         checkpointed,
@@ -636,6 +606,26 @@ async fn a_running_speed_layer_overtaken_by_a_batch_cut_is_waited_for() {
     // Without the batch layer the serving layer cannot get the new view.
     s.stop(Role::Batch);
     s.signal(Role::Serve, "CONT");
+    let status = exact_at_as_of_once_waiting_or_at(&s, &ends).await;
+    assert!(
+        !cut_of(&status["realtime"]["waiting_for_view"]).is_empty(),
+        "the serving layer must wait for a view reaching the cut: {status}"
+    );
+    // The view reaching the cut arrives: everything applies, and the swap's
+    // reconciliation finds no disagreement (`assert_exact` checks it).
+    s.start_role(Role::Batch).await;
+    s.assert_exact().await;
+    s.shutdown();
+}
+
+/// Once the serving layer waits for a view reaching a speed layer's start,
+/// or serves up to `ends`: asserts that it answers every word of the topic
+/// with the truth at the answer's own `as_of`. Returns its status after.
+async fn exact_at_as_of_once_waiting_or_at(
+    s: &Stack,
+    ends: &::lambda_core::Cut,
+) -> serde_json::Value {
+    let serve = s.addr(Role::Serve);
     let end = ends.clone();
     until(
         "the serving layer waits for a view, or serves the speed layer's end",
@@ -678,15 +668,7 @@ async fn a_running_speed_layer_overtaken_by_a_batch_cut_is_waited_for() {
         answers.len(),
         &wrong[..wrong.len().min(5)]
     );
-    assert!(
-        !cut_of(&status["realtime"]["waiting_for_view"]).is_empty(),
-        "the serving layer must wait for a view reaching the cut: {status}"
-    );
-    // The view reaching the cut arrives: everything applies, and the swap's
-    // reconciliation finds no disagreement (`assert_exact` checks it).
-    s.start_role(Role::Batch).await;
-    s.assert_exact().await;
-    s.shutdown();
+    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
