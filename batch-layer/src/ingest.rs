@@ -24,6 +24,7 @@ use common::store::Store;
 use common::sync::LockOrStop;
 use common::telemetry::events::{RecordDeadLettered, RecordsUnreadable};
 use common::unreadable::{ConsumeFailure, HeldPartitions};
+use lambda_core::event::DecodeError;
 use lambda_core::window::WindowSettings;
 use lambda_core::{Offset, Partition, Positions};
 use rdkafka::message::Message;
@@ -150,9 +151,18 @@ pub async fn run(
         }
         metrics.consumer_errors.add(read.transient_errors as u64);
         let mut batch = Vec::with_capacity(read.records.len());
+        let mut bad = Vec::new();
         for m in &read.records {
-            batch.push(pending(m, &config, &dead_letters, &metrics, &token).await);
+            let (record, error) = pending(m, &config, &metrics);
+            if let Some(error) = error {
+                bad.push((m, error));
+            }
+            batch.push(record);
         }
+        // Every dead letter is in the broker before its record is appended.
+        dead_letters
+            .send_all_until_delivered(&bad, &token, &metrics.dead_letter_failures)
+            .await;
         // Positions past transaction markers: a marker record at the last
         // offset passed, after the partition's records in this batch.
         batch.extend(read.passed.iter().map(|&(partition, next)| Pending {
@@ -342,13 +352,13 @@ async fn positions(
     ))
 }
 
-async fn pending<M: Message>(
+/// A record as the master log keeps it, with the reason when it is not an
+/// event (the caller dead-letters it).
+fn pending<M: Message>(
     message: &M,
     config: &IngestConfig,
-    dead_letters: &DeadLetterSink,
     metrics: &BatchMetrics,
-    token: &CancellationToken,
-) -> Pending {
+) -> (Pending, Option<DecodeError>) {
     let decoded = decode_message(message, config.max_event_bytes);
     let timestamp_ms = message.timestamp().to_millis();
     let future = timestamp_ms.is_some_and(|t| config.windows.is_future(t, now_ms()));
@@ -364,17 +374,15 @@ async fn pending<M: Message>(
             kept: true,
         }
         .emit(&metrics.dead_letters);
-        dead_letters
-            .send_until_delivered(message, error, token, &metrics.dead_letter_failures)
-            .await;
     }
-    Pending {
+    let record = Pending {
         partition: message.partition(),
         offset: message.offset(),
         timestamp_ms,
         kind,
         payload: message.payload().unwrap_or_default().to_vec(),
-    }
+    };
+    (record, decoded.err())
 }
 
 #[derive(Debug, Error)]

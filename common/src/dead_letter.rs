@@ -143,6 +143,27 @@ impl DeadLetterSink {
     }
 }
 
+impl DeadLetterSink {
+    /// Sends a batch's dead letters all at once and waits until the broker
+    /// has every one (each retried as [`Self::send_until_delivered`]), or
+    /// `token` is cancelled: one round trip per batch, not one per bad
+    /// record. Sent one by one, each waiting for its acknowledgement, a
+    /// burst of bad records held a layer to one record per round trip (with
+    /// 1 % of them bad, the speed layer fell behind the batch layer).
+    pub async fn send_all_until_delivered<M: Message>(
+        &self,
+        bad: &[(&M, DecodeError)],
+        token: &CancellationToken,
+        failures: &Counter,
+    ) {
+        futures_util::future::join_all(
+            bad.iter()
+                .map(|(m, error)| self.send_until_delivered(*m, error, token, failures)),
+        )
+        .await;
+    }
+}
+
 /// Dead letters per reason, for a layer's metrics.
 #[derive(Debug, Default)]
 pub struct DeadLetterCounts([Counter; 3]);

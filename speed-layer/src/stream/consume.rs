@@ -15,6 +15,7 @@ use common::reader::{Assignment, Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
 use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::ConsumeFailure;
+use lambda_core::event::DecodeError;
 use lambda_core::window::{Arrival, Key, Millis, Window, WindowedKeys};
 use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
 use rdkafka::message::Message;
@@ -130,20 +131,18 @@ const CATCH_UP_LAG: Duration = Duration::from_millis(100);
 const CATCH_UP_WAIT: Duration = Duration::from_millis(50);
 
 impl MicroBatch {
-    /// Counts one record. Records are counted straight from the consumer's
-    /// buffer; only dead letters are copied.
-    async fn add<M: Message>(
+    /// Counts one record, straight from the consumer's buffer. A record
+    /// that is not an event is returned with the reason, for the batch to
+    /// dead-letter with the others (see [`next_batch`]).
+    fn add<M: Message>(
         &mut self,
         m: &M,
         view: &RealtimeCounts,
         tokenizer: &mut Tokenizer,
         ctx: &Ctx<'_>,
-    ) {
+    ) -> Option<DecodeError> {
         let Ctx {
-            config,
-            dead_letters,
-            metrics,
-            token,
+            config, metrics, ..
         } = *ctx;
         metrics.records_consumed.inc();
         self.records += 1;
@@ -157,11 +156,11 @@ impl MicroBatch {
             metrics.below_cut_skipped.inc();
         }
         if redelivered {
-            return;
+            return None;
         }
         self.next.insert(p, o + 1);
         if below_cut {
-            return;
+            return None;
         }
         match decode_message(m, config.max_event_bytes) {
             Ok(event) => {
@@ -181,6 +180,7 @@ impl MicroBatch {
                 }
                 let window = window.map(|(window, _)| window);
                 tokenizer.for_each_word(event.text, |w| deltas.bump(w, window));
+                None
             }
             Err(error) => {
                 RecordDeadLettered {
@@ -190,9 +190,7 @@ impl MicroBatch {
                     kept: false,
                 }
                 .emit(&metrics.dead_letters);
-                dead_letters
-                    .send_until_delivered(m, &error, token, &metrics.dead_letter_failures)
-                    .await;
+                Some(error)
             }
         }
     }
@@ -346,9 +344,16 @@ pub(super) async fn next_batch(
     ctx.metrics
         .consumer_errors
         .add(read.transient_errors as u64);
+    let mut bad = Vec::new();
     for m in &read.records {
-        batch.add(m, view, tokenizer, ctx).await;
+        if let Some(error) = batch.add(m, view, tokenizer, ctx) {
+            bad.push((m, error));
+        }
     }
+    // Every dead letter is in the broker before the batch is checkpointed.
+    ctx.dead_letters
+        .send_all_until_delivered(&bad, ctx.token, &ctx.metrics.dead_letter_failures)
+        .await;
     // Past a transaction marker (or an aborted transaction): the partition
     // continues there, as if records had been read up to it.
     for &(p, next) in &read.passed {
