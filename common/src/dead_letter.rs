@@ -127,7 +127,7 @@ impl DeadLetterSink {
     /// Sends a dead letter, retrying with backoff until the broker has it (it
     /// must exist before the record counts as processed) or `token` is
     /// cancelled; `failures` counts the failed attempts.
-    pub async fn send_until_delivered<M: Message>(
+    async fn send_until_delivered<M: Message>(
         &self,
         message: &M,
         error: &DecodeError,
@@ -141,9 +141,7 @@ impl DeadLetterSink {
         };
         until_durable(token, write, || self.send(message, error)).await;
     }
-}
 
-impl DeadLetterSink {
     /// Sends a batch's dead letters all at once and waits until the broker
     /// has every one (each retried as [`Self::send_until_delivered`]), or
     /// `token` is cancelled: one round trip per batch, not one per bad
