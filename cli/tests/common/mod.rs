@@ -12,10 +12,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use testkit::get;
 
+/// A free local address for a role to listen on, chosen at random below
+/// the kernel's ephemeral ports (32768 and up): neither another `bind` to
+/// port 0 nor the local end of an outgoing connection (a Kafka client's)
+/// can be given it between this check and the role's own bind. Never the
+/// same twice in one test process. (With port 0, two roles of one stack
+/// were once given the same port in CI, and the second could not listen.)
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for attempt in 0u64.. {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(addr) = TcpListener::bind(("127.0.0.1", port)).and_then(|l| l.local_addr()) {
+            given.push(port);
+            return addr;
+        }
+    }
+    unreachable!("the loop only ends by returning")
 }
 
 /// A running `lambda` role, killed if it is dropped still running: a test
