@@ -353,6 +353,16 @@ impl Stack {
         .await
         .expect("join");
         assert!(up, "{} did not come up:\n{}", role.name(), self.logs());
+        // Answering at its address is not proof enough: had another role
+        // taken the port, this one would have exited at start.
+        let child = self.procs.get_mut(&role).and_then(|p| p.child.as_mut());
+        if let Some(status) = child.and_then(|c| c.try_wait().ok().flatten()) {
+            panic!(
+                "{} exited at start ({status}):\n{}",
+                role.name(),
+                self.logs()
+            );
+        }
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to a running role: a paused process
