@@ -19,15 +19,15 @@ use testkit::get;
 /// same twice in one test process. (With port 0, two roles of one stack
 /// were once given the same port in CI, and the second could not listen.)
 pub fn free_addr() -> SocketAddr {
-    use std::hash::{BuildHasher, Hasher};
+    use std::hash::BuildHasher;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for attempt in 0u64.. {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(attempt);
-        let port = 20_000 + (h.finish() % 12_000) as u16;
+    loop {
+        // Each `RandomState` is keyed anew: a random number.
+        let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+        let port = 20_000 + (random % 12_000) as u16;
         if given.contains(&port) {
             continue;
         }
@@ -36,7 +36,6 @@ pub fn free_addr() -> SocketAddr {
             return addr;
         }
     }
-    unreachable!("the loop only ends by returning")
 }
 
 /// A running `lambda` role, killed if it is dropped still running: a test

@@ -476,35 +476,14 @@ async fn two_of_each_layer_stay_exact_through_kills_a_zombie_and_a_rebalance_mid
 /// waits, exact at its old `as_of`, until it serves a view reaching there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_speed_layer_started_past_its_checkpoint_waits_for_a_view_reaching_it() {
-    let options = Options {
-        recompute_on_demand: true,
-        ..Options::default()
-    };
-    let mut s = Stack::start("sys-start", options).await;
-    let (batch, serve, speed) = (
-        s.addr(Role::Batch),
-        s.addr(Role::Serve),
-        s.addr(Role::Speed),
-    );
-    s.produce(events(0..150)).await;
-    let checkpointed = s.topic_ends().await;
-    s.wait_served(&checkpointed, Duration::from_secs(60)).await;
-    tokio::task::spawn_blocking(move || recompute(serve, None))
-        .await
-        .expect("join");
+    let (mut s, checkpointed) = stack_serving_a_first_view("sys-start").await;
+    let (serve, speed) = (s.addr(Role::Serve), s.addr(Role::Speed));
     // The serving layer keeps that view (v1); the speed layer stops with
     // its checkpoint at `checkpointed`.
     s.stop(Role::Serve);
     s.kill(Role::Speed);
     s.produce(events(150..600)).await;
-    let total = s.topic_ends().await.total_offsets() as f64;
-    let cut = tokio::task::spawn_blocking(move || {
-        let timeout = Duration::from_secs(60);
-        ::testkit::wait_metric(batch, "lambda_batch_log_end_offset", total, timeout);
-        batch_recompute(batch)
-    })
-    .await
-    .expect("join");
+    let cut = batch_view_of_everything(&s).await;
     assert!(
         cut.iter().any(|(p, c)| c > checkpointed.get(p)),
         "the new cut {cut} must pass the checkpoint {checkpointed} somewhere"
@@ -554,36 +533,15 @@ async fn a_speed_layer_started_past_its_checkpoint_waits_for_a_view_reaching_it(
 /// next swap, and answers missed those events until it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_speed_layer_overtaken_by_a_batch_cut_is_waited_for() {
-    let options = Options {
-        recompute_on_demand: true,
-        ..Options::default()
-    };
-    let mut s = Stack::start("sys-overtaken", options).await;
-    let (batch, serve, speed) = (
-        s.addr(Role::Batch),
-        s.addr(Role::Serve),
-        s.addr(Role::Speed),
-    );
-    s.produce(events(0..150)).await;
-    let served = s.topic_ends().await;
-    s.wait_served(&served, Duration::from_secs(60)).await;
-    tokio::task::spawn_blocking(move || recompute(serve, None))
-        .await
-        .expect("join");
+    let (mut s, _) = stack_serving_a_first_view("sys-overtaken").await;
+    let speed = s.addr(Role::Speed);
     // Paused, the speed and serving layers fall behind while the batch
     // layer reads on and publishes a view of it all.
     s.signal(Role::Speed, "STOP");
     s.signal(Role::Serve, "STOP");
     s.produce(events(150..3150)).await;
     let ends = s.topic_ends().await;
-    let total = ends.total_offsets() as f64;
-    let cut = tokio::task::spawn_blocking(move || {
-        let timeout = Duration::from_secs(60);
-        ::testkit::wait_metric(batch, "lambda_batch_log_end_offset", total, timeout);
-        batch_recompute(batch)
-    })
-    .await
-    .expect("join");
+    let cut = batch_view_of_everything(&s).await;
     // Resumed, the speed layer counts one micro-batch (500 records at
     // most), then finds the cut ahead of it and skips the rest up to it.
     s.signal(Role::Speed, "CONT");
@@ -616,6 +574,38 @@ async fn a_running_speed_layer_overtaken_by_a_batch_cut_is_waited_for() {
     s.start_role(Role::Batch).await;
     s.assert_exact().await;
     s.shutdown();
+}
+
+/// A stack recomputing only when asked, whose serving layer answers from a
+/// view of the first 150 events; with the topic's ends there.
+async fn stack_serving_a_first_view(name: &str) -> (Stack, ::lambda_core::Cut) {
+    let options = Options {
+        recompute_on_demand: true,
+        ..Options::default()
+    };
+    let s = Stack::start(name, options).await;
+    let serve = s.addr(Role::Serve);
+    s.produce(events(0..150)).await;
+    let ends = s.topic_ends().await;
+    s.wait_served(&ends, Duration::from_secs(60)).await;
+    tokio::task::spawn_blocking(move || recompute(serve, None))
+        .await
+        .expect("join");
+    (s, ends)
+}
+
+/// Once the batch layer has ingested everything produced so far, a view of
+/// it all (computed by the batch layer, no serving layer asked); its cut.
+async fn batch_view_of_everything(s: &Stack) -> ::lambda_core::Cut {
+    let batch = s.addr(Role::Batch);
+    let total = s.topic_ends().await.total_offsets() as f64;
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(60);
+        ::testkit::wait_metric(batch, "lambda_batch_log_end_offset", total, timeout);
+        batch_recompute(batch)
+    })
+    .await
+    .expect("join")
 }
 
 /// Once the serving layer waits for a view reaching a speed layer's start,

@@ -140,14 +140,8 @@ impl RealtimeCounts {
     pub(super) async fn change_ownership(&mut self, change: Assignment) -> Result<(), StoreError> {
         match change {
             Assignment::Assigned(placed) => {
-                let before = self.starts.clone();
-                for (p, offset) in placed {
-                    self.start_partition(p, offset);
-                    self.owned.insert(p);
-                }
-                if self.starts != before {
-                    self.store.set_starts(&self.starts).await?;
-                }
+                self.owned.extend(placed.iter().map(|&(p, _)| p));
+                self.start_partitions(placed).await?;
             }
             Assignment::Revoked(partitions) => {
                 for p in partitions {
@@ -184,15 +178,24 @@ impl RealtimeCounts {
     ) -> Result<(), StoreError> {
         expire(self, &cut.cut, size, metrics).await?;
         self.adopt_event_time(cut);
-        let before = self.starts.clone();
         let overtaken: Vec<(Partition, Offset)> = self
             .owned
             .iter()
             .map(|&p| (p, self.cut.get(p)))
             .filter(|&(p, at)| self.positions.get(p) < at)
             .collect();
-        for (p, at) in overtaken {
-            self.start_partition(p, at);
+        self.start_partitions(overtaken).await
+    }
+
+    /// Moves each partition to its start ([`Self::start_partition`]), then
+    /// records `starts` durably if any moved past its checkpoint.
+    async fn start_partitions(
+        &mut self,
+        placed: Vec<(Partition, Offset)>,
+    ) -> Result<(), StoreError> {
+        let before = self.starts.clone();
+        for (p, start) in placed {
+            self.start_partition(p, start);
         }
         if self.starts != before {
             self.store.set_starts(&self.starts).await?;
@@ -375,6 +378,7 @@ mod tests {
             .expect("assigned");
         assert_eq!(view.positions.get(0), 60, "never back below the checkpoint");
     }
+
     #[tokio::test]
     async fn a_cut_overtaking_an_owned_partition_moves_it_there_and_says_so() {
         let dir = tempfile::tempdir().expect("tempdir");
