@@ -81,11 +81,14 @@ fn main() {
         consumer.subscribe(&[&topic]).expect("subscribe");
         let first = consumer.recv().await.expect("first record");
         drop(first);
+        let cpu_before = process_cpu_seconds();
         let started = Instant::now();
         for _ in 1..events {
             consumer.recv().await.expect("record");
         }
-        let plain = (events - 1) as f64 / started.elapsed().as_secs_f64();
+        let plain_seconds = started.elapsed().as_secs_f64();
+        let plain = (events - 1) as f64 / plain_seconds;
+        let plain_cores = (process_cpu_seconds() - cpu_before) / plain_seconds;
         drop(consumer);
 
         // 2. The speed layer over the same records.
@@ -107,17 +110,20 @@ fn main() {
                 .map(|r| metric_sum(&r.text(), "lambda_speed_position") as usize)
                 .unwrap_or(0)
         };
-        let speed = tokio::task::spawn_blocking(move || {
+        let (speed, speed_cores) = tokio::task::spawn_blocking(move || {
             let mut first = position();
             while first == 0 {
                 std::thread::sleep(Duration::from_millis(1));
                 first = position();
             }
             let started = Instant::now();
+            let cpu_before = process_cpu_seconds();
             while position() < events {
                 std::thread::sleep(Duration::from_millis(25));
             }
-            (events - first) as f64 / started.elapsed().as_secs_f64()
+            let seconds = started.elapsed().as_secs_f64();
+            let cores = (process_cpu_seconds() - cpu_before) / seconds;
+            ((events - first) as f64 / seconds, cores)
         })
         .await
         .expect("join");
@@ -144,9 +150,32 @@ fn main() {
         println!("{:<28} {:>12.0}", "plain rdkafka (read only)", plain);
         println!("{:<28} {:>12.0}", "speed layer (count+commit)", speed);
         println!("ratio speed/plain: {:.2}", speed / plain);
+        // The process (broker included) on the machine's cores: how far
+        // each side was from using them all.
+        println!("cores busy: plain {plain_cores:.2}, speed layer {speed_cores:.2}");
         println!(
             "speed layer: {batches} micro-batches ({:.0} records each), {live} live counts; stage means:{stages}",
             events as f64 / batches.max(1.0)
         );
     });
+}
+
+/// User and system CPU time of this process so far (Linux, in clock ticks
+/// of 1/100 s as `/proc` reports them).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .expect("utime and stime")
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }

@@ -3,6 +3,7 @@
 //! came with them.
 
 use super::*;
+use futures_util::FutureExt;
 
 /// When a batch closes.
 #[derive(Debug, Clone, Copy)]
@@ -175,11 +176,15 @@ impl PartitionReader {
             if batch.records.len() >= limits.max_records || batch.bytes >= limits.max_bytes {
                 break;
             }
-            // A record already buffered is taken even past the deadline
-            // (tokio's timeout polls the future first), so a zero linger
-            // means "what the consumer has at hand".
+            // A record already buffered is taken even past the deadline, so
+            // a zero linger means "what the consumer has at hand"; under
+            // load that is most records, taken without setting a timer.
             let deadline = until.unwrap_or(started);
-            let received = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            let at_hand = match consumer.recv().now_or_never() {
+                Some(m) => Ok(m),
+                None => tokio::time::timeout_at(deadline, consumer.recv()).await,
+            };
+            let received = match at_hand {
                 Ok(m) => Some(m),
                 Err(_) if !busy_done => tokio::select! {
                     // Done first: with nothing buffered, a batch closes as

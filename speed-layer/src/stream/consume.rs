@@ -1,4 +1,4 @@
-//! Consumption: records from the events topic counted into micro-batches.
+//! Consumption: records from the events topic read into micro-batches.
 //!
 //! Adaptive: a micro-batch takes what the consumer has buffered and closes
 //! as soon as it has nothing more at hand, so an idle system checkpoints
@@ -10,12 +10,11 @@ use super::counts::Mirror;
 use super::{RealtimeCounts, StreamConfig};
 use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
-use common::kafka::decode_message;
 use common::reader::{Assignment, Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
 use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::ConsumeFailure;
-use lambda_core::event::DecodeError;
+use lambda_core::event::{decode, DecodeError};
 use lambda_core::window::{Arrival, Key, Millis, Window, WindowedKeys};
 use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
 use rdkafka::message::Message;
@@ -23,7 +22,7 @@ use realtime_store::CountKey;
 use rustc_hash::FxHashMap;
 use std::time::Duration;
 
-/// What counting a micro-batch needs besides the batch and the view.
+/// What reading a micro-batch needs besides the batch and the view.
 #[derive(Clone, Copy)]
 pub(super) struct Ctx<'a> {
     pub(super) config: &'a StreamConfig,
@@ -32,16 +31,22 @@ pub(super) struct Ctx<'a> {
     pub(super) token: &'a CancellationToken,
 }
 
-/// A micro-batch being counted: deltas per bucket and word, and the next
-/// offset of every partition it read.
+/// A micro-batch: the events taken (their words counted once it is
+/// applied) and the next offset of every partition it read.
 #[derive(Default)]
 pub(super) struct MicroBatch {
     /// Changes in the partitions owned, which come before any record (a
     /// batch with changes has no records).
     pub(super) changes: Vec<Assignment>,
     deltas: FxHashMap<BucketKey, BucketDeltas>,
+    /// The text of the events taken, one after another, and where each
+    /// one's ends: their words are counted in [`Self::apply`].
+    texts: String,
+    uncounted: Vec<Uncounted>,
     next: FxHashMap<Partition, Offset>,
     pub(super) records: usize,
+    /// Events taken (records that decoded and were not skipped).
+    events: u64,
     bytes: usize,
     /// The record timestamp of the oldest event counted (ms since the epoch).
     pub(super) oldest_event_ms: Option<i64>,
@@ -53,6 +58,15 @@ pub(super) struct MicroBatch {
     newest: FxHashMap<Partition, Option<Millis>>,
     /// The clock when the batch started, for far-future timestamps.
     now_ms: Millis,
+}
+
+/// An event taken into a micro-batch whose words are still to be counted.
+struct Uncounted {
+    bucket: BucketKey,
+    window: Option<Window>,
+    /// Where its text ends in [`MicroBatch::texts`] (it starts where the
+    /// previous one's ends).
+    end: usize,
 }
 
 /// A micro-batch's counts in one bucket: per word, its occurrences and how
@@ -131,20 +145,20 @@ const CATCH_UP_LAG: Duration = Duration::from_millis(100);
 const CATCH_UP_WAIT: Duration = Duration::from_millis(50);
 
 impl MicroBatch {
-    /// Counts one record, straight from the consumer's buffer. A record
-    /// that is not an event is returned with the reason, for the batch to
-    /// dead-letter with the others (see [`next_batch`]).
+    /// Takes one record, straight from the consumer's buffer: its position,
+    /// its event time and its text, whose words [`Self::apply`] counts
+    /// later, off the consumer's task. A record that is not an event is
+    /// returned with the reason, for the batch to dead-letter with the
+    /// others (see [`next_batch`]).
     fn add<M: Message>(
         &mut self,
         m: &M,
         view: &RealtimeCounts,
-        tokenizer: &mut Tokenizer,
         ctx: &Ctx<'_>,
     ) -> Option<DecodeError> {
         let Ctx {
             config, metrics, ..
         } = *ctx;
-        metrics.records_consumed.inc();
         self.records += 1;
         let (p, o) = (m.partition(), m.offset());
         // Redelivered (already checkpointed) offsets are not counted again,
@@ -162,10 +176,12 @@ impl MicroBatch {
         if below_cut {
             return None;
         }
-        match decode_message(m, config.max_event_bytes) {
+        // Read once: each read of a record's fields is a call into librdkafka.
+        let timestamp = m.timestamp().to_millis();
+        match decode(p, o, timestamp, m.payload(), config.max_event_bytes) {
             Ok(event) => {
-                metrics.events_counted.inc();
-                if let Some(t) = m.timestamp().to_millis() {
+                self.events += 1;
+                if let Some(t) = timestamp {
                     self.oldest_event_ms = Some(self.oldest_event_ms.map_or(t, |o| o.min(t)));
                 }
                 self.bytes += event.text.len();
@@ -173,13 +189,12 @@ impl MicroBatch {
                     partition: p,
                     bucket: config.bucket_size.bucket_of(o),
                 };
-                let window = self.event_time(p, m.timestamp().to_millis(), view, ctx);
-                let deltas = self.deltas.entry(bucket).or_default();
+                let window = self.event_time(p, timestamp, view, ctx);
                 if let Some((window, true)) = window {
+                    let deltas = self.deltas.entry(bucket).or_default();
                     *deltas.late.entry(window).or_default() += 1;
                 }
-                let window = window.map(|(window, _)| window);
-                tokenizer.for_each_word(event.text, |w| deltas.bump(w, window));
+                self.take_text(bucket, window.map(|(window, _)| window), event.text);
                 None
             }
             Err(error) => {
@@ -232,9 +247,40 @@ impl MicroBatch {
             .collect()
     }
 
-    /// Adds the deltas to the live counts; returns the changed keys with
-    /// their new absolute counts (what is checkpointed and then published).
+    fn take_text(&mut self, bucket: BucketKey, window: Option<Window>, text: &str) {
+        self.texts.push_str(text);
+        self.uncounted.push(Uncounted {
+            bucket,
+            window,
+            end: self.texts.len(),
+        });
+    }
+
+    /// Splits the text of the events taken into words and counts them per
+    /// bucket and word.
+    fn count_words(&mut self) {
+        let mut tokenizer = Tokenizer::new();
+        let mut start = 0;
+        for Uncounted {
+            bucket,
+            window,
+            end,
+        } in self.uncounted.drain(..)
+        {
+            let deltas = self.deltas.entry(bucket).or_default();
+            tokenizer.for_each_word(&self.texts[start..end], |w| deltas.bump(w, window));
+            start = end;
+        }
+        self.texts = String::new();
+    }
+
+    /// Counts the words of the events taken and adds them to the live
+    /// counts; returns the changed keys with their new absolute counts (what
+    /// is checkpointed and then published). The larger part of a
+    /// micro-batch's work, done beside the reading of the next one (see
+    /// `checkpoint::InFlight`).
     pub(super) fn apply(&mut self, mirror: &mut Mirror) -> Vec<(CountKey, u64)> {
+        self.count_words();
         let mut changed = Vec::with_capacity(self.deltas.values().map(BucketDeltas::keys).sum());
         // Most words of a batch share a window: its key prefix is written
         // once, not formatted anew per word.
@@ -300,7 +346,8 @@ impl MicroBatch {
     }
 }
 
-/// Consumes and counts a micro-batch; `None` once cancelled.
+/// Reads a micro-batch (its words are counted when it is applied); `None`
+/// once cancelled.
 ///
 /// Adaptive: the batch takes what the consumer has buffered and closes as
 /// soon as it has nothing more at hand (after waiting `micro_batch_wait` for
@@ -311,7 +358,6 @@ impl MicroBatch {
 pub(super) async fn next_batch(
     reader: &mut PartitionReader,
     view: &RealtimeCounts,
-    tokenizer: &mut Tokenizer,
     ctx: &Ctx<'_>,
     in_flight: Option<&InFlight>,
 ) -> Result<Option<MicroBatch>, ReaderError> {
@@ -346,10 +392,12 @@ pub(super) async fn next_batch(
         .add(read.transient_errors as u64);
     let mut bad = Vec::new();
     for m in &read.records {
-        if let Some(error) = batch.add(m, view, tokenizer, ctx) {
+        if let Some(error) = batch.add(m, view, ctx) {
             bad.push((m, error));
         }
     }
+    ctx.metrics.records_consumed.add(read.records.len() as u64);
+    ctx.metrics.events_counted.add(batch.events);
     // Every dead letter is in the broker before the batch is checkpointed.
     ctx.dead_letters
         .send_all_until_delivered(&bad, ctx.token, &ctx.metrics.dead_letter_failures)
@@ -383,11 +431,10 @@ mod tests {
         let mut mirror = Mirror::from_counts(loaded.into_iter().collect());
         let mut batch = MicroBatch::default();
         for bucket in [0, 1] {
-            let deltas = batch.deltas.entry(key(bucket, "").bucket).or_default();
-            deltas.bump("x", Some(w1));
-            deltas.bump("x", Some(w2));
-            deltas.bump("x", None);
-            deltas.bump("y", Some(w1));
+            let bucket = key(bucket, "").bucket;
+            batch.take_text(bucket, Some(w1), "X y");
+            batch.take_text(bucket, Some(w2), "x");
+            batch.take_text(bucket, None, "x");
         }
         let mut changed = batch.apply(&mut mirror);
         changed.sort();
@@ -406,5 +453,12 @@ mod tests {
         want.sort();
         assert_eq!(changed, want);
         assert_eq!(mirror.len(), 8, "two loaded and six new");
+        // The next batch reports what it changed, each key once.
+        let mut batch = MicroBatch::default();
+        batch.take_text(key(1, "").bucket, Some(w1), "x x");
+        assert_eq!(
+            batch.apply(&mut mirror),
+            vec![(key(1, &in_window(w1, "x")), 3)]
+        );
     }
 }

@@ -18,9 +18,10 @@
 //! - this file: the loop and its configuration and status;
 //! - `counts`: the counts, the partitions they cover (assignment,
 //!   revocation, where a partition starts) and expiry below a new batch cut;
-//! - `checkpoint`: a micro-batch applied and made durable, then handed to
-//!   the publisher, on a task of its own while the next one is counted;
-//! - `consume`: records counted into adaptive micro-batches;
+//! - `checkpoint`: a micro-batch counted into the live counts and made
+//!   durable, then handed to the publisher, on a thread of its own while
+//!   the next one is read;
+//! - `consume`: records read into adaptive micro-batches;
 //! - `publish`: checkpointed counts to the realtime topic, coalesced.
 
 mod checkpoint;
@@ -43,7 +44,7 @@ use common::unreadable::{ConsumeFailure, HeldPartitions};
 use consume::{next_batch, Ctx};
 use counts::{resume_point, RealtimeCounts};
 use lambda_core::window::{Millis, WindowSettings};
-use lambda_core::{BucketSize, Cut, Offset, Partition, Positions, Tokenizer};
+use lambda_core::{BucketSize, Cut, Offset, Partition, Positions};
 use publish::Publication;
 use rdkafka::producer::FutureProducer;
 use realtime_store::{Checkpoint, CountKey, RealtimeStore, StoreError, StoreStats};
@@ -227,7 +228,6 @@ pub async fn run(
     let _ = publish_tx.send(republish).await;
     update_status(&status, &view, &metrics);
 
-    let mut tokenizer = Tokenizer::new();
     let outlets = Outlets {
         publish: publish_tx.clone(),
         metrics: Arc::clone(&metrics),
@@ -245,8 +245,8 @@ pub async fn run(
             metrics: &metrics,
             token: &token,
         };
-        // Read and counted while the previous micro-batch is checkpointed.
-        let reading = next_batch(&mut reader, &view, &mut tokenizer, &ctx, in_flight.as_ref());
+        // Read while the previous micro-batch is counted and checkpointed.
+        let reading = next_batch(&mut reader, &view, &ctx, in_flight.as_ref());
         let Some(mut batch) = reading.await? else {
             break;
         };
