@@ -436,6 +436,14 @@ mod tests {
             batch.take_text(bucket, Some(w2), "x");
             batch.take_text(bucket, None, "x");
         }
+        // A word lowercased outside the text (not ASCII), and a late event.
+        batch.take_text(key(1, "").bucket, Some(w2), "Été");
+        batch
+            .deltas
+            .entry(key(1, "").bucket)
+            .or_default()
+            .late
+            .insert(w2, 1);
         let mut changed = batch.apply(&mut mirror);
         changed.sort();
         let mut want = vec![
@@ -449,10 +457,12 @@ mod tests {
             (key(1, &in_window(w2, "x")), 1),
             (key(1, &Key::Untimed("x").encode()), 1),
             (key(1, &in_window(w1, "y")), 1),
+            (key(1, &in_window(w2, "été")), 1),
+            (key(1, &Key::Late(w2).encode()), 1),
         ];
         want.sort();
         assert_eq!(changed, want);
-        assert_eq!(mirror.len(), 8, "two loaded and six new");
+        assert_eq!(mirror.len(), 10, "two loaded and eight new");
         // The next batch reports what it changed, each key once.
         let mut batch = MicroBatch::default();
         batch.take_text(key(1, "").bucket, Some(w1), "x x");
