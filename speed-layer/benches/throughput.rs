@@ -116,6 +116,11 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(1));
                 first = position();
             }
+            if first >= events {
+                // A few thousand events (CI's run of every bench): the
+                // first micro-batch took them all, there is no rate.
+                eprintln!("too few EVENTS ({events}) to time the speed layer");
+            }
             let started = Instant::now();
             let cpu_before = process_cpu_seconds();
             while position() < events {
