@@ -3,7 +3,7 @@
 //! bucket. A test that asks for it and cannot start it fails: nothing is
 //! skipped for want of a server.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,7 @@ impl S3Server {
     /// Starts `moto_server` (falling back to `python3 -m moto.server`) and
     /// creates `bucket`.
     pub fn start(bucket: &str) -> S3Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::free_addr().port();
         let args = ["-H", "127.0.0.1", "-p", &port.to_string()];
         let spawn = |program: &str, pre: &[&str]| {
             Command::new(program)

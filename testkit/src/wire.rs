@@ -45,9 +45,7 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
     let front = listener.local_addr().expect("proxy address");
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let upstream = crate::free_addr();
     options.addr = Some(upstream);
     options.advertised = Some(front);
     let broker = EmbeddedBroker::start_with(storage, options)

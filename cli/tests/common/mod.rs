@@ -6,37 +6,13 @@
 pub mod spec;
 pub mod stack;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use testkit::get;
 
-/// A free local address for a role to listen on, chosen at random below
-/// the kernel's ephemeral ports (32768 and up): neither another `bind` to
-/// port 0 nor the local end of an outgoing connection (a Kafka client's)
-/// can be given it between this check and the role's own bind. Never the
-/// same twice in one test process. (With port 0, two roles of one stack
-/// were once given the same port in CI, and the second could not listen.)
-pub fn free_addr() -> SocketAddr {
-    use std::hash::BuildHasher;
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    loop {
-        // Each `RandomState` is keyed anew: a random number.
-        let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
-        let port = 20_000 + (random % 12_000) as u16;
-        if given.contains(&port) {
-            continue;
-        }
-        if let Ok(addr) = TcpListener::bind(("127.0.0.1", port)).and_then(|l| l.local_addr()) {
-            given.push(port);
-            return addr;
-        }
-    }
-}
+pub use testkit::free_addr;
 
 /// A running `lambda` role, killed if it is dropped still running: a test
 /// that fails half-way must not leave a demo behind eating a core.
