@@ -127,13 +127,13 @@ pub fn poisoned_events(n: usize) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
     (records, good)
 }
 
-/// A free local address for a server a test starts (a role, moto, a
-/// broker behind a proxy), chosen at random below
-/// the kernel's ephemeral ports (32768 and up): neither another `bind` to
-/// port 0 nor the local end of an outgoing connection (a Kafka client's)
-/// can be given it between this check and the role's own bind. Never the
-/// same twice in one test process. (With port 0, two roles of one stack
-/// were once given the same port in CI, and the second could not listen.)
+/// A free local address for a server a test starts (a `lambda` role, moto,
+/// a broker behind a proxy), chosen at random below the kernel's ephemeral
+/// ports (32768 and up): neither another `bind` to port 0 nor the local end
+/// of an outgoing connection (a Kafka client's) can be given it between this
+/// check and the server's own bind. Never the same twice in one test
+/// process. (With port 0, two roles of one stack were once given the same
+/// port in CI, and the second could not listen.)
 pub fn free_addr() -> std::net::SocketAddr {
     use std::hash::BuildHasher;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
