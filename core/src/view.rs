@@ -98,10 +98,7 @@ pub struct ViewWindows {
 impl ViewWindows {
     /// Drops the windowed counts older than the horizon.
     pub fn retain(&self, words: &mut Vec<WordCount>) {
-        words.retain(|(k, _)| match Key::parse(k) {
-            Some(Key::InWindow(w, _) | Key::Late(w)) => w >= self.horizon,
-            _ => true,
-        });
+        words.retain(|(k, _)| Key::window_of(k).is_none_or(|w| w >= self.horizon));
     }
 
     /// The horizon the retention gives with these newest timestamps.

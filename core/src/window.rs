@@ -525,6 +525,16 @@ mod tests {
             prop_assert_eq!(newest, reader.newest());
         }
 
+        /// The quick read of a key's window says what the full parse says.
+        #[test]
+        fn window_of_agrees_with_parse(key in "#?[0-9]{0,22}[@!x-]?[a-z!@]{0,3}") {
+            let parsed = match Key::parse(&key) {
+                Some(Key::InWindow(w, _) | Key::Late(w)) => Some(w),
+                _ => None,
+            };
+            prop_assert_eq!(Key::window_of(&key), parsed, "{}", key);
+        }
+
         /// Keys read back as what they encode, and no word is taken for a
         /// windowed key.
         #[test]
@@ -538,6 +548,10 @@ mod tests {
             let mut keys = WindowedKeys::default();
             keys.set_window(w);
             prop_assert_eq!(keys.key(&word), k.as_str());
+            prop_assert_eq!(Key::window_of(&k), Some(w));
+            prop_assert_eq!(Key::window_of(&Key::Late(w).encode()), Some(w));
+            prop_assert_eq!(Key::window_of(&word), None);
+            prop_assert_eq!(Key::window_of(&Key::Untimed(&word).encode()), None);
             let late = Key::Late(w).encode();
             prop_assert_eq!(Key::parse(&late), Some(Key::Late(w)));
             let untimed = Key::Untimed(&word).encode();
@@ -550,8 +564,17 @@ mod tests {
 
     #[test]
     fn malformed_windowed_keys_are_not_read() {
-        for bad in ["#", "#12", "#x@a", "#12?a", "#-@a"] {
+        for bad in [
+            "#",
+            "#12",
+            "#x@a",
+            "#12?a",
+            "#-@a",
+            "#12!x",
+            "#99999999999999999999999@a",
+        ] {
             assert_eq!(Key::parse(bad), None, "{bad}");
+            assert_eq!(Key::window_of(bad), None, "{bad}");
         }
         assert_eq!(
             Key::parse("#7@"),

@@ -40,6 +40,26 @@ impl<'a> Key<'a> {
         }
     }
 
+    /// The window of a windowed or late-events key (`None` for a word, an
+    /// untimed key or a malformed one): what [`Key::parse`] would say,
+    /// reading only the digits. Retention and the serving layer ask this
+    /// of every key.
+    pub fn window_of(key: &str) -> Option<Window> {
+        let rest = key.strip_prefix(WINDOW_MARK)?.as_bytes();
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 20 {
+            return None;
+        }
+        let window = rest[..digits].iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
+        match &rest[digits..] {
+            b"!" => Some(Window(window)),
+            [b'@', ..] => Some(Window(window)),
+            _ => None,
+        }
+    }
+
     /// Whether `key` is a word's all-time count (cheap: one byte).
     pub fn is_word(key: &str) -> bool {
         !key.starts_with(WINDOW_MARK)

@@ -163,7 +163,7 @@ fn raise(
 /// windows do is known at once (ranged answers read it), their rankings
 /// may lag (see [`Replica::rank_pending`]).
 fn note_window(windows: &mut BTreeMap<Window, Ranking>, key: &str) {
-    if let Some(Key::InWindow(w, _) | Key::Late(w)) = Key::parse(key) {
+    if let Some(w) = Key::window_of(key) {
         windows.entry(w).or_default();
     }
 }
