@@ -10,11 +10,12 @@ use super::counts::Mirror;
 use super::{RealtimeCounts, StreamConfig};
 use crate::metrics::SpeedMetrics;
 use common::dead_letter::DeadLetterSink;
+use common::kafka::decode_message;
 use common::reader::{Assignment, Limits, PartitionReader, ReaderError};
 use common::shutdown::CancellationToken;
 use common::telemetry::events::RecordDeadLettered;
 use common::unreadable::ConsumeFailure;
-use lambda_core::event::{decode, DecodeError};
+use lambda_core::event::DecodeError;
 use lambda_core::window::{Arrival, Key, Millis, Window, WindowedKeys};
 use lambda_core::{BucketKey, Offset, Partition, Tokenizer};
 use rdkafka::message::Message;
@@ -176,10 +177,11 @@ impl MicroBatch {
         if below_cut {
             return None;
         }
-        // Read once: each read of a record's fields is a call into librdkafka.
-        let timestamp = m.timestamp().to_millis();
-        match decode(p, o, timestamp, m.payload(), config.max_event_bytes) {
+        match decode_message(m, config.max_event_bytes) {
             Ok(event) => {
+                // Read once, with the event: each read of a record's fields
+                // is a call into librdkafka.
+                let timestamp = event.timestamp_ms;
                 self.events += 1;
                 if let Some(t) = timestamp {
                     self.oldest_event_ms = Some(self.oldest_event_ms.map_or(t, |o| o.min(t)));
