@@ -47,7 +47,7 @@ impl<'a> Key<'a> {
     pub fn window_of(key: &str) -> Option<Window> {
         let rest = key.strip_prefix(WINDOW_MARK)?.as_bytes();
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 || digits > 20 {
+        if digits == 0 {
             return None;
         }
         let window = rest[..digits].iter().try_fold(0u64, |n, &d| {
