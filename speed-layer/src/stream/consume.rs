@@ -387,6 +387,11 @@ pub(super) async fn next_batch(
         changes: std::mem::take(&mut read.changes),
         records: read.skipped,
         now_ms: common::now_ms(),
+        // Sized for every record's text at once: grown step by step, a
+        // large batch's buffer was copied over and over, each time into
+        // memory the kernel had to map afresh.
+        texts: String::with_capacity(read.bytes),
+        uncounted: Vec::with_capacity(read.records.len()),
         ..MicroBatch::default()
     };
     ctx.metrics
