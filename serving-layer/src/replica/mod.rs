@@ -8,6 +8,7 @@
 //! [`lambda_core::merge`]'s rule; this module adds lookup structures and the exact
 //! top-K.
 
+use compact_str::CompactString;
 pub use lambda_core::merge::Merged;
 use lambda_core::merge::{merge, realtime_count};
 use lambda_core::realtime::RealtimeUpsert;
@@ -379,7 +380,7 @@ impl Replica {
                     let mut buckets = Vec::new();
                     let added = raise(&mut buckets, &run, cuts, size);
                     if !buckets.is_empty() {
-                        shard.insert(word.clone(), buckets);
+                        shard.insert(CompactString::from(&*word), buckets);
                     }
                     added
                 }
