@@ -84,6 +84,7 @@ impl Compactor {
                             expired = c.expired,
                             snapshot_bytes = c.snapshot_bytes,
                             ms = started.elapsed().as_millis() as u64,
+                            write_ms = c.write_ms,
                             "Compacted the realtime store."
                         ),
                         Ok(None) => break,
@@ -174,6 +175,7 @@ impl Inner {
             replaced,
             delta_bytes,
         } = prepared;
+        let started = Instant::now();
         for batch in batches {
             self.tree.apply_batch(batch).map_err(self.err())?;
             self.db.flush().map_err(self.err())?;
@@ -186,6 +188,7 @@ impl Inner {
         log.deltas = log.deltas.saturating_sub(done.deltas);
         log.compactions += 1;
         done.snapshot_bytes = log.snapshot_bytes;
+        done.write_ms = started.elapsed().as_millis() as u64;
         Ok(done)
     }
 
@@ -202,6 +205,7 @@ impl Inner {
             counts: 0,
             expired: 0,
             snapshot_bytes: 0,
+            write_ms: 0,
         };
         let mut batches = Batches::default();
         let (mut written, mut replaced) = (0, changes.legacy_bytes);

@@ -123,6 +123,10 @@ pub struct Compaction {
     pub expired: u64,
     /// The snapshot's size after it.
     pub snapshot_bytes: u64,
+    /// Milliseconds spent writing it (at normal priority, sled's lock taken
+    /// batch by batch); the rest of its time went to preparing it, at
+    /// background priority.
+    pub write_ms: u64,
 }
 
 /// The log's bookkeeping, guarded so a compaction sees every delta below
