@@ -4,7 +4,9 @@
 #
 #   1. `lambda mapreduce` vs DuckDB on the same generated text   (issue 3)
 #   2. speed layer vs a plain rdkafka consumer, same topic       (issue 4)
+#      (and again without the new word per event: what new keys cost)
 #   3. serving layer: merged word queries vs /healthz with wrk   (issue 5)
+#      (and a replica resolving and applying 1.4 M upserts, criterion)
 #   4. the whole system under sustained load (bench/load.py)     (issue 7)
 #   5. produce-to-visible freshness under load (bench/freshness.py) (issue 14)
 #   6. recompute time at 1x/2x/4x history, full vs incremental   (issue 18)
@@ -45,9 +47,14 @@ bash bench/mapreduce_vs_duckdb.sh "$MR_MB" "$MR_RUNS" | tee "$OUT/mapreduce.txt"
 
 step "2/11 speed layer vs plain consumer"
 cargo bench -q -p lambda-speed --bench throughput 2>/dev/null | tee "$OUT/speed.txt"
+# The same without the new word per event: what new keys cost.
+VOCABULARY_ONLY=1 cargo bench -q -p lambda-speed --bench throughput 2>/dev/null | tee "$OUT/speed_vocabulary.txt"
 
 step "3/11 serving layer (wrk)"
 bash bench/serving_wrk.sh | tee "$OUT/serving.txt"
+# What following the speed layer costs a replica (resolve + apply).
+EVENTS=200000 cargo bench -q -p lambda-serving --bench apply 2>/dev/null \
+  | grep -E '^[0-9]+ releases|time:|thrpt:' | tee "$OUT/apply.txt"
 
 if [ "$LOAD_SECONDS" -gt 0 ]; then
   step "4/11 sustained load (${LOAD_RATE} events/s for ${LOAD_SECONDS} s)"
@@ -93,6 +100,7 @@ def find(text, pattern, group=1):
     m = re.search(pattern, text, re.M)
     return m.group(group) if m else "?"
 mr, sp, sv, ld = read("mapreduce.txt"), read("speed.txt"), read("serving.txt"), read("load.txt")
+spv, ap = read("speed_vocabulary.txt"), read("apply.txt")
 fr = read("freshness.txt")
 rc, kp, wn = read("recompute.txt"), read("kappa.txt"), read("windows.txt")
 ww, hr, so = read("windows_wrk.txt"), read("hour.txt"), read("scaleout.txt")
@@ -105,7 +113,9 @@ rows = [
     ("mapreduce speed vs DuckDB", find(mr, r"speed ratio.*: (\S+)"), ">= 5x"),
     ("mapreduce max RSS MB", find(mr, r"^lambda mapreduce\s+\S+\s+\S+\s+(\S+)"), "< 2 x (input + table)"),
     ("speed layer / plain consumer", find(sp, r"ratio speed/plain: (\S+)"), ">= 0.8"),
+    ("speed layer / plain consumer, no new word per event", find(spv, r"ratio speed/plain: (\S+)"), ""),
     ("merged words / healthz req/s (round 2)", find(sv, r"^2\s+/v1/words/\{w\}\s+\S+\s+\S+\s+\S+\s+\S+\s+(\S+)"), ">= 0.5"),
+    ("serving replica: upserts resolved and applied per s", find(ap, r"thrpt:\s+\[\S+ \S+ (\S+ \S+)"), ""),
     ("merged words p99 ms (round 2)", find(sv, r"^2\s+/v1/words/\{w\}\s+\S+\s+\S+\s+(\S+)"), "<= 5"),
     ("load: batch ingest events/s", find(ld, r"batch ingest, events/s during the run \| ([\d,]+)"), ">= 20,000 offered"),
     ("load: speed consume events/s", find(ld, r"speed consume, events/s during the run \| ([\d,]+)"), ">= 20,000 offered"),
