@@ -649,8 +649,10 @@ impl Delegate {
         deflated: &deflated::Batch,
         connection: &PoolConnection,
     ) -> Result<()> {
+        // Lambda patch: cached (see `query_cached`), as every produce of an
+        // idempotent producer runs it.
         let mut rows = connection
-            .query(
+            .query_cached(
                 "producer_epoch_current_for_producer.sql",
                 (self.cluster.as_str(), deflated.producer_id),
             )
@@ -663,7 +665,7 @@ impl Delegate {
                 as i16;
 
             let row = connection
-                .query_one(
+                .query_one_cached(
                     "producer_select_for_update.sql",
                     (
                         self.cluster.as_str(),
@@ -730,8 +732,9 @@ impl Delegate {
     ) -> Result<(Option<i64>, Option<i64>)> {
         debug!(?topition);
 
+        // Lambda patch: cached (see `query_cached`): every produce runs it.
         let mut rows = connection
-            .query(
+            .query_cached(
                 "watermark_select_no_update.sql",
                 (
                     self.cluster.as_str(),
