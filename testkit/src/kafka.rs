@@ -69,14 +69,8 @@ pub async fn produce(
     topic: &str,
     records: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) {
-    let producer: rdkafka::producer::FutureProducer =
-        common::kafka::producer_config(&kafka.connection())
-            .create()
-            .expect("producer");
     let records: Vec<(String, Vec<u8>)> = records.into_iter().collect();
-    for result in common::kafka::send_all(&producer, topic, &records).await {
-        result.expect("delivered");
-    }
+    deliver_all(kafka, topic, &records).await;
 }
 
 /// Produces each record to its partition with its timestamp, in order, and
@@ -86,14 +80,8 @@ pub async fn produce_timed(
     topic: &str,
     records: impl IntoIterator<Item = common::kafka::TimedRecord>,
 ) {
-    let producer: rdkafka::producer::FutureProducer =
-        common::kafka::producer_config(&kafka.connection())
-            .create()
-            .expect("producer");
     let records: Vec<_> = records.into_iter().collect();
-    for result in common::kafka::send_all(&producer, topic, &records).await {
-        result.expect("delivered");
-    }
+    deliver_all(kafka, topic, &records).await;
 }
 
 /// Produces each `(partition, payload)` to that partition and waits until
@@ -103,16 +91,26 @@ pub async fn produce_to_partitions(
     topic: &str,
     records: impl IntoIterator<Item = (i32, Vec<u8>)>,
 ) {
-    let producer: rdkafka::producer::FutureProducer =
-        common::kafka::producer_config(&kafka.connection())
-            .create()
-            .expect("producer");
     let records: Vec<(String, Vec<u8>, Option<i32>)> = records
         .into_iter()
         .enumerate()
         .map(|(i, (p, payload))| (format!("k{i}"), payload, Some(p)))
         .collect();
-    for result in common::kafka::send_all(&producer, topic, &records).await {
+    deliver_all(kafka, topic, &records).await;
+}
+
+/// Sends `records` with a producer of its own and waits until every one is
+/// acknowledged (what each `produce*` above ends with).
+async fn deliver_all<R: common::kafka::OutgoingRecord>(
+    kafka: impl Reach,
+    topic: &str,
+    records: &[R],
+) {
+    let producer: rdkafka::producer::FutureProducer =
+        common::kafka::producer_config(&kafka.connection())
+            .create()
+            .expect("producer");
+    for result in common::kafka::send_all(&producer, topic, records).await {
         result.expect("delivered");
     }
 }
