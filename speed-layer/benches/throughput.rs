@@ -10,7 +10,9 @@
 //!
 //! Run: `cargo bench -p lambda-speed --bench throughput` (EVENTS=N to resize;
 //! VOCABULARY_ONLY=1 leaves out the word of its own, to see what new keys
-//! cost: each is a new live count, checkpointed, compacted and published).
+//! cost: each is a new live count, checkpointed, compacted and published;
+//! SPEED_FLAGS="--flag value ..." gives the speed layer more flags, to try a
+//! setting such as `--kafka-option key=value`).
 
 use clap::Parser;
 use common::broker::{BrokerStorage, EmbeddedBroker};
@@ -109,6 +111,9 @@ fn main() {
             "x", "--brokers", &brokers, "--topic", &topic, "--dead-letter-topic", &dlq, "--realtime-topic", &rtopic,
             "--data-dir", dir.path().to_str().expect("utf-8"), "--http-addr", "127.0.0.1:0", "--partitions", "4",
         ];
+        // SPEED_FLAGS: more flags for the speed layer, to try a setting.
+        let extra = std::env::var("SPEED_FLAGS").unwrap_or_default();
+        let argv = argv.into_iter().chain(extra.split_whitespace());
         let args = SpeedCli::try_parse_from(argv).expect("flags").args;
         let token = CancellationToken::new();
         let running = speed_layer::start(args, token.clone()).await.expect("speed starts");

@@ -3,7 +3,8 @@
 //! came with them.
 
 use super::*;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
+use rdkafka::consumer::MessageStream;
 
 /// When a batch closes.
 #[derive(Debug, Clone, Copy)]
@@ -132,6 +133,9 @@ impl PartitionReader {
         // Judged once per batch, from its first record (it reads the clock).
         let mut until: Option<Instant> = None;
         let mut next = Some(first);
+        // One stream for the whole batch: each `recv` makes a stream of its
+        // own, and registering and dropping its waker took a lock per record.
+        let mut stream = consumer.stream();
         loop {
             match next.take() {
                 Some(Ok(m)) => {
@@ -180,9 +184,9 @@ impl PartitionReader {
             // a zero linger means "what the consumer has at hand"; under
             // load that is most records, taken without setting a timer.
             let deadline = until.unwrap_or(started);
-            let at_hand = match consumer.recv().now_or_never() {
+            let at_hand = match next_of(&mut stream).now_or_never() {
                 Some(m) => Ok(m),
-                None => tokio::time::timeout_at(deadline, consumer.recv()).await,
+                None => tokio::time::timeout_at(deadline, next_of(&mut stream)).await,
             };
             let received = match at_hand {
                 Ok(m) => Some(m),
@@ -194,7 +198,7 @@ impl PartitionReader {
                         busy_done = true;
                         None
                     }
-                    m = consumer.recv() => Some(m),
+                    m = next_of(&mut stream) => Some(m),
                 },
                 Err(_) => None,
             };
@@ -215,6 +219,13 @@ impl PartitionReader {
         }
         Ok(Some(batch))
     }
+}
+
+/// The stream's next record, as `StreamConsumer::recv` returns it.
+async fn next_of<'a>(
+    stream: &mut MessageStream<'a, ReaderContext>,
+) -> KafkaResult<BorrowedMessage<'a>> {
+    stream.next().await.expect("a consumer's stream never ends")
 }
 
 /// How long a batch whose first record is `m` waits for more.
