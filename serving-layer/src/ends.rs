@@ -6,10 +6,10 @@ use crate::health::{Ends, Health};
 use crate::replica::Replica;
 use common::kafka::client_config;
 use common::shutdown::CancellationToken;
-use common::sync::ReadWriteOrStop;
+use common::sync::FairRwLock;
 use lambda_core::Positions;
 use rdkafka::consumer::BaseConsumer;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct EndsWatcher {
@@ -17,7 +17,7 @@ pub struct EndsWatcher {
     pub events_topic: String,
     pub realtime_topic: String,
     pub dead_letter_topic: String,
-    pub replica: Arc<RwLock<Replica>>,
+    pub replica: Arc<FairRwLock<Replica>>,
     pub health: Arc<Health>,
     pub interval: Duration,
 }

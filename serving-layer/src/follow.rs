@@ -17,14 +17,14 @@ use common::kafka::{consumer_config, wait_for_partitions};
 use common::reader::{Limits, PartitionReader, ReaderError};
 use common::retry::{until_durable, DurableWrite};
 use common::shutdown::CancellationToken;
-use common::sync::ReadWriteOrStop;
+use common::sync::FairRwLock;
 use common::telemetry::events::{MalformedRealtimeMessage, RecordsUnreadable};
 use common::unreadable::ConsumeFailure;
 use lambda_core::realtime::RealtimeMessage;
 use lambda_core::Cut;
 use rdkafka::message::Message;
 use realtime_store::{Checkpoint, RealtimeStore};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -47,7 +47,7 @@ pub enum FollowError {
 pub struct Follower {
     pub kafka: common::client::Connection,
     pub topic: String,
-    pub replica: Arc<RwLock<Replica>>,
+    pub replica: Arc<FairRwLock<Replica>>,
     pub store: Arc<RealtimeStore>,
     pub health: Arc<Health>,
     pub metrics: Arc<ServingMetrics>,
@@ -230,7 +230,7 @@ impl Follower {
 }
 
 /// Restores the replica's realtime half from the store at start.
-pub fn restore(store: &RealtimeStore, replica: &RwLock<Replica>) -> Result<Cut, FollowError> {
+pub fn restore(store: &RealtimeStore, replica: &FairRwLock<Replica>) -> Result<Cut, FollowError> {
     let counts = store.load_counts()?;
     let as_of = store.as_of()?;
     let newest = store.event_times()?;

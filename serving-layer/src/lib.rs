@@ -41,12 +41,12 @@ use crate::replica::Replica;
 use common::config::ConfigError;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
 use common::shutdown::{supervise, CancellationToken, FailureSlot};
-use common::sync::ReadWriteOrStop;
+use common::sync::FairRwLock;
 use common::views::{ViewSource, ViewStore};
 use lambda_core::view::ViewError;
 use realtime_store::{RealtimeStore, StoreError, StoreOptions};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{Notify, Semaphore};
@@ -123,7 +123,7 @@ pub async fn start(
     let (cache, store, replica) = tokio::task::spawn_blocking(move || {
         let cache = ViewStore::open(&dir, 2)?;
         let store = RealtimeStore::open_with(&dir.join("realtime"), store_options)?;
-        let replica = RwLock::new(Replica::new(size).with_windows(windows));
+        let replica = FairRwLock::new(Replica::new(size).with_windows(windows));
         if let Some(view) = views::load_local(&cache)? {
             tracing::info!(
                 version = view.version(),

@@ -10,12 +10,12 @@ use crate::health::Health;
 use crate::reconcile;
 use crate::replica::{LoadedView, Replica, SHARDS};
 use common::shutdown::CancellationToken;
-use common::sync::ReadWriteOrStop;
+use common::sync::FairRwLock;
 use common::views::{ViewSource, ViewStore};
 use lambda_core::view::{verify_and_decode, ViewError};
 use lambda_core::BucketSize;
 use realtime_store::RealtimeStore;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -47,7 +47,7 @@ pub struct Puller {
     /// Any batch instance, or the shared store.
     pub source: ViewSource,
     pub cache: Arc<ViewStore>,
-    pub replica: Arc<RwLock<Replica>>,
+    pub replica: Arc<FairRwLock<Replica>>,
     pub store: Arc<RealtimeStore>,
     pub health: Arc<Health>,
 }
@@ -126,12 +126,26 @@ impl Puller {
             if !lock().begin_swap(view) {
                 return None;
             }
-            while !lock().rerank_slice() {}
+            // Each slice hands the lock to a follower waiting for it (see
+            // `FairRwLock`), so its releases go in between the slices.
+            loop {
+                let mut r = lock();
+                let done = r.rerank_slice();
+                r.unlock_fair();
+                if done {
+                    break;
+                }
+            }
             let (swapped, size) = {
                 let mut r = lock();
                 (r.finish_swap(), r.bucket_size())
             };
-            let removed: usize = (0..SHARDS).map(|s| lock().expire_shard(s)).sum();
+            let mut removed = 0;
+            for shard in 0..SHARDS {
+                let mut r = lock();
+                removed += r.expire_shard(shard);
+                r.unlock_fair();
+            }
             swapped.then_some((size, removed))
         })
         .await

@@ -4,6 +4,7 @@
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use common::sync::FairRwLock;
 use http_body_util::BodyExt;
 use lambda_core::realtime::RealtimeUpsert;
 use lambda_core::view::{BatchView, ViewOrigin};
@@ -13,7 +14,7 @@ use serving_layer::api::{router, AppState, Limits};
 use serving_layer::health::Health;
 use serving_layer::metrics::ServingMetrics;
 use serving_layer::replica::{LoadedView, Replica};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
@@ -31,7 +32,7 @@ fn loaded_view(version: u64, cut: Cut, words: &[(&str, u64)]) -> LoadedView {
 
 /// A replica with batch view v1 (cut 20 on partition 0) and realtime counts
 /// above it: "lambda" 5 + 3 = 8 overtakes "batch" 6, "speed" is realtime only.
-fn replica() -> Arc<RwLock<Replica>> {
+fn replica() -> Arc<FairRwLock<Replica>> {
     let mut r = Replica::new(BucketSize::new(SIZE).expect("positive"));
     r.swap_view(Arc::new(loaded_view(
         1,
@@ -49,7 +50,7 @@ fn replica() -> Arc<RwLock<Replica>> {
         });
     let counts = r.resolve(&upserts);
     r.apply(counts, [(0, 25)].into_iter().collect());
-    Arc::new(RwLock::new(r))
+    Arc::new(FairRwLock::new(r))
 }
 
 struct App {
@@ -58,7 +59,7 @@ struct App {
 }
 
 fn app_with(
-    replica: Arc<RwLock<Replica>>,
+    replica: Arc<FairRwLock<Replica>>,
     token: Option<&str>,
     batch_url: Option<String>,
     timeout: Duration,
@@ -207,12 +208,11 @@ async fn top_is_exact_after_realtime_reorders_the_batch_ranking() {
 async fn every_k_gets_its_exact_top_k_whatever_was_asked_before() {
     let words: Vec<(String, u64)> = (0..40).map(|i| (format!("w{i:02}"), 100 - i)).collect();
     let refs: Vec<(&str, u64)> = words.iter().map(|(w, c)| (w.as_str(), *c)).collect();
-    let replica = Arc::new(RwLock::new(Replica::new(
+    let replica = Arc::new(FairRwLock::new(Replica::new(
         BucketSize::new(SIZE).expect("positive"),
     )));
     replica
-        .write()
-        .expect("lock")
+        .write_or_stop("the replica")
         .swap_view(Arc::new(loaded_view(
             1,
             [(0, 20)].into_iter().collect(),
@@ -239,7 +239,7 @@ async fn every_k_gets_its_exact_top_k_whatever_was_asked_before() {
     }
     // "w39" (61) overtakes every other word through realtime counts.
     {
-        let mut r = replica.write().expect("lock");
+        let mut r = replica.write_or_stop("the replica");
         let upserts = [RealtimeUpsert {
             word: "w39".into(),
             partition: 0,
@@ -320,7 +320,7 @@ async fn status_health_readiness_metrics_openapi_and_dashboard_answer() {
     let (status, _) = get(&app.router, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
     let empty = app_with(
-        Arc::new(RwLock::new(Replica::new(
+        Arc::new(FairRwLock::new(Replica::new(
             BucketSize::new(SIZE).expect("positive"),
         ))),
         None,

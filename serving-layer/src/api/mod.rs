@@ -42,13 +42,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
 use common::http::Bases;
+use common::sync::FairRwLock;
 use common::sync::LockOrStop;
 use common::views::ViewSource;
 use error::ApiError;
 use lambda_core::view::Manifest;
 use lambda_core::window::Range;
 use schema::RankedWord;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -68,7 +69,7 @@ pub struct Limits {
 pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
-    pub replica: Arc<RwLock<Replica>>,
+    pub replica: Arc<FairRwLock<Replica>>,
     pub health: Arc<Health>,
     pub metrics: Arc<ServingMetrics>,
     pub admin_token: Option<Arc<str>>,
@@ -93,7 +94,7 @@ impl std::ops::Deref for AppState {
 impl AppState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        replica: Arc<RwLock<Replica>>,
+        replica: Arc<FairRwLock<Replica>>,
         health: Arc<Health>,
         metrics: Arc<ServingMetrics>,
         admin_token: Option<Arc<str>>,

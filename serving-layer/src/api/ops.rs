@@ -14,7 +14,6 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use common::auth::AdminRefusal;
-use common::sync::ReadWriteOrStop;
 use lambda_core::lineage::RecomputeMode;
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,6 @@ use crate::replica::Replica;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use common::sync::ReadWriteOrStop;
 use lambda_core::window::{parse_time, Range, Window};
 use lambda_core::Cut;
 use serde::Deserialize;
