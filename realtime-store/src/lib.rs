@@ -30,7 +30,7 @@
 //! interrupted. Expiry records the cut and its bucket floor: counts below the
 //! floor are dropped from everything the store returns at once, and from the
 //! disk at the compaction it starts. Compaction runs in the background, once
-//! the deltas hold `--realtime-compact-bytes` and after every expiry; it
+//! the deltas hold `--realtime-compact-bytes` and 3 s after every expiry; it
 //! rewrites the snapshot of every bucket the deltas changed and removes the
 //! buckets below the floor, in atomic batches of about 1 MiB, then the
 //! deltas it folded in, while checkpoints go on appending (a compaction cut
@@ -432,7 +432,7 @@ impl RealtimeStore {
     /// Expires every bucket wholly below `cut`: records the cut and its
     /// bucket floor (never lowering it), durably. Expired counts are gone
     /// from [`load_counts`](Self::load_counts) at once and from the disk at
-    /// the compaction this starts.
+    /// the compaction this starts a few seconds later (see `compaction`).
     pub async fn expire_below(&self, cut: &Cut, size: BucketSize) -> Result<(), StoreError> {
         let inner = &self.inner;
         let mut floor: Floor = inner.meta(META_FLOOR, "floor")?;
@@ -453,7 +453,7 @@ impl RealtimeStore {
         );
         inner.tree.apply_batch(batch).map_err(inner.err())?;
         inner.db.flush_async().await.map_err(inner.err())?;
-        self.request_compaction();
+        self.request_compaction_after_expiry();
         Ok(())
     }
 }
