@@ -784,6 +784,39 @@ mod tests {
         }
     }
 
+    /// An expiry comes with a new batch view, when every layer is busy: the
+    /// compaction it starts waits a few seconds (see `compaction`), and
+    /// then runs.
+    #[tokio::test]
+    async fn the_compaction_after_an_expiry_waits_then_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RealtimeStore::open_with(
+            dir.path(),
+            StoreOptions {
+                compact_min_bytes: u64::MAX,
+            },
+        )
+        .expect("open");
+        commit(&store, vec![(key(0, 0, "old"), 1), (key(0, 5, "new"), 2)]).await;
+        let size = BucketSize::new(4).expect("4");
+        let cut: Cut = [(0, 8)].into_iter().collect();
+        store.expire_below(&cut, size).await.expect("expire");
+        assert_eq!(
+            counts(&store),
+            vec![(key(0, 5, "new"), 2)],
+            "expired at once"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert_eq!(store.stats().compactions, 0, "not while the swap runs");
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while store.stats().compactions == 0 {
+            assert!(Instant::now() < deadline, "no compaction after the expiry");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(snapshot_buckets(&store), vec![(0, 5)]);
+        assert_eq!(counts(&store), vec![(key(0, 5, "new"), 2)]);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Commit(Vec<(i32, u64, u8, u64)>),
