@@ -493,6 +493,19 @@ mod tests {
         buckets
     }
 
+    /// Waits (up to 30 s, then fails) for the background compaction.
+    fn wait_for_a_compaction(store: &RealtimeStore) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while store.stats().compactions == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no compaction: {:?}",
+                store.stats()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     async fn commit(store: &RealtimeStore, counts: Vec<(CountKey, u64)>) {
         let checkpoint = Checkpoint {
             counts,
@@ -762,15 +775,7 @@ mod tests {
         .expect("open");
         commit(&store, vec![(key(0, 0, "word"), 1)]).await;
         // Once one is written, both threads are past anything they do first.
-        let deadline = Instant::now() + std::time::Duration::from_secs(30);
-        while store.stats().compactions == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "no compaction: {:?}",
-                store.stats()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for_a_compaction(&store);
         assert_eq!(counts(&store), vec![(key(0, 0, "word"), 1)]);
         let here = common::background::this_threads_nice();
         let lower = (here + common::background::BACKGROUND_NICE).min(19);
@@ -808,11 +813,7 @@ mod tests {
         );
         std::thread::sleep(std::time::Duration::from_secs(1));
         assert_eq!(store.stats().compactions, 0, "not while the swap runs");
-        let deadline = Instant::now() + std::time::Duration::from_secs(30);
-        while store.stats().compactions == 0 {
-            assert!(Instant::now() < deadline, "no compaction after the expiry");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_a_compaction(&store);
         assert_eq!(snapshot_buckets(&store), vec![(0, 5)]);
         assert_eq!(counts(&store), vec![(key(0, 5, "new"), 2)]);
     }

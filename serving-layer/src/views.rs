@@ -126,26 +126,14 @@ impl Puller {
             if !lock().begin_swap(view) {
                 return None;
             }
-            // Each slice hands the lock to a follower waiting for it (see
-            // `FairRwLock`), so its releases go in between the slices.
-            loop {
-                let mut r = lock();
-                let done = r.rerank_slice();
-                r.unlock_fair();
-                if done {
-                    break;
-                }
-            }
+            while !in_slice(&replica, Replica::rerank_slice) {}
             let (swapped, size) = {
                 let mut r = lock();
                 (r.finish_swap(), r.bucket_size())
             };
-            let mut removed = 0;
-            for shard in 0..SHARDS {
-                let mut r = lock();
-                removed += r.expire_shard(shard);
-                r.unlock_fair();
-            }
+            let removed: usize = (0..SHARDS)
+                .map(|s| in_slice(&replica, |r| r.expire_shard(s)))
+                .sum();
             swapped.then_some((size, removed))
         })
         .await
@@ -158,6 +146,16 @@ impl Puller {
         tracing::info!(version, %cut, expired = removed, ms, "Batch view swapped in.");
         Ok(())
     }
+}
+
+/// One slice of a swap's work under the replica's write lock, which it then
+/// hands to a follower waiting for it (see `FairRwLock`), so that releases
+/// go in between the slices.
+fn in_slice<T>(replica: &FairRwLock<Replica>, work: impl FnOnce(&mut Replica) -> T) -> T {
+    let mut r = replica.write_or_stop("the replica");
+    let out = work(&mut r);
+    r.unlock_fair();
+    out
 }
 
 impl Puller {
