@@ -346,9 +346,10 @@ impl std::fmt::Display for Architecture {
 }
 
 /// The realtime store's checkpoint log is compacted once it holds this many
-/// bytes (and after every expiry). Above what 10 s of events at 20,000/s
-/// add, so that with frequent recomputes a compaction does not rewrite
-/// counts the next view swap expires anyway (README, "realtime store").
+/// bytes (an expiry only purges what it expired). Above what 10 s of events
+/// at 20,000/s add, so that with frequent recomputes a compaction does not
+/// rewrite counts the next view swap expires anyway (README, "realtime
+/// store").
 pub const DEFAULT_REALTIME_COMPACT_BYTES: u64 = 128 << 20;
 
 /// How the speed and serving layers keep realtime counts on disk.

@@ -1,10 +1,13 @@
-//! Compaction: folding the deltas into the snapshot, bucket by bucket, on a
-//! background thread once the deltas hold `--realtime-compact-bytes` and
-//! a few seconds after every expiry, or on the caller's thread when asked.
+//! Compaction, on a background thread or on the caller's when asked:
+//! folding the deltas into the snapshot, bucket by bucket, once they hold
+//! `--realtime-compact-bytes`; and a few seconds after every expiry,
+//! removing what lies below the new floor (see [`CompactionKind::Purge`]).
 
-use crate::keys::{bucket_chunk, bucket_key, bucket_prefix, Floor, META_FLOOR};
+use crate::keys::{
+    bucket_chunk, bucket_key, bucket_prefix, delta_key, delta_seq, Floor, META_FLOOR,
+};
 use crate::replay::Buckets;
-use crate::{Compaction, Inner, RealtimeStore, StoreError};
+use crate::{Compaction, CompactionKind, Inner, RealtimeStore, StoreError};
 use common::sync::LockOrStop;
 use lambda_core::chunk::ChunkWriter;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +25,8 @@ use std::time::Instant;
 /// as long as the store, so each keeps reusing its own memory.
 #[derive(Debug)]
 pub(crate) struct Compactor {
-    /// A compaction, not before the given time.
-    trigger: SyncSender<Instant>,
+    /// A compaction of this kind, not before the given time.
+    trigger: SyncSender<(Instant, CompactionKind)>,
     closing: Arc<AtomicBool>,
     handle: JoinHandle<()>,
     writer: JoinHandle<()>,
@@ -66,7 +69,7 @@ impl Compactor {
             })
             .map_err(thread_error)?;
         let closing = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = sync_channel::<Instant>(1);
+        let (tx, rx) = sync_channel::<(Instant, CompactionKind)>(1);
         let (worker, stop) = (Arc::clone(inner), Arc::clone(&closing));
         let handle = std::thread::Builder::new()
             .name("realtime-compactor".into())
@@ -74,14 +77,15 @@ impl Compactor {
                 // Background work: see `common::background`.
                 common::background::lower_this_threads_priority();
                 let writer = Writer(to_writer);
-                while let Ok(not_before) = rx.recv() {
+                while let Ok((not_before, kind)) = rx.recv() {
                     if !wait_until(not_before, &stop) {
                         break;
                     }
                     let started = Instant::now();
-                    match worker.compact(Some(&stop), Some(&writer)) {
+                    match worker.compact(kind, Some(&stop), Some(&writer)) {
                         Ok(Some(c)) => tracing::info!(
                             store = %worker.path,
+                            kind = ?c.kind,
                             deltas = c.deltas,
                             buckets = c.buckets,
                             counts = c.counts,
@@ -124,14 +128,17 @@ impl Compactor {
 /// the deltas folded in, and the deltas stay until `last`, after every
 /// rewritten bucket is durable; folding a delta again over a snapshot that
 /// already holds it changes nothing (a delta sets absolute counts, applied
-/// in order). Expired buckets lie below the durable floor, which every read
-/// skips, so their removal may go in any batch.
+/// in order). The folded deltas go oldest first, so those left by a cut
+/// between batches are the newest, whose counts the snapshot ends with.
+/// Expired buckets lie below the durable floor, which every read skips, so
+/// their removal may go in any batch.
 struct Prepared {
     /// The rewritten buckets and the expired ones' removal, about
     /// [`WRITE_BATCH_BYTES`] each.
     batches: Vec<sled::Batch>,
-    /// The removal of the folded deltas, once the rest is durable.
-    last: sled::Batch,
+    /// The removal of the folded deltas, oldest first, once the rest is
+    /// durable.
+    last: Vec<sled::Batch>,
     done: Compaction,
     /// Snapshot bytes written and replaced, delta bytes folded.
     written: u64,
@@ -147,10 +154,15 @@ impl Inner {
     /// rewritten buckets and the removals go in batches, the removal of the
     /// folded deltas after them (see [`Prepared`]).
     ///
+    /// A purge is what [`Self::purge`] prepares, unless the deltas have
+    /// outgrown `--realtime-compact-bytes` meanwhile: then it folds them
+    /// (the size trigger's request is dropped while a purge waits).
+    ///
     /// In the background the batch is written by the writer thread (see
     /// [`Compactor`]); asked directly, on the caller's thread.
     fn compact(
         &self,
+        kind: CompactionKind,
         closing: Option<&AtomicBool>,
         writer: Option<&Writer>,
     ) -> Result<Option<Compaction>, StoreError> {
@@ -159,7 +171,15 @@ impl Inner {
         if stopping() {
             return Ok(None);
         }
-        let Some(prepared) = self.prepare(&stopping)? else {
+        let outgrown = {
+            let log = self.log();
+            log.delta_bytes > log.compact_min_bytes
+        };
+        let prepared = match kind {
+            CompactionKind::Purge if !outgrown => self.purge(&stopping)?,
+            CompactionKind::Fold | CompactionKind::Purge => self.prepare(&stopping)?,
+        };
+        let Some(prepared) = prepared else {
             return Ok(None);
         };
         match writer {
@@ -180,12 +200,10 @@ impl Inner {
             delta_bytes,
         } = prepared;
         let started = Instant::now();
-        for batch in batches {
+        for batch in batches.into_iter().chain(last) {
             self.tree.apply_batch(batch).map_err(self.err())?;
             self.db.flush().map_err(self.err())?;
         }
-        self.tree.apply_batch(last).map_err(self.err())?;
-        self.db.flush().map_err(self.err())?;
         let mut log = self.log();
         log.snapshot_bytes = (log.snapshot_bytes + written).saturating_sub(replaced);
         log.delta_bytes = log.delta_bytes.saturating_sub(delta_bytes);
@@ -203,30 +221,12 @@ impl Inner {
         let floor: Floor = self.meta(META_FLOOR, "floor")?;
         // Below the floor nothing is kept: not read into memory either.
         let changes = self.changes(below, &floor)?;
-        let mut done = Compaction {
-            deltas: changes.deltas,
-            buckets: 0,
-            counts: 0,
-            expired: 0,
-            snapshot_bytes: 0,
-            write_ms: 0,
-        };
+        let mut done = Compaction::none(CompactionKind::Fold);
+        done.deltas = changes.deltas;
         let mut batches = Batches::default();
-        let (mut written, mut replaced) = (0, changes.legacy_bytes);
-        // Whole buckets below the floor go, unread.
-        for (&partition, &first_live) in &floor {
-            let expired = bucket_prefix(partition, 0)..bucket_prefix(partition, first_live);
-            let mut last = None;
-            for item in self.tree.range(expired) {
-                let (k, v) = item.map_err(self.err())?;
-                replaced += v.len() as u64;
-                let bucket = k.get(..13).map(<[u8]>::to_vec);
-                done.expired += u64::from(bucket != last);
-                last = bucket;
-                batches.remove(k);
-                batches.cut_if_full();
-            }
-        }
+        let mut written = 0;
+        let mut replaced =
+            changes.legacy_bytes + self.remove_expired(&floor, &mut batches, &mut done)?;
         // Each live bucket that changed: its snapshot, the changes over it.
         for (bucket, changed) in changes.counts {
             if stopping() {
@@ -266,27 +266,140 @@ impl Inner {
             batches.cut_if_full();
             done.buckets += 1;
         }
-        let mut last = sled::Batch::default();
+        let mut last = Batches::default();
         for k in changes.folded_keys {
             last.remove(k);
+            last.cut_if_full();
         }
         if stopping() {
             return Ok(None);
         }
         Ok(Some(Prepared {
             batches: batches.finish(),
-            last,
+            last: last.finish(),
             done,
             written,
             replaced,
             delta_bytes: changes.delta_bytes,
         }))
     }
+
+    /// Removes the snapshot's buckets below the floor, unread; returns
+    /// their bytes.
+    fn remove_expired(
+        &self,
+        floor: &Floor,
+        batches: &mut Batches,
+        done: &mut Compaction,
+    ) -> Result<u64, StoreError> {
+        let mut bytes = 0;
+        for (&partition, &first_live) in floor {
+            let expired = bucket_prefix(partition, 0)..bucket_prefix(partition, first_live);
+            let mut last = None;
+            for item in self.tree.range(expired) {
+                let (k, v) = item.map_err(self.err())?;
+                bytes += v.len() as u64;
+                let bucket = k.get(..13).map(<[u8]>::to_vec);
+                done.expired += u64::from(bucket != last);
+                last = bucket;
+                batches.remove(k);
+                batches.cut_if_full();
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Builds the batch of a purge: the snapshot's buckets below the floor
+    /// and every delta all of whose counts lie below it go; nothing is
+    /// rewritten (`None` if `stopping` turned true meanwhile).
+    ///
+    /// An expiry comes with a new batch view, which covers the events of
+    /// most deltas written since the last one. Folding those deltas into
+    /// the snapshot, as a compaction after every expiry did, rewrote
+    /// counts the *next* view expires anyway: at 20,000 events/s some
+    /// 1.5 M counts per swap (600 ms of preparing, 200 ms of writes), where
+    /// the slowest probes of `bench/freshness.py` fell. A delta with any
+    /// live count stays, for a later purge or the size trigger. Every read
+    /// skips what lies below the floor (which never goes down), so what a
+    /// purge removes was invisible already, and a purge cut short reads as
+    /// before.
+    fn purge(&self, stopping: &dyn Fn() -> bool) -> Result<Option<Prepared>, StoreError> {
+        let below = self.log().next_seq;
+        let floor: Floor = self.meta(META_FLOOR, "floor")?;
+        let mut done = Compaction::none(CompactionKind::Purge);
+        let mut batches = Batches::default();
+        let replaced = self.remove_expired(&floor, &mut batches, &mut done)?;
+        // Each delta's chunks, and whether any of them holds a live count.
+        let mut deltas: Vec<(u64, Vec<sled::IVec>, u64, bool)> = Vec::new();
+        for item in self.tree.range(delta_key(0, 0)..delta_key(below, 0)) {
+            let (k, v) = item.map_err(self.err())?;
+            let seq = delta_seq(&k).ok_or_else(|| self.malformed("delta key"))?;
+            if deltas.last().is_none_or(|d| d.0 != seq) {
+                if stopping() {
+                    return Ok(None);
+                }
+                deltas.push((seq, Vec::new(), 0, false));
+            }
+            let (_, keys, bytes, live) = deltas.last_mut().expect("pushed above");
+            *live = *live || self.holds_live(&v, &floor)?;
+            *bytes += v.len() as u64;
+            keys.push(k);
+        }
+        let mut delta_bytes = 0;
+        for (_, keys, bytes, live) in deltas {
+            if live {
+                continue;
+            }
+            for k in keys {
+                batches.remove(k);
+                batches.cut_if_full();
+            }
+            done.deltas += 1;
+            delta_bytes += bytes;
+        }
+        if stopping() {
+            return Ok(None);
+        }
+        Ok(Some(Prepared {
+            batches: batches.finish(),
+            last: Vec::new(),
+            done,
+            written: 0,
+            replaced,
+            delta_bytes,
+        }))
+    }
+}
+
+impl Compaction {
+    /// A compaction of `kind` that has done nothing yet.
+    fn none(kind: CompactionKind) -> Self {
+        Self {
+            kind,
+            deltas: 0,
+            buckets: 0,
+            counts: 0,
+            expired: 0,
+            snapshot_bytes: 0,
+            write_ms: 0,
+        }
+    }
 }
 
 /// Roughly how many bytes a write batch of a compaction holds (small in
 /// tests, so that they write many).
 const WRITE_BATCH_BYTES: usize = if cfg!(test) { 256 } else { 1 << 20 };
+
+/// What removing one key costs a write batch, counted in bytes written: a
+/// purge that removed 750-1,000 deltas in one batch took 20-66 ms (the
+/// `write_ms` of its log line at 20,000 events/s), holding sled's lock
+/// that long, and the slowest probes of `bench/freshness.py` fell there.
+/// (In tests, a batch per removal, so that a cut falls between any two.)
+const REMOVAL_COST: usize = if cfg!(test) {
+    WRITE_BATCH_BYTES
+} else {
+    16 << 10
+};
 
 /// Write batches of about [`WRITE_BATCH_BYTES`], cut between buckets.
 #[derive(Default)]
@@ -303,7 +416,7 @@ impl Batches {
     }
 
     fn remove(&mut self, key: sled::IVec) {
-        self.bytes += key.len();
+        self.bytes += REMOVAL_COST;
         self.current.remove(key);
     }
 
@@ -324,7 +437,7 @@ impl Batches {
     }
 }
 
-/// How long a compaction after an expiry waits. A layer expires when a new
+/// How long the purge after an expiry waits. A layer expires when a new
 /// batch view arrives, which is when everything else happens too: the
 /// recompute has just used the cores, the serving layer swaps its view in
 /// and reconciles it, and the speed layer and every serving replica expire
@@ -352,27 +465,37 @@ fn wait_until(when: Instant, closing: &AtomicBool) -> bool {
 impl RealtimeStore {
     /// Asks the background thread for a compaction now (at most one waits).
     pub(crate) fn request_compaction(&self) {
-        self.request_compaction_at(Instant::now());
+        self.request(Instant::now(), CompactionKind::Fold);
     }
 
-    /// Asks for the compaction that follows an expiry (see [`AFTER_EXPIRY`]).
-    pub(crate) fn request_compaction_after_expiry(&self) {
-        self.request_compaction_at(Instant::now() + AFTER_EXPIRY);
+    /// Asks for the purge that follows an expiry (see [`AFTER_EXPIRY`]).
+    pub(crate) fn request_purge_after_expiry(&self) {
+        self.request(Instant::now() + AFTER_EXPIRY, CompactionKind::Purge);
     }
 
-    fn request_compaction_at(&self, not_before: Instant) {
+    fn request(&self, not_before: Instant, kind: CompactionKind) {
         if let Some(c) = &self.compactor {
-            match c.trigger.try_send(not_before) {
+            match c.trigger.try_send((not_before, kind)) {
                 Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
             }
         }
     }
 
-    /// Compacts now, on the caller's thread.
+    /// Folds every delta into the snapshot now, on the caller's thread.
     pub fn compact(&self) -> Result<Compaction, StoreError> {
+        self.compact_now(CompactionKind::Fold)
+    }
+
+    /// Removes what lies below the floor now, on the caller's thread (a
+    /// fold instead if the deltas hold more than `--realtime-compact-bytes`).
+    pub fn purge(&self) -> Result<Compaction, StoreError> {
+        self.compact_now(CompactionKind::Purge)
+    }
+
+    fn compact_now(&self, kind: CompactionKind) -> Result<Compaction, StoreError> {
         Ok(self
             .inner
-            .compact(None, None)?
+            .compact(kind, None, None)?
             .expect("a compaction without a closing flag always runs"))
     }
 }
@@ -450,7 +573,11 @@ mod tests {
                 .prepare(&|| false)
                 .expect("prepare")
                 .expect("ran");
-            (want, prepared.batches.len())
+            assert!(
+                prepared.last.len() > 1,
+                "the test needs the folded deltas removed in several batches"
+            );
+            (want, prepared.batches.len() + prepared.last.len())
         };
         assert!(
             batches > 2,
@@ -464,7 +591,8 @@ mod tests {
                 let store = store_to_compact(&path).await;
                 let inner = &store.inner;
                 let prepared = inner.prepare(&|| false).expect("prepare").expect("ran");
-                for batch in prepared.batches.into_iter().take(written) {
+                let all = prepared.batches.into_iter().chain(prepared.last);
+                for batch in all.take(written) {
                     inner.tree.apply_batch(batch).expect("apply");
                 }
                 inner.db.flush().expect("flush");

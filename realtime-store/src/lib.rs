@@ -29,12 +29,14 @@
 //! snapshot and then the deltas in order rebuilds the view, whatever a crash
 //! interrupted. Expiry records the cut and its bucket floor: counts below the
 //! floor are dropped from everything the store returns at once, and from the
-//! disk at the compaction it starts. Compaction runs in the background, once
-//! the deltas hold `--realtime-compact-bytes` and 3 s after every expiry; it
-//! rewrites the snapshot of every bucket the deltas changed and removes the
-//! buckets below the floor, in atomic batches of about 1 MiB, then the
-//! deltas it folded in, while checkpoints go on appending (a compaction cut
-//! short between batches reads as before: see `compaction`). It prepares at
+//! disk at the purge it starts 3 s later (the snapshot's buckets below the
+//! floor and the deltas that hold nothing above it go; nothing is
+//! rewritten). Compaction proper runs in the background once the deltas
+//! hold `--realtime-compact-bytes`: it rewrites the snapshot of every
+//! bucket the deltas changed and removes the buckets below the floor, in
+//! atomic batches of about 1 MiB, then the deltas it folded in, while
+//! checkpoints go on appending (a compaction cut short between batches
+//! reads as before: see `compaction`). It prepares at
 //! background priority and writes at normal priority, in short batches,
 //! because every sled batch in the process takes one lock. The snapshot is kept per bucket because
 //! buckets are offset ranges: new events change only the newest buckets, and
@@ -110,10 +112,24 @@ pub struct Checkpoint {
     pub event_times: Vec<(Partition, Millis)>,
 }
 
+/// What a compaction does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionKind {
+    /// Folds every delta into the snapshot of the buckets it changed and
+    /// removes what lies below the floor: what the size trigger and
+    /// [`RealtimeStore::compact`] run.
+    Fold,
+    /// Removes only what lies below the floor: the expired buckets of the
+    /// snapshot and the deltas that hold nothing else. What an expiry
+    /// starts (see `compaction`).
+    Purge,
+}
+
 /// What one compaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compaction {
-    /// Deltas folded into the snapshot.
+    pub kind: CompactionKind,
+    /// Deltas folded into the snapshot, or (a purge) removed.
     pub deltas: u64,
     /// Buckets of the snapshot rewritten (those the deltas changed).
     pub buckets: u64,
@@ -176,7 +192,7 @@ impl Default for StoreOptions {
 /// Sizes of what is on disk, for tests and monitoring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
-    /// Checkpoints appended since the last compaction.
+    /// Deltas held: checkpoints appended and not yet folded in or purged.
     pub deltas: u64,
     pub delta_bytes: u64,
     pub snapshot_bytes: u64,
@@ -432,7 +448,7 @@ impl RealtimeStore {
     /// Expires every bucket wholly below `cut`: records the cut and its
     /// bucket floor (never lowering it), durably. Expired counts are gone
     /// from [`load_counts`](Self::load_counts) at once and from the disk at
-    /// the compaction this starts a few seconds later (see `compaction`).
+    /// the purge this starts a few seconds later (see `compaction`).
     pub async fn expire_below(&self, cut: &Cut, size: BucketSize) -> Result<(), StoreError> {
         let inner = &self.inner;
         let mut floor: Floor = inner.meta(META_FLOOR, "floor")?;
@@ -453,7 +469,7 @@ impl RealtimeStore {
         );
         inner.tree.apply_batch(batch).map_err(inner.err())?;
         inner.db.flush_async().await.map_err(inner.err())?;
-        self.request_compaction_after_expiry();
+        self.request_purge_after_expiry();
         Ok(())
     }
 }
@@ -790,10 +806,48 @@ mod tests {
     }
 
     /// An expiry comes with a new batch view, when every layer is busy: the
-    /// compaction it starts waits a few seconds (see `compaction`), and
-    /// then runs.
+    /// purge it starts waits a few seconds (see `compaction`), then removes
+    /// what lies below the floor and rewrites nothing.
     #[tokio::test]
-    async fn the_compaction_after_an_expiry_waits_then_runs() {
+    async fn the_purge_after_an_expiry_waits_then_removes_only_what_expired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            compact_min_bytes: u64::MAX,
+        };
+        let store = RealtimeStore::open_with(dir.path(), options).expect("open");
+        commit(&store, vec![(key(0, 0, "old"), 1), (key(0, 4, "old"), 1)]).await;
+        store.compact().expect("compact");
+        assert_eq!(snapshot_buckets(&store), vec![(0, 0), (0, 4)]);
+        // Reopened, it counts its compactions from zero.
+        drop(store);
+        let store = RealtimeStore::open_with(dir.path(), options).expect("reopen");
+        // A delta wholly below the floor to come, and one with a live count.
+        commit(&store, vec![(key(0, 1, "old"), 2)]).await;
+        commit(&store, vec![(key(0, 1, "old"), 3), (key(0, 5, "new"), 2)]).await;
+        let size = BucketSize::new(4).expect("4");
+        let cut: Cut = [(0, 8)].into_iter().collect();
+        store.expire_below(&cut, size).await.expect("expire");
+        let live = vec![(key(0, 4, "old"), 1), (key(0, 5, "new"), 2)];
+        assert_eq!(counts(&store), live, "expired at once");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert_eq!(store.stats().compactions, 0, "not while the swap runs");
+        wait_for_a_compaction(&store);
+        assert_eq!(
+            snapshot_buckets(&store),
+            vec![(0, 4)],
+            "the expired bucket goes, the live one is not rewritten"
+        );
+        assert_eq!(store.stats().deltas, 1, "the delta with a live count stays");
+        assert_eq!(counts(&store), live);
+        drop(store);
+        let store = RealtimeStore::open(dir.path()).expect("reopen");
+        assert_eq!(counts(&store), live, "reopened");
+    }
+
+    /// A purge asked for while the deltas have outgrown the size trigger
+    /// (whose own request a waiting purge drops) folds them instead.
+    #[tokio::test]
+    async fn a_purge_folds_deltas_that_outgrew_the_size_trigger() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RealtimeStore::open_with(
             dir.path(),
@@ -802,20 +856,17 @@ mod tests {
             },
         )
         .expect("open");
-        commit(&store, vec![(key(0, 0, "old"), 1), (key(0, 5, "new"), 2)]).await;
-        let size = BucketSize::new(4).expect("4");
-        let cut: Cut = [(0, 8)].into_iter().collect();
-        store.expire_below(&cut, size).await.expect("expire");
+        commit(&store, vec![(key(0, 5, "new"), 2)]).await;
+        commit(&store, vec![(key(0, 6, "new"), 3)]).await;
+        // Past the trigger now, without the background fold it would start.
+        store.inner.log().compact_min_bytes = 0;
+        let done = store.purge().expect("purge");
+        assert_eq!(done.kind, CompactionKind::Fold);
+        assert_eq!(store.stats().deltas, 0);
         assert_eq!(
             counts(&store),
-            vec![(key(0, 5, "new"), 2)],
-            "expired at once"
+            vec![(key(0, 5, "new"), 2), (key(0, 6, "new"), 3)]
         );
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        assert_eq!(store.stats().compactions, 0, "not while the swap runs");
-        wait_for_a_compaction(&store);
-        assert_eq!(snapshot_buckets(&store), vec![(0, 5)]);
-        assert_eq!(counts(&store), vec![(key(0, 5, "new"), 2)]);
     }
 
     #[derive(Debug, Clone)]
@@ -823,6 +874,7 @@ mod tests {
         Commit(Vec<(i32, u64, u8, u64)>),
         Expire(i32, i64),
         Compact,
+        Purge,
         Reopen,
     }
 
@@ -831,6 +883,7 @@ mod tests {
             4 => prop::collection::vec((0..3i32, 0..6u64, 0..8u8, 1..100u64), 0..12).prop_map(Op::Commit),
             1 => (0..3i32, 0..70i64).prop_map(|(p, o)| Op::Expire(p, o)),
             1 => Just(Op::Compact),
+            1 => Just(Op::Purge),
             1 => Just(Op::Reopen),
         ]
     }
@@ -838,7 +891,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Any sequence of checkpoints, expiries, compactions and reopens
+        /// Any sequence of checkpoints, expiries, compactions, purges and reopens
         /// reads back exactly the model: the last value of every key at or
         /// above its partition's highest floor.
         #[test]
@@ -868,6 +921,9 @@ mod tests {
                     }
                     Op::Compact => {
                         store.as_ref().expect("open").compact().expect("compact");
+                    }
+                    Op::Purge => {
+                        store.as_ref().expect("open").purge().expect("purge");
                     }
                     Op::Reopen => {
                         drop(store.take());

@@ -101,6 +101,16 @@ impl Inner {
         Ok(c)
     }
 
+    /// Whether a chunk holds any count at or above the floor.
+    pub(crate) fn holds_live(&self, chunk: &[u8], floor: &Floor) -> Result<bool, StoreError> {
+        let mut live = false;
+        chunk::decode_parts(chunk, |bucket, _, _| {
+            live = live || bucket.bucket >= floor_of(floor, bucket.partition);
+        })
+        .map_err(|what| self.malformed(what))?;
+        Ok(live)
+    }
+
     /// What changed since the last compaction (see [`Changes`]).
     pub(crate) fn changes(&self, below: u64, floor: &Floor) -> Result<Changes, StoreError> {
         let mut counts = Buckets::default();
