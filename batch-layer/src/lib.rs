@@ -43,6 +43,7 @@ use crate::master_log::{LogError, MasterLog};
 use crate::metrics::BatchMetrics;
 use crate::recompute::{recompute, Outcome};
 use crate::server::{BatchState, RecomputeRequest};
+use common::background::BackgroundFailure;
 use common::config::ConfigError;
 use common::dead_letter::DeadLetterSink;
 use common::kafka::{ensure_layer_topics, KafkaSetupError};
@@ -333,7 +334,14 @@ async fn recompute_loop(
         };
         let asked = request.as_ref().and_then(|r| r.mode);
         let (log, store, engine) = (Arc::clone(&log), Arc::clone(&store), Arc::clone(&engine));
-        let result = tokio::task::spawn_blocking(move || {
+        // At background priority, all of it (not only the MapReduce's
+        // pool): composing, encoding and publishing the view took a core
+        // at normal priority for a few hundred milliseconds per recompute,
+        // when the serving layer swaps views in too, and the speed and
+        // serving layers' freshness suffered (`bench/freshness.py`). The
+        // locks it takes (the master log's, the view store's) are not on
+        // the path of an event to answers.
+        let result = common::background::run_catching("recompute", move || {
             let owned = log.lock_or_stop("the master log").owned().cloned();
             let mode = schedule.mode(asked, store.latest()?.as_ref(), owned.as_ref());
             let request = recompute::Request {
@@ -367,7 +375,8 @@ async fn recompute_loop(
                 Err(error.to_string())
             }
             Err(error) => {
-                let (error, panicked) = (&error, true);
+                let panicked = matches!(error, BackgroundFailure::Panicked { .. });
+                let error = &error;
                 RecomputeFailed { error, panicked }.emit(&metrics.recompute_failures);
                 Err(error.to_string())
             }

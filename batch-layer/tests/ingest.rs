@@ -202,6 +202,55 @@ async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
     broker.stop().await;
 }
 
+/// All of a recompute runs at background priority, not only its MapReduce
+/// pool: composing, encoding and publishing the view at normal priority
+/// took a core for a few hundred milliseconds when the serving layer swaps
+/// views in too, and freshness suffered (README, *Freshness*).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recompute_runs_at_background_priority() {
+    use common::background::{this_threads_nice, threads_nice, BACKGROUND_NICE};
+    let (broker, brokers, topic) = memory_broker("batch-nice").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = common::shutdown::CancellationToken::new();
+    // Paused before it publishes, the recompute's thread can be looked at.
+    let args = batch_args(
+        &brokers,
+        &topic,
+        dir.path(),
+        &["--fault-recompute-pause", "3s"],
+    );
+    let running = batch_layer::start(args, token.clone())
+        .await
+        .expect("starts");
+    let addr = running.http_addr;
+    produce(
+        &brokers,
+        &topic,
+        (0..30).map(|i| (i.to_string(), b"a b".to_vec())),
+    )
+    .await;
+    let here = this_threads_nice();
+    tokio::task::spawn_blocking(move || {
+        wait_for("30 records", Duration::from_secs(60), || {
+            let m = get(addr, "/metrics").ok()?.text();
+            (metric_sum(&m, "lambda_batch_log_end_offset") as usize == 30).then_some(())
+        });
+        let asked = std::thread::spawn(move || recompute(addr));
+        let seen = wait_for("the recompute's thread", Duration::from_secs(30), || {
+            let nice = threads_nice("recompute");
+            (!nice.is_empty()).then_some(nice)
+        });
+        assert_eq!(seen, vec![(here + BACKGROUND_NICE).min(19)]);
+        asked.join().expect("the recompute answers");
+    })
+    .await
+    .expect("join");
+    token.cancel();
+    running.wait().await.expect("the batch layer stops cleanly");
+    broker.stop().await;
+}
+
 /// A batch the consumer cannot read (corrupted on the wire) holds its
 /// partition: `/readyz` says which and from where, the metrics count it,
 /// and the other partitions go on into the master log, events produced

@@ -75,6 +75,75 @@ where
     }
 }
 
+/// Each thread of this process whose name starts with `prefix`, with its
+/// niceness (`/proc/self/task/<tid>/stat`, field 19): for tests that check
+/// which work runs at background priority. Threads that end meanwhile are
+/// left out.
+#[cfg(target_os = "linux")]
+pub fn threads_nice(prefix: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let nice_of = |path: std::path::PathBuf| -> Option<i32> {
+        let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+        if !comm.starts_with(prefix) {
+            return None;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        // Fields after the name, which ends with the last `)`: state is
+        // field 3, niceness field 19.
+        let after = stat.get(stat.rfind(')')? + 2..)?;
+        after.split(' ').nth(19 - 3)?.parse().ok()
+    };
+    tasks
+        .filter_map(|task| nice_of(task.ok()?.path()))
+        .collect()
+}
+
+/// Why [`run_catching`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum BackgroundFailure {
+    #[error("the background thread `{name}` panicked: {message}")]
+    Panicked { name: String, message: String },
+    #[error("cannot start the background thread `{name}`: {source}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// [`run`], for work whose panic the caller reports and survives (a
+/// recompute that panics leaves the previous view serving): the panic
+/// comes back as [`BackgroundFailure::Panicked`] instead of resuming here.
+pub async fn run_catching<T, F>(name: &str, work: F) -> Result<T, BackgroundFailure>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let caught = run(name, move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+    });
+    match caught.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|m| m.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(not a message)".to_owned());
+            Err(BackgroundFailure::Panicked {
+                name: name.to_owned(),
+                message,
+            })
+        }
+        Err(source) => Err(BackgroundFailure::Spawn {
+            name: name.to_owned(),
+            source,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +161,21 @@ mod tests {
     #[should_panic(expected = "boom")]
     async fn a_panic_in_background_work_resumes_in_the_caller() {
         let _: () = run("test", || panic!("boom")).await.expect("thread");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn caught_background_work_runs_at_background_priority_and_returns_a_panic() {
+        let here = this_threads_nice();
+        let there = run_catching("test", this_threads_nice)
+            .await
+            .expect("an answer");
+        assert_eq!(there, (here + BACKGROUND_NICE).min(19));
+        let failed = run_catching("test", || -> () { panic!("boom {}", 7) }).await;
+        assert!(
+            matches!(&failed, Err(BackgroundFailure::Panicked { message, .. }) if message == "boom 7"),
+            "{failed:?}"
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -750,31 +750,6 @@ mod tests {
         );
     }
 
-    /// Each thread of this process whose name starts with `prefix`, with
-    /// its niceness (`/proc/self/task/<tid>/stat`, field 19).
-    #[cfg(target_os = "linux")]
-    fn threads_nice(prefix: &str) -> Vec<i32> {
-        let mut nice = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
-            let path = task.expect("task").path();
-            let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-                continue; // ended meanwhile
-            };
-            if !comm.starts_with(prefix) {
-                continue;
-            }
-            let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
-                continue;
-            };
-            // Fields after the name, which ends with the last `)`: state is
-            // field 3, niceness field 19.
-            let after = &stat[stat.rfind(')').expect("stat has a name") + 2..];
-            let field: &str = after.split(' ').nth(19 - 3).expect("nice");
-            nice.push(field.parse().expect("a number"));
-        }
-        nice
-    }
-
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn compactions_prepare_at_background_priority_and_write_at_the_openers() {
@@ -796,7 +771,7 @@ mod tests {
         let here = common::background::this_threads_nice();
         let lower = (here + common::background::BACKGROUND_NICE).min(19);
         for (thread, want) in [("realtime-compac", lower), ("realtime-writer", here)] {
-            let found = threads_nice(thread);
+            let found = common::background::threads_nice(thread);
             assert!(!found.is_empty(), "no thread {thread}");
             assert!(
                 found.iter().all(|&n| n == want),
