@@ -161,7 +161,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 store_url: None,
                 architecture: args.architecture,
                 cut_poll_interval: Duration::from_secs(1),
-                micro_batch_records: 20_000,
+                micro_batch_records: speed_layer::config::DEFAULT_MICRO_BATCH_RECORDS,
                 micro_batch_wait: Duration::ZERO,
                 group: speed_layer::stream::GROUP.to_owned(),
                 share_partitions: false,
