@@ -13,9 +13,9 @@ use std::time::Duration;
 /// backlog), where each micro-batch's fixed cost — its checkpoint's fsync,
 /// its publication's two acknowledged rounds, the turn of the pipeline
 /// (the next one is read while it is counted, and waits for it) — is shared
-/// by its records. At 20,000 the speed layer caught up at 0.61-0.80x a
-/// plain consumer, at 100,000 at 0.76-0.92x (`benches/throughput`, 500,000
-/// and 1,000,000 events). The 16 MiB bound on a micro-batch's text still
+/// by its records. At 20,000 the speed layer caught up at 0.55-0.77x a
+/// plain consumer, at 100,000 at 0.67-0.86x (`benches/throughput`, 500,000
+/// and 1,000,000 events, alternating). The 16 MiB bound on a micro-batch's text still
 /// holds; what grows is one release's apply under the serving replica's
 /// lock while it catches up (README, "Speed layer vs a plain consumer").
 pub const DEFAULT_MICRO_BATCH_RECORDS: usize = 100_000;
