@@ -226,6 +226,7 @@ pub async fn start(
         Limits {
             concurrency: Arc::new(Semaphore::new(args.max_concurrency)),
             timeout: args.request_timeout,
+            admin_timeout: api::ADMIN_TIMEOUT,
             max_body_bytes: args.max_body_bytes,
         },
     );

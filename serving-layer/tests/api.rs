@@ -64,6 +64,16 @@ fn app_with(
     batch_url: Option<String>,
     timeout: Duration,
 ) -> App {
+    app_with_timeouts(replica, token, batch_url, timeout, timeout)
+}
+
+fn app_with_timeouts(
+    replica: Arc<FairRwLock<Replica>>,
+    token: Option<&str>,
+    batch_url: Option<String>,
+    timeout: Duration,
+    admin_timeout: Duration,
+) -> App {
     let batch =
         batch_url.map(|url| Arc::new(common::http::Bases::parse(&url).expect("a batch URL")));
     let state = AppState::new(
@@ -77,6 +87,7 @@ fn app_with(
         Limits {
             concurrency: Arc::new(Semaphore::new(8)),
             timeout,
+            admin_timeout,
             max_body_bytes: 1024,
         },
     );
@@ -377,6 +388,11 @@ fn recompute(token: Option<&str>) -> Request<Body> {
 /// A stand-in batch layer that checks the forwarded token and answers with
 /// a manifest.
 async fn fake_batch(expected_auth: &'static str) -> String {
+    slow_fake_batch(expected_auth, Duration::ZERO).await
+}
+
+/// [`fake_batch`], answering after `delay` (a recompute takes a while).
+async fn slow_fake_batch(expected_auth: &'static str, delay: Duration) -> String {
     use axum::routing::post;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -386,6 +402,7 @@ async fn fake_batch(expected_auth: &'static str) -> String {
     let app = Router::new().route(
         "/recompute",
         post(move |headers: axum::http::HeaderMap| async move {
+            tokio::time::sleep(delay).await;
             if headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
@@ -459,6 +476,23 @@ async fn admin_recompute_needs_the_right_token() {
         body["error"].as_str().is_some_and(|e| e.contains("full")),
         "{body}"
     );
+}
+
+/// A recompute takes as long as the history it recounts: the admin
+/// endpoint has a timeout of its own, not the queries'.
+#[tokio::test]
+async fn a_recompute_may_outlive_the_queries_timeout() {
+    let batch = slow_fake_batch("Bearer s3cret", Duration::from_millis(500)).await;
+    let app = app_with_timeouts(
+        replica(),
+        Some("s3cret"),
+        Some(batch),
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+    );
+    let (status, body) = send(&app.router, recompute(Some("Bearer s3cret"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["version"], 7);
 }
 
 #[tokio::test]

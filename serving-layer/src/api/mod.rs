@@ -60,9 +60,19 @@ use tower::ServiceBuilder;
 pub struct Limits {
     /// Requests in flight at once, over all routes.
     pub concurrency: Arc<Semaphore>,
+    /// The longest a query (any route but the admin recompute) may take.
     pub timeout: Duration,
+    /// The longest `POST /v1/admin/recompute` may take: a recompute takes
+    /// as long as the history it recounts (seconds to minutes, at
+    /// background priority while the layers are busy), not a query's time
+    /// ([`ADMIN_TIMEOUT`] in the server).
+    pub admin_timeout: Duration,
     pub max_body_bytes: usize,
 }
+
+/// [`Limits::admin_timeout`] in the server: past the forwarding client's
+/// 60 s wait for the batch layer's answer and the 5 s wait for the new view.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Everything the handlers share.
 #[derive(Clone)]
@@ -175,31 +185,37 @@ impl TopCache {
 }
 
 pub fn router(state: AppState) -> Router {
-    let shed_metrics = Arc::clone(&state.metrics);
-    let limits = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(move |error: BoxError| {
-            let metrics = Arc::clone(&shed_metrics);
-            async move { overloaded(&metrics, error) }
-        }))
-        .load_shed()
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
-            &state.limits.concurrency,
-        )))
-        .timeout(state.limits.timeout);
+    // The same shedding and concurrency for every route; the admin
+    // recompute has a timeout of its own.
+    let limits = |timeout: Duration| {
+        let shed_metrics = Arc::clone(&state.metrics);
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(move |error: BoxError| {
+                let metrics = Arc::clone(&shed_metrics);
+                async move { overloaded(&metrics, error) }
+            }))
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
+                &state.limits.concurrency,
+            )))
+            .timeout(timeout)
+    };
+    let admin = post(ops::recompute).layer(limits(state.limits.admin_timeout));
     Router::new()
         .route("/", get(crate::dashboard::page))
         .route("/v1/words/{word}", get(query::word))
         .route("/v1/words/{word}/series", get(query::series))
         .route("/v1/top", get(query::top))
         .route("/v1/status", get(ops::status))
-        .route("/v1/admin/recompute", post(ops::recompute))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(openapi::openapi))
         .fallback(|| async { ApiError::NotFound("no such route (see /openapi.json)".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(limits)
+        .layer(limits(state.limits.timeout))
+        // Added after the queries' limits, with its own (see `Limits`).
+        .route("/v1/admin/recompute", admin)
         .layer(middleware::from_fn_with_state(state.clone(), limit_request))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
