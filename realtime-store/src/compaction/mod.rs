@@ -2,12 +2,21 @@
 //! folding the deltas into the snapshot, bucket by bucket, once they hold
 //! `--realtime-compact-bytes`; and a few seconds after every expiry,
 //! removing what lies below the new floor (see [`CompactionKind::Purge`]).
+//!
+//! # Layout
+//!
+//! - this file: the background threads and their triggers, the fold, and
+//!   writing what either prepared;
+//! - `purge`: what a purge removes;
+//! - `batches`: a compaction's writes, cut into short batches.
 
-use crate::keys::{
-    bucket_chunk, bucket_key, bucket_prefix, delta_key, delta_seq, Floor, META_FLOOR,
-};
+mod batches;
+mod purge;
+
+use crate::keys::{bucket_chunk, bucket_key, bucket_prefix, Floor, META_FLOOR};
 use crate::replay::Buckets;
 use crate::{Compaction, CompactionKind, Inner, RealtimeStore, StoreError};
+use batches::Batches;
 use common::sync::LockOrStop;
 use lambda_core::chunk::ChunkWriter;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -308,67 +317,6 @@ impl Inner {
         }
         Ok(bytes)
     }
-
-    /// Builds the batch of a purge: the snapshot's buckets below the floor
-    /// and every delta all of whose counts lie below it go; nothing is
-    /// rewritten (`None` if `stopping` turned true meanwhile).
-    ///
-    /// An expiry comes with a new batch view, which covers the events of
-    /// most deltas written since the last one. Folding those deltas into
-    /// the snapshot, as a compaction after every expiry did, rewrote
-    /// counts the *next* view expires anyway: at 20,000 events/s some
-    /// 1.5 M counts per swap (600 ms of preparing, 200 ms of writes), where
-    /// the slowest probes of `bench/freshness.py` fell. A delta with any
-    /// live count stays, for a later purge or the size trigger. Every read
-    /// skips what lies below the floor (which never goes down), so what a
-    /// purge removes was invisible already, and a purge cut short reads as
-    /// before.
-    fn purge(&self, stopping: &dyn Fn() -> bool) -> Result<Option<Prepared>, StoreError> {
-        let below = self.log().next_seq;
-        let floor: Floor = self.meta(META_FLOOR, "floor")?;
-        let mut done = Compaction::none(CompactionKind::Purge);
-        let mut batches = Batches::default();
-        let replaced = self.remove_expired(&floor, &mut batches, &mut done)?;
-        // Each delta's chunks, and whether any of them holds a live count.
-        let mut deltas: Vec<(u64, Vec<sled::IVec>, u64, bool)> = Vec::new();
-        for item in self.tree.range(delta_key(0, 0)..delta_key(below, 0)) {
-            let (k, v) = item.map_err(self.err())?;
-            let seq = delta_seq(&k).ok_or_else(|| self.malformed("delta key"))?;
-            if deltas.last().is_none_or(|d| d.0 != seq) {
-                if stopping() {
-                    return Ok(None);
-                }
-                deltas.push((seq, Vec::new(), 0, false));
-            }
-            let (_, keys, bytes, live) = deltas.last_mut().expect("pushed above");
-            *live = *live || self.holds_live(&v, &floor)?;
-            *bytes += v.len() as u64;
-            keys.push(k);
-        }
-        let mut delta_bytes = 0;
-        for (_, keys, bytes, live) in deltas {
-            if live {
-                continue;
-            }
-            for k in keys {
-                batches.remove(k);
-                batches.cut_if_full();
-            }
-            done.deltas += 1;
-            delta_bytes += bytes;
-        }
-        if stopping() {
-            return Ok(None);
-        }
-        Ok(Some(Prepared {
-            batches: batches.finish(),
-            last: Vec::new(),
-            done,
-            written: 0,
-            replaced,
-            delta_bytes,
-        }))
-    }
 }
 
 impl Compaction {
@@ -383,57 +331,6 @@ impl Compaction {
             snapshot_bytes: 0,
             write_ms: 0,
         }
-    }
-}
-
-/// Roughly how many bytes a write batch of a compaction holds (small in
-/// tests, so that they write many).
-const WRITE_BATCH_BYTES: usize = if cfg!(test) { 256 } else { 1 << 20 };
-
-/// What removing one key costs a write batch, counted in bytes written: a
-/// purge that removed 750-1,000 deltas in one batch took 20-66 ms (the
-/// `write_ms` of its log line at 20,000 events/s), holding sled's lock
-/// that long, and the slowest probes of `bench/freshness.py` fell there.
-/// (In tests, a batch per removal, so that a cut falls between any two.)
-const REMOVAL_COST: usize = if cfg!(test) {
-    WRITE_BATCH_BYTES
-} else {
-    16 << 10
-};
-
-/// Write batches of about [`WRITE_BATCH_BYTES`], cut between buckets.
-#[derive(Default)]
-struct Batches {
-    done: Vec<sled::Batch>,
-    current: sled::Batch,
-    bytes: usize,
-}
-
-impl Batches {
-    fn insert(&mut self, key: &[u8], value: Vec<u8>) {
-        self.bytes += key.len() + value.len();
-        self.current.insert(key, value);
-    }
-
-    fn remove(&mut self, key: sled::IVec) {
-        self.bytes += REMOVAL_COST;
-        self.current.remove(key);
-    }
-
-    /// Starts a new batch if this one is full: only where the store is
-    /// consistent between batches (see [`Prepared`]).
-    fn cut_if_full(&mut self) {
-        if self.bytes >= WRITE_BATCH_BYTES {
-            self.done.push(std::mem::take(&mut self.current));
-            self.bytes = 0;
-        }
-    }
-
-    fn finish(mut self) -> Vec<sled::Batch> {
-        if self.bytes > 0 {
-            self.done.push(self.current);
-        }
-        self.done
     }
 }
 
