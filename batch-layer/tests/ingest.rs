@@ -8,7 +8,7 @@ use testkit::{consume_n, get, http, memory_broker, metric_sum, produce, recount,
 
 mod support;
 
-use support::{batch_args, recompute};
+use support::{batch_args, recompute, wait_for_log_end};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingests_everything_once_and_recomputes_an_exact_view() {
@@ -145,10 +145,7 @@ async fn cuts_are_bucket_aligned_and_recompute_needs_the_token() {
     )
     .await;
     tokio::task::spawn_blocking(move || {
-        wait_for("200 records", Duration::from_secs(60), || {
-            let m = get(addr, "/metrics").ok()?.text();
-            (metric_sum(&m, "lambda_batch_log_end_offset") as usize == 200).then_some(())
-        });
+        wait_for_log_end(addr, 200);
         assert_eq!(
             http(addr, "POST", "/recompute", &[], b"")
                 .expect("post")
@@ -232,10 +229,7 @@ async fn a_recompute_runs_at_background_priority() {
     .await;
     let here = this_threads_nice();
     tokio::task::spawn_blocking(move || {
-        wait_for("30 records", Duration::from_secs(60), || {
-            let m = get(addr, "/metrics").ok()?.text();
-            (metric_sum(&m, "lambda_batch_log_end_offset") as usize == 30).then_some(())
-        });
+        wait_for_log_end(addr, 30);
         let asked = std::thread::spawn(move || recompute(addr));
         let seen = wait_for("the recompute's thread", Duration::from_secs(30), || {
             let nice = threads_nice("recompute");

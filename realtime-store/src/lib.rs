@@ -509,6 +509,11 @@ mod tests {
         buckets
     }
 
+    /// No compaction by size: a test makes its own (expiries still purge).
+    const NO_SIZE_TRIGGER: StoreOptions = StoreOptions {
+        compact_min_bytes: u64::MAX,
+    };
+
     /// Waits (up to 30 s, then fails) for the background compaction.
     fn wait_for_a_compaction(store: &RealtimeStore) {
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
@@ -786,16 +791,13 @@ mod tests {
     #[tokio::test]
     async fn the_purge_after_an_expiry_waits_then_removes_only_what_expired() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = StoreOptions {
-            compact_min_bytes: u64::MAX,
-        };
-        let store = RealtimeStore::open_with(dir.path(), options).expect("open");
+        let store = RealtimeStore::open_with(dir.path(), NO_SIZE_TRIGGER).expect("open");
         commit(&store, vec![(key(0, 0, "old"), 1), (key(0, 4, "old"), 1)]).await;
         store.compact().expect("compact");
         assert_eq!(snapshot_buckets(&store), vec![(0, 0), (0, 4)]);
         // Reopened, it counts its compactions from zero.
         drop(store);
-        let store = RealtimeStore::open_with(dir.path(), options).expect("reopen");
+        let store = RealtimeStore::open_with(dir.path(), NO_SIZE_TRIGGER).expect("reopen");
         // A delta wholly below the floor to come, and one with a live count.
         commit(&store, vec![(key(0, 1, "old"), 2)]).await;
         commit(&store, vec![(key(0, 1, "old"), 3), (key(0, 5, "new"), 2)]).await;
@@ -824,13 +826,7 @@ mod tests {
     #[tokio::test]
     async fn a_purge_folds_deltas_that_outgrew_the_size_trigger() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = RealtimeStore::open_with(
-            dir.path(),
-            StoreOptions {
-                compact_min_bytes: u64::MAX,
-            },
-        )
-        .expect("open");
+        let store = RealtimeStore::open_with(dir.path(), NO_SIZE_TRIGGER).expect("open");
         commit(&store, vec![(key(0, 5, "new"), 2)]).await;
         commit(&store, vec![(key(0, 6, "new"), 3)]).await;
         // Past the trigger now, without the background fold it would start.

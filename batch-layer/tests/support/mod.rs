@@ -1,12 +1,13 @@
-//! What the batch layer's integration tests share: its flags and a forced
-//! recompute over HTTP.
+//! What the batch layer's integration tests share: its flags, a wait for
+//! its master log to reach an end, and a forced recompute over HTTP.
 #![allow(dead_code)]
 
 use batch_layer::config::BatchArgs;
 use clap::Parser;
 use lambda_core::view::Manifest;
 use std::net::SocketAddr;
-use testkit::http;
+use std::time::Duration;
+use testkit::{get, http, metric_sum, wait_for};
 
 #[derive(Parser)]
 struct Cli {
@@ -55,4 +56,16 @@ pub fn recompute(addr: SocketAddr) -> Manifest {
     let r = http(addr, "POST", "/recompute", &[("Authorization", &auth)], b"").expect("recompute");
     assert_eq!(r.status, 200, "{}", r.text());
     serde_json::from_slice(&r.body).expect("manifest")
+}
+
+/// Waits (up to 60 s, then fails) until the master log holds `records`.
+pub fn wait_for_log_end(addr: SocketAddr, records: usize) {
+    wait_for(
+        &format!("{records} records"),
+        Duration::from_secs(60),
+        || {
+            let m = get(addr, "/metrics").ok()?.text();
+            (metric_sum(&m, "lambda_batch_log_end_offset") as usize == records).then_some(())
+        },
+    );
 }
