@@ -14,6 +14,7 @@
 #
 # Usage: bench/windows_wrk.sh            (defaults below)
 #   CORPUS_BYTES=80000000 LIVE_RATE=2000 DURATION=20s CONNECTIONS=64 bench/windows_wrk.sh
+#   DEMO_FLAGS="--micro-batch-records 100000" bench/windows_wrk.sh   (more `lambda demo` flags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,7 @@ python3 bench/gen_corpus.py --bytes $((LIVE_RATE * 200 * 70)) --seed 8 --vocabul
 RUST_LOG=warn "$LAMBDA" demo --no-sample --data-dir "$work/data" --admin-token bench \
     --http-addr "127.0.0.1:$http_port" --broker-addr "127.0.0.1:$broker_port" \
     --batch-addr "127.0.0.1:$batch_port" --speed-addr "127.0.0.1:$speed_port" \
-    --recompute-interval 1h >"$work/demo.log" 2>&1 &
+    --recompute-interval 1h ${DEMO_FLAGS:-} >"$work/demo.log" 2>&1 &
 demo_pid=$!
 for _ in $(seq 300); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.2; done
 curl -sf "$base/healthz" >/dev/null || { cat "$work/demo.log"; exit 1; }

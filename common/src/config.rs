@@ -55,6 +55,7 @@ pub mod env {
     pub const MAX_CONCURRENCY: &str = "LAMBDA_MAX_CONCURRENCY";
     pub const REQUEST_TIMEOUT: &str = "LAMBDA_REQUEST_TIMEOUT";
     pub const MAX_BODY_BYTES: &str = "LAMBDA_MAX_BODY_BYTES";
+    pub const APPLY_SLICE_COUNTS: &str = "LAMBDA_APPLY_SLICE_COUNTS";
     pub const DELIVERY_TIMEOUT: &str = "LAMBDA_DELIVERY_TIMEOUT";
     pub const KEY_BY_LINE: &str = "LAMBDA_KEY_BY_LINE";
     pub const BACKDATE: &str = "LAMBDA_BACKDATE";
@@ -117,6 +118,7 @@ pub mod env {
         MAX_CONCURRENCY,
         REQUEST_TIMEOUT,
         MAX_BODY_BYTES,
+        APPLY_SLICE_COUNTS,
         DELIVERY_TIMEOUT,
         KEY_BY_LINE,
         BACKDATE,

@@ -11,14 +11,20 @@
 //! (every bucket is above its cut) and takes in its rankings every 100
 //! releases, as top-K queries would make it.
 //!
-//! Run: `cargo bench -p lambda-serving --bench apply` (EVENTS=N to resize).
+//! Then a catch-up: a speed layer behind publishes a release per
+//! micro-batch of up to 100,000 records. What queries feel of it is the
+//! longest the follower holds the replica's write lock at once: printed for
+//! releases applied whole and in slices (`replica::slices`).
+//!
+//! Run: `cargo bench -p lambda-serving --bench apply` (EVENTS=N to resize,
+//! CATCH_UP_BATCH=N for the catch-up's micro-batches).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lambda_core::realtime::RealtimeUpsert;
 use lambda_core::window::{Key, Window, WindowSettings};
 use lambda_core::{BucketSize, Cut, Partition};
 use rustc_hash::FxHashMap;
-use serving_layer::replica::Replica;
+use serving_layer::replica::{slices, Replica, SLICE_COUNTS};
 use std::time::{Duration, Instant};
 
 /// The `lambda` binary's allocator (`cli/src/main.rs`), so the bench
@@ -31,6 +37,8 @@ const VOCABULARY: f64 = 50_000.0;
 const PARTITIONS: u64 = 4;
 const BUCKET: u64 = 64;
 const BATCH: u64 = 200;
+/// Records per micro-batch of a speed layer catching up (its bound).
+const CATCH_UP_BATCH: u64 = 100_000;
 /// Events per one-minute window at 20,000 events/s.
 const PER_WINDOW: u64 = 1_200_000;
 /// The first window (an arbitrary minute of 2026).
@@ -43,7 +51,7 @@ struct Release {
 
 /// The releases for `events` events, in order, with the absolute counts the
 /// speed layer would publish.
-fn releases(events: u64) -> Vec<Release> {
+fn releases(events: u64, batch_events: u64) -> Vec<Release> {
     let mut state = 7u64;
     let mut next = || {
         state = state
@@ -53,9 +61,9 @@ fn releases(events: u64) -> Vec<Release> {
     };
     let mut counts: FxHashMap<(String, Partition, u64), u64> = FxHashMap::default();
     let mut out = Vec::new();
-    for batch in 0..events / BATCH {
+    for batch in 0..events / batch_events {
         let mut changed = Vec::new();
-        for event in batch * BATCH..(batch + 1) * BATCH {
+        for event in batch * batch_events..(batch + 1) * batch_events {
             let partition = (event % PARTITIONS) as Partition;
             let bucket = event / PARTITIONS / BUCKET;
             let window = Window(FIRST + event / PER_WINDOW);
@@ -83,7 +91,7 @@ fn releases(events: u64) -> Vec<Release> {
                 }
             })
             .collect();
-        let end = (batch + 1) * BATCH;
+        let end = (batch + 1) * batch_events;
         let as_of = (0..PARTITIONS as Partition)
             .map(|p| (p, (end / PARTITIONS) as i64))
             .collect();
@@ -93,8 +101,7 @@ fn releases(events: u64) -> Vec<Release> {
 }
 
 fn follow(releases: &[Release]) -> Replica {
-    let size = BucketSize::new(BUCKET).expect("non-zero");
-    let mut replica = Replica::new(size).with_windows(WindowSettings::default());
+    let mut replica = Replica::new(size()).with_windows(WindowSettings::default());
     for (i, release) in releases.iter().enumerate() {
         let counts = replica.resolve(&release.upserts);
         replica.apply(counts, release.as_of.clone());
@@ -106,6 +113,61 @@ fn follow(releases: &[Release]) -> Replica {
     replica
 }
 
+fn size() -> BucketSize {
+    BucketSize::new(BUCKET).expect("non-zero")
+}
+
+/// Follows `releases`, each applied in slices of `min_counts` (whole with
+/// `usize::MAX`): the longest single apply (a hold of the write lock), all
+/// of applying, cutting the slices (outside the lock), and the number of
+/// applies.
+fn holds(releases: &[Release], min_counts: usize) -> (Duration, Duration, Duration, usize) {
+    let mut replica = Replica::new(size()).with_windows(WindowSettings::default());
+    let (mut longest, mut total, mut slicing, mut applies) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0);
+    for release in releases {
+        let counts = replica.resolve(&release.upserts);
+        let from = replica.realtime_as_of().clone();
+        let started = Instant::now();
+        let parts = slices(counts, &from, release.as_of.clone(), size(), min_counts);
+        slicing += started.elapsed();
+        for part in parts {
+            let started = Instant::now();
+            replica.apply(part.counts, part.as_of);
+            let took = started.elapsed();
+            longest = longest.max(took);
+            total += took;
+            applies += 1;
+        }
+    }
+    (longest, total, slicing, applies)
+}
+
+fn catch_up(events: u64) {
+    let batch: u64 = std::env::var("CATCH_UP_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CATCH_UP_BATCH);
+    let releases = releases(events.max(batch), batch);
+    let upserts: usize = releases.iter().map(|r| r.upserts.len()).sum();
+    println!(
+        "catch-up: {} releases of {batch} events, {upserts} upserts",
+        releases.len()
+    );
+    for round in 1..=3 {
+        for (name, min_counts) in [("whole", usize::MAX), ("sliced", SLICE_COUNTS)] {
+            let (longest, total, slicing, applies) = holds(&releases, min_counts);
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "  round {round} {name:<7} {applies:>5} applies, longest {:>7.2} ms, all {:>7.1} ms, slicing {:>6.1} ms",
+                ms(longest),
+                ms(total),
+                ms(slicing)
+            );
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     // As `lambda` does first thing (see `common::memory`).
     common::memory::avoid_transparent_huge_pages().expect("prctl");
@@ -113,7 +175,8 @@ fn bench(c: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
-    let releases = releases(events);
+    catch_up(events);
+    let releases = releases(events, BATCH);
     let upserts: usize = releases.iter().map(|r| r.upserts.len()).sum();
     println!(
         "{} releases, {upserts} upserts ({:.2} per event)",

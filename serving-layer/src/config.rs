@@ -67,6 +67,15 @@ pub struct ServeArgs {
     /// The largest request body accepted (413 beyond).
     #[arg(long, env = env::MAX_BODY_BYTES, default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+
+    /// A release of the speed layer's counts larger than this (one micro-
+    /// batch of a speed layer catching up) is applied in slices of about
+    /// this many counts while requests come in, each exact at a position
+    /// of its own, so that queries go in between (see
+    /// `serving_layer::replica::slices`); without requests, in one piece,
+    /// which costs less.
+    #[arg(long, env = env::APPLY_SLICE_COUNTS, default_value_t = crate::replica::SLICE_COUNTS)]
+    pub apply_slice_counts: usize,
 }
 
 impl ServeArgs {
@@ -80,6 +89,9 @@ impl ServeArgs {
                 message: message.into(),
             })
         };
+        if self.apply_slice_counts == 0 {
+            return bad("apply-slice-counts", "must be at least 1");
+        }
         if self.max_concurrency == 0 {
             return bad("max-concurrency", "must be at least 1");
         }

@@ -12,7 +12,7 @@
 use crate::gate::WatermarkGate;
 use crate::health::Health;
 use crate::metrics::ServingMetrics;
-use crate::replica::Replica;
+use crate::replica::{slices, Replica};
 use common::kafka::{consumer_config, wait_for_partitions};
 use common::reader::{Limits, PartitionReader, ReaderError};
 use common::retry::{until_durable, DurableWrite};
@@ -51,6 +51,9 @@ pub struct Follower {
     pub store: Arc<RealtimeStore>,
     pub health: Arc<Health>,
     pub metrics: Arc<ServingMetrics>,
+    /// A release of more counts than this is applied in slices while
+    /// requests come in (see [`Self::slice_size`]).
+    pub slice_counts: usize,
 }
 
 /// How the follower reads: the gate is asked for a release after at most
@@ -89,6 +92,7 @@ impl Follower {
         )
         .await?;
         self.health.follower(positions.clone(), 0);
+        let mut arrivals = self.metrics.arrivals.get();
 
         loop {
             let Some(read) = reader.next_batch(&READ, &token).await? else {
@@ -119,9 +123,10 @@ impl Follower {
                     break;
                 }
                 let released_at = std::time::Instant::now();
-                let counts = {
+                let (counts, from, size) = {
                     let r = self.replica.read_or_stop("the replica");
-                    r.resolve(&release.upserts)
+                    let counts = r.resolve(&release.upserts);
+                    (counts, r.realtime_as_of().clone(), r.bucket_size())
                 };
                 let checkpoint = Checkpoint {
                     counts,
@@ -138,10 +143,20 @@ impl Follower {
                 self.metrics
                     .upserts_applied
                     .add(release.upserts.len() as u64);
-                let mut r = self.replica.write_or_stop("the replica");
-                r.apply(checkpoint.counts, release.as_of);
-                r.note_event_time(&release.newest);
-                drop(r);
+                let slice = self.slice_size(&mut arrivals);
+                let slices = slices(checkpoint.counts, &from, release.as_of, size, slice);
+                let last = slices.len() - 1;
+                if last > 0 {
+                    self.metrics.release_slices.add(slices.len() as u64);
+                }
+                for (i, slice) in slices.into_iter().enumerate() {
+                    let mut r = self.replica.write_or_stop("the replica");
+                    r.apply(slice.counts, slice.as_of);
+                    if i == last {
+                        r.note_event_time(&release.newest);
+                    }
+                    r.unlock_fair();
+                }
                 self.metrics.apply_stage.observe(released_at.elapsed());
                 if let Some(oldest) = release.oldest_event_ms {
                     let latency = common::metrics::since_timestamp(oldest);
@@ -154,6 +169,22 @@ impl Follower {
         reader.close().await;
         tracing::info!(%positions, "Realtime follower stopped.");
         Ok(())
+    }
+
+    /// How many counts of a release to apply at a time: a large release
+    /// (a speed layer catching up) in slices, each exact at a position of
+    /// its own, if a request came in since the last release, so that the
+    /// queries go in between; otherwise in one piece, since slices cost
+    /// more in all (each looks every key of its own up: `replica::slices`).
+    /// `arrivals` is the number of requests seen at the last release.
+    fn slice_size(&self, arrivals: &mut u64) -> usize {
+        let now = self.metrics.arrivals.get();
+        let asked = std::mem::replace(arrivals, now) != now;
+        if asked {
+            self.slice_counts
+        } else {
+            usize::MAX
+        }
     }
 
     fn accept<M: Message>(&self, gate: &mut WatermarkGate, m: &M) {

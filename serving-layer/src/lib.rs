@@ -182,6 +182,7 @@ pub async fn start(
         store,
         health: Arc::clone(&health),
         metrics: Arc::clone(&metrics),
+        slice_counts: args.apply_slice_counts,
     };
     let failure = FailureSlot::default();
     {

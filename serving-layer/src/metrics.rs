@@ -33,9 +33,13 @@ struct RouteMetrics {
 #[derive(Debug)]
 pub struct ServingMetrics {
     routes: Vec<RouteMetrics>,
+    /// Requests received (counted as they arrive; `routes` as answered).
+    pub arrivals: Counter,
     pub shed: Counter,
     pub timeouts: Counter,
     pub upserts_applied: Counter,
+    /// Slices applied of releases applied in slices (`follow`).
+    pub release_slices: Counter,
     pub malformed_realtime: Counter,
     pub follower_errors: Counter,
     pub unreadable_batches: Counter,
@@ -57,9 +61,11 @@ impl Default for ServingMetrics {
                     latency: Histogram::new(LATENCY_BOUNDS),
                 })
                 .collect(),
+            arrivals: Counter::default(),
             shed: Counter::default(),
             timeouts: Counter::default(),
             upserts_applied: Counter::default(),
+            release_slices: Counter::default(),
             malformed_realtime: Counter::default(),
             follower_errors: Counter::default(),
             unreadable_batches: Counter::default(),
@@ -189,6 +195,12 @@ impl ServingMetrics {
             "counter",
             "Realtime upserts applied to the replica.",
             self.upserts_applied.get(),
+        )
+        .single(
+            "lambda_serving_release_slices_total",
+            "counter",
+            "Slices applied of realtime releases applied in slices (large ones while requests come in).",
+            self.release_slices.get(),
         )
         .single(
             "lambda_serving_realtime_malformed_total",

@@ -12,15 +12,13 @@ use std::time::Duration;
 /// smaller; this bounds those of a speed layer catching up (a restart, a
 /// backlog). Larger bounds share each micro-batch's fixed cost (its
 /// checkpoint's fsync, its publication's two acknowledged rounds, the
-/// pipeline's turn) among more records — at 100,000 the speed layer caught
-/// up at 0.79-0.86x a plain consumer against 0.55-0.77x at 20,000
-/// (`benches/throughput`, 500,000 events) — but one micro-batch is one
-/// release at every serving replica, applied under its write lock: after a
-/// catch-up of 100,000-record batches the ranged top-K's p99 under 64
-/// connections (`bench/windows_wrk.sh`, first round) was 36-52 ms against
-/// 11 at 20,000 and at 50,000 (which caught up at only 0.63-0.70x). Until
-/// a replica applies a large release without holding queries, 20,000.
-pub const DEFAULT_MICRO_BATCH_RECORDS: usize = 20_000;
+/// pipeline's turn) among more records: at 100,000 the speed layer caught
+/// up at 0.79-0.86x a plain consumer against 0.55-0.77x at 20,000 and
+/// 0.63-0.70x at 50,000 (`benches/throughput`, 500,000 events). One
+/// micro-batch is one release at every serving replica, which applies a
+/// large one in slices so that queries go in between (see
+/// `serving_layer::replica::slices`).
+pub const DEFAULT_MICRO_BATCH_RECORDS: usize = 100_000;
 
 #[derive(Debug, Clone, Args)]
 pub struct SpeedArgs {

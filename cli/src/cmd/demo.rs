@@ -75,6 +75,11 @@ pub struct DemoArgs {
     /// and expire. Do not change it on existing data.
     #[arg(long, env = env::BUCKET_SIZE, default_value = DEMO_BUCKET_SIZE)]
     pub bucket_size: BucketSize,
+    /// The speed layer's micro-batches, at most this many records (see
+    /// `lambda speed --help`): what its catch-up after a backlog trades
+    /// against the size of each release the serving layer applies.
+    #[arg(long, env = env::MICRO_BATCH_RECORDS, default_value_t = speed_layer::config::DEFAULT_MICRO_BATCH_RECORDS)]
+    pub micro_batch_records: usize,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -161,7 +166,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 store_url: None,
                 architecture: args.architecture,
                 cut_poll_interval: Duration::from_secs(1),
-                micro_batch_records: speed_layer::config::DEFAULT_MICRO_BATCH_RECORDS,
+                micro_batch_records: args.micro_batch_records,
                 micro_batch_wait: Duration::ZERO,
                 group: speed_layer::stream::GROUP.to_owned(),
                 share_partitions: false,
@@ -186,6 +191,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 max_concurrency: 1024,
                 request_timeout: Duration::from_secs(10),
                 max_body_bytes: 64 * 1024,
+                apply_slice_counts: serving_layer::replica::SLICE_COUNTS,
             },
             token.clone(),
         )

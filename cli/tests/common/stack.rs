@@ -53,6 +53,8 @@ pub struct Options {
     pub batch_data_dir: Option<PathBuf>,
     /// Extra flags for the batch layer.
     pub batch_flags: Vec<String>,
+    /// Extra flags for the serving layer.
+    pub serve_flags: Vec<String>,
     /// Extra flags for every layer (e.g. how to reach a secured broker).
     pub layer_flags: Vec<String>,
     /// Recompute only when asked (`POST /v1/admin/recompute`), not every 2 s.
@@ -207,6 +209,9 @@ impl Stack {
             }
             if matches!(role, Role::Batch | Role::Batch2) {
                 args.extend(options.batch_flags.iter().cloned());
+            }
+            if matches!(role, Role::Serve | Role::Serve2) {
+                args.extend(options.serve_flags.iter().cloned());
             }
             if options.second_batch && matches!(role, Role::Batch | Role::Batch2) {
                 args.extend(

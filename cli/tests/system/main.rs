@@ -762,7 +762,14 @@ async fn broker_stopped_and_restarted_during_production() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_swaps_under_continuous_queries_are_exact_at_their_as_of() {
-    let s = Stack::start("sys-swap", Options::default()).await;
+    // Releases of more than 8 counts are applied in slices while the
+    // sampler queries (`replica::slices`): its answers come from the
+    // positions between slices too.
+    let options = Options {
+        serve_flags: vec!["--apply-slice-counts".into(), "8".into()],
+        ..Options::default()
+    };
+    let s = Stack::start("sys-swap", options).await;
     let n = scaled(3000);
     let producer = steady(&s, n);
     let serve = s.addr(Role::Serve);
@@ -782,6 +789,11 @@ async fn view_swaps_under_continuous_queries_are_exact_at_their_as_of() {
     assert!(
         versions.len() >= 3,
         "samples saw only batch versions {versions:?}: no swap happened under queries"
+    );
+    let metrics = ::testkit::get(serve, "/metrics").expect("metrics").text();
+    assert!(
+        ::testkit::metric_sum(&metrics, "lambda_serving_release_slices_total") > 0.0,
+        "no release was applied in slices under queries; the scenario did not happen"
     );
     eprintln!("samples spanned batch versions {versions:?}");
     s.shutdown();

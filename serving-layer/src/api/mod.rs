@@ -237,6 +237,7 @@ fn overloaded(metrics: &ServingMetrics, error: BoxError) -> Response {
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // `observe` maps a template it does not know to "unmatched".
     let route = request.extensions().get::<MatchedPath>().cloned();
+    state.metrics.arrivals.inc();
     let started = Instant::now();
     let response = next.run(request).await;
     state.metrics.observe(

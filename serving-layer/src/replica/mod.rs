@@ -24,9 +24,11 @@ use windows::{SumsCache, WindowRun};
 
 mod ranking;
 mod resolve;
+mod slices;
 mod swap;
 mod windows;
 
+pub use slices::{slices, Slice, SLICE_COUNTS};
 pub use swap::SHARDS;
 use swap::{PendingSwap, Realtime};
 
@@ -342,6 +344,19 @@ impl Replica {
         }
     }
 
+    /// Ranks `n` of the keys waiting (any; all if fewer wait).
+    fn rank_some(&mut self, mut n: usize) {
+        let (ranked, windows) = (&mut self.ranked, &mut self.ranked_windows);
+        self.unranked.retain(|key, delta| {
+            if n == 0 {
+                return true;
+            }
+            n -= 1;
+            rank(ranked, windows, key, *delta);
+            false
+        });
+    }
+
     /// The exact `k` largest merged counts, count descending then word
     /// ascending: the threshold algorithm (see [`ranking`]) over the view's
     /// ranking and the realtime one. The rankings must be up to date
@@ -405,8 +420,11 @@ impl Replica {
                 }
             }
         }
-        if self.unranked.len() > UNRANKED_MAX {
-            self.rank_pending();
+        if let Some(excess) = self.unranked.len().checked_sub(UNRANKED_MAX) {
+            // A little below the bound, so that not every release ranks;
+            // no further, so that the slices of a large release (see
+            // `slices`) each hold the lock for a share of their own size.
+            self.rank_some(excess + UNRANKED_MAX / 16);
         }
         self.realtime_as_of = as_of;
         self.realtime_loaded = true;
@@ -643,7 +661,7 @@ mod tests {
         assert!(!loaded.has_range_sums(short));
     }
 
-    fn test_windows() -> WindowSettings {
+    pub(super) fn test_windows() -> WindowSettings {
         WindowSettings {
             size: lambda_core::window::WindowSize::from_millis(10_000).expect("non-zero"),
             allowed_lateness_ms: 5_000,
@@ -657,7 +675,7 @@ mod tests {
     /// layer: the same but each word once, in its window or as untimed —
     /// or, for a partition counted before that rule (`all_time`), as the
     /// batch view counts it.
-    fn keys_of(
+    pub(super) fn keys_of(
         text: &str,
         t: Option<i64>,
         mark: &mut lambda_core::window::EventWatermark,
