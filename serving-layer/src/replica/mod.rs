@@ -420,11 +420,11 @@ impl Replica {
                 }
             }
         }
-        if let Some(excess) = self.unranked.len().checked_sub(UNRANKED_MAX) {
+        if self.unranked.len() > UNRANKED_MAX {
             // A little below the bound, so that not every release ranks;
             // no further, so that the slices of a large release (see
             // `slices`) each hold the lock for a share of their own size.
-            self.rank_some(excess + UNRANKED_MAX / 16);
+            self.rank_some(self.unranked.len() - UNRANKED_MAX + UNRANKED_MAX / 16);
         }
         self.realtime_as_of = as_of;
         self.realtime_loaded = true;
@@ -494,6 +494,30 @@ mod tests {
         assert!(!r.is_ranked(), "the rankings wait for a top-K");
         r.rank_pending();
         assert_eq!(r.top(2), vec![("a".to_owned(), 8), ("b".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn more_keys_waiting_than_the_bound_are_ranked_in_part_and_top_k_stays_exact() {
+        let size = BucketSize::new(10).expect("10");
+        let mut r = Replica::new(size);
+        let n = UNRANKED_MAX + 1_000;
+        let count = |i: usize| (i % 97 + 1) as u64;
+        let upserts: Vec<RealtimeUpsert> = (0..n)
+            .map(|i| upsert(&format!("w{i}"), 0, 0, count(i)))
+            .collect();
+        let resolved = r.resolve(&upserts);
+        r.apply(resolved, [(0, 5)].into_iter().collect());
+        // The excess and a sixteenth of the bound went into the rankings.
+        assert_eq!(r.unranked.len(), UNRANKED_MAX - UNRANKED_MAX / 16);
+        r.rank_pending();
+        let mut expected: Vec<(String, u64)> =
+            (0..n).map(|i| (format!("w{i}"), count(i))).collect();
+        expected.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        expected.truncate(5);
+        assert_eq!(r.top(5), expected);
+        // Every key's gain is in the rankings once: none lost, none twice.
+        let ranked: u64 = r.top(usize::MAX).iter().map(|(_, c)| c).sum();
+        assert_eq!(ranked, (0..n).map(count).sum::<u64>());
     }
 
     #[test]
