@@ -730,6 +730,45 @@ mod tests {
         (batch, speed)
     }
 
+    /// Per partition, per event: its keys in a batch view and in the speed
+    /// layer (see [`keys_of`]; `all_time_partition` as there).
+    pub(super) type Keys = (Vec<String>, Vec<String>);
+
+    pub(super) fn keys_by_partition(
+        events: &[(i32, String, Option<i64>)],
+        all_time_partition: Option<i32>,
+    ) -> BTreeMap<i32, Vec<Keys>> {
+        let mut per_partition: BTreeMap<i32, Vec<Keys>> = BTreeMap::new();
+        let mut marks: BTreeMap<i32, lambda_core::window::EventWatermark> = BTreeMap::new();
+        let mut tokenizer = Tokenizer::new();
+        for (p, text, t) in events {
+            let mark = marks
+                .entry(*p)
+                .or_insert_with(|| test_windows().watermark());
+            let all_time = all_time_partition == Some(*p);
+            let keys = keys_of(text, *t, mark, &mut tokenizer, all_time);
+            per_partition.entry(*p).or_default().push(keys);
+        }
+        per_partition
+    }
+
+    /// The batch view's counts at `cut`: every key the events below it
+    /// count under.
+    pub(super) fn recount(
+        per_partition: &BTreeMap<i32, Vec<Keys>>,
+        cut: &Cut,
+    ) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for (&p, events) in per_partition {
+            for (batch, _) in events.iter().take(cut.get(p).max(0) as usize) {
+                for key in batch {
+                    *counts.entry(key.clone()).or_default() += 1;
+                }
+            }
+        }
+        counts
+    }
+
     /// A stream of events split at a random aligned cut into a batch view
     /// (below) and realtime upserts (all of it, as the speed layer may still
     /// hold expired buckets); a swap to a later cut must keep every merged
@@ -745,20 +784,7 @@ mod tests {
         all_time_partition: Option<i32>,
     ) -> Result<(), TestCaseError> {
         let size = BucketSize::new(size).expect("positive");
-        // Per partition, per event: its keys in a batch view and in the
-        // speed layer.
-        type Keys = (Vec<String>, Vec<String>);
-        let mut per_partition: BTreeMap<i32, Vec<Keys>> = BTreeMap::new();
-        let mut marks: BTreeMap<i32, lambda_core::window::EventWatermark> = BTreeMap::new();
-        let mut tokenizer = Tokenizer::new();
-        for (p, text, t) in events {
-            let mark = marks
-                .entry(*p)
-                .or_insert_with(|| test_windows().watermark());
-            let all_time = all_time_partition == Some(*p);
-            let keys = keys_of(text, *t, mark, &mut tokenizer, all_time);
-            per_partition.entry(*p).or_default().push(keys);
-        }
+        let per_partition = keys_by_partition(events, all_time_partition);
         let mut truth: BTreeMap<String, u64> = BTreeMap::new();
         let mut realtime: BTreeMap<(i32, u64, String), u64> = BTreeMap::new();
         let cut_of = |fractions: &[u64]| -> Cut {
@@ -771,19 +797,7 @@ mod tests {
                 })
                 .collect()
         };
-        let batch_counts = |cut: &Cut| {
-            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-            for (&p, evs) in &per_partition {
-                for (o, (keys, _)) in evs.iter().enumerate() {
-                    if cut.includes(p, o as i64) {
-                        for key in keys {
-                            *counts.entry(key.clone()).or_default() += 1;
-                        }
-                    }
-                }
-            }
-            counts
-        };
+        let batch_counts = |cut: &Cut| recount(&per_partition, cut);
         for (&p, evs) in &per_partition {
             for (o, (batch_keys, speed_keys)) in evs.iter().enumerate() {
                 for key in batch_keys {

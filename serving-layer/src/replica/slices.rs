@@ -87,45 +87,36 @@ pub fn slices(
             })
             .collect()
     };
-    // Each bucket's slice (in place of its number of counts), and each
-    // slice's size and position.
-    let mut sizes = vec![0];
+    // Each bucket's slice (in place of its number of counts); each slice
+    // sized and placed as it closes.
     let mut out: Vec<Slice> = Vec::new();
+    let mut open = 0;
     for b in order {
         let group = groups
             .get_mut(&b)
             .expect("every bucket in order is a group");
-        *sizes.last_mut().expect("one open") += *group;
+        open += *group;
         *group = out.len();
         ahead
             .get_mut(&b.partition)
             .and_then(VecDeque::pop_front)
             .expect("every bucket is ahead until applied");
-        if *sizes.last().expect("one open") >= min_counts {
+        if open >= min_counts {
             out.push(Slice {
-                counts: Vec::new(),
+                counts: Vec::with_capacity(std::mem::take(&mut open)),
                 as_of: position(&ahead),
             });
-            sizes.push(0);
         }
     }
-    if sizes.last() == Some(&0) {
-        sizes.pop();
-    } else {
-        out.push(Slice {
-            counts: Vec::new(),
-            as_of: to.clone(),
-        });
+    match out.last_mut() {
+        Some(last) if open == 0 => last.as_of = to,
+        _ => out.push(Slice {
+            counts: Vec::with_capacity(open),
+            as_of: to,
+        }),
     }
-    let last = out
-        .last_mut()
-        .expect("more counts than min_counts: a slice");
-    last.as_of = to;
     // Each count to its slice, in the order given: a key's counts stay
     // together, so that a slice looks each key up once (see `apply`).
-    for (slice, size) in out.iter_mut().zip(sizes) {
-        slice.counts.reserve_exact(size);
-    }
     for count in counts {
         out[groups[&count.0.bucket]].counts.push(count);
     }
@@ -134,28 +125,10 @@ pub fn slices(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{keys_of, test_windows, view};
+    use super::super::tests::{keys_by_partition, recount, test_windows, view};
     use super::*;
     use lambda_core::window::Range;
-    use lambda_core::Tokenizer;
     use proptest::prelude::*;
-
-    /// The recount at `as_of` of every key an event counts under, in a
-    /// batch view (see `keys_of`).
-    fn recount(
-        per_partition: &BTreeMap<i32, Vec<Vec<String>>>,
-        as_of: &Cut,
-    ) -> BTreeMap<String, u64> {
-        let mut counts = BTreeMap::new();
-        for (&p, events) in per_partition {
-            for keys in events.iter().take(as_of.get(p) as usize) {
-                for key in keys {
-                    *counts.entry(key.clone()).or_default() += 1;
-                }
-            }
-        }
-        counts
-    }
 
     proptest! {
         /// After every slice of a release, every count (all-time and over
@@ -173,18 +146,7 @@ mod tests {
             min_counts in 1..40usize,
         ) {
             let size = BucketSize::new(size).expect("positive");
-            let mut tokenizer = Tokenizer::new();
-            let mut marks: BTreeMap<i32, lambda_core::window::EventWatermark> = BTreeMap::new();
-            // Per partition, per event: its keys in a batch view, and the
-            // speed layer's counts per (partition, bucket, key).
-            let mut batch_keys: BTreeMap<i32, Vec<Vec<String>>> = BTreeMap::new();
-            let mut speed_keys: BTreeMap<i32, Vec<Vec<String>>> = BTreeMap::new();
-            for (p, text, t) in &events {
-                let mark = marks.entry(*p).or_insert_with(|| test_windows().watermark());
-                let (batch, speed) = keys_of(text, *t, mark, &mut tokenizer, false);
-                batch_keys.entry(*p).or_default().push(batch);
-                speed_keys.entry(*p).or_default().push(speed);
-            }
+            let batch_keys = keys_by_partition(&events, None);
             let at = |fractions: &[u64], align: bool| -> Cut {
                 batch_keys
                     .iter()
@@ -198,8 +160,8 @@ mod tests {
             // What the speed layer publishes for the events below `upto`.
             let upserts = |upto: &Cut| -> Vec<RealtimeUpsert> {
                 let mut counts: BTreeMap<(i32, u64, String), u64> = BTreeMap::new();
-                for (&p, evs) in &speed_keys {
-                    for (o, keys) in evs.iter().enumerate().take(upto.get(p) as usize) {
+                for (&p, evs) in &batch_keys {
+                    for (o, (_, keys)) in evs.iter().enumerate().take(upto.get(p) as usize) {
                         for key in keys {
                             *counts.entry((p, size.bucket_of(o as i64), key.clone())).or_default() += 1;
                         }
