@@ -13,11 +13,24 @@
 //!   a micro-batch changes several counts per event, and one record per count
 //!   made the broker carry about seven realtime records per event;
 //! - a **watermark** (key [`WATERMARK_KEY`]) closes a micro-batch: the speed
-//!   layer sends one to *every* topic partition after all of the micro-batch's
-//!   upserts were acknowledged, carrying the checkpointed events positions.
-//!   A serving layer that has seen a watermark `W` on every partition holds
-//!   all upserts of every checkpoint up to `W`; applying exactly those makes
-//!   its counts exact at `W`, which is what its answers' `as_of` reports.
+//!   layer sends one to *every* topic partition, carrying the checkpointed
+//!   events positions. A serving layer that has seen a watermark `W` on every
+//!   partition, with all of the upserts it closes, holds all upserts of
+//!   every checkpoint up to `W`; applying exactly those makes its counts
+//!   exact at `W`, which is what its answers' `as_of` reports.
+//!
+//! A speed layer publishes a micro-batch in one **round**: its upserts and
+//! its watermarks go out together, not the watermarks after the upserts'
+//! acknowledgements (a second trip through the broker on every event's way
+//! to answers). So a watermark may reach a partition while one of its
+//! upserts records failed and is being re-sent. Each round has a number
+//! ([`RoundPart::round`], unique to its writer across restarts); every
+//! upserts record of it names the round and its index among the round's
+//! records on its partition, and the watermark says how many records the
+//! round has on each partition ([`Round::records`]). A serving layer closes
+//! a round on a partition only once it holds the watermark and every record
+//! — in any order, a re-sent duplicate counted once. Upserts records of
+//! older speed layers name no round and precede their watermark.
 //!
 //! Several speed layers may write the topic, each owning some events
 //! partitions (a consumer group shares them), and during a rebalance — or
@@ -53,16 +66,57 @@ pub fn upserts_key(writer: WriterId) -> String {
     }
 }
 
-/// The writer named by an upserts key, if it is one.
-fn upserts_writer(key: &[u8]) -> Option<WriterId> {
+/// The key of the `index`th upserts record of round `round` on its topic
+/// partition, written by `writer`.
+pub fn round_upserts_key(writer: WriterId, part: RoundPart) -> String {
+    let RoundPart { round, index } = part;
+    format!("{UPSERTS_KEY}/{writer:016x}/{round:016x}/{index:08x}")
+}
+
+/// Where an upserts record stands in its writer's round of publication (see
+/// the module's docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoundPart {
+    /// The round's number.
+    pub round: u64,
+    /// The record's index among the round's records on its topic partition.
+    pub index: u32,
+}
+
+/// A watermark's round: its number and how many upserts records it has on
+/// each topic partition (by partition number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Round {
+    pub number: u64,
+    pub records: Vec<u32>,
+}
+
+/// The writer named by an upserts key, and the round part it names (none in
+/// keys of speed layers from before rounds), if it is one.
+fn upserts_writer(key: &[u8]) -> Option<(WriterId, Option<RoundPart>)> {
     let rest = key.strip_prefix(UPSERTS_KEY.as_bytes())?;
     if rest.is_empty() {
-        return Some(0);
+        return Some((0, None));
     }
-    let hex = std::str::from_utf8(rest.strip_prefix(b"/")?).ok()?;
-    (hex.len() == 16)
-        .then(|| WriterId::from_str_radix(hex, 16).ok())
-        .flatten()
+    let rest = std::str::from_utf8(rest.strip_prefix(b"/")?).ok()?;
+    let hex = |field: &str, len: usize| {
+        (field.len() == len && field.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(field, 16).ok())
+            .flatten()
+    };
+    let mut fields = rest.split('/');
+    let writer = hex(fields.next()?, 16)?;
+    match (fields.next(), fields.next(), fields.next()) {
+        (None, _, _) => Some((writer, None)),
+        (Some(round), Some(index), None) => {
+            let part = RoundPart {
+                round: hex(round, 16)?,
+                index: u32::try_from(hex(index, 8)?).ok()?,
+            };
+            Some((writer, Some(part)))
+        }
+        _ => None,
+    }
 }
 
 /// A packed record is closed once its payload reaches this size, well under
@@ -171,6 +225,10 @@ pub struct Watermark {
     /// older speed layers' watermarks).
     #[serde(default, skip_serializing_if = "Cut::is_empty")]
     pub starts: Cut,
+    /// The round it closes (see the module's docs); absent from older speed
+    /// layers' watermarks, which follow their upserts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<Round>,
 }
 
 fn is_zero(writer: &WriterId) -> bool {
@@ -182,6 +240,8 @@ fn is_zero(writer: &WriterId) -> bool {
 pub enum RealtimeMessage {
     Upserts {
         writer: WriterId,
+        /// Its place in its writer's round (none from older speed layers).
+        round: Option<RoundPart>,
         upserts: Vec<RealtimeUpsert>,
     },
     Watermark(Watermark),
@@ -196,12 +256,13 @@ impl RealtimeMessage {
                 .map(Self::Watermark)
                 .map_err(|e| format!("malformed watermark: {e}")),
             Some(k) => {
-                let Some(writer) = upserts_writer(k) else {
+                let Some((writer, round)) = upserts_writer(k) else {
                     return Err(format!("unknown key {:?}", String::from_utf8_lossy(k)));
                 };
                 serde_json::from_slice::<Vec<(String, Partition, u64, u64)>>(payload)
                     .map(|packed| Self::Upserts {
                         writer,
+                        round,
                         upserts: packed
                             .into_iter()
                             .map(|(word, partition, bucket, count)| RealtimeUpsert {
@@ -308,6 +369,10 @@ mod tests {
             oldest_event_ms: Some(1_764_633_600_000),
             newest: [(0, 1_764_633_601_000)].into_iter().collect(),
             starts: [(1, 2)].into_iter().collect(),
+            round: Some(Round {
+                number: 7,
+                records: vec![2, 0],
+            }),
         };
         let json = serde_json::to_vec(&w).expect("serialise");
         assert_eq!(
@@ -326,6 +391,7 @@ mod tests {
                 oldest_event_ms: None,
                 newest: BTreeMap::new(),
                 starts: Cut::new(),
+                round: None,
             }))
         );
         // A watermark payload under the upserts key is malformed upserts.
@@ -345,15 +411,43 @@ mod tests {
                 decode(&upserts_key(writer)),
                 Ok(RealtimeMessage::Upserts {
                     writer,
+                    round: None,
                     upserts: upserts.clone()
                 })
             );
+            for part in [
+                RoundPart { round: 0, index: 0 },
+                RoundPart {
+                    round: u64::MAX,
+                    index: u32::MAX,
+                },
+                RoundPart {
+                    round: 0x1234,
+                    index: 5,
+                },
+            ] {
+                assert_eq!(
+                    decode(&round_upserts_key(writer, part)),
+                    Ok(RealtimeMessage::Upserts {
+                        writer,
+                        round: Some(part),
+                        upserts: upserts.clone()
+                    })
+                );
+            }
         }
         for bad in [
             "upserts/",
             "upserts/12",
             "upserts/zzzzzzzzzzzzzzzz",
             "upserts-0000000000000001",
+            "upserts/0000000000000001/",
+            "upserts/0000000000000001/0000000000000002",
+            "upserts/0000000000000001/0000000000000002/",
+            "upserts/0000000000000001/0000000000000002/0000003",
+            "upserts/0000000000000001/0000000000000002/00000003/",
+            "upserts/0000000000000001/000000000000000g/00000003",
+            "upserts/0000000000000001/+000000000000002/00000003",
         ] {
             assert!(decode(bad).is_err(), "{bad}");
         }

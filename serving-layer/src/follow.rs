@@ -189,9 +189,16 @@ impl Follower {
 
     fn accept<M: Message>(&self, gate: &mut WatermarkGate, m: &M) {
         match RealtimeMessage::decode(m.key(), m.payload()) {
-            Ok(RealtimeMessage::Upserts { writer, upserts }) => {
-                gate.upsert(m.partition(), m.offset(), writer, upserts)
-            }
+            Ok(RealtimeMessage::Upserts {
+                writer,
+                round: None,
+                upserts,
+            }) => gate.upsert(m.partition(), m.offset(), writer, upserts),
+            Ok(RealtimeMessage::Upserts {
+                writer,
+                round: Some(part),
+                upserts,
+            }) => gate.round_upserts(m.partition(), m.offset(), writer, part, upserts),
             Ok(RealtimeMessage::Watermark(w)) => {
                 self.health.writer_seen(w.writer, &w.positions);
                 gate.watermark(m.partition(), m.offset(), w)

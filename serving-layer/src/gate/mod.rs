@@ -28,8 +28,19 @@
 //! and the others' are at most those. A position some lane skipped (a
 //! writer killed between two lanes' watermarks) is never complete: the
 //! writer's next watermark, sent everywhere after its restart, is.
+//!
+//! A writer's round (see [`lambda_core::realtime`]) reaches a lane as its
+//! upserts records and its watermark in any order. The gate holds them per
+//! (writer, round) until the lane has the watermark and every record it
+//! counts for the lane (a duplicate once); only then does the watermark
+//! close them, as if they had come in the older order. A round left
+//! incomplete (its writer killed mid-way) is closed by the writer's next
+//! watermark in the lane with that watermark's own round, as upserts whose
+//! watermark was lost are: its counts are from an earlier position, so at
+//! most the later ones. The next round after a restart re-publishes the
+//! writer's whole checkpoint, so it holds whatever the incomplete one lost.
 
-use lambda_core::realtime::{RealtimeUpsert, Watermark, WriterId};
+use lambda_core::realtime::{RealtimeUpsert, RoundPart, Watermark, WriterId};
 use lambda_core::window::Millis;
 use lambda_core::Partition;
 use lambda_core::{Cut, Offset};
@@ -80,8 +91,39 @@ struct Open {
 /// A writer's segments of one events partition.
 type Source = (WriterId, Partition);
 
+/// A writer's round in one lane, not closed yet.
+#[derive(Debug, Default)]
+struct RoundInLane {
+    upserts: Vec<RealtimeUpsert>,
+    /// The indexes of the upserts records held.
+    indexes: BTreeSet<u32>,
+    watermark: Option<Watermark>,
+    /// The lane offset of its first message.
+    first: Option<Offset>,
+}
+
+impl RoundInLane {
+    fn read_at(&mut self, offset: Offset) {
+        self.first = Some(self.first.map_or(offset, |f| f.min(offset)));
+    }
+
+    /// Whether it holds its watermark and every record it counts on `lane`.
+    fn is_complete(&self, lane: usize) -> bool {
+        self.watermark
+            .as_ref()
+            .and_then(|w| w.round.as_ref())
+            .and_then(|r| r.records.get(lane))
+            .is_some_and(|&n| self.indexes.len() == n as usize)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Lane {
+    /// Rounds not closed yet, by writer and round number.
+    rounds: BTreeMap<(WriterId, u64), RoundInLane>,
+    /// Each writer's round closed last: a record of it read later is a
+    /// re-sent one that had arrived after all.
+    last_round: BTreeMap<WriterId, u64>,
     open: BTreeMap<Source, Open>,
     /// Closed segments not released yet, in arrival order.
     closed: BTreeMap<Source, Vec<Segment>>,
@@ -108,7 +150,79 @@ impl Lane {
     fn resume_at(&self) -> Option<Offset> {
         let open = self.open.values().map(|o| o.first);
         let closed = self.closed.values().flatten().map(|s| s.first);
-        open.chain(closed).min().or(self.read_to)
+        let rounds = self.rounds.values().filter_map(|r| r.first);
+        open.chain(closed).chain(rounds).min().or(self.read_to)
+    }
+
+    /// Holds `upserts` as `source`'s since its last watermark, the first
+    /// read at `offset`.
+    fn open(&mut self, offset: Offset, writer: WriterId, upserts: Vec<RealtimeUpsert>) {
+        for u in upserts {
+            let open = self.open.entry((writer, u.partition)).or_insert(Open {
+                upserts: Vec::new(),
+                first: offset,
+            });
+            open.first = open.first.min(offset);
+            open.upserts.push(u);
+        }
+    }
+
+    /// Closes the writer's open upserts of every events partition the
+    /// watermark names, at its positions; `offset` is the lane offset of the
+    /// first message of what it closes.
+    fn close(&mut self, offset: Offset, watermark: Watermark) {
+        for (p, position) in watermark.positions.iter() {
+            // A checkpoint at this position counts the events below it.
+            let open = self.open.remove(&(watermark.writer, p));
+            let (upserts, first) = open.map_or((Vec::new(), offset), |o| (o.upserts, o.first));
+            self.closed
+                .entry((watermark.writer, p))
+                .or_default()
+                .push(Segment {
+                    position,
+                    upserts,
+                    first,
+                    oldest_event_ms: watermark.oldest_event_ms,
+                    newest: watermark.newest.get(&p).copied(),
+                    start: watermark
+                        .starts
+                        .iter()
+                        .find(|&(q, _)| q == p)
+                        .map(|(_, o)| o),
+                });
+        }
+    }
+
+    /// Closes the round `key` if it is complete in this lane (number
+    /// `lane`).
+    fn close_round_if_complete(&mut self, lane: usize, key: (WriterId, u64)) {
+        if !self.rounds.get(&key).is_some_and(|r| r.is_complete(lane)) {
+            return;
+        }
+        let round = self.rounds.remove(&key).expect("checked");
+        self.last_round.insert(key.0, key.1);
+        let first = round.first.expect("a round read has a first offset");
+        let watermark = round.watermark.expect("a complete round has its watermark");
+        self.open(first, key.0, round.upserts);
+        self.close(first, watermark);
+    }
+
+    /// Opens the upserts of the writer's rounds still incomplete here,
+    /// other than `round`, whose watermark just arrived (see the module's
+    /// docs): that watermark closes them with its own round's.
+    fn reopen_other_rounds(&mut self, writer: WriterId, round: Option<u64>) {
+        let stale: Vec<(WriterId, u64)> = self
+            .rounds
+            .keys()
+            .filter(|&&(w, r)| w == writer && Some(r) != round)
+            .copied()
+            .collect();
+        for key in stale {
+            let left = self.rounds.remove(&key).expect("listed");
+            if let Some(first) = left.first {
+                self.open(first, writer, left.upserts);
+            }
+        }
     }
 }
 
@@ -150,45 +264,60 @@ impl WatermarkGate {
         };
         l.read_to = Some(offset + 1);
         self.held += upserts.len();
-        for u in upserts {
-            l.open
-                .entry((writer, u.partition))
-                .or_insert_with(|| Open {
-                    upserts: Vec::new(),
-                    first: offset,
-                })
-                .upserts
-                .push(u);
+        l.open(offset, writer, upserts);
+    }
+
+    /// `writer`'s upserts record `part` of one of its rounds, read at
+    /// `offset` of `lane`: held with the round until it is complete here.
+    pub fn round_upserts(
+        &mut self,
+        lane: i32,
+        offset: Offset,
+        writer: WriterId,
+        part: RoundPart,
+        upserts: Vec<RealtimeUpsert>,
+    ) {
+        let Some(l) = self.lanes.get_mut(lane as usize) else {
+            return;
+        };
+        l.read_to = Some(offset + 1);
+        let key = (writer, part.round);
+        if l.last_round.get(&writer) == Some(&part.round) {
+            return;
         }
+        let round = l.rounds.entry(key).or_default();
+        round.read_at(offset);
+        // A record re-sent after it had arrived after all is held once.
+        if round.indexes.insert(part.index) {
+            self.held += upserts.len();
+            round.upserts.extend(upserts);
+        }
+        l.close_round_if_complete(lane as usize, key);
     }
 
     /// A watermark read at `offset` of `lane`: closes its writer's upserts
-    /// of every events partition it names.
+    /// of every events partition it names — of its round, once the lane
+    /// holds every record of it.
     pub fn watermark(&mut self, lane: i32, offset: Offset, watermark: Watermark) {
         let Some(l) = self.lanes.get_mut(lane as usize) else {
             return;
         };
         l.read_to = Some(offset + 1);
-        for (p, position) in watermark.positions.iter() {
-            // A checkpoint at this position counts the events below it.
-            let open = l.open.remove(&(watermark.writer, p));
-            let (upserts, first) = open.map_or((Vec::new(), offset), |o| (o.upserts, o.first));
-            l.closed
-                .entry((watermark.writer, p))
-                .or_default()
-                .push(Segment {
-                    position,
-                    upserts,
-                    first,
-                    oldest_event_ms: watermark.oldest_event_ms,
-                    newest: watermark.newest.get(&p).copied(),
-                    start: watermark
-                        .starts
-                        .iter()
-                        .find(|&(q, _)| q == p)
-                        .map(|(_, o)| o),
-                });
+        let writer = watermark.writer;
+        let number = watermark.round.as_ref().map(|r| r.number);
+        if number.is_some() && l.last_round.get(&writer) == number.as_ref() {
+            // Re-sent after it had arrived after all.
+            return;
         }
+        l.reopen_other_rounds(writer, number);
+        let Some(number) = number else {
+            l.close(offset, watermark);
+            return;
+        };
+        let round = l.rounds.entry((writer, number)).or_default();
+        round.read_at(offset);
+        round.watermark = Some(watermark);
+        l.close_round_if_complete(lane as usize, (writer, number));
     }
 
     /// The furthest position of `source` that is complete: its segment
@@ -289,6 +418,7 @@ mod tests {
             oldest_event_ms: None,
             newest: BTreeMap::new(),
             starts: Cut::new(),
+            round: None,
         }
     }
 
@@ -325,6 +455,42 @@ mod tests {
         );
         assert_eq!(gate.held(), 1, "the second micro-batch's upsert waits");
         assert_eq!(gate.release(), None, "nothing moved");
+    }
+
+    /// One round: a lane's watermark came before a record that was
+    /// re-sent, and another record came twice.
+    #[test]
+    fn a_round_closes_in_a_lane_only_with_every_record_it_counts() {
+        use lambda_core::realtime::Round;
+        let part = |index| RoundPart { round: 41, index };
+        let closing = |records: Vec<u32>| Watermark {
+            round: Some(Round {
+                number: 41,
+                records,
+            }),
+            ..mark(7, &[(0, 5)])
+        };
+        let mut gate = WatermarkGate::new(2, None);
+        gate.round_upserts(0, 0, 7, part(0), vec![up("a", 0, 1)]);
+        gate.watermark(0, 1, closing(vec![2, 0]));
+        gate.watermark(1, 0, closing(vec![2, 0]));
+        gate.round_upserts(0, 2, 7, part(0), vec![up("a", 0, 1)]);
+        assert_eq!(
+            gate.release().map(|r| r.upserts),
+            Some(vec![]),
+            "lane 0 lacks record 1"
+        );
+        assert_eq!(gate.held(), 1, "the record that came twice is held once");
+        gate.round_upserts(0, 3, 7, part(1), vec![up("b", 0, 2)]);
+        let r = gate.release().expect("complete");
+        assert_eq!(r.as_of, cut(&[(0, 5)]));
+        assert_eq!(r.upserts, vec![up("a", 0, 1), up("b", 0, 2)]);
+        assert_eq!(r.next_offsets, vec![(0, 4), (1, 1)]);
+        // Read again after the round closed: nothing more is held.
+        gate.round_upserts(0, 4, 7, part(1), vec![up("b", 0, 2)]);
+        gate.watermark(0, 5, closing(vec![2, 0]));
+        assert_eq!(gate.held(), 0);
+        assert_eq!(gate.release().map(|r| r.upserts), Some(vec![]));
     }
 
     #[test]
@@ -424,6 +590,7 @@ mod tests {
             oldest_event_ms: Some(ms),
             newest: [(0, ms + 10)].into_iter().collect(),
             starts: cut(&[(0, start)]),
+            round: None,
         };
         let mut gate = WatermarkGate::new(1, None);
         gate.watermark(0, 0, at(&[(0, 5)], 2_000, 4));
