@@ -14,7 +14,15 @@ Prints one row per rate: probes, p50 / p99 / max, missed, the serving
 layer's own view (`/v1/status` visibility) and the mean time per stage from
 `lambda_stage_seconds` (the latency budget).
 
-Usage: python3 bench/freshness.py [--rates 100,5000,20000] [--seconds 60] [--keep DIR]
+The demo runs with realtime buckets of `--bucket-size` offsets (default
+1024, every role's default): the demo's own 64 suits its sample's 20
+events/s, where larger buckets would hide the hand-off from speed to batch
+layer, not a load of thousands of events/s, where each frequent word would
+change up to 16 times as many (word, bucket) counts per micro-batch for every
+layer to publish, resolve, apply and expire. `--bucket-size 64` measures
+the demo's own setting (bench/all.sh does both at 20,000 events/s).
+
+Usage: python3 bench/freshness.py [--rates 100,5000,20000] [--seconds 60] [--bucket-size 1024] [--keep DIR]
 Needs: target/release/lambda (cargo build --release -p cli) and
 `pip install -r bench/requirements.txt` (confluent-kafka).
 Exit status 1 if a probe was missed or the load could not be delivered.
@@ -80,7 +88,7 @@ def corpus_for(work, events):
     return path
 
 
-def run_rate(rate, seconds, work, keep=None):
+def run_rate(rate, seconds, work, bucket_size, keep=None):
     from confluent_kafka import Producer
 
     data = os.path.join(work, f"demo-{rate}")
@@ -90,7 +98,7 @@ def run_rate(rate, seconds, work, keep=None):
     demo = subprocess.Popen(
         [LAMBDA, "demo", "--no-sample", "--data-dir", data, "--broker-addr", broker,
          "--http-addr", addr["serve"], "--batch-addr", addr["batch"], "--speed-addr", addr["speed"],
-         *os.environ.get("FRESH_DEMO_FLAGS", "").split()],
+         "--bucket-size", str(bucket_size), *os.environ.get("FRESH_DEMO_FLAGS", "").split()],
         stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "RUST_LOG": KEEP_LOG if keep else "warn"})
     load = None
     try:
@@ -184,6 +192,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="100,5000,20000")
     ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--bucket-size", type=int, default=1024,
+                    help="the demo's realtime bucket size (its own default is 64, see above)")
     ap.add_argument("--keep", metavar="DIR",
                     help="keep each rate's demo log (our crates at info) and its probes "
                          "(produce time, latency) in DIR, to line slow probes up with "
@@ -198,7 +208,7 @@ def main():
             print(f"rate {rate} events/s for {args.seconds} s ...", file=sys.stderr)
             if args.keep:
                 os.makedirs(args.keep, exist_ok=True)
-            rows.append(run_rate(rate, args.seconds, work, args.keep))
+            rows.append(run_rate(rate, args.seconds, work, args.bucket_size, args.keep))
             if args.keep:
                 shutil.copy(os.path.join(work, f"demo-{rate}.log"), args.keep)
     finally:

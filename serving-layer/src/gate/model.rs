@@ -130,7 +130,7 @@ fn publish(
 
 /// A writer publishing at `positions` (increasing), starting from
 /// the counts at `from`.
-fn writer(from: i64, positions: &[i64], how: &Publishing) -> Messages {
+fn writer(from: i64, positions: &[i64], how: &Publishing<'_>) -> Messages {
     let mut lanes = vec![Vec::new(); LANES];
     let mut rounds = (0u64..).map(|n| n * 7 + from as u64);
     let mut round = |k: usize| {
