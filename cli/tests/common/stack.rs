@@ -423,7 +423,19 @@ impl Stack {
     /// acknowledgement; records that fail (broker down) are sent again until
     /// acknowledged. Returns how many sends were retried.
     pub async fn produce(&self, events: Vec<Vec<u8>>) -> usize {
-        self.producer().send(events).await
+        let records = events.into_iter().map(|e| (None, e)).collect();
+        self.producer().send(records).await
+    }
+
+    /// Produces `events` as [`Self::produce`] does, but spread over the
+    /// events topic's three partitions in turn (records without a key
+    /// follow librdkafka's sticky partitioner: a quick burst lands on one).
+    pub async fn produce_to_every_partition(&self, events: Vec<Vec<u8>>) -> usize {
+        let records = (0..)
+            .zip(events)
+            .map(|(i, e)| (format!("e{i}"), e, Some(i % 3)))
+            .collect();
+        self.producer().send(records).await
     }
 
     fn producer(&self) -> Producer {
@@ -445,7 +457,8 @@ impl Stack {
         tokio::spawn(async move {
             let mut retried = 0;
             for chunk in events.chunks(burst) {
-                retried += producer.send(chunk.to_vec()).await;
+                let records = chunk.iter().map(|e| (None, e.clone())).collect();
+                retried += producer.send(records).await;
                 tokio::time::sleep(pause).await;
             }
             retried
@@ -637,19 +650,17 @@ struct Producer {
 }
 
 impl Producer {
-    async fn send(&self, events: Vec<Vec<u8>>) -> usize {
+    async fn send<R: ::common::kafka::OutgoingRecord>(&self, mut pending: Vec<R>) -> usize {
         let producer: rdkafka::producer::FutureProducer =
             ::common::kafka::producer_config(&self.kafka)
                 .set("message.timeout.ms", "5000")
                 .create()
                 .expect("producer");
-        let mut pending: Vec<(Option<String>, Vec<u8>)> =
-            events.into_iter().map(|e| (None, e)).collect();
         let mut retried = 0;
         let deadline = Instant::now() + Duration::from_secs(180);
         while !pending.is_empty() {
             let results = ::common::kafka::send_all(&producer, &self.topic, &pending).await;
-            let failed: Vec<(Option<String>, Vec<u8>)> = pending
+            let failed: Vec<R> = pending
                 .into_iter()
                 .zip(results)
                 .filter(|(_, r)| r.is_err())

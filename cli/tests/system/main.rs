@@ -259,7 +259,7 @@ async fn two_batch_layers_share_the_partitions_exactly_through_kills_and_a_zombi
     producer.await.expect("producer");
     // More events for every partition once they share: each instance's
     // partitions move, so the last view takes a part from each.
-    s.produce(events(n..n + 300)).await;
+    s.produce_to_every_partition(events(n..n + 300)).await;
     let truth = s.assert_exact().await;
     sampler.finish(&truth).await;
 
