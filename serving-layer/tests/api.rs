@@ -371,6 +371,24 @@ async fn status_health_readiness_metrics_openapi_and_dashboard_answer() {
         );
     }
     assert!(doc["components"]["schemas"].get("WordAnswer").is_some());
+    // Every operation documents the refusals made before any handler runs.
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            for status in ["413", "414"] {
+                assert!(
+                    operation["responses"].get(status).is_some(),
+                    "{method} {path} does not document {status}"
+                );
+            }
+        }
+    }
+    let long = format!(
+        "/v1/words/{}/series",
+        "a".repeat(::serving_layer::api::MAX_URI_BYTES)
+    );
+    let (status, body) = get(&app.router, &long).await;
+    assert_eq!(status, StatusCode::URI_TOO_LONG, "{body}");
 
     let (status, page) = get(&app.router, "/").await;
     assert_eq!(status, StatusCode::OK);

@@ -30,6 +30,60 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The refusals every route shares, made before any handler runs (see
+/// `limit_request`): documented on every operation, so that a client (or
+/// a schema-driven fuzzer) knows them.
+struct SharedRefusals;
+
+impl utoipa::Modify for SharedRefusals {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let refusal = |description: String| {
+            let body = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", body)
+                .build()
+        };
+        let shared = [
+            (
+                "413",
+                "A declared body larger than `--max-body-bytes`".to_owned(),
+            ),
+            (
+                "414",
+                format!(
+                    "The request target (path and query) is longer than {} bytes",
+                    super::MAX_URI_BYTES
+                ),
+            ),
+        ];
+        for item in api.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in &shared {
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| refusal(description.clone()).into());
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -38,6 +92,6 @@ impl utoipa::Modify for BearerAuth {
     ),
     paths(word, series, top, status, recompute, healthz, readyz, metrics, openapi),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &SharedRefusals)
 )]
 pub struct ApiDoc;
