@@ -3,7 +3,7 @@
 //! one round (see [`lambda_core::realtime`]): the watermarks do not wait for
 //! the upserts' acknowledgements, since serving layers count a round's
 //! records before they close it. That wait was a second trip through the
-//! broker on every event's way to answers (publication 5.5 -> 3.1 ms mean at
+//! broker on every event's way to answers (publication 6.2 -> 3.3 ms mean at
 //! 20,000 events/s, `bench/freshness.py`).
 //!
 //! It runs beside consumption: a checkpointed micro-batch's upserts go out
