@@ -111,7 +111,6 @@ pub(super) fn spawn_publisher(
                 topic: &topic,
                 metrics: &metrics,
                 token: &token,
-                writer,
             };
             round = round.wrapping_add(1);
             let watermark = Watermark {
@@ -122,7 +121,13 @@ pub(super) fn spawn_publisher(
                 starts: publication.starts,
                 round: None,
             };
-            let records = out.round(round, &publication.upserts, watermark, realtime_partitions);
+            let records = round_records(
+                writer,
+                round,
+                &publication.upserts,
+                watermark,
+                realtime_partitions,
+            );
             if out.deliver(records).await {
                 metrics
                     .upserts_published
@@ -142,7 +147,6 @@ struct Outbox<'a> {
     topic: &'a str,
     metrics: &'a SpeedMetrics,
     token: &'a CancellationToken,
-    writer: WriterId,
 }
 
 impl Outbox<'_> {
@@ -175,50 +179,50 @@ impl Outbox<'_> {
         }
         true
     }
+}
 
-    /// A micro-batch's round: its counts packed into upserts records, each
-    /// upsert on the realtime partition its key routes to, and after them
-    /// on every partition the watermark, which counts the round's records
-    /// there.
-    fn round(
-        &self,
-        number: u64,
-        counts: &[(CountKey, u64)],
-        mut watermark: Watermark,
-        partitions: usize,
-    ) -> Vec<(String, Vec<u8>, Option<i32>)> {
-        let mut packers: Vec<Packer> = (0..partitions).map(|_| Packer::default()).collect();
-        for (k, c) in counts {
-            let (word, partition, bucket) = (&*k.word, k.bucket.partition, k.bucket.bucket);
-            packers[route(word, partition, bucket, partitions) as usize]
-                .push(word, partition, bucket, *c);
-        }
-        let mut records = Vec::new();
-        let mut per_lane = Vec::with_capacity(partitions);
-        for (lane, packer) in packers.into_iter().enumerate() {
-            let payloads = packer.finish();
-            per_lane.push(u32::try_from(payloads.len()).expect("fewer than 2^32 records"));
-            for (index, payload) in (0..).zip(payloads) {
-                let key = round_upserts_key(
-                    self.writer,
-                    RoundPart {
-                        round: number,
-                        index,
-                    },
-                );
-                records.push((key, payload, Some(lane as i32)));
-            }
-        }
-        watermark.round = Some(Round {
-            number,
-            records: per_lane,
-        });
-        let payload = serde_json::to_vec(&watermark).expect("a watermark always serialises");
-        records.extend(
-            (0..partitions as i32).map(|r| (WATERMARK_KEY.to_owned(), payload.clone(), Some(r))),
-        );
-        records
+/// A micro-batch's round `number` from `writer`: its counts packed into
+/// upserts records, each upsert on the realtime partition its key routes
+/// to, and after them on every partition the watermark, which counts the
+/// round's records there.
+fn round_records(
+    writer: WriterId,
+    number: u64,
+    counts: &[(CountKey, u64)],
+    mut watermark: Watermark,
+    partitions: usize,
+) -> Vec<(String, Vec<u8>, Option<i32>)> {
+    let mut packers: Vec<Packer> = (0..partitions).map(|_| Packer::default()).collect();
+    for (k, c) in counts {
+        let (word, partition, bucket) = (&*k.word, k.bucket.partition, k.bucket.bucket);
+        packers[route(word, partition, bucket, partitions) as usize]
+            .push(word, partition, bucket, *c);
     }
+    let mut records = Vec::new();
+    let mut per_lane = Vec::with_capacity(partitions);
+    for (lane, packer) in packers.into_iter().enumerate() {
+        let payloads = packer.finish();
+        per_lane.push(u32::try_from(payloads.len()).expect("fewer than 2^32 records"));
+        for (index, payload) in (0..).zip(payloads) {
+            let key = round_upserts_key(
+                writer,
+                RoundPart {
+                    round: number,
+                    index,
+                },
+            );
+            records.push((key, payload, Some(lane as i32)));
+        }
+    }
+    watermark.round = Some(Round {
+        number,
+        records: per_lane,
+    });
+    let payload = serde_json::to_vec(&watermark).expect("a watermark always serialises");
+    records.extend(
+        (0..partitions as i32).map(|r| (WATERMARK_KEY.to_owned(), payload.clone(), Some(r))),
+    );
+    records
 }
 
 #[cfg(test)]
@@ -245,6 +249,66 @@ mod tests {
             oldest_event_ms: oldest,
             checkpointed_at: Instant::now(),
         }
+    }
+
+    /// Every partition's records of a round decode to the round's parts,
+    /// indexed 0.. without a gap, and end with the watermark that counts
+    /// them; the upserts are the counts, each on its routed partition.
+    #[test]
+    fn a_round_numbers_its_records_and_its_watermark_counts_them() {
+        use lambda_core::realtime::RealtimeMessage;
+        let counts: Vec<(CountKey, u64)> = (0..40_000u64)
+            .map(|i| (key(&format!("word{i}"), i % 7), i + 1))
+            .collect();
+        let watermark = Watermark {
+            writer: 9,
+            positions: [(0, 40_000)].into_iter().collect(),
+            oldest_event_ms: None,
+            newest: BTreeMap::new(),
+            starts: Cut::new(),
+            round: None,
+        };
+        let records = round_records(9, 77, &counts, watermark, 3);
+        let mut upserts = Vec::new();
+        for lane in 0..3 {
+            let mine: Vec<_> = records.iter().filter(|r| r.2 == Some(lane)).collect();
+            let decoded: Vec<RealtimeMessage> = mine
+                .iter()
+                .map(|(k, payload, _)| {
+                    RealtimeMessage::decode(Some(k.as_bytes()), Some(payload)).expect("decodes")
+                })
+                .collect();
+            let (last, rest) = decoded.split_last().expect("a watermark at least");
+            let RealtimeMessage::Watermark(w) = last else {
+                panic!("partition {lane} does not end with the watermark");
+            };
+            let round = w.round.as_ref().expect("the watermark names its round");
+            assert_eq!((w.writer, round.number), (9, 77));
+            assert_eq!(round.records[lane as usize] as usize, rest.len());
+            for (i, m) in rest.iter().enumerate() {
+                let RealtimeMessage::Upserts {
+                    writer,
+                    round: Some(part),
+                    upserts: u,
+                } = m
+                else {
+                    panic!("partition {lane}: record {i} is not a round's upserts: {m:?}");
+                };
+                assert_eq!((*writer, part.round, part.index), (9, 77, i as u32));
+                for x in u {
+                    assert_eq!(route(&x.word, x.partition, x.bucket, 3), lane);
+                }
+                upserts.extend(u.iter().map(|x| (key(&x.word, x.bucket), x.count)));
+            }
+        }
+        assert!(
+            records.len() > 3 + 3,
+            "40,000 counts take several records per partition"
+        );
+        upserts.sort_by(|a, b| a.0.word.cmp(&b.0.word));
+        let mut want = counts;
+        want.sort_by(|a, b| a.0.word.cmp(&b.0.word));
+        assert_eq!(upserts, want);
     }
 
     #[test]
