@@ -51,20 +51,12 @@ use std::collections::BTreeMap;
 pub const WATERMARK_KEY: &str = "watermark";
 
 /// The key of packed upserts of writer 0 (a speed layer from before writer
-/// ids); other writers' keys are [`upserts_key`].
+/// ids). Speed layers from before rounds wrote `upserts/<writer, 16 hex
+/// digits>`; today's write [`round_upserts_key`]. All three are read.
 pub const UPSERTS_KEY: &str = "upserts";
 
 /// Which speed layer wrote a realtime message (see the module's docs).
 pub type WriterId = u64;
-
-/// The key of packed upserts written by `writer`.
-pub fn upserts_key(writer: WriterId) -> String {
-    if writer == 0 {
-        UPSERTS_KEY.to_owned()
-    } else {
-        format!("{UPSERTS_KEY}/{writer:016x}")
-    }
-}
 
 /// The key of the `index`th upserts record of round `round` on its topic
 /// partition, written by `writer`.
@@ -283,6 +275,15 @@ impl RealtimeMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key of packed upserts written by `writer` before rounds.
+    fn upserts_key(writer: WriterId) -> String {
+        if writer == 0 {
+            UPSERTS_KEY.to_owned()
+        } else {
+            format!("{UPSERTS_KEY}/{writer:016x}")
+        }
+    }
 
     fn upsert(word: &str, partition: Partition, bucket: u64, count: u64) -> RealtimeUpsert {
         RealtimeUpsert {

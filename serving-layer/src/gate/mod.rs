@@ -193,6 +193,19 @@ impl Lane {
         }
     }
 
+    /// Whether `round` is the writer's round closed last here (so a
+    /// message of it read now was re-sent after it had arrived after all).
+    fn closed_last(&self, writer: WriterId, round: u64) -> bool {
+        self.last_round.get(&writer) == Some(&round)
+    }
+
+    /// The writer's round `key`, a message of which was read at `offset`.
+    fn round_read_at(&mut self, key: (WriterId, u64), offset: Offset) -> &mut RoundInLane {
+        let round = self.rounds.entry(key).or_default();
+        round.read_at(offset);
+        round
+    }
+
     /// Closes the round `key` if it is complete in this lane (number
     /// `lane`).
     fn close_round_if_complete(&mut self, lane: usize, key: (WriterId, u64)) {
@@ -224,6 +237,14 @@ impl Lane {
             }
         }
     }
+}
+
+/// Lane `lane`, read up to `offset` (none for a lane the gate does not
+/// have).
+fn read(lanes: &mut [Lane], lane: i32, offset: Offset) -> Option<&mut Lane> {
+    let l = lanes.get_mut(usize::try_from(lane).ok()?)?;
+    l.read_to = Some(offset + 1);
+    Some(l)
 }
 
 #[derive(Debug)]
@@ -259,10 +280,9 @@ impl WatermarkGate {
         writer: WriterId,
         upserts: Vec<RealtimeUpsert>,
     ) {
-        let Some(l) = self.lanes.get_mut(lane as usize) else {
+        let Some(l) = read(&mut self.lanes, lane, offset) else {
             return;
         };
-        l.read_to = Some(offset + 1);
         self.held += upserts.len();
         l.open(offset, writer, upserts);
     }
@@ -277,16 +297,14 @@ impl WatermarkGate {
         part: RoundPart,
         upserts: Vec<RealtimeUpsert>,
     ) {
-        let Some(l) = self.lanes.get_mut(lane as usize) else {
+        let Some(l) = read(&mut self.lanes, lane, offset) else {
             return;
         };
-        l.read_to = Some(offset + 1);
-        let key = (writer, part.round);
-        if l.last_round.get(&writer) == Some(&part.round) {
+        if l.closed_last(writer, part.round) {
             return;
         }
-        let round = l.rounds.entry(key).or_default();
-        round.read_at(offset);
+        let key = (writer, part.round);
+        let round = l.round_read_at(key, offset);
         // A record re-sent after it had arrived after all is held once.
         if round.indexes.insert(part.index) {
             self.held += upserts.len();
@@ -299,14 +317,12 @@ impl WatermarkGate {
     /// of every events partition it names — of its round, once the lane
     /// holds every record of it.
     pub fn watermark(&mut self, lane: i32, offset: Offset, watermark: Watermark) {
-        let Some(l) = self.lanes.get_mut(lane as usize) else {
+        let Some(l) = read(&mut self.lanes, lane, offset) else {
             return;
         };
-        l.read_to = Some(offset + 1);
         let writer = watermark.writer;
         let number = watermark.round.as_ref().map(|r| r.number);
-        if number.is_some() && l.last_round.get(&writer) == number.as_ref() {
-            // Re-sent after it had arrived after all.
+        if number.is_some_and(|n| l.closed_last(writer, n)) {
             return;
         }
         l.reopen_other_rounds(writer, number);
@@ -314,9 +330,7 @@ impl WatermarkGate {
             l.close(offset, watermark);
             return;
         };
-        let round = l.rounds.entry((writer, number)).or_default();
-        round.read_at(offset);
-        round.watermark = Some(watermark);
+        l.round_read_at((writer, number), offset).watermark = Some(watermark);
         l.close_round_if_complete(lane as usize, (writer, number));
     }
 
